@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh Debian machine, as root: the system packages the lab, the demo and the
+# tests use, and a virtual environment (.venv) with the package and its test extras.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+
+apt_packages=(miredo miredo-server nftables iproute2 iputils-ping conntrack iperf3 tcpdump procps python3-venv)
+missing=()
+for p in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "setup: missing Debian packages (${missing[*]}); run this as root" >&2
+        exit 1
+    fi
+    # Installing miredo must not start Miredo on this host: it would create a tunnel and contact a
+    # public Teredo server. A policy-rc.d that denies every service start is put in place for the
+    # install when the machine has none, and removed afterwards.
+    guard=""
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        guard=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' >"$guard"
+        chmod 755 "$guard"
+    fi
+    trap '[[ -n "$guard" ]] && rm -f "$guard"' EXIT
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+    "$python" -m venv .venv
+fi
+stamp=.venv/.teredo-installed
+if [[ ! -e $stamp || pyproject.toml -nt $stamp ]]; then
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[test]'
+    touch "$stamp"
+fi

@@ -1,0 +1,5 @@
+import sys
+
+from teredo.cli.main import main
+
+sys.exit(main())

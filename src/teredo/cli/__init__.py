@@ -1,0 +1,1 @@
+"""The `teredo` command and its verbs."""
