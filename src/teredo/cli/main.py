@@ -15,6 +15,7 @@ VERB_MODULES = (
     "teredo.cli.decode",
     "teredo.cli.checkconf",
     "teredo.cli.lab",
+    "teredo.cli.server",
 )
 
 

@@ -75,7 +75,9 @@ class InterfaceConfig:
             )
         except NetlinkError as exc:
             if exc.code != 17:  # EEXIST: already there, which is what we want
-                raise NetlinkConfigError(f"{self.ifname}: add {address}/{prefixlen}: {exc}") from exc
+                raise NetlinkConfigError(
+                    f"{self.ifname}: add {address}/{prefixlen}: {exc}"
+                ) from exc
 
     def remove_address(self, address: str, prefixlen: int) -> None:
         try:
@@ -123,4 +125,6 @@ class InterfaceConfig:
             self._ipr.route("del", **kwargs)
         except NetlinkError as exc:
             if exc.code not in (3, 19):  # ESRCH, ENODEV: already gone
-                raise NetlinkConfigError(f"{self.ifname}: remove route {destination}: {exc}") from exc
+                raise NetlinkConfigError(
+                    f"{self.ifname}: remove route {destination}: {exc}"
+                ) from exc

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The demo: set up (Debian packages, .venv), then build a Teredo lab in network namespaces with
+# Miredo as server, relay and three clients behind NATs, show qualification and pings, tear down.
+# Extra arguments go to `teredo lab demo` (e.g. --nat port-restricted --nat none --count 5).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+if [[ $(id -u) -ne 0 ]]; then
+    echo "demo: must run as root (it creates network namespaces and nftables rules): sudo bash scripts/demo.sh" >&2
+    exit 1
+fi
+bash scripts/setup.sh
+exec .venv/bin/teredo lab demo "$@"

@@ -1,0 +1,212 @@
+"""`teredo lab up|down|status|demo`: the network-namespace lab (see docs/lab.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from teredo.lab.demo import DEFAULT_NATS, run_demo
+from teredo.lab.nat import NatKind
+from teredo.lab.roles import Impl
+from teredo.lab.system import LabError, check_prefix, namespaces_with_prefix
+from teredo.lab.topology import DEFAULT_PREFIX, Lab, cleanup
+
+
+def _nat(text: str) -> NatKind:
+    try:
+        return NatKind.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _impl(text: str) -> Impl | None:
+    try:
+        return Impl.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _prefix(text: str) -> str:
+    try:
+        return check_prefix(text)
+    except LabError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "lab",
+        help="build a Teredo lab in network namespaces (root)",
+        description="A small Teredo internet in network namespaces: see docs/lab.md.",
+    )
+    verbs = parser.add_subparsers(dest="lab_verb", metavar="ACTION", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--prefix",
+            type=_prefix,
+            default=DEFAULT_PREFIX,
+            help=f"namespace prefix, ending in '-' (default {DEFAULT_PREFIX})",
+        )
+
+    def roles(p: argparse.ArgumentParser, none_ok: bool) -> None:
+        p.add_argument(
+            "--nat",
+            dest="nats",
+            type=_nat,
+            action="append",
+            metavar="KIND",
+            help="add a client behind a NAT of this kind (none, full-cone, "
+            "address-restricted, port-restricted, symmetric); repeatable",
+        )
+        kinds = "miredo, teredo" + (" or none" if none_ok else "")
+        p.add_argument("--server", type=_impl, default=Impl.MIREDO, help=f"server: {kinds}")
+        p.add_argument("--relay", type=_impl, default=Impl.MIREDO, help=f"relay: {kinds}")
+        p.add_argument("--client", type=_impl, default=Impl.MIREDO, help=f"clients: {kinds}")
+
+    up = verbs.add_parser("up", help="build the lab and start its roles; it keeps running")
+    common(up)
+    roles(up, none_ok=True)
+    up.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="wait this long for each client to qualify (0: do not wait)",
+    )
+    up.set_defaults(run=_up)
+
+    down = verbs.add_parser("down", help="stop the lab's processes and delete its namespaces")
+    common(down)
+    down.set_defaults(run=_down)
+
+    status = verbs.add_parser("status", help="show namespaces, addresses, processes, clients")
+    common(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(run=_status)
+
+    demo = verbs.add_parser(
+        "demo", help="build, qualify, ping across NATs and the relay, tear down"
+    )
+    common(demo)
+    roles(demo, none_ok=False)
+    demo.add_argument("--count", type=int, default=3, help="echo requests per ping (default 3)")
+    demo.set_defaults(run=_demo)
+
+
+def _fail(exc: BaseException) -> int:
+    print(f"teredo lab: {exc}", file=sys.stderr)
+    return 1
+
+
+def _up(args: argparse.Namespace) -> int:
+    nats = args.nats or [NatKind.PORT_RESTRICTED, NatKind.PORT_RESTRICTED, NatKind.FULL_CONE]
+    lab = Lab(
+        args.prefix, nats, server_impl=args.server, relay_impl=args.relay, client_impl=args.client
+    )
+    try:
+        lab.up()
+        if args.wait > 0 and args.client is not None and args.server is not None:
+            for site in lab.sites:
+                lab.wait_qualified(site.index, timeout=args.wait)
+    except LabError as exc:
+        lab.down()
+        return _fail(exc)
+    except KeyboardInterrupt:
+        lab.down()
+        return 130
+    _print_status(lab.status())
+    print(f"\nlab {args.prefix!r} is up; `teredo lab down --prefix {args.prefix}` removes it")
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    try:
+        before = namespaces_with_prefix(args.prefix)
+        leftovers = cleanup(args.prefix)
+    except LabError as exc:
+        return _fail(exc)
+    print(f"removed {len(before)} namespace(s) of prefix {args.prefix!r}")
+    if leftovers:
+        print(f"could not remove: {', '.join(leftovers)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        lab = Lab.load(args.prefix)
+        status = lab.status()
+    except LabError as exc:
+        try:
+            stray = namespaces_with_prefix(args.prefix)
+        except LabError:
+            stray = []
+        if stray:
+            print(f"namespaces without a recorded lab: {', '.join(stray)}", file=sys.stderr)
+        return _fail(exc)
+    if args.json:
+        print(json.dumps(status, indent=1))
+    else:
+        _print_status(status)
+    return 0
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    print(f"lab {status['prefix']!r}")
+    print("hosts:")
+    for host in status["hosts"]:
+        state = "up" if host["up"] else "MISSING"
+        print(
+            f"  {host['host']:<9} {host['namespace']:<12} {state:<7} {', '.join(host['addresses'])}"
+        )
+    print("clients:")
+    for site in status["sites"]:
+        line = f"  {site['client']:<9} NAT {site['nat']:<18} public {site['public_ip']:<14}"
+        if site["teredo"]:
+            line += (
+                f" {site['teredo']}\n{'':12}= server {site['teredo_server']}, mapped "
+                f"{site['mapped']}{', cone flag' if site['cone_flag'] else ''}"
+            )
+        else:
+            line += " (not qualified)"
+        print(line)
+    print("processes:")
+    for proc in status["procs"]:
+        alive = "alive" if proc["alive"] else "dead"
+        print(f"  {proc['name']:<16} pid {proc['pid']:<7} {alive:<5} {' '.join(proc['argv'])}")
+    if status["stray_namespaces"]:
+        print(f"stray namespaces of this prefix: {', '.join(status['stray_namespaces'])}")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.server is None or args.relay is None or args.client is None:
+        return _fail(LabError("the demo needs every role (miredo or teredo)"))
+    try:
+        return run_demo(
+            args.prefix,
+            args.nats or DEFAULT_NATS,
+            server_impl=args.server,
+            relay_impl=args.relay,
+            client_impl=args.client,
+            count=args.count,
+        )
+    except LabError as exc:
+        return _fail(exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m teredo.cli.lab ACTION ...`: the lab verb on its own."""
+    parser = argparse.ArgumentParser(prog="teredo")
+    register(parser.add_subparsers(dest="verb", required=True))
+    args = parser.parse_args(["lab", *(sys.argv[1:] if argv is None else argv)])
+    status: int = args.run(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,630 @@
+"""Miredo's "Directive value" configuration files -> typed, validated settings.
+
+Pure: the caller reads the file and passes its text with the file name used in messages; no
+file I/O and no DNS happen here (server names are kept as given and resolved by the I/O layer).
+
+The format is the one of miredo.conf(5) and miredo-server.conf(5), as implemented by Miredo
+1.2.6 (src/conf.c, src/relayd.c, src/serverd.c, src/checkconf.c):
+
+* one directive per line: a name, white space, a value; names are case-insensitive;
+* blank lines and lines whose first word starts with '#' are comments;
+* the directives are exactly those the Debian 1.2.6 binaries look up (verified with
+  `strings /usr/sbin/miredo /usr/sbin/miredo-server`): RelayType, ServerAddress,
+  ServerAddress2, Prefix, InterfaceMTU, InterfaceName, BindAddress, BindPort, SyslogFacility
+  (miredo) and ServerBindAddress, ServerBindAddress2, Prefix, InterfaceMTU, SyslogFacility
+  (miredo-server). Later git-only directives (LocalDiscovery, ...) are not part of 1.2.6.
+
+Miredo only logs "Superfluous directive" for an unknown, repeated or out-of-mode directive and
+miredo-checkconf then fails; here each of these is an error. Where this parser is stricter
+than Miredo (literal IPv4 bind addresses, MTU range, /32 prefixes, words after the value) the
+difference is listed in docs/configuration.md.
+
+Our own directives (not understood by Miredo): RefreshInterval (client) and `RelayType host`
+(host-specific relay, RFC 4380 section 5.4 / section 7.3.1 "local relay").
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
+from typing import Final, TypeVar, cast
+
+__all__ = [
+    "ANY_IPV4",
+    "DEFAULT_INTERFACE_NAME",
+    "DEFAULT_MTU",
+    "DEFAULT_PREFIX",
+    "DEFAULT_REFRESH_INTERVAL",
+    "DEFAULT_SYSLOG_FACILITY",
+    "DIRECTIVES",
+    "MAX_LINE_LENGTH",
+    "SYSLOG_FACILITIES",
+    "ClientSettings",
+    "ConfigError",
+    "Directive",
+    "RelaySettings",
+    "RelayType",
+    "Role",
+    "ServerSettings",
+    "Settings",
+    "detect_role",
+    "parse_client",
+    "parse_config",
+    "parse_relay",
+    "parse_server",
+    "read_directives",
+]
+
+
+class Role(enum.StrEnum):
+    """Which daemon a file configures."""
+
+    CLIENT = "client"
+    SERVER = "server"
+    RELAY = "relay"
+
+
+class RelayType(enum.StrEnum):
+    """Values of the RelayType directive (miredo.conf(5) "MODES")."""
+
+    CLIENT = "client"  # the default in Miredo
+    AUTOCLIENT = "autoclient"  # Miredo: client that restarts when the host's IPv4 changes
+    RELAY = "relay"  # Miredo: same as cone
+    CONE = "cone"  # relay with public, unfiltered IPv4 (RFC 4380 section 5.4)
+    RESTRICTED = "restricted"  # deprecated: relay that also sends direct bubbles
+    HOST = "host"  # ours: host-specific relay (RFC 4380 section 5.4, section 7.3.1)
+
+    @property
+    def role(self) -> Role:
+        return Role.CLIENT if self in _CLIENT_TYPES else Role.RELAY
+
+
+_CLIENT_TYPES: Final = frozenset({RelayType.CLIENT, RelayType.AUTOCLIENT})
+
+# Defaults are Miredo's: miredo.conf(5) and relayd.c/serverd.c.
+DEFAULT_PREFIX: Final = IPv6Network("2001::/32")  # RFC 4380 section 2.6
+DEFAULT_MTU: Final = 1280  # RFC 4380 section 5.1.2; Miredo relayd.c/serverd.c
+# miredo.conf(5) "InterfaceName"; Debian's shipped file sets "teredo".
+DEFAULT_INTERFACE_NAME: Final = "miredo"
+ANY_IPV4: Final = IPv4Address(0)  # bind to no particular address
+DEFAULT_SYSLOG_FACILITY: Final = "daemon"  # miredo.c openlog(..., LOG_DAEMON)
+DEFAULT_REFRESH_INTERVAL: Final = 30.0  # RFC 4380 section 5.2.5; RFC 6081 section 5.1.1 MUST
+MIN_REFRESH_INTERVAL: Final = 1.0
+MAX_REFRESH_INTERVAL: Final = 3600.0
+MIN_MTU: Final = 1280  # IPv6 minimum link MTU (RFC 8200 section 5)
+MAX_MTU: Final = 65535
+
+# Miredo reads lines with fgets() into a 1056-byte buffer and skips longer ones
+# (conf.c "Skipped overly long line"): at most 1054 characters before the newline.
+MAX_LINE_LENGTH: Final = 1054
+
+# conf.c `facilities[]` (the Linux <syslog.h> names); all are in SysLogHandler.facility_names.
+SYSLOG_FACILITIES: Final = frozenset(
+    {
+        "auth",
+        "authpriv",
+        "cron",
+        "daemon",
+        "ftp",
+        "kern",
+        "lpr",
+        "mail",
+        "news",
+        "syslog",
+        "user",
+        "uucp",
+        *(f"local{n}" for n in range(8)),
+    }
+)
+
+# Every directive, canonical spelling, and the modes that read it (relayd.c reads Prefix and
+# InterfaceMTU only in relay modes, ServerAddress(2) only in client modes; serverd.c reads the
+# server ones; miredo.c reads SyslogFacility for every daemon).
+_CLIENT_ONLY: Final = frozenset({Role.CLIENT})
+_MIREDO: Final = frozenset({Role.CLIENT, Role.RELAY})
+_SERVER_ONLY: Final = frozenset({Role.SERVER})
+_ALL: Final = frozenset(Role)
+
+DIRECTIVES: Final[Mapping[str, frozenset[Role]]] = {
+    "RelayType": _MIREDO,
+    "ServerAddress": _CLIENT_ONLY,
+    "ServerAddress2": _CLIENT_ONLY,
+    "Prefix": frozenset({Role.RELAY, Role.SERVER}),
+    "InterfaceMTU": frozenset({Role.RELAY, Role.SERVER}),
+    "InterfaceName": _MIREDO,
+    "BindAddress": _MIREDO,
+    "BindPort": _MIREDO,
+    "SyslogFacility": _ALL,
+    "ServerBindAddress": _SERVER_ONLY,
+    "ServerBindAddress2": _SERVER_ONLY,
+    "RefreshInterval": _CLIENT_ONLY,  # ours
+}
+_CANONICAL: Final = {name.lower(): name for name in DIRECTIVES}
+
+# Directives that a role accepts from the command line although its file may not carry them:
+# the client's expected Teredo prefix (--prefix) is a setting here (TEREDO-SPEC 1.1, legacy
+# 3ffe:831f::/32), but miredo.conf(5) forbids Prefix in client mode, so files keep Miredo's rule.
+_FLAG_ONLY: Final[Mapping[Role, frozenset[str]]] = {
+    Role.CLIENT: frozenset({"Prefix"}),
+    Role.RELAY: frozenset(),
+    Role.SERVER: frozenset(),
+}
+
+# sscanf(" %31s %1023s") splits on C isspace(), not on Unicode white space.
+_SPACE: Final = re.compile(r"[ \t\n\v\f\r]+")
+_UINT: Final = re.compile(r"\+?(?:0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+_SECONDS: Final = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,6})?")
+_DOTTED_QUAD: Final = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
+_HOST_LABEL: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_IFNAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_MAX_SHOWN: Final = 60
+_COMMAND_LINE: Final = "command line"
+_T = TypeVar("_T")
+
+
+def _show(text: str) -> str:
+    """Quote `text` for a one-line message: control and non-ASCII characters escaped, cut."""
+    escaped = text.encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    if len(escaped) > _MAX_SHOWN:
+        escaped = escaped[: _MAX_SHOWN - 3] + "..."
+    return f'"{escaped}"'
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; `str()` is "FILE:LINE: Directive: what is wrong".
+
+    `line` is 0 when the fault has no line (a missing directive, a command-line flag, an
+    unreadable file); the LINE part is then left out. `directive` is None for faults of the
+    file as a whole.
+    """
+
+    def __init__(self, file: str, line: int, directive: str | None, message: str) -> None:
+        self.file = file
+        self.line = line
+        self.directive = directive
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        # File names are shown escaped too: the message must stay one line whatever they hold.
+        where = self.file.encode("unicode_escape").decode("ascii")
+        if self.line > 0:
+            where = f"{where}:{self.line}"
+        if self.directive is None:
+            return f"{where}: {self.message}"
+        return f"{where}: {self.directive}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class Directive:
+    """One setting as given: a file line, or a command-line flag (file "command line", line 0)."""
+
+    name: str  # canonical spelling, a key of DIRECTIVES
+    value: str
+    file: str
+    line: int
+    spelled: str  # as written: the name in the file, or the flag (e.g. "--bind-port")
+
+    @classmethod
+    def flag(cls, name: str, value: str, spelled: str) -> Directive:
+        """A directive given by a command-line flag (cli/options.py)."""
+        if name not in DIRECTIVES:
+            raise KeyError(name)
+        return cls(name, value, _COMMAND_LINE, 0, spelled)
+
+    def error(self, message: str) -> ConfigError:
+        # Errors name the canonical directive for file lines, the flag for the command line.
+        label = self.name if self.line > 0 else self.spelled
+        return ConfigError(self.file, self.line, label, message)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """A Teredo client (RFC 4380 section 5.2; miredo.conf(5) client mode)."""
+
+    server_address: str  # host name or IPv4 literal, as given (resolved by the I/O layer)
+    server_address2: str | None = None  # None: primary address + 1 (Miredo, TEREDO-SPEC 3.1)
+    relay_type: RelayType = RelayType.CLIENT
+    interface_name: str = DEFAULT_INTERFACE_NAME
+    bind_address: IPv4Address = ANY_IPV4  # 0.0.0.0: any
+    bind_port: int = 0  # 0: the system picks a port (RFC 4380 section 5.2.10 "random")
+    prefix: IPv6Network = DEFAULT_PREFIX  # expected in the server's RA (flag only)
+    refresh_interval: float = DEFAULT_REFRESH_INTERVAL  # ours: RFC 6081 section 5.1.1
+    syslog_facility: str = DEFAULT_SYSLOG_FACILITY
+
+    @property
+    def role(self) -> Role:
+        return Role.CLIENT
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """A Teredo server (RFC 4380 section 5.3; miredo-server.conf(5))."""
+
+    server_bind_address: IPv4Address
+    server_bind_address2: IPv4Address  # defaults to the primary + 1 (serverd.c)
+    prefix: IPv6Network = DEFAULT_PREFIX
+    mtu: int = DEFAULT_MTU  # advertised in the RA's MTU option (RFC 4380 section 5.1.2)
+    syslog_facility: str = DEFAULT_SYSLOG_FACILITY
+
+    @property
+    def role(self) -> Role:
+        return Role.SERVER
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    """A Teredo relay, or with RelayType host a host-specific relay (RFC 4380 section 5.4)."""
+
+    relay_type: RelayType = RelayType.CONE
+    prefix: IPv6Network = DEFAULT_PREFIX
+    mtu: int = DEFAULT_MTU
+    interface_name: str = DEFAULT_INTERFACE_NAME
+    bind_address: IPv4Address = ANY_IPV4
+    bind_port: int = 0
+    syslog_facility: str = DEFAULT_SYSLOG_FACILITY
+
+    @property
+    def role(self) -> Role:
+        return Role.RELAY
+
+    @property
+    def host_specific(self) -> bool:
+        """Serves only this host's own IPv6 addresses (RFC 4380 section 5.4, section 7.3.1)."""
+        return self.relay_type is RelayType.HOST
+
+    @property
+    def direct_bubbles(self) -> bool:
+        """Miredo's deprecated "restricted" relay also sends direct bubbles (section 5.4.1)."""
+        return self.relay_type is RelayType.RESTRICTED
+
+
+Settings = ClientSettings | ServerSettings | RelaySettings
+
+
+# --------------------------------------------------------------------------- syntax
+
+
+def read_directives(text: str, filename: str) -> tuple[Directive, ...]:
+    """Split `text` into directives, in file order; checks names and syntax, not values.
+
+    Errors: a line longer than Miredo reads, an unknown directive, a directive without a
+    value, words after the value (Miredo ignores them silently; here they are a mistake
+    unless they start a '#' comment), and a repeated directive (Miredo uses the first and
+    reports the second as superfluous).
+    """
+    found: dict[str, Directive] = {}
+    for number, raw in enumerate(text.split("\n"), start=1):
+        if len(raw) > MAX_LINE_LENGTH:
+            raise ConfigError(
+                filename, number, None, f"line too long (more than {MAX_LINE_LENGTH} characters)"
+            )
+        words = _SPACE.split(raw.strip(" \t\n\v\f\r"))
+        if not words[0] or words[0].startswith("#"):
+            continue  # blank line or comment (conf.c: the first word starts with '#')
+        spelled = words[0]
+        name = _CANONICAL.get(spelled.lower()) if spelled.isascii() else None
+        if name is None:
+            raise ConfigError(filename, number, _show(spelled)[1:-1], "unknown directive")
+        if len(words) < 2:
+            raise ConfigError(filename, number, name, "missing value")
+        if len(words) > 2 and not words[2].startswith("#"):
+            raise ConfigError(
+                filename, number, name, f"unexpected text after the value: {_show(words[2])}"
+            )
+        first = found.get(name)
+        if first is not None:
+            raise ConfigError(filename, number, name, f"given twice (first at line {first.line})")
+        found[name] = Directive(name, words[1], filename, number, spelled)
+    return tuple(found.values())
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _relay_type(d: Directive) -> RelayType:
+    try:
+        return RelayType(d.value.lower())
+    except ValueError:
+        choices = "|".join(t.value for t in RelayType)
+        raise d.error(f"invalid relay type {_show(d.value)} (expected {choices})") from None
+
+
+def _uint(d: Directive, low: int, high: int, what: str) -> int:
+    # conf.c miredo_conf_get_int16: strtoul(value, &end, 0), so 0x hex and 0 octal forms too.
+    text = d.value
+    if not _UINT.fullmatch(text):
+        raise d.error(f"invalid {what} {_show(text)} (expected an integer {low}..{high})")
+    digits = text.removeprefix("+")
+    if digits[:2] in ("0x", "0X"):
+        number = int(digits, 16)
+    elif len(digits) > 1 and digits[0] == "0":
+        number = int(digits, 8)
+    else:
+        number = int(digits)
+    if not low <= number <= high:
+        raise d.error(f"{what} {_show(text)} out of range {low}..{high}")
+    return number
+
+
+def _ipv4_literal(text: str) -> IPv4Address | None:
+    if not _DOTTED_QUAD.fullmatch(text):
+        return None
+    try:
+        return IPv4Address(text)
+    except ValueError:  # a part above 255, or a leading zero
+        return None
+
+
+def _bind_address(d: Directive) -> IPv4Address:
+    address = _ipv4_literal(d.value)
+    if address is None:
+        raise d.error(f"invalid IPv4 address {_show(d.value)} (expected a dotted quad)")
+    if address.is_multicast or address == IPv4Address("255.255.255.255"):
+        raise d.error(f"{address} is not a unicast address")
+    return address
+
+
+def _server_bind_address(d: Directive) -> IPv4Address:
+    address = _bind_address(d)
+    # serverd.c: INADDR_ANY means "Server address not specified"; a server needs a real one.
+    if address == ANY_IPV4:
+        raise d.error("0.0.0.0 cannot be a server address")
+    return address
+
+
+def _host(d: Directive) -> str:
+    """A host name (RFC 1123 section 2.1 syntax) or an IPv4 literal, kept as given."""
+    text = d.value
+    labels = text.removesuffix(".").split(".")
+    if all(label.isdigit() for label in labels if label) and any(labels):
+        if _ipv4_literal(text) is None:
+            raise d.error(f"invalid IPv4 address {_show(text)}")
+        return text
+    if len(text) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        raise d.error(f"invalid host name {_show(text)}")
+    return text
+
+
+def _prefix(d: Directive) -> IPv6Network:
+    # conf.c parses an IPv6 address and keeps its first 32 bits (RFC 4380 section 2.6: the
+    # Teredo prefix is a /32); here the rest must be zero so that a typo cannot hide in it.
+    text, slash, length = d.value.partition("/")
+    if slash and length != "32":
+        raise d.error(f"invalid prefix length /{_show(length)[1:-1]} (a Teredo prefix is a /32)")
+    try:
+        address = IPv6Address(text)
+    except ValueError:
+        address = None
+    if address is None or address.scope_id is not None:
+        raise d.error(f"invalid IPv6 prefix {_show(d.value)}")
+    if int(address) & ((1 << 96) - 1):
+        raise d.error(f"{address} is not a /32 prefix (the last 96 bits must be zero)")
+    if address.is_multicast or int(address) == 0:
+        raise d.error(f"{address}/32 is not a unicast prefix")
+    return IPv6Network((address, 32))
+
+
+def _mtu(d: Directive) -> int:
+    # Miredo takes any 16-bit value; below 1280 an IPv6 link is invalid (RFC 8200 section 5).
+    return _uint(d, MIN_MTU, MAX_MTU, "MTU")
+
+
+def _port(d: Directive) -> int:
+    return _uint(d, 0, 65535, "port")
+
+
+def _interface_name(d: Directive) -> str:
+    # Linux: fewer than IFNAMSIZ (16) bytes, not "." or "..", no '/', ':' or white space
+    # (dev_valid_name); we also keep to characters that every tool quotes safely.
+    name = d.value
+    if not _IFNAME.fullmatch(name) or name in (".", ".."):
+        raise d.error(
+            f"invalid interface name {_show(name)} (1-15 characters from A-Z a-z 0-9 _ . -)"
+        )
+    return name
+
+
+def _facility(d: Directive) -> str:
+    name = d.value.lower()
+    if name not in SYSLOG_FACILITIES:
+        raise d.error(f"unknown syslog facility {_show(d.value)}")
+    return name
+
+
+def _refresh(d: Directive) -> float:
+    if not _SECONDS.fullmatch(d.value):
+        raise d.error(f"invalid interval {_show(d.value)} (expected seconds, e.g. 30)")
+    seconds = float(d.value)
+    if not MIN_REFRESH_INTERVAL <= seconds <= MAX_REFRESH_INTERVAL:
+        raise d.error(
+            f"interval {_show(d.value)} out of range "
+            f"{MIN_REFRESH_INTERVAL:g}..{MAX_REFRESH_INTERVAL:g} seconds"
+        )
+    return seconds
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True, slots=True)
+class _Layers:
+    """The file's directives and the command-line ones that override them, for one role."""
+
+    filename: str
+    role: Role
+    file: Mapping[str, Directive]
+    flags: Mapping[str, Directive]
+
+
+def _merge(
+    filename: str,
+    directives: Sequence[Directive],
+    overrides: Sequence[Directive],
+    role: Role | None,
+) -> _Layers:
+    by_name = {d.name: d for d in directives}
+    over = {d.name: d for d in overrides}
+    # The mode is decided first (an explicit role, else ServerBindAddress, else RelayType)
+    # because whether a directive is allowed depends on it (relayd.c reads by mode).
+    relay_type: RelayType | None = None
+    type_directive = over.get("RelayType") or by_name.get("RelayType")
+    if type_directive is not None:
+        relay_type = _relay_type(type_directive)
+    if role is None:
+        role = detect_role(directives)
+    if (
+        type_directive is not None
+        and relay_type is not None
+        and role is not Role.SERVER
+        and relay_type.role is not role
+    ):
+        raise type_directive.error(
+            f"{relay_type.value} is a {relay_type.role.value} mode, not a {role.value} one"
+        )
+    # Messages name the RelayType when there is one ("not valid in cone mode").
+    named = relay_type is not None and role is not Role.SERVER
+    mode = f"{relay_type.value if named and relay_type else role.value} mode"
+    for d in directives:  # file order, so the first faulty line is the one reported
+        if role not in DIRECTIVES[d.name]:
+            raise d.error(f"not valid in {mode}")
+    for d in overrides:
+        if role not in DIRECTIVES[d.name] and d.name not in _FLAG_ONLY[role]:
+            raise d.error(f"not valid in {mode}")
+    return _Layers(filename, role, by_name, over)
+
+
+def detect_role(directives: Sequence[Directive]) -> Role:
+    """The role of a file (checkconf --role auto): a ServerBindAddress makes it a
+    miredo-server file; otherwise RelayType decides, client when absent (miredo.conf(5))."""
+    names = {d.name: d for d in directives}
+    if "ServerBindAddress" in names or "ServerBindAddress2" in names:
+        return Role.SERVER
+    relay_type = names.get("RelayType")
+    if relay_type is None:
+        return Role.CLIENT
+    return _relay_type(relay_type).role
+
+
+_PARSERS: Final[Mapping[str, Callable[[Directive], object]]] = {
+    "RelayType": _relay_type,
+    "ServerAddress": _host,
+    "ServerAddress2": _host,
+    "Prefix": _prefix,
+    "InterfaceMTU": _mtu,
+    "InterfaceName": _interface_name,
+    "BindAddress": _bind_address,
+    "BindPort": _port,
+    "SyslogFacility": _facility,
+    "ServerBindAddress": _server_bind_address,
+    "ServerBindAddress2": _server_bind_address,
+    "RefreshInterval": _refresh,
+}
+
+
+class _Values:
+    """Parsed values by directive name. The file is checked in line order (so the error
+    reported is the first faulty line), even where a flag overrides a value: a faulty file
+    stays faulty. Then the flags, whose values win."""
+
+    def __init__(self, layers: _Layers) -> None:
+        self.filename = layers.filename
+        self.given = {**layers.file, **layers.flags}
+        self.parsed = {d.name: _PARSERS[d.name](d) for d in layers.file.values()}
+        self.parsed.update({d.name: _PARSERS[d.name](d) for d in layers.flags.values()})
+
+    def get(self, name: str, default: _T) -> _T:
+        return cast(_T, self.parsed.get(name, default))
+
+    def required(self, name: str, kind: type[_T], mode: str) -> _T:
+        value = self.parsed.get(name)
+        if value is None:
+            raise ConfigError(self.filename, 0, name, f"required in {mode} mode")
+        return cast(_T, value)
+
+
+def _client(layers: _Layers) -> ClientSettings:
+    v = _Values(layers)
+    # relayd.c: "Server address not specified" (RFC 4380 section 5.2: a client needs one).
+    server = v.required("ServerAddress", str, "client")
+    return ClientSettings(
+        server_address=server,
+        server_address2=v.get("ServerAddress2", None),
+        relay_type=v.get("RelayType", RelayType.CLIENT),
+        interface_name=v.get("InterfaceName", DEFAULT_INTERFACE_NAME),
+        bind_address=v.get("BindAddress", ANY_IPV4),
+        bind_port=v.get("BindPort", 0),
+        prefix=v.get("Prefix", DEFAULT_PREFIX),
+        refresh_interval=v.get("RefreshInterval", DEFAULT_REFRESH_INTERVAL),
+        syslog_facility=v.get("SyslogFacility", DEFAULT_SYSLOG_FACILITY),
+    )
+
+
+def _relay(layers: _Layers) -> RelaySettings:
+    v = _Values(layers)
+    return RelaySettings(
+        relay_type=v.get("RelayType", RelayType.CONE),
+        prefix=v.get("Prefix", DEFAULT_PREFIX),
+        mtu=v.get("InterfaceMTU", DEFAULT_MTU),
+        interface_name=v.get("InterfaceName", DEFAULT_INTERFACE_NAME),
+        bind_address=v.get("BindAddress", ANY_IPV4),
+        bind_port=v.get("BindPort", 0),
+        syslog_facility=v.get("SyslogFacility", DEFAULT_SYSLOG_FACILITY),
+    )
+
+
+def _server(layers: _Layers) -> ServerSettings:
+    v = _Values(layers)
+    # serverd.c: "Server address not specified".
+    primary = v.required("ServerBindAddress", IPv4Address, "server")
+    secondary: IPv4Address | None = v.get("ServerBindAddress2", None)
+    if secondary is None:
+        # serverd.c: the secondary address defaults to the primary + 1 (TEREDO-SPEC 4).
+        secondary = primary + 1
+    elif secondary == primary:
+        raise v.given["ServerBindAddress2"].error(
+            "must differ from ServerBindAddress (RFC 4380 section 5.3: two addresses)"
+        )
+    return ServerSettings(
+        server_bind_address=primary,
+        server_bind_address2=secondary,
+        prefix=v.get("Prefix", DEFAULT_PREFIX),
+        mtu=v.get("InterfaceMTU", DEFAULT_MTU),
+        syslog_facility=v.get("SyslogFacility", DEFAULT_SYSLOG_FACILITY),
+    )
+
+
+def parse_config(
+    text: str,
+    filename: str,
+    role: Role | None = None,
+    overrides: Sequence[Directive] = (),
+) -> Settings:
+    """Parse a miredo.conf / miredo-server.conf text into settings for `role`.
+
+    `role` None detects it (`detect_role`). `overrides` are command-line directives
+    (`Directive.flag`): they replace the file's values and are checked the same way.
+    Raises ConfigError, and nothing else, for any fault of the text or the overrides.
+    """
+    directives = read_directives(text, filename)
+    layers = _merge(filename, directives, overrides, role)
+    if layers.role is Role.CLIENT:
+        return _client(layers)
+    if layers.role is Role.RELAY:
+        return _relay(layers)
+    return _server(layers)
+
+
+def parse_client(text: str, filename: str, overrides: Sequence[Directive] = ()) -> ClientSettings:
+    return _client(_merge(filename, read_directives(text, filename), overrides, Role.CLIENT))
+
+
+def parse_server(text: str, filename: str, overrides: Sequence[Directive] = ()) -> ServerSettings:
+    return _server(_merge(filename, read_directives(text, filename), overrides, Role.SERVER))
+
+
+def parse_relay(text: str, filename: str, overrides: Sequence[Directive] = ()) -> RelaySettings:
+    return _relay(_merge(filename, read_directives(text, filename), overrides, Role.RELAY))

@@ -1,0 +1,773 @@
+"""The Teredo peer list: compact, bounded, O(1), with the RFC 4380 per-peer rules.
+
+A Teredo client (RFC 4380 section 5.2) and a relay (section 5.4, "a peer list shaped like the
+client's") keep, per peer: the IPv6 address (the key), the mapped IPv4 address and UDP port, a
+trusted flag, a local flag (local discovery, section 5.2.8), the last reception and last
+transmission dates, the bubble count (section 5.2.6), and rarely a ping-test nonce (section
+5.2.9) and a queue of packets waiting for the peer to become trusted (sections 5.2.4, 5.4.1).
+
+A relay holds up to a million peers (Miredo with Judy arrays: 1,048,576), so a dict of objects
+(several hundred bytes a peer) will not do. Each peer is one *row* of fixed-size columns in
+`array`/`bytearray` buffers allocated once at construction:
+
+    column                       bytes/row
+    address (bytearray)          16
+    mapped IPv4, port            4 + 2
+    flags, bubble count          1 + 1
+    last rx, last tx, last use   3 x 4     (uint32 ticks of 10 ms)
+    4 most recent bubble times   4 x 4     (exact section 5.2.6 window, see below)
+    LRU prev / next row          2 x 4
+                                 = 60, plus the hash index: 4 bytes x 2 slots = 8
+
+The index is open addressing with linear probing in an `array('i')` of row+1 (0 = empty), at a
+load factor of at most 1/2, with backward-shift deletion (no tombstones, so a churn of inserts
+and removals never degrades it). Slots come from Python's `hash()` of the address `bytes`,
+which is SipHash with a per-process random key: a flood of crafted addresses cannot aim at one
+probe chain (RFC 4380 section 7.3.3, cache flooding). Nonces and queues are rare and live in
+side dicts keyed by row, each with a bound.
+
+Rows are handles: valid until the row is removed, evicted (by `insert`) or expired (by
+`expire`); look the address up again after any of those.
+
+Eviction policy (section 5.2 SHOULD "LRU"; section 7.3.5 relays SHOULD limit state kept for new
+peers), for an `insert` into a full table:
+
+1. the least recently used *untrusted* peer (a peer still being set up with bubbles, or a
+   flooder's address) goes first;
+2. else the least recently used trusted peer, but only when it is no longer valid (no
+   reception for 30 s, 600 s for local peers, section 5.2.4);
+3. else the insert is refused (`None`): a valid trusted peer is never displaced, so a flood of
+   new addresses, however fast, cannot take service away from established peers. New peers
+   wait until an established one goes quiet or the operator raises the capacity.
+
+Untrusted and trusted peers sit in two separate LRU lists (intrusive, through the prev/next
+columns); a row moves between them when its trusted flag changes. Recency has a granularity of
+1 s: a row used again less than 1 s after it last moved to the front keeps its place and its
+"last use" time (a busy peer costs no list surgery per packet; expiry may come 1 s early).
+
+Time: every method that needs the time takes `now` (seconds, monotonic, from the driver) and
+never reads a clock. Times are stored as uint32 ticks of 10 ms from `epoch - 3600 s` (the hour
+of slack makes "now - 30 s" and "now - 600 s" representable from the first call). Rules are
+evaluated on times rounded to 10 ms. uint32 ticks would last 497 days; the table rebases all
+stored times once `now` passes about 248 days from the base (one O(capacity) pass, about a
+second at a million rows, once every 248 days); times that fall before the new base become
+"an hour or more ago", which no rule distinguishes from older. `now` should not go backwards:
+if it does, nothing breaks, ages are read as zero and expiry is merely delayed.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import OrderedDict
+from dataclasses import dataclass
+
+# --- RFC 4380 constants (TEREDO-SPEC.md section 9) -------------------------------------------
+
+#: Section 5.2.4 (and 5.2.3 case 1): an entry is valid while its last reception is less than
+#: 30 seconds old.
+PEER_VALIDITY = 30.0
+#: Section 5.2.4 case 3 speaks of 600 s for local peers (its general text says 30 s; Miredo
+#: and TEREDO-SPEC.md section 3.4 take 600 s as intended).
+PEER_VALIDITY_LOCAL = 600.0
+#: Sections 5.2.3 and 5.2.6: a new entry gets last reception = last transmission = now - 30 s,
+#: so it is invalid, and a first bubble may leave at once.
+NEW_ENTRY_AGE = 30.0
+#: Section 5.2.6: no bubble when the last transmission is less than 2 s old.
+BUBBLE_MIN_INTERVAL = 2.0
+#: Section 5.2.6: no bubble after 4 bubbles in the last 300 s without a direct response.
+BUBBLE_MAX_COUNT = 4
+BUBBLE_WINDOW = 300.0
+#: Miredo: 1280 bytes of queued packets per peer, inbound and outbound together (section
+#: 5.4.1 MAY queue, SHOULD bound the queue).
+QUEUE_BYTES_PER_PEER = 1280
+#: Miredo's relay limit with libJudy (1024 without): a sensible relay capacity.
+MIREDO_MAX_PEERS = 1_048_576
+#: Charged to the overall queue budget for each queued packet on top of its length: a
+#: `bytes` object's header and its list slot, so a flood of tiny packets stays bounded too.
+QUEUE_PACKET_OVERHEAD = 64
+#: The longest nonce kept (section 5.2.9 asks for at least 64 bits; an HMAC may be longer).
+MAX_NONCE_BYTES = 32
+
+_TICKS = 100  # ticks per second (10 ms)
+_VALID_TICKS = round(PEER_VALIDITY * _TICKS)
+_VALID_LOCAL_TICKS = round(PEER_VALIDITY_LOCAL * _TICKS)
+_NEW_AGE_TICKS = round(NEW_ENTRY_AGE * _TICKS)
+_GAP_TICKS = round(BUBBLE_MIN_INTERVAL * _TICKS)
+_WINDOW_TICKS = round(BUBBLE_WINDOW * _TICKS)
+# Recency (LRU position and last use) is kept to 1 s: a row used again within 1 s of its last
+# move stays where it is, which spares the list surgery for most packets of a busy peer.
+_RECENCY_TICKS = _TICKS
+_SLACK = 3600.0  # seconds of representable past before the epoch
+_REBASE_AT = 1 << 31  # rebase at half the uint32 range
+_F_USED = 1
+_F_TRUSTED = 2
+_F_LOCAL = 4
+_NONE = -1
+_UNTRUSTED = 0  # list numbers: the trusted flag's value
+_TRUSTED = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PeerTableStats:
+    """A snapshot of the table's size and counters (read by status and metrics)."""
+
+    capacity: int
+    size: int
+    trusted: int
+    untrusted: int
+    queued_peers: int
+    queued_bytes: int
+    nonces: int
+    inserts: int
+    evicted_untrusted: int
+    evicted_trusted: int
+    refused: int
+    expired: int
+    queue_drops: int
+    nbytes: int
+
+
+class _Queue:
+    """Packets held for one peer until it becomes trusted (or its entry goes)."""
+
+    __slots__ = ("cost", "inbound", "nbytes", "outbound")
+
+    def __init__(self) -> None:
+        self.outbound: list[bytes] = []
+        self.inbound: list[bytes] = []
+        self.nbytes = 0  # payload bytes, against the per-peer limit
+        self.cost = 0  # payload + overhead, against the overall limit
+
+
+class PeerTable:
+    """A fixed-capacity peer list. See the module docstring for layout and policy."""
+
+    __slots__ = (
+        "_addr",
+        "_base",
+        "_bub",
+        "_count",
+        "_flags",
+        "_free",
+        "_head",
+        "_idle_ticks",
+        "_index",
+        "_ip",
+        "_mask",
+        "_max_nonces",
+        "_nbub",
+        "_next",
+        "_nonces",
+        "_port",
+        "_prev",
+        "_queue_bytes",
+        "_queue_per_peer",
+        "_queue_total",
+        "_queues",
+        "_rx",
+        "_stat_evicted",
+        "_stat_expired",
+        "_stat_inserts",
+        "_stat_queue_drops",
+        "_stat_refused",
+        "_tail",
+        "_tx",
+        "_untrusted_ticks",
+        "_used",
+        "capacity",
+    )
+
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        epoch: float = 0.0,
+        idle_timeout: float = PEER_VALIDITY_LOCAL,
+        untrusted_timeout: float | None = None,
+        queue_bytes_per_peer: int = QUEUE_BYTES_PER_PEER,
+        total_queue_bytes: int = 16 * 1024 * 1024,
+        max_nonces: int | None = None,
+    ) -> None:
+        """Allocate every column for `capacity` peers at once.
+
+        `epoch`: a time near the first `now` the table will see (the driver's monotonic clock at
+        start). `idle_timeout`: `expire` removes a trusted entry unused (no reception, no
+        transmission, no bubble) for that long; Miredo uses 30 s in a relay and 600 s in a
+        client (local peers stay valid 600 s). `untrusted_timeout` (default: `idle_timeout`):
+        the same for untrusted entries. `queue_bytes_per_peer` / `total_queue_bytes`: queue
+        bounds (the total counts `QUEUE_PACKET_OVERHEAD` per packet). `max_nonces`: nonces kept
+        at once (default min(capacity, 16384)); beyond it the oldest nonce is forgotten.
+        """
+        if not 1 <= capacity < (1 << 30):
+            raise ValueError("capacity must be between 1 and 2**30 - 1")
+        if idle_timeout <= 0 or (untrusted_timeout is not None and untrusted_timeout <= 0):
+            raise ValueError("timeouts must be > 0")
+        if queue_bytes_per_peer < 0 or total_queue_bytes < 0:
+            raise ValueError("queue limits must be >= 0")
+        self.capacity = capacity
+        self._base = epoch - _SLACK
+        self._idle_ticks = round(idle_timeout * _TICKS)
+        untrusted = idle_timeout if untrusted_timeout is None else untrusted_timeout
+        self._untrusted_ticks = round(untrusted * _TICKS)
+        self._queue_per_peer = queue_bytes_per_peer
+        self._queue_total = total_queue_bytes
+        self._max_nonces = min(capacity, 16384) if max_nonces is None else max(0, max_nonces)
+        self._allocate()
+        self._stat_inserts = 0
+        self._stat_evicted = [0, 0]
+        self._stat_refused = 0
+        self._stat_expired = 0
+        self._stat_queue_drops = 0
+
+    def _allocate(self) -> None:
+        """(Re)create every column, all rows free."""
+        capacity = self.capacity
+        slots = 2
+        while slots < 2 * capacity:
+            slots <<= 1
+        self._mask = slots - 1
+        self._index = array("i", [0]) * slots
+        self._addr = bytearray(16 * capacity)
+        self._ip = array("I", [0]) * capacity
+        self._port = array("H", [0]) * capacity
+        self._flags = bytearray(capacity)
+        self._nbub = bytearray(capacity)
+        self._rx = array("I", [0]) * capacity
+        self._tx = array("I", [0]) * capacity
+        self._used = array("I", [0]) * capacity
+        self._bub = array("I", [0]) * (4 * capacity)
+        self._prev = array("i", [_NONE]) * capacity
+        # Free rows are chained through `_next`, lowest row first.
+        self._next = array("i", range(1, capacity + 1))
+        self._next[capacity - 1] = _NONE
+        self._free = 0
+        self._head = [_NONE, _NONE]  # MRU end, per list (untrusted, trusted)
+        self._tail = [_NONE, _NONE]  # LRU end
+        self._count = [0, 0]
+        self._queues: dict[int, _Queue] = {}
+        self._queue_bytes = 0
+        self._nonces: OrderedDict[int, bytes] = OrderedDict()
+
+    # --- time ---------------------------------------------------------------------------------
+
+    def _tick(self, now: float) -> int:
+        t = int((now - self._base) * _TICKS + 0.5)
+        if t >= _REBASE_AT:
+            self._rebase(now)
+            t = int((now - self._base) * _TICKS + 0.5)
+        return t if t > 0 else 0
+
+    def _rebase(self, now: float) -> None:
+        """Move the base to `now - 1 h` so that ticks stay far from the uint32 limit."""
+        shift = int((now - _SLACK - self._base) * _TICKS)
+        if shift <= 0:
+            return
+        self._base += shift / _TICKS
+        for name in ("_rx", "_tx", "_used", "_bub"):
+            col: array[int] = getattr(self, name)
+            setattr(self, name, array("I", (t - shift if t > shift else 0 for t in col)))
+
+    def _time(self, tick: int) -> float:
+        return self._base + tick / _TICKS
+
+    # --- index --------------------------------------------------------------------------------
+
+    def lookup(self, addr: bytes) -> int | None:
+        """The row of peer `addr` (16 bytes), or None. Reads only: recency is not changed."""
+        if len(addr) != 16:
+            return None
+        index = self._index
+        mask = self._mask
+        keys = self._addr
+        i = hash(addr) & mask
+        while True:
+            r = index[i]
+            if not r:
+                return None
+            r -= 1
+            # startswith(prefix, start) compares in place: no slice object per probe.
+            if keys.startswith(addr, r << 4):
+                return r
+            i = (i + 1) & mask
+
+    def __contains__(self, addr: object) -> bool:
+        return isinstance(addr, bytes) and self.lookup(addr) is not None
+
+    def __len__(self) -> int:
+        return self._count[0] + self._count[1]
+
+    def address(self, row: int) -> bytes:
+        """The IPv6 address of the peer in `row`."""
+        o = row << 4
+        return bytes(self._addr[o : o + 16])
+
+    def rows(self) -> list[int]:
+        """Every row in use, most recently used first, trusted before untrusted (O(size))."""
+        out: list[int] = []
+        for lst in (_TRUSTED, _UNTRUSTED):
+            r = self._head[lst]
+            while r != _NONE:
+                out.append(r)
+                r = self._next[r]
+        return out
+
+    def _index_delete(self, row: int) -> None:
+        """Linear-probing deletion by backward shift: later entries of the cluster that may
+        live in the freed slot move back, so no tombstones accumulate."""
+        index = self._index
+        mask = self._mask
+        keys = self._addr
+        o = row << 4
+        i = hash(bytes(keys[o : o + 16])) & mask
+        while index[i] != row + 1:
+            i = (i + 1) & mask
+        j = i
+        while True:
+            j = (j + 1) & mask
+            r = index[j]
+            if not r:
+                break
+            o = (r - 1) << 4
+            home = hash(bytes(keys[o : o + 16])) & mask
+            # Keep r where it is when its home slot lies cyclically in (i, j].
+            if (i < home <= j) if i <= j else (home > i or home <= j):
+                continue
+            index[i] = r
+            i = j
+        index[i] = 0
+
+    # --- LRU lists ----------------------------------------------------------------------------
+
+    def _link_head(self, row: int, lst: int) -> None:
+        head = self._head[lst]
+        self._prev[row] = _NONE
+        self._next[row] = head
+        if head == _NONE:
+            self._tail[lst] = row
+        else:
+            self._prev[head] = row
+        self._head[lst] = row
+
+    def _unlink(self, row: int, lst: int) -> None:
+        p = self._prev[row]
+        n = self._next[row]
+        if p == _NONE:
+            self._head[lst] = n
+        else:
+            self._next[p] = n
+        if n == _NONE:
+            self._tail[lst] = p
+        else:
+            self._prev[n] = p
+
+    def _touch(self, row: int, t: int) -> None:
+        """Mark `row` used at tick `t`: it moves to the most recently used end of its list,
+        unless it moved there less than 1 s ago (then nothing changes, so the lists stay sorted
+        by last use and expiry is at most 1 s early). On the data path: `_unlink` and
+        `_link_head` written out, with locals."""
+        used = self._used
+        if t - used[row] < _RECENCY_TICKS:
+            return
+        used[row] = t
+        lst = (self._flags[row] >> 1) & 1
+        heads = self._head
+        head = heads[lst]
+        if head == row:
+            return
+        prev = self._prev
+        nxt = self._next
+        p = prev[row]  # never _NONE: row is not the head
+        n = nxt[row]
+        nxt[p] = n
+        if n == _NONE:
+            self._tail[lst] = p
+        else:
+            prev[n] = p
+        prev[row] = _NONE
+        nxt[row] = head
+        prev[head] = row
+        heads[lst] = row
+
+    def _check(self, row: int) -> int:
+        flags = self._flags[row]
+        if not flags & _F_USED:
+            raise ValueError(f"row {row} is not in use")
+        return flags
+
+    # --- insert, remove, expire ---------------------------------------------------------------
+
+    def insert(self, addr: bytes, now: float, *, trusted: bool = False) -> int | None:
+        """Add peer `addr` (absent, 16 bytes); its row, or None if the policy refuses it.
+
+        New entries get last reception = last transmission = now - 30 s and no bubbles
+        (sections 5.2.3, 5.2.6), mapping 0.0.0.0:0, not local. When the table is full a victim
+        is chosen as the module docstring says; its queue and nonce go with it.
+        """
+        if len(addr) != 16:
+            raise ValueError("a peer address is 16 bytes")
+        if self.lookup(addr) is not None:
+            raise ValueError("peer already in the table")
+        t = self._tick(now)
+        row = self._free
+        if row == _NONE:
+            row = self._tail[_UNTRUSTED]
+            if row == _NONE:
+                row = self._tail[_TRUSTED]
+                # A valid trusted peer is never displaced (section 7.3.5: new peers must not
+                # take state from established ones).
+                if self._valid_tick(row, t):
+                    self._stat_refused += 1
+                    return None
+            self._stat_evicted[(self._flags[row] >> 1) & 1] += 1
+            self._remove(row)
+        self._free = self._next[row]
+        o = row << 4
+        self._addr[o : o + 16] = addr
+        index = self._index
+        mask = self._mask
+        i = hash(addr) & mask
+        while index[i]:
+            i = (i + 1) & mask
+        index[i] = row + 1
+        lst = _TRUSTED if trusted else _UNTRUSTED
+        self._flags[row] = _F_USED | (_F_TRUSTED if trusted else 0)
+        self._ip[row] = 0
+        self._port[row] = 0
+        self._nbub[row] = 0
+        old = t - _NEW_AGE_TICKS
+        self._rx[row] = old if old > 0 else 0
+        self._tx[row] = old if old > 0 else 0
+        self._used[row] = t
+        self._link_head(row, lst)
+        self._count[lst] += 1
+        self._stat_inserts += 1
+        return row
+
+    def remove(self, row: int) -> None:
+        """Delete the peer in `row` with its queue and nonce (section 5.4.1: the queue goes with
+        the entry)."""
+        self._check(row)
+        self._remove(row)
+
+    def _remove(self, row: int) -> None:
+        lst = (self._flags[row] >> 1) & 1
+        self._index_delete(row)
+        self._unlink(row, lst)
+        self._count[lst] -= 1
+        self._flags[row] = 0
+        q = self._queues.pop(row, None)
+        if q is not None:
+            self._queue_bytes -= q.cost
+        self._nonces.pop(row, None)
+        self._prev[row] = _NONE
+        self._next[row] = self._free
+        self._free = row
+
+    def expire(self, now: float, budget: int = 256) -> int:
+        """Remove at most `budget` entries unused for their timeout (untrusted ones first, as in
+        eviction); returns how many went.
+
+        Work is O(budget): each list is walked from its least recently used end and the walk
+        stops at the first entry still in use, so a timer may call this often.
+        """
+        t = self._tick(now)
+        removed = 0
+        for lst, limit in ((_UNTRUSTED, self._untrusted_ticks), (_TRUSTED, self._idle_ticks)):
+            while removed < budget:
+                row = self._tail[lst]
+                if row == _NONE or t - self._used[row] < limit:
+                    break
+                self._remove(row)
+                removed += 1
+        self._stat_expired += removed
+        return removed
+
+    def next_expiry(self) -> float | None:
+        """When `expire` will next find something to remove (for the driver's timer)."""
+        best: float | None = None
+        for lst, limit in ((_UNTRUSTED, self._untrusted_ticks), (_TRUSTED, self._idle_ticks)):
+            row = self._tail[lst]
+            if row != _NONE:
+                when = self._time(self._used[row] + limit)
+                if best is None or when < best:
+                    best = when
+        return best
+
+    def clear(self) -> None:
+        """Forget every peer (Miredo empties the list when the client's address changes): the
+        columns are made anew, O(capacity) at C speed. Counters are kept."""
+        self._allocate()
+
+    # --- fields -------------------------------------------------------------------------------
+
+    def mapping(self, row: int) -> tuple[int, int]:
+        """(IPv4 as an int, UDP port): the mapped address, or the local one for a local peer
+        (section 5.2.8: packets to a local peer go to its local address)."""
+        return self._ip[row], self._port[row]
+
+    def ipv4(self, row: int) -> int:
+        return self._ip[row]
+
+    def port(self, row: int) -> int:
+        return self._port[row]
+
+    def set_mapping(self, row: int, ipv4: int, port: int) -> None:
+        if not (0 <= ipv4 <= 0xFFFFFFFF and 0 <= port <= 0xFFFF):
+            raise ValueError("IPv4 is 32 bits and the port 16 bits")
+        self._ip[row] = ipv4
+        self._port[row] = port
+
+    def is_trusted(self, row: int) -> bool:
+        return bool(self._flags[row] & _F_TRUSTED)
+
+    def set_trusted(self, row: int, trusted: bool) -> None:
+        """Mark trust (section 5.2.3 cases 1-3, 5; section 5.4.2). The row moves to the most
+        recently used end of the other list; a trusted peer needs no nonce any more. Trust comes
+        with a reception: call `touch_rx` too, so that the row's last use matches its place."""
+        flags = self._check(row)
+        if trusted:
+            self._nonces.pop(row, None)
+        old = (flags >> 1) & 1
+        new = _TRUSTED if trusted else _UNTRUSTED
+        if old == new:
+            return
+        self._unlink(row, old)
+        self._count[old] -= 1
+        self._flags[row] = (flags & ~_F_TRUSTED) | (_F_TRUSTED if trusted else 0)
+        self._link_head(row, new)
+        self._count[new] += 1
+
+    def is_local(self, row: int) -> bool:
+        return bool(self._flags[row] & _F_LOCAL)
+
+    def set_local(self, row: int, local: bool) -> None:
+        """A peer found by local discovery (section 5.2.8): valid 600 s instead of 30 s."""
+        flags = self._check(row)
+        self._flags[row] = (flags | _F_LOCAL) if local else (flags & ~_F_LOCAL)
+
+    def last_rx(self, row: int) -> float:
+        return self._time(self._rx[row])
+
+    def last_tx(self, row: int) -> float:
+        return self._time(self._tx[row])
+
+    def last_used(self, row: int) -> float:
+        return self._time(self._used[row])
+
+    def touch_rx(self, row: int, now: float) -> None:
+        """A packet or bubble came *directly* from the peer: update the last reception date and
+        reset the bubble count (section 5.2.6: "without receiving a direct response")."""
+        self._check(row)
+        t = self._tick(now)
+        self._rx[row] = t
+        self._nbub[row] = 0
+        self._touch(row, t)
+
+    def touch_tx(self, row: int, now: float) -> None:
+        """A packet was sent to the peer: update the last transmission date (section 5.2.4
+        case 1)."""
+        self._check(row)
+        t = self._tick(now)
+        self._tx[row] = t
+        self._touch(row, t)
+
+    def is_valid(self, row: int, now: float) -> bool:
+        """Last reception less than 30 s ago, 600 s for a local peer (section 5.2.4)."""
+        return self._valid_tick(row, self._tick(now))
+
+    def _valid_tick(self, row: int, t: int) -> bool:
+        limit = _VALID_LOCAL_TICKS if self._flags[row] & _F_LOCAL else _VALID_TICKS
+        return t - self._rx[row] < limit
+
+    # --- the data path in one call each --------------------------------------------------------
+
+    def send_row(self, addr: bytes, now: float) -> int | None:
+        """Sending case 1 (sections 5.2.4 and 5.4.1): the row of `addr` if it is a valid trusted
+        peer, with its last transmission date updated; else None (the caller goes on with the
+        other cases). Same as lookup + is_trusted + is_valid + touch_tx, in one call."""
+        row = self.lookup(addr)
+        if row is None:
+            return None
+        flags = self._flags[row]
+        if not flags & _F_TRUSTED:
+            return None
+        t = int((now - self._base) * _TICKS + 0.5)  # `_tick`, inlined for the data path
+        if not 0 < t < _REBASE_AT:
+            t = self._tick(now)
+        limit = _VALID_LOCAL_TICKS if flags & _F_LOCAL else _VALID_TICKS
+        if t - self._rx[row] >= limit:
+            return None
+        self._tx[row] = t
+        self._touch(row, t)
+        return row
+
+    def receive_row(self, addr: bytes, ipv4: int, port: int, now: float) -> int | None:
+        """Reception case 1 (section 5.2.3; section 5.4.2 for a relay's known client): the row
+        of `addr` if it is trusted and the packet came from its mapping, with the last reception
+        date updated and the bubble count reset; else None. Same as lookup + is_trusted +
+        mapping + touch_rx, in one call."""
+        row = self.lookup(addr)
+        if row is None:
+            return None
+        if not self._flags[row] & _F_TRUSTED or self._ip[row] != ipv4 or self._port[row] != port:
+            return None
+        t = int((now - self._base) * _TICKS + 0.5)  # `_tick`, inlined for the data path
+        if not 0 < t < _REBASE_AT:
+            t = self._tick(now)
+        self._rx[row] = t
+        self._nbub[row] = 0
+        self._touch(row, t)
+        return row
+
+    # --- bubbles (section 5.2.6, MUST) ------------------------------------------------------
+
+    def may_send_bubble(self, row: int, now: float) -> bool:
+        """Section 5.2.6: no bubble if the last transmission is less than 2 s old, nor if 4
+        bubbles went to the peer in the last 300 s without a direct response.
+
+        The times of the 4 most recent bubbles since the last direct reception are kept, so
+        the 300 s window slides exactly: a bubble exactly 300 s old has left the window, as a
+        transmission exactly 2 s old no longer blocks.
+        """
+        t = self._tick(now)
+        if t - self._tx[row] < _GAP_TICKS:
+            return False
+        if self._nbub[row] < BUBBLE_MAX_COUNT:
+            return True
+        # Four bubbles kept, oldest first: the oldest decides whether four are in the window.
+        return t - self._bub[row << 2] >= _WINDOW_TICKS
+
+    def record_bubble(self, row: int, now: float) -> None:
+        """A bubble was sent: update the last transmission date and count it (section 5.2.6
+        MUST). Call after `may_send_bubble` said yes."""
+        self._check(row)
+        t = self._tick(now)
+        self._tx[row] = t
+        b = row << 2
+        bub = self._bub
+        n = self._nbub[row]
+        if n < BUBBLE_MAX_COUNT:
+            bub[b + n] = t
+            self._nbub[row] = n + 1
+        else:
+            bub[b] = bub[b + 1]
+            bub[b + 1] = bub[b + 2]
+            bub[b + 2] = bub[b + 3]
+            bub[b + 3] = t
+        self._touch(row, t)
+
+    def bubble_count(self, row: int, now: float) -> int:
+        """Bubbles sent in the last 300 s since the last direct reception (section 5.2.6)."""
+        t = self._tick(now)
+        b = row << 2
+        return sum(1 for k in range(self._nbub[row]) if t - self._bub[b + k] < _WINDOW_TICKS)
+
+    # --- nonce (section 5.2.9) ---------------------------------------------------------------
+
+    def set_nonce(self, row: int, nonce: bytes) -> None:
+        """Keep the ping-test nonce of an untrusted peer (section 5.2.9). At most `max_nonces`
+        are kept: beyond that the oldest is forgotten (its test then fails and is retried)."""
+        self._check(row)
+        if not 8 <= len(nonce) <= MAX_NONCE_BYTES:
+            raise ValueError(f"a nonce is 8 to {MAX_NONCE_BYTES} bytes (section 5.2.9)")
+        nonces = self._nonces
+        nonces.pop(row, None)
+        if self._max_nonces == 0:
+            return
+        while len(nonces) >= self._max_nonces:
+            nonces.popitem(last=False)
+        nonces[row] = bytes(nonce)
+
+    def nonce(self, row: int) -> bytes | None:
+        return self._nonces.get(row)
+
+    def clear_nonce(self, row: int) -> None:
+        self._nonces.pop(row, None)
+
+    # --- queue (sections 5.2.4, 5.4.1) ------------------------------------------------------
+
+    def enqueue(self, row: int, packet: bytes, *, inbound: bool = False) -> bool:
+        """Hold `packet` until the peer is trusted; False (packet dropped) when it would pass
+        the per-peer bound (inbound and outbound together, as Miredo) or the overall one."""
+        self._check(row)
+        size = len(packet)
+        cost = size + QUEUE_PACKET_OVERHEAD
+        q = self._queues.get(row)
+        held = 0 if q is None else q.nbytes
+        if (
+            size == 0
+            or held + size > self._queue_per_peer
+            or self._queue_bytes + cost > self._queue_total
+        ):
+            self._stat_queue_drops += 1
+            return False
+        if q is None:
+            q = self._queues[row] = _Queue()
+        (q.inbound if inbound else q.outbound).append(bytes(packet))
+        q.nbytes += size
+        q.cost += cost
+        self._queue_bytes += cost
+        return True
+
+    def drain(self, row: int, *, inbound: bool = False) -> list[bytes]:
+        """Take the queued packets of one direction, oldest first (flush on trust)."""
+        q = self._queues.get(row)
+        if q is None:
+            return []
+        packets = q.inbound if inbound else q.outbound
+        if not packets:
+            return []
+        size = sum(len(p) for p in packets)
+        cost = size + QUEUE_PACKET_OVERHEAD * len(packets)
+        q.nbytes -= size
+        q.cost -= cost
+        self._queue_bytes -= cost
+        if inbound:
+            q.inbound = []
+        else:
+            q.outbound = []
+        if not q.inbound and not q.outbound:
+            del self._queues[row]
+        return packets
+
+    def queued_bytes(self, row: int) -> int:
+        """Payload bytes queued for the peer, both directions."""
+        q = self._queues.get(row)
+        return 0 if q is None else q.nbytes
+
+    # --- statistics ---------------------------------------------------------------------------
+
+    def nbytes(self) -> int:
+        """Bytes held by the fixed columns and the index (not the side dicts)."""
+        total = len(self._addr) + len(self._flags) + len(self._nbub)
+        for col in (
+            self._index,
+            self._ip,
+            self._port,
+            self._rx,
+            self._tx,
+            self._used,
+            self._bub,
+            self._prev,
+            self._next,
+        ):
+            total += col.itemsize * len(col)
+        return total
+
+    def stats(self) -> PeerTableStats:
+        return PeerTableStats(
+            capacity=self.capacity,
+            size=len(self),
+            trusted=self._count[_TRUSTED],
+            untrusted=self._count[_UNTRUSTED],
+            queued_peers=len(self._queues),
+            queued_bytes=sum(q.nbytes for q in self._queues.values()),
+            nonces=len(self._nonces),
+            inserts=self._stat_inserts,
+            evicted_untrusted=self._stat_evicted[_UNTRUSTED],
+            evicted_trusted=self._stat_evicted[_TRUSTED],
+            refused=self._stat_refused,
+            expired=self._stat_expired,
+            queue_drops=self._stat_queue_drops,
+            nbytes=self.nbytes(),
+        )

@@ -1,0 +1,259 @@
+"""The Teredo server (RFC 4380 section 5.3), sans I/O.
+
+The server is stateless towards clients: each datagram is checked (section 5.3.1), then either
+answered with a Router Advertisement (section 5.3.2), relayed over UDP to a Teredo client with an
+origin indication, or handed to the native IPv6 network (a client's ping test, section 5.2.9).
+What the driver must do comes out through `ServerTransmit`; drops are counted by reason.
+
+Beyond the RFC, the server must not be an amplifier or a free relay (section 7.4): Router
+Solicitations and forwarded packets are rate-limited per source IPv4 and overall, in buckets of
+fixed memory, and relayed ICMPv6 is capped in size as Miredo and Microsoft's servers do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from socket import inet_aton
+from typing import Protocol
+
+from teredo.core.addr import (
+    ALL_ROUTERS,
+    TEREDO_PORT,
+    TEREDO_PREFIX,
+    embedded_mapping,
+    embedded_sockaddr,
+    is_global_ipv4,
+    server_link_local,
+)
+from teredo.core.counters import DropCounters, DropReason
+from teredo.core.ipv6 import (
+    IPV6_MIN_MTU,
+    ND_ROUTER_SOLICIT,
+    NH_ICMPV6,
+    build_ra,
+    icmpv6_checksum_ok,
+)
+from teredo.core.ratelimit import BucketTable, TokenBucket
+from teredo.core.wire import TeredoPacket, build_origin, parse_payload
+
+Address = tuple[str, int]
+
+_AUTH_LEAD = b"\x00\x01\x00\x00"  # Authentication header, nonce-only: ID-len = AU-len = 0
+_CONFIRMATION_OK = b"\x00"
+
+# Router Advertisements are cached by RS source address: clients use one of a handful of
+# link-local sources (TEREDO-SPEC 1.4), so the RA's IPv6 part, checksum included, is a constant.
+_RA_CACHE_LIMIT = 32
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """Abuse limits; the defaults are documented in docs/server.md.
+
+    Rates are per second and per source IPv4 address (all ports together: a flood from many
+    ports of one host counts once), plus an overall cap on answers whatever their source.
+    """
+
+    rs_rate: float = 5.0
+    rs_burst: float = 20.0
+    rs_total_rate: float = 20000.0
+    forward_rate: float = 50.0
+    forward_burst: float = 200.0
+    forward_total_rate: float = 50000.0
+    bucket_slots: int = 65536
+    icmpv6_max_payload: int = 88
+
+
+@dataclass(frozen=True, slots=True)
+class ServerParams:
+    """What a server needs to know: its two addresses (IPv4 as int), prefix and MTU."""
+
+    primary: int
+    secondary: int
+    prefix: bytes = TEREDO_PREFIX
+    mtu: int = IPV6_MIN_MTU
+    limits: ServerLimits = field(default_factory=ServerLimits)
+
+    def check(self) -> str | None:
+        """Why these parameters cannot serve (RFC 4380 section 5.3), or None."""
+        for name, ipv4 in (("primary", self.primary), ("secondary", self.secondary)):
+            if not is_global_ipv4(ipv4):
+                return f"the {name} address is not a global unicast IPv4 address"
+        if self.primary == self.secondary:
+            return "the primary and secondary addresses are the same"
+        if len(self.prefix) != 4:
+            return "the prefix must be 32 bits"
+        if not IPV6_MIN_MTU <= self.mtu <= 65535:
+            return "the MTU must be between 1280 and 65535"
+        return None
+
+
+class ServerTransmit(Protocol):
+    """Where the server's output goes (the driver's sockets, or a test's recorder)."""
+
+    def send_udp(self, payload: bytes, destination: Address, from_secondary: bool) -> None:
+        """Send from port 3544 of the primary address (or the secondary one)."""
+
+    def send_ipv6(self, packet: bytes) -> None:
+        """Send a native IPv6 packet (Miredo uses a raw IPv6 socket)."""
+
+
+@dataclass(slots=True)
+class ServerStats:
+    """What the server did, for `status` and metrics."""
+
+    router_advertisements: int = 0
+    bubbles_forwarded: int = 0
+    packets_forwarded: int = 0
+    native_forwarded: int = 0
+
+
+def _is_global_ipv6(addr16: bytes) -> bool:
+    """RFC 4291 section 2.4: not unspecified, loopback, link-local or multicast."""
+    first = addr16[0]
+    if first == 0xFF:
+        return False
+    if first == 0xFE and addr16[1] & 0xC0 == 0x80:
+        return False
+    return not (first == 0 and addr16[:15] == bytes(15) and addr16[15] in (0, 1))
+
+
+class ServerMachine:
+    """Checks and handles every datagram that reaches UDP port 3544 of either server address."""
+
+    def __init__(self, params: ServerParams, out: ServerTransmit) -> None:
+        problem = params.check()
+        if problem is not None:
+            raise ValueError(problem)
+        self.params = params
+        self.out = out
+        self.drops = DropCounters()
+        self.stats = ServerStats()
+        self._prefix = params.prefix
+        self._primary_bytes = params.primary.to_bytes(4, "big")
+        self._own = (params.primary, params.secondary)
+        self._link_local = server_link_local(params.primary)
+        # Section 5.3.2: the advertised prefix is the Teredo prefix + primary IPv4, then zeros.
+        self._advertised = params.prefix + self._primary_bytes + bytes(8)
+        self._ra_cache: dict[bytes, bytes] = {}
+        limits = params.limits
+        self._rs_buckets = BucketTable(limits.rs_rate, limits.rs_burst, limits.bucket_slots)
+        self._rs_total = TokenBucket(limits.rs_total_rate, limits.rs_total_rate)
+        self._fwd_buckets = BucketTable(
+            limits.forward_rate, limits.forward_burst, limits.bucket_slots
+        )
+        self._fwd_total = TokenBucket(limits.forward_total_rate, limits.forward_total_rate)
+        self._icmp_cap = limits.icmpv6_max_payload
+
+    def receive(self, data: bytes, source: Address, on_secondary: bool, now: float) -> None:
+        """One UDP datagram that arrived on the primary (or secondary) address."""
+        reason = self._receive(data, source, on_secondary, now)
+        if reason is not None:
+            self.drops.count(reason)
+
+    def _receive(
+        self, data: bytes, source: Address, on_secondary: bool, now: float
+    ) -> DropReason | None:
+        # Check 1: a well-formed Teredo packet (section 5.3.1; the codec's drop reasons).
+        packet = parse_payload(data)
+        if isinstance(packet, DropReason):
+            return packet
+        d = packet.data
+        o = packet.ip6_offset
+        next_header = d[o + 6]
+        bubble = next_header == 59 and packet.ip6_length == 40
+        # Check 2: only bubbles and ICMPv6 pass through a server.
+        if not bubble and next_header != NH_ICMPV6:
+            return DropReason.NOT_BUBBLE_OR_ICMPV6
+        # Check 3: the IPv4 source must be global unicast.
+        host, port = source
+        try:
+            source_ipv4 = int.from_bytes(inet_aton(host), "big")
+        except OSError:
+            return DropReason.NOT_GLOBAL_IPV4
+        if not is_global_ipv4(source_ipv4):
+            return DropReason.NOT_GLOBAL_IPV4
+        src = d[o + 8 : o + 24]
+        dst = d[o + 24 : o + 40]
+        # Check 4: a Router Solicitation from a link-local source to all-routers.
+        if src[0] == 0xFE and src[1] & 0xC0 == 0x80 and dst == ALL_ROUTERS:
+            if next_header != NH_ICMPV6 or packet.ip6_length < 48 or d[o + 40] != ND_ROUTER_SOLICIT:
+                return DropReason.NOT_FOR_SERVER
+        elif src[:4] == self._prefix:
+            # Check 5: a Teredo source whose embedded mapping is the UDP source.
+            if embedded_mapping(src) != (source_ipv4, port):
+                return DropReason.MAPPING_MISMATCH
+        elif not (dst[:4] == self._prefix and dst[4:8] == self._primary_bytes):
+            # Check 6 failed (a non-Teredo source may only reach our own clients); check 7.
+            return DropReason.NOT_ACCEPTED
+        # Miredo's loop guard: nothing from our own port 3544 is ever processed.
+        if port == TEREDO_PORT and source_ipv4 in self._own:
+            return DropReason.LOOP
+        if dst in (ALL_ROUTERS, self._link_local):
+            return self._answer_rs(packet, source, source_ipv4, on_secondary, now)
+        # Section 5.3.1: never forward to a non-global IPv6 destination.
+        if not _is_global_ipv6(dst):
+            return DropReason.NON_GLOBAL_DESTINATION
+        if not bubble and packet.ip6_length - 40 > self._icmp_cap:
+            return DropReason.ICMPV6_TOO_LARGE
+        if not (self._fwd_buckets.allow(host, now) and self._fwd_total.allow(now)):
+            return DropReason.FORWARD_RATE_LIMITED
+        if dst[:4] != self._prefix:
+            # A client's ping test to a native host (section 5.2.9) goes out natively.
+            self.out.send_ipv6(packet.ipv6)
+            self.stats.native_forwarded += 1
+            return None
+        destination = embedded_sockaddr(dst)
+        if not is_global_ipv4(embedded_mapping(dst)[0]):
+            return DropReason.DESTINATION_NOT_GLOBAL_IPV4
+        # The IPv6 packet travels on with whatever RFC 6081 trailers followed it; an origin
+        # indication tells our own client who sent it (section 5.3.1, last paragraph).
+        payload = d[o:]
+        if dst[4:8] == self._primary_bytes:
+            payload = build_origin(source_ipv4, port) + payload
+        self.out.send_udp(payload, destination, False)
+        if bubble:
+            self.stats.bubbles_forwarded += 1
+        else:
+            self.stats.packets_forwarded += 1
+        return None
+
+    def _answer_rs(
+        self,
+        packet: TeredoPacket,
+        source: Address,
+        source_ipv4: int,
+        on_secondary: bool,
+        now: float,
+    ) -> DropReason | None:
+        """Section 5.3.2, after the RS checks of RFC 4861 section 6.1.1."""
+        d = packet.data
+        o = packet.ip6_offset
+        src = d[o + 8 : o + 24]
+        message = d[o + 40 : o + packet.ip6_length]
+        if (
+            d[o + 6] != NH_ICMPV6
+            or len(message) < 8
+            or message[0] != ND_ROUTER_SOLICIT
+            or message[1] != 0
+        ):
+            return DropReason.NOT_FOR_SERVER
+        if d[o + 7] != 255 or not icmpv6_checksum_ok(src, d[o + 24 : o + 40], message):
+            return DropReason.BAD_ROUTER_SOLICITATION
+        if not (self._rs_buckets.allow(source[0], now) and self._rs_total.allow(now)):
+            return DropReason.RS_RATE_LIMITED
+        ra = self._ra_cache.get(src)
+        if ra is None:
+            ra = build_ra(self._link_local, src, self._advertised, mtu=self.params.mtu)
+            if len(self._ra_cache) < _RA_CACHE_LIMIT:
+                self._ra_cache[src] = ra
+        # The nonce is echoed in an Authentication header when the RS had one (5.2.2; Miredo's
+        # clients drop an RA without it). The origin indication carries the client's mapping.
+        nonce = packet.nonce
+        auth = b"" if nonce is None else _AUTH_LEAD + nonce + _CONFIRMATION_OK
+        payload = auth + build_origin(source_ipv4, source[1]) + ra
+        # A cone RS (C bit of its source) is answered from the other address (5.3.2).
+        from_secondary = on_secondary ^ bool(src[8] & 0x80)
+        self.out.send_udp(payload, source, from_secondary)
+        self.stats.router_advertisements += 1
+        return None

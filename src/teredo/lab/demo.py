@@ -1,0 +1,158 @@
+"""`teredo lab demo`: build a lab, show Teredo working end to end, print a summary, tear down."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+from teredo.lab import watch
+from teredo.lab.nat import NatKind
+from teredo.lab.roles import Impl
+from teredo.lab.system import LabError
+from teredo.lab.teredoaddr import TeredoInfo
+from teredo.lab.topology import NATIVE_V6, RELAY_V4, SERVER_V4, SERVER_V4_2, Lab
+
+DEFAULT_NATS = (NatKind.PORT_RESTRICTED, NatKind.PORT_RESTRICTED, NatKind.FULL_CONE)
+
+TOPOLOGY = """\
+                   {p}wan: router, IPv4 + IPv6 forwarding, three bridges
+            bs                                 bn                                 b6
+  198.51.100.0/24 + 2001:db8:2::/64       203.0.113.0/24                     2001:db8:1::/64
+     |                 |                 |                     |                   |
+   server            relay             NAT n                 client n (no NAT)   native host
+   {srv}     {relay}     203.0.113.(10+n)      203.0.113.(100+n)   {native}
+   {srv2}     2001:db8:2::20      | 192.168.n.0/24
+   2001:db8:2::10                      client n 192.168.n.2
+  2001::/32 is routed to the relay; each client's Teredo interface is called teredo"""
+
+_PING_RE = re.compile(r"(\d+) packets transmitted, (\d+) received")
+_RTT_RE = re.compile(r"= [\d.]+/([\d.]+)/")
+
+
+def _ping_summary(output: str) -> tuple[int, int, str]:
+    m = _PING_RE.search(output)
+    sent, got = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    rtt = _RTT_RE.search(output)
+    return sent, got, f"avg rtt {rtt.group(1)} ms" if rtt else "no reply"
+
+
+def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_demo(
+    prefix: str,
+    nats: Sequence[NatKind] = DEFAULT_NATS,
+    *,
+    server_impl: Impl = Impl.MIREDO,
+    relay_impl: Impl = Impl.MIREDO,
+    client_impl: Impl = Impl.MIREDO,
+    count: int = 3,
+    out: Callable[[str], None] = print,
+) -> int:
+    """Run the demo; 0 when every step worked. The lab is torn down however it ends."""
+    if len(nats) < 2:
+        raise LabError("the demo needs at least two clients")
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    lab = Lab(prefix, nats, server_impl=server_impl, relay_impl=relay_impl, client_impl=client_impl)
+    results: list[tuple[str, bool, str]] = []
+    try:
+        out(f"== Teredo lab demo: prefix {prefix!r} ==")
+        out(
+            TOPOLOGY.format(
+                p=prefix, srv=SERVER_V4, srv2=SERVER_V4_2, relay=RELAY_V4, native=NATIVE_V6
+            )
+        )
+        out("")
+        kinds = ", ".join(f"client{s.index}: {s.nat.value}" for s in lab.sites)
+        out(
+            f"[1] building: server={server_impl.value} relay={relay_impl.value} "
+            f"clients={client_impl.value} ({kinds})"
+        )
+        started = time.monotonic()
+        lab.up()
+        watch.install(lab)
+        out(f"    built and started in {time.monotonic() - started:.1f} s")
+        out("[2] qualification (RFC 4380 section 5.2.1): each client learns its Teredo address")
+        infos: dict[int, TeredoInfo] = {}
+        for site in lab.sites:
+            try:
+                info = lab.wait_qualified(site.index, timeout=30)
+            except LabError as exc:
+                out(f"    client{site.index}: NOT qualified: {exc}")
+                results.append((f"client{site.index} qualifies", False, str(exc).splitlines()[0]))
+                continue
+            infos[site.index] = info
+            ok = str(info.mapped_ip) == site.public_ip
+            where = "with no NAT" if site.nat is NatKind.NONE else f"behind a {site.nat.value} NAT"
+            out(f"    client{site.index} {where} (public {site.public_ip}):")
+            out(f"        {info.address}")
+            out(
+                f"        server {info.server}, mapped {info.mapped_ip}:{info.mapped_port}"
+                f" {'= the public address' if ok else '!= the public address ' + site.public_ip}"
+            )
+            results.append(
+                (
+                    f"client{site.index} qualifies ({site.nat.value})",
+                    ok,
+                    f"{info.mapped_ip}:{info.mapped_port}",
+                )
+            )
+
+        pr = [s.index for s in lab.sites if s.nat is NatKind.PORT_RESTRICTED and s.index in infos]
+        pair = pr[:2] if len(pr) >= 2 else sorted(infos)[:2]
+        if len(pair) == 2:
+            a, b = pair
+            before = watch.read(lab)
+            out(
+                f"[3] client{a} -> client{b} ({lab.site(a).nat.value} to {lab.site(b).nat.value}),"
+                " directly after bubbles (RFC 4380 section 5.2.4):"
+            )
+            ping = lab.ping(f"client{a}", str(infos[b].address), count=count)
+            after = watch.read(lab)
+            sent, got, rtt = _ping_summary(ping.stdout)
+            echo = after["echo"] - before["echo"]
+            bubbles = after["bubbles"] - before["bubbles"]
+            out(
+                f"    {got}/{sent} replies, {rtt}; through the server: {bubbles} bubble(s), "
+                f"{echo} echo packet(s)"
+            )
+            results.append(
+                (
+                    f"client{a} <-> client{b} direct",
+                    got > 0 and echo == 0,
+                    f"{got}/{sent}, {echo} echo via server",
+                )
+            )
+        first = sorted(infos)[0] if infos else None
+        if first is not None:
+            out(f"[4] client{first} -> native host {NATIVE_V6} through the relay:")
+            sent, got, rtt = _ping_summary(
+                lab.ping(f"client{first}", NATIVE_V6, count=count).stdout
+            )
+            out(f"    {got}/{sent} replies, {rtt}")
+            results.append((f"client{first} -> native", got > 0, f"{got}/{sent}"))
+            last = sorted(infos)[-1]
+            out(f"[5] native host -> client{last} ({infos[last].address}) through the relay:")
+            sent, got, rtt = _ping_summary(
+                lab.ping("native", str(infos[last].address), count=count).stdout
+            )
+            out(f"    {got}/{sent} replies, {rtt}")
+            results.append((f"native -> client{last}", got > 0, f"{got}/{sent}"))
+        out("")
+        out("== summary ==")
+        width = max(len(name) for name, _, _ in results) if results else 10
+        for name, ok, detail in results:
+            out(f"  {'PASS' if ok else 'FAIL'}  {name.ljust(width)}  {detail}")
+        return 0 if results and all(ok for _, ok, _ in results) else 1
+    except KeyboardInterrupt:
+        out("interrupted")
+        return 130
+    finally:
+        out("tearing down ...")
+        leftovers = lab.down()
+        out("    nothing left behind" if not leftovers else f"    LEFT: {', '.join(leftovers)}")
+        signal.signal(signal.SIGTERM, old_term)

@@ -1,0 +1,745 @@
+"""PeerTable: every RFC 4380 per-peer rule under a fake clock, the eviction policy under a flood,
+bounded queues and nonces, forced hash collisions, and a state machine against a dict model."""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from teredo.core.peers import (
+    QUEUE_PACKET_OVERHEAD,
+    PeerTable,
+)
+
+T0 = 1000.0  # the fake clock's start; the table's epoch
+
+
+def teredo(n: int) -> bytes:
+    """A Teredo address (2001:0::/32, server 203.0.113.1) for client 198.51.100.x, port n."""
+    ip = (198 << 24 | 51 << 16 | 100 << 8 | (n & 0xFF)) ^ 0xFFFFFFFF
+    port = (1024 + (n >> 8)) ^ 0xFFFF
+    return struct.pack(">IIHHI", 0x20010000, 0xCB007101, 0x8000, port, ip)
+
+
+def new_table(capacity: int = 16, **kw: object) -> PeerTable:
+    return PeerTable(capacity, epoch=T0, **kw)  # type: ignore[arg-type]
+
+
+def insert(table: PeerTable, addr: bytes, now: float, *, trusted: bool = False) -> int:
+    row = table.insert(addr, now, trusted=trusted)
+    assert row is not None, "insert was refused"
+    return row
+
+
+# --- new entries, validity ----------------------------------------------------------------------
+
+
+def test_new_entry_is_dated_30_s_back_and_invalid() -> None:
+    table = new_table()
+    row = insert(table, teredo(1), T0 + 5.0)
+    assert table.lookup(teredo(1)) == row
+    assert table.last_rx(row) == pytest.approx(T0 - 25.0)
+    assert table.last_tx(row) == pytest.approx(T0 - 25.0)
+    assert table.bubble_count(row, T0 + 5.0) == 0
+    assert not table.is_trusted(row)
+    assert not table.is_local(row)
+    assert table.mapping(row) == (0, 0)
+    # Dated 30 s back, so not valid (section 5.2.4: "less than 30 s").
+    assert not table.is_valid(row, T0 + 5.0)
+
+
+def test_validity_is_30_s_after_reception() -> None:
+    table = new_table()
+    row = insert(table, teredo(1), T0)
+    table.touch_rx(row, T0 + 1.0)
+    assert table.is_valid(row, T0 + 1.0)
+    assert table.is_valid(row, T0 + 30.99)
+    assert not table.is_valid(row, T0 + 31.0)
+
+
+def test_local_peer_validity_is_600_s() -> None:
+    table = new_table()
+    row = insert(table, teredo(1), T0)
+    table.set_local(row, True)
+    table.touch_rx(row, T0)
+    assert table.is_local(row)
+    assert table.is_valid(row, T0 + 599.99)
+    assert not table.is_valid(row, T0 + 600.0)
+    table.set_local(row, False)
+    assert not table.is_valid(row, T0 + 30.0)
+
+
+def test_mapping_and_address_round_trip() -> None:
+    table = new_table()
+    row = insert(table, teredo(7), T0)
+    table.set_mapping(row, 0xC6336407, 40000)
+    assert table.mapping(row) == (0xC6336407, 40000)
+    assert (table.ipv4(row), table.port(row)) == (0xC6336407, 40000)
+    assert table.address(row) == teredo(7)
+    with pytest.raises(ValueError, match="32 bits"):
+        table.set_mapping(row, 1 << 32, 1)
+    with pytest.raises(ValueError, match="16 bits"):
+        table.set_mapping(row, 1, 65536)
+
+
+def test_bad_addresses() -> None:
+    table = new_table()
+    insert(table, teredo(1), T0)
+    assert table.lookup(teredo(1)[:15]) is None  # a prefix of a stored key is no match
+    assert table.lookup(b"") is None
+    assert b"x" not in table
+    with pytest.raises(ValueError, match="16 bytes"):
+        table.insert(b"short", T0)
+    with pytest.raises(ValueError, match="already"):
+        table.insert(teredo(1), T0)
+
+
+# --- bubbles (section 5.2.6) --------------------------------------------------------------------
+
+
+def test_first_bubble_may_leave_at_once() -> None:
+    table = new_table()
+    row = insert(table, teredo(1), T0)
+    assert table.may_send_bubble(row, T0)
+
+
+def test_bubbles_are_2_s_apart() -> None:
+    table = new_table()
+    row = insert(table, teredo(1), T0)
+    table.record_bubble(row, T0)
+    assert table.last_tx(row) == pytest.approx(T0)
+    assert not table.may_send_bubble(row, T0 + 1.99)
+    assert table.may_send_bubble(row, T0 + 2.0)
+
+
+def test_any_transmission_delays_the_next_bubble() -> None:
+    table = new_table()
+    row = insert(table, teredo(1), T0)
+    table.touch_tx(row, T0 + 10.0)
+    assert not table.may_send_bubble(row, T0 + 11.0)
+    assert table.may_send_bubble(row, T0 + 12.0)
+    assert table.bubble_count(row, T0 + 12.0) == 0
+
+
+def test_four_bubbles_per_300_s_sliding_window() -> None:
+    table = new_table()
+    row = insert(table, teredo(1), T0)
+    for k, when in enumerate((0.0, 200.0, 202.0, 204.0)):
+        assert table.may_send_bubble(row, T0 + when)
+        table.record_bubble(row, T0 + when)
+        assert table.bubble_count(row, T0 + when) == k + 1
+    # Four in the last 300 s: no fifth before the first leaves the window at 300 s.
+    assert not table.may_send_bubble(row, T0 + 206.0)
+    assert not table.may_send_bubble(row, T0 + 299.99)
+    assert table.bubble_count(row, T0 + 299.99) == 4
+    assert table.may_send_bubble(row, T0 + 300.0)
+    assert table.bubble_count(row, T0 + 300.0) == 3
+    table.record_bubble(row, T0 + 300.0)
+    # Now 200, 202, 204, 300 are in the window: the next waits for 200 to leave (at 500 s).
+    # A counter reset every 300 s (Miredo's reading) would allow more here.
+    assert not table.may_send_bubble(row, T0 + 302.0)
+    assert not table.may_send_bubble(row, T0 + 499.99)
+    assert table.may_send_bubble(row, T0 + 500.0)
+
+
+def test_direct_reception_resets_the_bubble_count() -> None:
+    table = new_table()
+    row = insert(table, teredo(1), T0)
+    for k in range(4):
+        table.record_bubble(row, T0 + 2.0 * k)
+    assert not table.may_send_bubble(row, T0 + 10.0)
+    table.touch_rx(row, T0 + 10.0)
+    assert table.bubble_count(row, T0 + 10.0) == 0
+    assert table.may_send_bubble(row, T0 + 10.0)  # last tx 6 s ago, count reset
+
+
+# --- the one-call data path ------------------------------------------------------------------
+
+
+def test_send_row_needs_a_valid_trusted_peer() -> None:
+    table = new_table()
+    row = insert(table, teredo(1), T0)
+    assert table.send_row(teredo(1), T0) is None  # untrusted
+    table.set_trusted(row, True)
+    assert table.send_row(teredo(1), T0) is None  # trusted but not valid (new entry)
+    table.touch_rx(row, T0)
+    assert table.send_row(teredo(2), T0) is None  # unknown
+    assert table.send_row(teredo(1), T0 + 5.0) == row
+    assert table.last_tx(row) == pytest.approx(T0 + 5.0)
+    assert table.send_row(teredo(1), T0 + 30.0) is None  # 30 s without reception
+    table.set_local(row, True)
+    assert table.send_row(teredo(1), T0 + 599.0) == row
+    assert table.last_tx(row) == pytest.approx(T0 + 599.0)
+
+
+def test_receive_row_needs_trust_and_the_mapping() -> None:
+    table = new_table()
+    row = insert(table, teredo(1), T0)
+    table.set_mapping(row, 0xC6336401, 4000)
+    table.record_bubble(row, T0)
+    assert table.receive_row(teredo(1), 0xC6336401, 4000, T0 + 1.0) is None  # untrusted
+    table.set_trusted(row, True)
+    assert table.receive_row(teredo(1), 0xC6336402, 4000, T0 + 1.0) is None
+    assert table.receive_row(teredo(1), 0xC6336401, 4001, T0 + 1.0) is None
+    assert table.bubble_count(row, T0 + 1.0) == 1
+    assert table.receive_row(teredo(1), 0xC6336401, 4000, T0 + 1.0) == row
+    assert table.last_rx(row) == pytest.approx(T0 + 1.0)
+    assert table.bubble_count(row, T0 + 1.0) == 0
+    assert table.is_valid(row, T0 + 1.0)
+
+
+# --- LRU and eviction ---------------------------------------------------------------------------
+
+
+def test_touches_order_rows_most_recent_first() -> None:
+    table = new_table(8)
+    rows = [insert(table, teredo(i), T0 + i) for i in range(4)]
+    assert table.rows() == rows[::-1]
+    table.touch_tx(rows[0], T0 + 10)
+    table.touch_rx(rows[2], T0 + 11)
+    assert table.rows() == [rows[2], rows[0], rows[3], rows[1]]
+    assert table.last_used(rows[2]) == pytest.approx(T0 + 11)
+    table.set_trusted(rows[1], True)  # trusted rows are listed first
+    assert table.rows() == [rows[1], rows[2], rows[0], rows[3]]
+
+
+def test_recency_has_a_1_s_granularity() -> None:
+    table = new_table(8)
+    a, b = insert(table, teredo(1), T0), insert(table, teredo(2), T0 + 0.5)
+    table.touch_tx(a, T0 + 0.99)  # moved less than 1 s ago: keeps its place and last use
+    assert table.rows() == [b, a]
+    assert table.last_used(a) == pytest.approx(T0)
+    assert table.last_tx(a) == pytest.approx(T0 + 0.99)  # the dates stay exact
+    table.touch_tx(a, T0 + 1.0)
+    assert table.rows() == [a, b]
+    assert table.last_used(a) == pytest.approx(T0 + 1.0)
+
+
+def test_full_table_evicts_least_recently_used_untrusted_first() -> None:
+    table = new_table(4)
+    a, b, _c, _d = (insert(table, teredo(i), T0) for i in range(4))
+    table.set_trusted(a, True)
+    table.touch_rx(a, T0)
+    table.touch_tx(b, T0 + 1)  # b is now more recent than c and d
+    insert(table, teredo(10), T0 + 2)
+    assert teredo(2) not in table  # c: least recently used untrusted
+    insert(table, teredo(11), T0 + 2)
+    assert teredo(3) not in table
+    insert(table, teredo(12), T0 + 2)
+    assert teredo(1) not in table
+    assert teredo(0) in table  # the trusted peer outlived three older untrusted peers
+    assert table.stats().evicted_untrusted == 3
+
+
+def test_flood_never_displaces_valid_trusted_peers() -> None:
+    capacity = 64
+    table = new_table(capacity)
+    established = [teredo(i) for i in range(48)]
+    for addr in established:
+        row = insert(table, addr, T0)
+        table.set_trusted(row, True)
+        table.touch_rx(row, T0)
+    # A flood of 5000 new addresses within the validity window.
+    accepted = 0
+    for i in range(5000):
+        now = T0 + i * 0.005
+        accepted += table.insert(teredo(1000 + i), now) is not None
+    assert accepted == 5000  # untrusted newcomers recycle each other's rows
+    assert all(addr in table for addr in established)
+    assert len(table) == capacity
+    assert table.stats().untrusted == capacity - 48
+
+
+def test_full_of_valid_trusted_peers_refuses_newcomers() -> None:
+    table = new_table(4)
+    for i in range(4):
+        row = insert(table, teredo(i), T0, trusted=True)
+        table.touch_rx(row, T0 + i)
+    assert table.insert(teredo(9), T0 + 10) is None
+    assert table.insert(teredo(9), T0 + 10, trusted=True) is None
+    assert table.stats().refused == 2
+    # Once the least recently used one has gone quiet (no reception for 30 s) it may go.
+    assert table.insert(teredo(9), T0 + 30.0) is not None
+    assert teredo(0) not in table
+    assert table.stats().evicted_trusted == 1
+
+
+def test_remove_and_reinsert_reuses_rows() -> None:
+    table = new_table(4)
+    rows = [insert(table, teredo(i), T0) for i in range(4)]
+    table.remove(rows[1])
+    assert teredo(1) not in table
+    assert len(table) == 3
+    with pytest.raises(ValueError, match="not in use"):
+        table.remove(rows[1])
+    again = insert(table, teredo(1), T0 + 1)
+    assert again == rows[1]
+    assert table.lookup(teredo(1)) == again
+    assert all(table.lookup(teredo(i)) == rows[i] for i in range(4))
+
+
+def test_hash_collisions_with_a_tiny_capacity() -> None:
+    # Capacity 3 gives 8 index slots: 200 addresses collide over and over, inserted and
+    # removed in every order, which exercises the backward-shift deletion.
+    table = new_table(3)
+    addrs = [teredo(i) for i in range(200)]
+    live: list[bytes] = []
+    for i, addr in enumerate(addrs):
+        if len(live) == 3:
+            victim = live.pop(i % 3)
+            row = table.lookup(victim)
+            assert row is not None
+            table.remove(row)
+        insert(table, addr, T0)
+        live.append(addr)
+        for other in live:
+            row = table.lookup(other)
+            assert row is not None
+            assert table.address(row) == other
+        assert sum(a in table for a in addrs[: i + 1]) == len(live)
+
+
+# --- expiry -------------------------------------------------------------------------------------
+
+
+def test_expire_removes_idle_entries_within_budget() -> None:
+    table = new_table(16, idle_timeout=600.0, untrusted_timeout=30.0)
+    for i in range(6):
+        insert(table, teredo(i), T0 + i)
+    trusted = insert(table, teredo(100), T0, trusted=True)
+    assert table.next_expiry() == pytest.approx(T0 + 30.0)
+    assert table.expire(T0 + 29.99) == 0
+    assert table.expire(T0 + 32.0, budget=2) == 2  # budget bounds the work
+    assert teredo(0) not in table
+    assert teredo(1) not in table
+    assert table.expire(T0 + 32.0, budget=10) == 1  # teredo(2); teredo(3) is 29 s idle
+    assert table.expire(T0 + 100.0) == 3
+    assert len(table) == 1
+    assert table.next_expiry() == pytest.approx(T0 + 600.0)
+    table.touch_tx(trusted, T0 + 500.0)
+    assert table.expire(T0 + 1099.0) == 0
+    assert table.expire(T0 + 1100.0) == 1
+    assert len(table) == 0
+    assert table.next_expiry() is None
+    assert table.stats().expired == 7
+
+
+def test_expire_takes_untrusted_entries_first() -> None:
+    table = new_table(8, idle_timeout=30.0)
+    trusted = [insert(table, teredo(i), T0, trusted=True) for i in range(3)]
+    untrusted = [insert(table, teredo(10 + i), T0 + 1) for i in range(3)]
+    assert table.expire(T0 + 100.0, budget=4) == 4
+    assert all(teredo(10 + i) not in table for i in range(3))
+    assert [table.address(r) for r in table.rows()] == [teredo(2), teredo(1)]
+    assert set(trusted) | set(untrusted) == set(range(6))
+
+
+def test_clear_forgets_everything() -> None:
+    table = new_table(8)
+    for i in range(5):
+        row = insert(table, teredo(i), T0)
+        table.enqueue(row, b"x" * 100)
+    table.clear()
+    assert len(table) == 0
+    assert table.stats().queued_bytes == 0
+    assert all(teredo(i) not in table for i in range(5))
+    assert len([insert(table, teredo(i), T0) for i in range(8)]) == 8
+
+
+def test_times_survive_a_rebase() -> None:
+    table = new_table(4)
+    row = insert(table, teredo(1), T0)
+    table.touch_rx(row, T0)
+    # 600 days: past the uint32 range of 10 ms ticks from the epoch (497 days).
+    later = T0 + 600 * 86400.0
+    other = insert(table, teredo(2), later)
+    table.touch_rx(other, later)
+    assert table.is_valid(other, later + 29.0)
+    assert not table.is_valid(row, later)
+    assert table.last_rx(other) == pytest.approx(later)
+    assert table.may_send_bubble(row, later)
+    assert table.expire(later + 1.0) == 1
+    assert teredo(1) not in table
+    much_later = later + 600 * 86400.0  # a second rebase
+    table.record_bubble(other, much_later)
+    assert table.last_tx(other) == pytest.approx(much_later)
+    assert not table.may_send_bubble(other, much_later + 1.0)
+    assert table.may_send_bubble(other, much_later + 2.0)
+    assert table.bubble_count(other, much_later + 2.0) == 1
+
+
+# --- queues and nonces --------------------------------------------------------------------------
+
+
+def test_queue_per_peer_bound_counts_both_directions() -> None:
+    table = new_table()
+    row = insert(table, teredo(1), T0)
+    assert table.enqueue(row, b"a" * 1000)
+    assert table.enqueue(row, b"b" * 280, inbound=True)
+    assert table.queued_bytes(row) == 1280
+    assert not table.enqueue(row, b"c")  # 1281 > 1280 (Miredo's per-peer limit)
+    assert not table.enqueue(row, b"")
+    assert table.drain(row, inbound=True) == [b"b" * 280]
+    assert table.enqueue(row, b"d" * 280)
+    assert table.drain(row) == [b"a" * 1000, b"d" * 280]
+    assert table.drain(row) == []
+    assert table.queued_bytes(row) == 0
+    assert table.stats().queue_drops == 2
+
+
+def test_queue_overall_bound_counts_overhead() -> None:
+    # Room for two 100-byte packets and a 99-byte one, each with its overhead.
+    total = 3 * (100 + QUEUE_PACKET_OVERHEAD) - 1
+    table = new_table(16, total_queue_bytes=total)
+    rows = [insert(table, teredo(i), T0) for i in range(4)]
+    assert [table.enqueue(r, b"p" * 100) for r in rows] == [True, True, False, False]
+    assert table.enqueue(rows[2], b"p" * 99)
+    assert table.stats().queued_bytes == 299
+    table.remove(rows[0])  # the queue goes with the entry
+    assert table.enqueue(rows[3], b"p" * 100)
+    assert table.stats().queued_peers == 3
+
+
+def test_eviction_frees_queue_and_nonce() -> None:
+    table = new_table(2, total_queue_bytes=1000)
+    row = insert(table, teredo(1), T0)
+    assert table.enqueue(row, b"q" * 500)
+    table.set_nonce(row, b"12345678")
+    insert(table, teredo(2), T0 + 1)
+    insert(table, teredo(3), T0 + 2)  # evicts teredo(1)
+    stats = table.stats()
+    assert (stats.queued_bytes, stats.nonces) == (0, 0)
+    reused = table.lookup(teredo(3))
+    assert reused == row
+    assert table.nonce(row) is None
+    assert table.drain(row) == []
+
+
+def test_nonces_are_bounded_and_dropped_on_trust() -> None:
+    table = new_table(8, max_nonces=2)
+    rows = [insert(table, teredo(i), T0) for i in range(3)]
+    for k, row in enumerate(rows):
+        table.set_nonce(row, bytes([k]) * 8)
+    assert table.nonce(rows[0]) is None  # oldest forgotten
+    assert table.nonce(rows[1]) == b"\x01" * 8
+    table.set_trusted(rows[1], True)
+    assert table.nonce(rows[1]) is None
+    table.clear_nonce(rows[2])
+    assert table.stats().nonces == 0
+    with pytest.raises(ValueError, match="nonce"):
+        table.set_nonce(rows[2], b"short")
+
+
+def test_correct_at_50000_peers() -> None:
+    n = 50_000
+    table = PeerTable(n, epoch=T0)
+    addrs = [teredo(i) for i in range(n)]
+    rows = [insert(table, addr, T0) for addr in addrs]
+    assert len(set(rows)) == n
+    assert all(table.lookup(a) == r for a, r in zip(addrs, rows, strict=True))
+    for r in rows[::2]:
+        table.remove(r)
+    assert all((a in table) == (i % 2 == 1) for i, a in enumerate(addrs))
+    assert table.insert(teredo(n + 1), T0) is not None
+    assert len(table) == n // 2 + 1
+
+
+# --- state machine against a dict model -------------------------------------------------------
+
+CAP = 5
+POOL = [teredo(i) for i in range(12)]
+TICK = 100  # the model counts 10 ms ticks; the table receives seconds
+VALID, VALID_LOCAL, NEW_AGE = 3000, 60000, 3000
+IDLE, UNTRUSTED_IDLE = 60000, 3000
+PER_PEER, TOTAL, MAX_NONCES = 300, 600, 3
+
+
+@dataclass
+class Peer:
+    used: int
+    rx: int
+    tx: int
+    trusted: bool
+    local: bool = False
+    ip: int = 0
+    port: int = 0
+    bubbles: list[int] = field(default_factory=list)
+    queued: int = 0
+    cost: int = 0
+    out: list[bytes] = field(default_factory=list)
+    inb: list[bytes] = field(default_factory=list)
+
+
+class PeerTableMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = PeerTable(
+            CAP,
+            epoch=0.0,
+            idle_timeout=IDLE / TICK,
+            untrusted_timeout=UNTRUSTED_IDLE / TICK,
+            queue_bytes_per_peer=PER_PEER,
+            total_queue_bytes=TOTAL,
+            max_nonces=MAX_NONCES,
+        )
+        self.now = 0
+        self.peers: dict[bytes, Peer] = {}
+        self.lru: tuple[OrderedDict[bytes, None], OrderedDict[bytes, None]] = (
+            OrderedDict(),
+            OrderedDict(),
+        )  # untrusted, trusted; last = most recent
+        self.nonces: OrderedDict[bytes, bytes] = OrderedDict()
+
+    # model helpers
+
+    def t(self) -> float:
+        return self.now / TICK
+
+    def valid(self, p: Peer) -> bool:
+        return self.now - p.rx < (VALID_LOCAL if p.local else VALID)
+
+    def drop(self, addr: bytes) -> None:
+        p = self.peers.pop(addr)
+        del self.lru[p.trusted][addr]
+        self.nonces.pop(addr, None)
+
+    def touch(self, addr: bytes) -> None:
+        p = self.peers[addr]
+        if self.now - p.used >= 100:  # recency is kept to 1 s
+            p.used = self.now
+            self.lru[p.trusted].move_to_end(addr)
+
+    def row(self, addr: bytes) -> int:
+        row = self.table.lookup(addr)
+        assert row is not None
+        return row
+
+    def total_cost(self) -> int:
+        return sum(p.cost for p in self.peers.values())
+
+    # rules
+
+    @rule(dt=st.sampled_from([0, 1, 99, 199, 200, 201, 2999, 3000, 29999, 30000, 59999, 60000]))
+    def advance(self, dt: int) -> None:
+        self.now += dt
+
+    @rule(addr=st.sampled_from(POOL), trusted=st.booleans())
+    def insert(self, addr: bytes, trusted: bool) -> None:
+        if addr in self.peers:
+            with pytest.raises(ValueError, match="already"):
+                self.table.insert(addr, self.t(), trusted=trusted)
+            return
+        expect_refused = False
+        if len(self.peers) == CAP:
+            if self.lru[0]:
+                self.drop(next(iter(self.lru[0])))
+            else:
+                oldest = next(iter(self.lru[1]))
+                if self.valid(self.peers[oldest]):
+                    expect_refused = True
+                else:
+                    self.drop(oldest)
+        row = self.table.insert(addr, self.t(), trusted=trusted)
+        assert (row is None) == expect_refused
+        if row is None:
+            return
+        age = self.now - NEW_AGE
+        self.peers[addr] = Peer(used=self.now, rx=max(age, -360000), tx=age, trusted=trusted)
+        self.lru[trusted][addr] = None
+
+    @rule(addr=st.sampled_from(POOL))
+    def establish(self, addr: bytes) -> None:
+        """A peer answers: insert (if absent), trust, reception; fills the table with valid
+        trusted peers, the state in which newcomers are refused."""
+        if addr not in self.peers:
+            self.insert(addr, trusted=True)
+        if addr in self.peers:
+            self.set_trusted(addr, trusted=True)
+            self.touch_rx(addr)
+
+    @rule(addr=st.sampled_from(POOL))
+    def remove(self, addr: bytes) -> None:
+        if addr in self.peers:
+            self.table.remove(self.row(addr))
+            self.drop(addr)
+
+    @rule(addr=st.sampled_from(POOL))
+    def touch_rx(self, addr: bytes) -> None:
+        if addr in self.peers:
+            self.table.touch_rx(self.row(addr), self.t())
+            p = self.peers[addr]
+            p.rx = self.now
+            p.bubbles.clear()
+            self.touch(addr)
+
+    @rule(addr=st.sampled_from(POOL))
+    def touch_tx(self, addr: bytes) -> None:
+        if addr in self.peers:
+            self.table.touch_tx(self.row(addr), self.t())
+            self.peers[addr].tx = self.now
+            self.touch(addr)
+
+    @rule(addr=st.sampled_from(POOL))
+    def bubble(self, addr: bytes) -> None:
+        if addr not in self.peers:
+            return
+        row = self.row(addr)
+        p = self.peers[addr]
+        # Section 5.2.6, read literally: the last transmission >= 2 s ago and fewer than 4
+        # bubbles in the last 300 s since the last direct reception.
+        recent = [b for b in p.bubbles if self.now - b < 30000]
+        allowed = self.now - p.tx >= 200 and len(recent) < 4
+        assert self.table.may_send_bubble(row, self.t()) == allowed
+        if allowed:
+            self.table.record_bubble(row, self.t())
+            p.tx = self.now
+            p.bubbles.append(self.now)
+            self.touch(addr)
+
+    @rule(addr=st.sampled_from(POOL))
+    def send_row(self, addr: bytes) -> None:
+        p = self.peers.get(addr)
+        ok = p is not None and p.trusted and self.valid(p)
+        row = self.table.send_row(addr, self.t())
+        assert (row is not None) == ok
+        if p is not None and ok:
+            assert row == self.row(addr)
+            p.tx = self.now
+            self.touch(addr)
+
+    @rule(addr=st.sampled_from(POOL), other=st.booleans())
+    def receive_row(self, addr: bytes, other: bool) -> None:
+        p = self.peers.get(addr)
+        ip, port = (p.ip, p.port) if p is not None else (0, 0)
+        if other:
+            port ^= 1
+        ok = p is not None and p.trusted and not other
+        row = self.table.receive_row(addr, ip, port, self.t())
+        assert (row is not None) == ok
+        if p is not None and ok:
+            p.rx = self.now
+            p.bubbles.clear()
+            self.touch(addr)
+
+    @rule(addr=st.sampled_from(POOL), trusted=st.booleans())
+    def set_trusted(self, addr: bytes, trusted: bool) -> None:
+        if addr not in self.peers:
+            return
+        self.table.set_trusted(self.row(addr), trusted)
+        p = self.peers[addr]
+        if p.trusted != trusted:
+            del self.lru[p.trusted][addr]
+            self.lru[trusted][addr] = None
+            p.trusted = trusted
+        if trusted:
+            self.nonces.pop(addr, None)
+
+    @rule(addr=st.sampled_from(POOL), local=st.booleans())
+    def set_local(self, addr: bytes, local: bool) -> None:
+        if addr in self.peers:
+            self.table.set_local(self.row(addr), local)
+            self.peers[addr].local = local
+
+    @rule(addr=st.sampled_from(POOL), ip=st.integers(0, 0xFFFFFFFF), port=st.integers(0, 65535))
+    def set_mapping(self, addr: bytes, ip: int, port: int) -> None:
+        if addr in self.peers:
+            self.table.set_mapping(self.row(addr), ip, port)
+            self.peers[addr].ip, self.peers[addr].port = ip, port
+
+    @rule(
+        addr=st.sampled_from(POOL),
+        sizes=st.lists(st.integers(0, 200), min_size=1, max_size=4),
+        inbound=st.booleans(),
+    )
+    def enqueue(self, addr: bytes, sizes: list[int], inbound: bool) -> None:
+        for size in sizes:
+            self.enqueue_one(addr, size, inbound)
+
+    def enqueue_one(self, addr: bytes, size: int, inbound: bool) -> None:
+        if addr not in self.peers:
+            return
+        p = self.peers[addr]
+        packet = bytes([size & 0xFF]) * size
+        cost = size + QUEUE_PACKET_OVERHEAD
+        ok = size > 0 and p.queued + size <= PER_PEER and self.total_cost() + cost <= TOTAL
+        assert self.table.enqueue(self.row(addr), packet, inbound=inbound) == ok
+        if ok:
+            p.queued += size
+            p.cost += cost
+            (p.inb if inbound else p.out).append(packet)
+
+    @rule(addr=st.sampled_from(POOL), inbound=st.booleans())
+    def drain(self, addr: bytes, inbound: bool) -> None:
+        if addr not in self.peers:
+            return
+        p = self.peers[addr]
+        expected = p.inb if inbound else p.out
+        assert self.table.drain(self.row(addr), inbound=inbound) == expected
+        p.queued -= sum(len(x) for x in expected)
+        p.cost -= sum(len(x) + QUEUE_PACKET_OVERHEAD for x in expected)
+        if inbound:
+            p.inb = []
+        else:
+            p.out = []
+
+    @rule(addr=st.sampled_from(POOL), nonce=st.binary(min_size=8, max_size=8))
+    def set_nonce(self, addr: bytes, nonce: bytes) -> None:
+        if addr not in self.peers:
+            return
+        self.table.set_nonce(self.row(addr), nonce)
+        self.nonces.pop(addr, None)
+        while len(self.nonces) >= MAX_NONCES:
+            self.nonces.popitem(last=False)
+        self.nonces[addr] = nonce
+
+    @precondition(lambda self: self.peers)
+    @rule(budget=st.integers(0, CAP))
+    def expire(self, budget: int) -> None:
+        removed = 0
+        for lst, limit in ((0, UNTRUSTED_IDLE), (1, IDLE)):
+            while removed < budget and self.lru[lst]:
+                oldest = next(iter(self.lru[lst]))
+                if self.now - self.peers[oldest].used < limit:
+                    break
+                self.drop(oldest)
+                removed += 1
+        assert self.table.expire(self.t(), budget) == removed
+
+    # comparison
+
+    @invariant()
+    def same_contents(self) -> None:
+        table = self.table
+        assert len(table) == len(self.peers)
+        for addr in POOL:
+            assert (table.lookup(addr) is not None) == (addr in self.peers)
+        for addr, p in self.peers.items():
+            row = self.row(addr)
+            assert table.is_trusted(row) == p.trusted
+            assert table.is_local(row) == p.local
+            assert table.mapping(row) == (p.ip, p.port)
+            assert round(table.last_rx(row) * TICK) == max(p.rx, -360000)
+            assert round(table.last_tx(row) * TICK) == max(p.tx, -360000)
+            assert round(table.last_used(row) * TICK) == p.used
+            assert table.is_valid(row, self.t()) == self.valid(p)
+            recent = sum(1 for b in p.bubbles if self.now - b < 30000)
+            assert table.bubble_count(row, self.t()) == recent
+            assert table.queued_bytes(row) == p.queued
+            assert table.nonce(row) == self.nonces.get(addr)
+        order = [*reversed(self.lru[1]), *reversed(self.lru[0])]
+        assert [table.address(r) for r in table.rows()] == order
+        stats = table.stats()
+        assert stats.trusted == len(self.lru[1])
+        assert stats.queued_bytes == sum(p.queued for p in self.peers.values())
+
+
+PeerTableMachine.TestCase.settings = settings(
+    max_examples=150, stateful_step_count=60, deadline=None
+)
+test_peer_table_matches_model = PeerTableMachine.TestCase
