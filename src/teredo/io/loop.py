@@ -47,7 +47,6 @@ class DaemonLoop:
         self._machines: list[TimedMachine] = []
         self._timer: asyncio.TimerHandle | None = None
         self._exit_status = 0
-        self._reload: Callable[[], None] | None = None
 
     def add_socket(self, sock: socket.socket, handler: DatagramHandler) -> None:
         self.loop.add_reader(sock.fileno(), drain, sock, handler)
@@ -88,7 +87,6 @@ class DaemonLoop:
 
     def run(self, on_reload: Callable[[], None] | None = None) -> int:
         """Runs until SIGTERM or SIGINT; SIGHUP calls on_reload. Returns the exit status."""
-        self._reload = on_reload
         self.loop.add_signal_handler(signal.SIGTERM, self.stop)
         self.loop.add_signal_handler(signal.SIGINT, self.stop)
         if on_reload is not None:

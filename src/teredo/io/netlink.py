@@ -96,35 +96,28 @@ class InterfaceConfig:
             result.append((str(msg.get("IFA_ADDRESS")), int(msg["prefixlen"])))
         return result
 
-    def add_route(self, destination: str, metric: int | None = None) -> None:
+    def _route(self, destination: str, metric: int | None) -> dict[str, object]:
         network = ipaddress.IPv6Network(destination)
-        kwargs: dict[str, object] = {
+        route: dict[str, object] = {
             "dst": str(network.network_address),
             "dst_len": network.prefixlen,
             "oif": self.index(),
             "family": AF_INET6,
         }
         if metric is not None:
-            kwargs["priority"] = metric
+            route["priority"] = metric
+        return route
+
+    def add_route(self, destination: str, metric: int | None = None) -> None:
         try:
-            self._ipr.route("replace", **kwargs)
+            self._ipr.route("replace", **self._route(destination, metric))
         except NetlinkError as exc:
             raise NetlinkConfigError(f"{self.ifname}: route {destination}: {exc}") from exc
 
     def remove_route(self, destination: str, metric: int | None = None) -> None:
-        network = ipaddress.IPv6Network(destination)
-        kwargs: dict[str, object] = {
-            "dst": str(network.network_address),
-            "dst_len": network.prefixlen,
-            "oif": self.index(),
-            "family": AF_INET6,
-        }
-        if metric is not None:
-            kwargs["priority"] = metric
         try:
-            self._ipr.route("del", **kwargs)
+            self._ipr.route("del", **self._route(destination, metric))
         except NetlinkError as exc:
             if exc.code not in (3, 19):  # ESRCH, ENODEV: already gone
-                raise NetlinkConfigError(
-                    f"{self.ifname}: remove route {destination}: {exc}"
-                ) from exc
+                message = f"{self.ifname}: remove route {destination}: {exc}"
+                raise NetlinkConfigError(message) from exc

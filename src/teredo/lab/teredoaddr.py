@@ -1,7 +1,7 @@
-"""Decode a Teredo address for display (RFC 4380 section 4), with `ipaddress` only.
+"""Teredo addresses as the lab reports them: the decoded fields next to the address itself.
 
-The lab keeps its own small decoder so that it depends on nothing but the standard library; the
-protocol code has its own codec in teredo.core.addr.
+Decoding is the codec's job (teredo.core.addr); this only shapes the result for the lab's
+status, demo and tests.
 """
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-TEREDO_NET = ipaddress.IPv6Network("2001::/32")  # RFC 4380 section 2.6: the Teredo prefix
-CONE_FLAG = 0x8000  # RFC 4380 section 4: the "C" bit of the flags field
+from teredo.core.addr import FLAG_CONE, TeredoAddress
 
 
 @dataclass(frozen=True)
@@ -23,7 +22,7 @@ class TeredoInfo:
 
     @property
     def cone(self) -> bool:
-        return bool(self.flags & CONE_FLAG)
+        return bool(self.flags & FLAG_CONE)
 
     def describe(self) -> str:
         return (
@@ -33,20 +32,14 @@ class TeredoInfo:
 
 
 def decode(text: str | ipaddress.IPv6Address) -> TeredoInfo | None:
-    """The fields of a Teredo address, or None when `text` is not one."""
-    try:
-        addr = ipaddress.IPv6Address(text)
-    except ValueError:
+    """The fields of a Teredo address (prefix 2001::/32), or None when `text` is not one."""
+    decoded = TeredoAddress.parse(str(text))
+    if decoded is None:
         return None
-    if addr not in TEREDO_NET:
-        return None
-    value = int(addr)
-    # Layout (RFC 4380 section 4): prefix(32) | server IPv4(32) | flags(16) | port(16) | client(32);
-    # the port and the client address are stored with all their bits inverted ("obfuscated").
     return TeredoInfo(
-        address=addr,
-        server=ipaddress.IPv4Address((value >> 64) & 0xFFFFFFFF),
-        flags=(value >> 48) & 0xFFFF,
-        mapped_port=((value >> 32) & 0xFFFF) ^ 0xFFFF,
-        mapped_ip=ipaddress.IPv4Address((value & 0xFFFFFFFF) ^ 0xFFFFFFFF),
+        address=ipaddress.IPv6Address(decoded.pack()),
+        server=decoded.server_ipv4,
+        flags=decoded.flags,
+        mapped_ip=decoded.client_ipv4,
+        mapped_port=decoded.port,
     )
