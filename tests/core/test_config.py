@@ -83,7 +83,7 @@ def test_client_defaults_are_miredos() -> None:
     assert got.server_address == "198.51.100.1"
     assert got.server_address2 is None
     assert got.relay_type is RelayType.CLIENT
-    assert got.interface_name == "miredo"  # miredo.conf(5), not Debian's "teredo"
+    assert got.interface_name == "teredo"  # Debian's shipped value (issue 3), not "miredo"
     assert got.bind_address == IPv4Address("0.0.0.0")
     assert got.bind_port == 0
     assert got.prefix == IPv6Network("2001::/32")

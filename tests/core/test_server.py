@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from teredo.core.addr import (
     ALL_ROUTERS,
@@ -56,6 +58,10 @@ def make_server(limits: ServerLimits | None = None) -> tuple[ServerMachine, Reco
     if limits is not None:
         params = ServerParams(ipv4_to_int(PRIMARY), ipv4_to_int(SECONDARY), limits=limits)
     return ServerMachine(params, out), out
+
+
+def _bubble_to_peer() -> bytes:
+    return build_bubble(teredo_address(CLIENT), teredo_address(OTHER_CLIENT))
 
 
 def rs_payload(src: bytes = LINK_LOCAL_RESTRICTED, nonce: bytes | None = NONCE) -> bytes:
@@ -119,6 +125,82 @@ def test_ra_leaves_from_the_address_the_rfc_says(
     server.receive(rs_payload(source), CLIENT, on_secondary, 0.0)
     [(_payload, _, from_secondary)] = out.udp
     assert from_secondary is answer_from_secondary
+
+
+# The fast path (a repeated RS skips the IPv6 checks) must answer exactly as the full path does.
+
+
+Sent = list[tuple[bytes, tuple[str, int], bool]]
+
+
+def _answers(server: ServerMachine, out: Recorder, payload: bytes, source: tuple[str, int]) -> Sent:
+    before = len(out.udp)
+    server.receive(payload, source, False, 1.0)
+    return out.udp[before:]
+
+
+@pytest.mark.parametrize("source", [LINK_LOCAL_RESTRICTED, LINK_LOCAL_CONE])
+def test_repeated_rs_gets_the_same_answer_as_a_first_one(source: bytes) -> None:
+    warm, warm_out = make_server()
+    cold_nonce = bytes(range(8))
+    _answers(warm, warm_out, rs_payload(source, NONCE), OTHER_CLIENT)  # fills the cache
+    for nonce, client in ((cold_nonce, CLIENT), (NONCE, ("198.51.100.99", 7))):
+        cold, cold_out = make_server()  # every check done afresh
+        expected = _answers(cold, cold_out, rs_payload(source, nonce), client)
+        got = _answers(warm, warm_out, rs_payload(source, nonce), client)
+        assert got == expected
+        assert len(got) == 1
+        packet = parse_payload(got[0][0])
+        assert not isinstance(packet, DropReason)
+        assert packet.nonce == nonce
+        assert packet.origin == (ipv4_to_int(client[0]), client[1])
+    assert warm.stats.router_advertisements == 3
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        (("192.168.1.5", 4000), DropReason.NOT_GLOBAL_IPV4),
+        (("not-an-ip", 4000), DropReason.NOT_GLOBAL_IPV4),
+        ((SECONDARY, 3544), DropReason.LOOP),
+    ],
+)
+def test_repeated_rs_still_gets_the_ipv4_source_checks(
+    source: tuple[str, int], reason: DropReason
+) -> None:
+    server, out = make_server()
+    assert len(_answers(server, out, rs_payload(), CLIENT)) == 1
+    assert _answers(server, out, rs_payload(), source) == []
+    assert only_drop(server) is reason
+
+
+def test_repeated_rs_is_rate_limited_like_a_first_one() -> None:
+    server, out = make_server(ServerLimits(rs_rate=1.0, rs_burst=2.0))
+    for port in range(10):
+        server.receive(rs_payload(), (CLIENT[0], 1000 + port), False, 3.0)
+    assert len(out.udp) == 2
+    assert server.drops.get(DropReason.RS_RATE_LIMITED) == 8
+
+
+def test_a_broken_variant_of_a_known_rs_is_still_checked() -> None:
+    server, out = make_server()
+    good = rs_payload()
+    server.receive(good, CLIENT, False, 0.0)
+    bad = bytearray(good)
+    bad[-6] ^= 0xFF  # the checksum: bytes after the nonce differ, so no cache hit
+    server.receive(bytes(bad), CLIENT, False, 0.0)
+    assert len(out.udp) == 1
+    assert only_drop(server) is DropReason.BAD_ROUTER_SOLICITATION
+
+
+def test_cache_of_known_rs_stays_bounded() -> None:
+    server, out = make_server(ServerLimits(rs_burst=1000.0))
+    for i in range(200):
+        # Distinct link-local sources: each RS is different, all valid.
+        source = bytes.fromhex("fe80000000000000") + i.to_bytes(8, "big")
+        server.receive(rs_payload(source), CLIENT, False, 0.0)
+    assert len(out.udp) == 200
+    assert len(server._rs_known) <= 32
 
 
 def test_rs_with_bad_checksum_is_dropped() -> None:
@@ -314,3 +396,33 @@ def test_params_are_checked() -> None:
         ServerMachine(ServerParams(ipv4_to_int("192.168.0.1"), ipv4_to_int(SECONDARY)), Recorder())
     with pytest.raises(ValueError, match="same"):
         ServerMachine(ServerParams(ipv4_to_int(PRIMARY), ipv4_to_int(PRIMARY)), Recorder())
+
+
+# --- no input crashes the server or grows its state ---------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.one_of(
+        st.binary(max_size=200),
+        # Mutations of valid datagrams reach deeper than random bytes.
+        st.tuples(
+            st.sampled_from([rs_payload(), rs_payload(LINK_LOCAL_CONE, None), _bubble_to_peer()]),
+            st.integers(0, 150),
+            st.integers(0, 255),
+        ).map(lambda t: t[0][: t[1]] + bytes([t[2]]) + t[0][t[1] + 1 :]),
+    ),
+    host=st.sampled_from(["203.0.113.77", "10.0.0.1", "198.51.100.10", "0.0.0.0", "bogus"]),
+    port=st.sampled_from([3544, 51234, 0]),
+    on_secondary=st.booleans(),
+)
+def test_any_datagram_is_handled_or_dropped_with_a_reason(
+    data: bytes, host: str, port: int, on_secondary: bool
+) -> None:
+    server, out = make_server()
+    for _ in range(2):  # the second time may take the fast path
+        server.receive(data, (host, port), on_secondary, 1.0)
+    handled = len(out.udp) + len(out.native)
+    assert handled + server.drops.total() == 2
+    assert len(server._rs_known) <= 32
+    assert len(server._source_cache) <= 4096

@@ -16,6 +16,8 @@ VERB_MODULES = (
     "teredo.cli.checkconf",
     "teredo.cli.lab",
     "teredo.cli.server",
+    "teredo.cli.client",
+    "teredo.cli.relay",
 )
 
 

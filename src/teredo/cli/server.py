@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -20,9 +22,15 @@ from teredo.cli.options import (
 from teredo.core.config import ConfigError, Role, ServerSettings
 from teredo.core.server import ServerLimits, ServerParams
 from teredo.io.loop import DaemonLoop
-from teredo.io.server_driver import ServerDaemon, ServerStartError
+from teredo.io.server_driver import (
+    ServerDaemon,
+    ServerSockets,
+    ServerStartError,
+    open_server_sockets,
+)
 
 EXIT_START_FAILED = 1
+MAX_WORKERS = 64
 
 _DEFAULT_LIMITS = ServerLimits()
 _LIMIT_FLAGS = (
@@ -58,6 +66,14 @@ def register(subparsers: Any) -> None:
             metavar="N",
             help=f"{text} (default {default:g})",
         )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the ports by SO_REUSEPORT; limits then apply per "
+        "worker (default 1)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -82,39 +98,126 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) <= 0:
             print(f"command line: {flag}: must be positive", file=sys.stderr)
             return EXIT_CONFIG
-    loop = DaemonLoop()
+    if not 1 <= args.workers <= MAX_WORKERS:
+        print(f"command line: --workers: must be 1..{MAX_WORKERS}", file=sys.stderr)
+        return EXIT_CONFIG
+    params = params_from(settings, args)
     try:
         with PidFile(args.pidfile):
-            daemon = ServerDaemon(params_from(settings, args), loop)
+            # All sockets are opened before any fork, so that a start failure is one line
+            # from one process, and each worker owns one set on the shared ports.
+            if args.workers == 1:
+                sets = [open_server_sockets(params)]
+            else:
+                sets = [
+                    open_server_sockets(params, reuse_port=True, first=i == 0)
+                    for i in range(args.workers)
+                ]
             log.info(
-                "Teredo server on %s and %s, UDP port 3544, prefix %s, MTU %d",
+                "Teredo server on %s and %s, UDP port 3544, prefix %s, MTU %d, %d worker(s)",
                 settings.server_bind_address,
                 settings.server_bind_address2,
                 settings.prefix,
                 settings.mtu,
+                args.workers,
             )
-
-            def reload() -> None:
-                try:
-                    fresh = load_settings(args, Role.SERVER)
-                except ConfigError as err:
-                    log.error("configuration not reloaded: %s", err)
-                    return
-                if daemon.replace_params(params_from(fresh, args)):
-                    log.info("configuration reloaded")
-                else:
-                    log.error("configuration not reloaded: new addresses need a restart")
-
-            loop.loop.add_signal_handler(signal.SIGUSR1, lambda: log.info(daemon.summary()))
-            try:
-                status = loop.run(on_reload=reload)
-            finally:
-                loop.loop.remove_signal_handler(signal.SIGUSR1)
-                log.info("stopping: %s", daemon.summary())
-                daemon.close()
-            return status
+            if args.workers == 1:
+                return _serve(args, params, sets[0])
+            return _supervise(args, params, sets)
     except (ServerStartError, PidFileError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED
+
+
+def _serve(args: argparse.Namespace, params: ServerParams, sockets: ServerSockets) -> int:
+    """One server process on `sockets` until SIGTERM or SIGINT; SIGHUP re-reads the file."""
+    log = logging.getLogger("teredo")
+    loop = DaemonLoop()
+    try:
+        daemon = ServerDaemon(params, loop, sockets)
+
+        def reload() -> None:
+            try:
+                fresh = load_settings(args, Role.SERVER)
+            except ConfigError as err:
+                log.error("configuration not reloaded: %s", err)
+                return
+            if daemon.replace_params(params_from(fresh, args)):
+                log.info("configuration reloaded")
+            else:
+                log.error("configuration not reloaded: new addresses need a restart")
+
+        loop.loop.add_signal_handler(signal.SIGUSR1, lambda: log.info(daemon.summary()))
+        try:
+            return loop.run(on_reload=reload)
+        finally:
+            loop.loop.remove_signal_handler(signal.SIGUSR1)
+            log.info("stopping: %s", daemon.summary())
+            daemon.close()
     finally:
         loop.close()
+
+
+def _supervise(args: argparse.Namespace, params: ServerParams, sets: list[ServerSockets]) -> int:
+    """Fork one worker per socket set; pass signals on; stop all when one dies.
+
+    The server keeps no state across datagrams except its rate-limit buckets, so workers need
+    not share anything: the kernel spreads datagrams over them by address and port hash
+    (SO_REUSEPORT), and each worker has its own buckets (docs/server.md).
+    """
+    log = logging.getLogger("teredo")
+    children: dict[int, int] = {}
+    stopping = False
+    forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+            signum = signal.SIGTERM
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    # Installed before the first fork, so that a SIGTERM arriving meanwhile still reaches the
+    # workers already started instead of killing the parent alone.
+    for sig in forwarded:
+        signal.signal(sig, forward)
+    for index, sockets in enumerate(sets):
+        if stopping:
+            break
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, which never returns
+            status = 1
+            try:
+                for sig in forwarded:
+                    signal.signal(sig, signal.SIG_DFL)  # the worker's loop installs its own
+                for other in sets:
+                    if other is not sockets:
+                        for sock in other:
+                            sock.close()
+                status = _serve(args, params, sockets)
+            except BaseException:
+                log.exception("worker %d failed", index)
+            finally:
+                logging.shutdown()
+                os._exit(status)
+        children[pid] = index
+    for sockets in sets:
+        for sock in sockets:
+            sock.close()
+    status = 0
+    while children:
+        pid, wait_status = os.wait()
+        index = children.pop(pid, -1)
+        if index < 0:
+            continue  # not a worker (nothing else is forked here, but be safe)
+        code = os.waitstatus_to_exitcode(wait_status)
+        if not stopping:
+            log.error("worker %d exited unexpectedly (status %d): stopping", index, code)
+            stopping = True
+            status = EXIT_START_FAILED
+            forward(signal.SIGTERM, None)
+        elif code != 0:
+            status = EXIT_START_FAILED
+    return status

@@ -34,6 +34,7 @@ from typing import Final, TypeVar, cast
 
 __all__ = [
     "ANY_IPV4",
+    "DEFAULT_CLIENT_INTERFACE_NAME",
     "DEFAULT_INTERFACE_NAME",
     "DEFAULT_MTU",
     "DEFAULT_PREFIX",
@@ -89,6 +90,9 @@ DEFAULT_PREFIX: Final = IPv6Network("2001::/32")  # RFC 4380 section 2.6
 DEFAULT_MTU: Final = 1280  # RFC 4380 section 5.1.2; Miredo relayd.c/serverd.c
 # miredo.conf(5) "InterfaceName"; Debian's shipped file sets "teredo".
 DEFAULT_INTERFACE_NAME: Final = "miredo"
+# Our client's default is Debian's shipped value (and issue 3's): `teredo`, the name that the
+# Miredo client hook and most documentation use.
+DEFAULT_CLIENT_INTERFACE_NAME: Final = "teredo"
 ANY_IPV4: Final = IPv4Address(0)  # bind to no particular address
 DEFAULT_SYSLOG_FACILITY: Final = "daemon"  # miredo.c openlog(..., LOG_DAEMON)
 DEFAULT_REFRESH_INTERVAL: Final = 30.0  # RFC 4380 section 5.2.5; RFC 6081 section 5.1.1 MUST
@@ -228,7 +232,7 @@ class ClientSettings:
     server_address: str  # host name or IPv4 literal, as given (resolved by the I/O layer)
     server_address2: str | None = None  # None: primary address + 1 (Miredo, TEREDO-SPEC 3.1)
     relay_type: RelayType = RelayType.CLIENT
-    interface_name: str = DEFAULT_INTERFACE_NAME
+    interface_name: str = DEFAULT_CLIENT_INTERFACE_NAME
     bind_address: IPv4Address = ANY_IPV4  # 0.0.0.0: any
     bind_port: int = 0  # 0: the system picks a port (RFC 4380 section 5.2.10 "random")
     prefix: IPv6Network = DEFAULT_PREFIX  # expected in the server's RA (flag only)
@@ -554,7 +558,7 @@ def _client(layers: _Layers) -> ClientSettings:
         server_address=server,
         server_address2=v.get("ServerAddress2", None),
         relay_type=v.get("RelayType", RelayType.CLIENT),
-        interface_name=v.get("InterfaceName", DEFAULT_INTERFACE_NAME),
+        interface_name=v.get("InterfaceName", DEFAULT_CLIENT_INTERFACE_NAME),
         bind_address=v.get("BindAddress", ANY_IPV4),
         bind_port=v.get("BindPort", 0),
         prefix=v.get("Prefix", DEFAULT_PREFIX),

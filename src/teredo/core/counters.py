@@ -48,9 +48,51 @@ class DropReason(enum.IntEnum):
     ICMPV6_TOO_LARGE = 106  # relayed ICMPv6 over the size cap (Miredo and Microsoft: 88 bytes)
     RS_RATE_LIMITED = 107  # per-source or overall Router Solicitation limit reached
     FORWARD_RATE_LIMITED = 108  # per-source or overall forwarding limit reached
-    # 109-149: more server reasons
-    # --- client machine (core/client.py): 150-199 ---
-    # --- relay machine (core/relay.py): 200-249 ---
+    OVERSIZED = 109  # datagram larger than anything a server handles (its 2 KiB read buffer)
+    # 110-149: more server reasons
+    # --- client machine (core/client.py): 150-199, RFC 4380 5.2 ---
+    NOT_QUALIFIED = 150  # packet to send or receive before qualification (5.2: qualify first)
+    BAD_UDP_SOURCE = 151  # the UDP source is not an IPv4 socket address
+    RA_NOT_FROM_SERVER = 152  # RA from another IPv4/port than the server's 3544 (5.2.1)
+    RA_WITHOUT_AUTH = 153  # RA without Authentication header (5.2.2; Miredo drops it too)
+    RA_BAD_NONCE = 154  # RA nonce is not the one of our pending RS (5.2.2)
+    RA_BAD_CONFIRMATION = 155  # RA confirmation byte not 0 (5.2.2: key no longer valid)
+    RA_WITHOUT_ORIGIN = 156  # RA without Origin Indication: no mapping to learn (5.2.1)
+    RA_WRONG_DESTINATION = 157  # RA not sent to our RS source address (5.2.1)
+    RA_WRONG_PREFIX = 158  # PIO is not Teredo prefix + our server's IPv4 (5.2.1)
+    RA_UNEXPECTED = 159  # RA while no RS is pending (qualification already done)
+    NOT_OUR_ADDRESS = 160  # IPv6 destination is not our Teredo address (5.2.3)
+    MULTICAST_DESTINATION = 161  # multicast destination outside local discovery (Miredo)
+    LINK_LOCAL_SOURCE = 162  # link-local IPv6 source on the data path (forged RA/redirect guard)
+    INVALID_SOURCE = 163  # multicast, unspecified or loopback IPv6 source
+    UNKNOWN_BUBBLE = 164  # bubble from a peer that neither matches its mapping nor is local
+    PING_NONCE_MISMATCH = 165  # Echo Reply whose data is not our ping-test nonce (5.2.9)
+    QUEUE_FULL = 166  # queue of a peer waiting for trust is full (5.2.4; Miredo 1280 B)
+    PEER_TABLE_FULL = 167  # no row for a new peer (the table refuses to evict valid peers)
+    BUBBLE_LIMIT = 168  # 4 bubbles or pings in 300 s without answer (5.2.6 MUST)
+    PEER_UNREACHABLE = 169  # bubbles/pings repeated 3 times unanswered: queue dropped (5.2.4)
+    LINK_LOCAL_DESTINATION = 170  # packet from the local stack to a link-local destination
+    WRONG_SOURCE = 171  # packet from the local stack whose source is not our address
+    OWN_ADDRESS = 172  # to our own address, or our own discovery bubble looped back
+    BAD_DISCOVERY = 173  # discovery datagram that is not a bubble from Teredo to ff02::1
+    DISCOVERY_OTHER_NAT = 174  # discovery bubble embedding another mapped IPv4 (5.2.8 MAY)
+    DISCOVERY_DISABLED = 175  # discovery bubble while local discovery is off
+    PING_RATE_LIMITED = 176  # case 6 ping tests over the global limit (CVE-2006-6266)
+    PROBES_FULL = 177  # too many bubble/ping procedures running at once
+    SUSPENDED = 178  # queued packets dropped after a clock jump (suspend/resume)
+    # 179-199: more client reasons
+    # --- relay machine (core/relay.py): RFC 4380 5.4.1, 5.4.2; 200-249 ---
+    NOT_TEREDO_DESTINATION = 200  # 5.4.1: native packet for an address outside the Teredo prefix
+    NOT_TEREDO_SOURCE = 201  # 5.4.2: a relay accepts only Teredo sources over UDP
+    UNKNOWN_PEER_BUBBLE = 202  # a bubble from a client the relay never bubbled (nothing to do)
+    TEREDO_DESTINATION = 203  # 5.4.2: a client's packet for a Teredo address (not served)
+    RELAY_MULTICAST_DESTINATION = 204  # 5.4.2 (Miredo): multicast from a client is never forwarded
+    NOT_GLOBAL_DESTINATION = 205  # 5.4.2: link-local, loopback or unspecified destination
+    NOT_OWN_ADDRESS = 206  # 5.4 host-specific relay: destination is not one of our addresses
+    RELAY_PEER_TABLE_FULL = 207  # 7.3.5: no row for a new peer without displacing valid ones
+    RELAY_QUEUE_FULL = 208  # 5.4.1: the bounded queue of an untrusted peer is full
+    RELAY_PEER_UNREACHABLE = 209  # 5.4.1: 3 repeated bubbles unanswered; queued packets dropped
+    SERVER_NOT_GLOBAL_IPV4 = 210  # 5.4.1: the embedded server IPv4 is not global (no bubble)
     # --- peer table and queues (core/peers.py): 250-299 ---
 
 

@@ -12,6 +12,7 @@ fixed memory, and relayed ICMPv6 is capped in size as Miredo and Microsoft's ser
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from socket import inet_aton
 from typing import Protocol
@@ -34,7 +35,7 @@ from teredo.core.ipv6 import (
     icmpv6_checksum_ok,
 )
 from teredo.core.ratelimit import BucketTable, TokenBucket
-from teredo.core.wire import TeredoPacket, build_origin, parse_payload
+from teredo.core.wire import AUTH_MIN_LEN, TeredoPacket, build_origin, parse_payload
 
 Address = tuple[str, int]
 
@@ -44,6 +45,9 @@ _CONFIRMATION_OK = b"\x00"
 # Router Advertisements are cached by RS source address: clients use one of a handful of
 # link-local sources (TEREDO-SPEC 1.4), so the RA's IPv6 part, checksum included, is a constant.
 _RA_CACHE_LIMIT = 32
+_SOURCE_CACHE_LIMIT = 4096
+# Confirmation byte (0: RFC 4380 5.2.2) then the origin indication (5.1.1): 00 00, ~port, ~IPv4.
+_CONF_ORIGIN = struct.Struct("!BHHI")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +82,8 @@ class ServerParams:
         """Why these parameters cannot serve (RFC 4380 section 5.3), or None."""
         for name, ipv4 in (("primary", self.primary), ("secondary", self.secondary)):
             if not is_global_ipv4(ipv4):
-                return f"the {name} address is not a global unicast IPv4 address"
+                dotted = ".".join(str(b) for b in ipv4.to_bytes(4, "big"))
+                return f"the {name} address {dotted} is not a global unicast IPv4 address"
         if self.primary == self.secondary:
             return "the primary and secondary addresses are the same"
         if len(self.prefix) != 4:
@@ -136,6 +141,9 @@ class ServerMachine:
         # Section 5.3.2: the advertised prefix is the Teredo prefix + primary IPv4, then zeros.
         self._advertised = params.prefix + self._primary_bytes + bytes(8)
         self._ra_cache: dict[bytes, bytes] = {}
+        # RS bytes after an Authentication header (nonce-only) -> (RA, cone bit of its source).
+        self._rs_known: dict[bytes, tuple[bytes, bool]] = {}
+        self._source_cache: dict[str, int] = {}
         limits = params.limits
         self._rs_buckets = BucketTable(limits.rs_rate, limits.rs_burst, limits.bucket_slots)
         self._rs_total = TokenBucket(limits.rs_total_rate, limits.rs_total_rate)
@@ -147,9 +155,52 @@ class ServerMachine:
 
     def receive(self, data: bytes, source: Address, on_secondary: bool, now: float) -> None:
         """One UDP datagram that arrived on the primary (or secondary) address."""
+        # Fast path for the bulk of a server's work, the RS of a qualifying or refreshing
+        # client: an RS whose bytes after the nonce equal an RS that passed every check before
+        # passes the same checks again (they depend on those bytes only), so only what depends
+        # on the IPv4 source is left to check. The nonce (bytes 4-11 of the Authentication
+        # header) and confirmation byte vary per RS and take no part in the checks.
+        if data[:4] == _AUTH_LEAD:
+            known = self._rs_known.get(data[AUTH_MIN_LEN:])
+            if known is not None:
+                host, port = source
+                source_ipv4 = self._global_ipv4(host)
+                if source_ipv4 < 0:
+                    self.drops.count(DropReason.NOT_GLOBAL_IPV4)  # check 3
+                elif port == TEREDO_PORT and source_ipv4 in self._own:
+                    self.drops.count(DropReason.LOOP)
+                elif not (self._rs_buckets.allow(host, now) and self._rs_total.allow(now)):
+                    self.drops.count(DropReason.RS_RATE_LIMITED)
+                else:
+                    ra, cone = known
+                    # Authentication header with the RS nonce (data[:12]), confirmation 0,
+                    # origin indication, then the cached RA (section 5.3.2).
+                    origin = _CONF_ORIGIN.pack(0, 0, port ^ 0xFFFF, source_ipv4 ^ 0xFFFFFFFF)
+                    self.out.send_udp(data[:12] + origin + ra, source, on_secondary ^ cone)
+                    self.stats.router_advertisements += 1
+                return
         reason = self._receive(data, source, on_secondary, now)
         if reason is not None:
             self.drops.count(reason)
+
+    def _global_ipv4(self, host: str) -> int:
+        """The source address as an int, or -1 when it is not global unicast (check 3).
+
+        Remembered for the last few thousand sources: a flood or a busy NAT repeats them.
+        """
+        known = self._source_cache.get(host)
+        if known is not None:
+            return known
+        try:
+            ipv4 = int.from_bytes(inet_aton(host), "big")
+        except OSError:
+            ipv4 = -1
+        if ipv4 >= 0 and not is_global_ipv4(ipv4):
+            ipv4 = -1
+        if len(self._source_cache) >= _SOURCE_CACHE_LIMIT:
+            self._source_cache.clear()  # bounded memory whatever the number of sources
+        self._source_cache[host] = ipv4
+        return ipv4
 
     def _receive(
         self, data: bytes, source: Address, on_secondary: bool, now: float
@@ -253,7 +304,15 @@ class ServerMachine:
         auth = b"" if nonce is None else _AUTH_LEAD + nonce + _CONFIRMATION_OK
         payload = auth + build_origin(source_ipv4, source[1]) + ra
         # A cone RS (C bit of its source) is answered from the other address (5.3.2).
-        from_secondary = on_secondary ^ bool(src[8] & 0x80)
-        self.out.send_udp(payload, source, from_secondary)
+        cone = bool(src[8] & 0x80)
+        self.out.send_udp(payload, source, on_secondary ^ cone)
+        if (
+            packet.auth_offset == 0
+            and d[:4] == _AUTH_LEAD
+            and o == AUTH_MIN_LEN
+            and len(self._rs_known) < _RA_CACHE_LIMIT
+        ):
+            # Every check of this RS passed and depended only on d[13:] (see `receive`).
+            self._rs_known[d[AUTH_MIN_LEN:]] = (ra, cone)
         self.stats.router_advertisements += 1
         return None

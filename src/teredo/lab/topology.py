@@ -49,6 +49,9 @@ SERVER_V6 = "2001:db8:2::10"
 RELAY_V6 = "2001:db8:2::20"
 WAN_V6_NATIVE = "2001:db8:1::1"
 NATIVE_V6 = "2001:db8:1::100"
+# Only with Lab(native_ipv4=True): the native host is then dual-stack, for a host-specific relay
+# (RFC 4380 section 5.4) that needs a global IPv4 of its own.
+NATIVE_V4 = "198.51.100.30"
 TEREDO_PREFIX = "2001::/32"
 
 # Host name -> namespace suffix for the fixed hosts; sites add nat<i> -> n<i>, client<i> -> c<i>.
@@ -114,6 +117,7 @@ class Lab:
         relay_impl: Impl | str | None = Impl.MIREDO,
         client_impl: Impl | str | Sequence[Impl | str | None] | None = Impl.MIREDO,
         state_root: Path = STATE_ROOT,
+        native_ipv4: bool = False,
     ) -> None:
         self.prefix = system.check_prefix(prefix)
         kinds = [k if isinstance(k, NatKind) else NatKind.parse(k) for k in nats]
@@ -128,6 +132,7 @@ class Lab:
             self.client_impls = [_as_impl(c) for c in client_impl]
             if len(self.client_impls) != len(kinds):
                 raise LabError("client_impl: give one implementation, or one per NAT")
+        self.native_ipv4 = native_ipv4
         self.state_dir = state_root / prefix.rstrip("-")
         self.procs: list[ProcRecord] = []
         self._popens: list[subprocess.Popen[bytes]] = []
@@ -248,6 +253,10 @@ class Lab:
         )
         self._attach("relay", "r", "bs", [f"{RELAY_V4}/24", f"{RELAY_V6}/64"])
         self._attach("native", "v6", "b6", [f"{NATIVE_V6}/64"])
+        if self.native_ipv4:
+            # A second link, on the servers' IPv4 segment: a dual-stack native host.
+            self._attach("native", "v4", "bs", [f"{NATIVE_V4}/24"], host_if="eth1")
+            system.ip_batch(self.ns("native"), [f"route add default via {WAN_V4_SERVERS}"])
         # The Teredo prefix is routed to the relay (RFC 4380 section 5.4: a relay advertises it).
         system.ip_batch(wan, [f"route add {TEREDO_PREFIX} via {RELAY_V6}"])
         for host in ("server", "relay"):
@@ -261,19 +270,21 @@ class Lab:
         for site in self.sites:
             self._build_site(site)
 
-    def _attach(self, host: str, wan_if: str, bridge: str, addrs: list[str]) -> None:
-        """A veth from the wan's `bridge` to `host` (eth0), with `addrs` on the host's end."""
+    def _attach(
+        self, host: str, wan_if: str, bridge: str, addrs: list[str], host_if: str = "eth0"
+    ) -> None:
+        """A veth from the wan's `bridge` to `host` (`host_if`), with `addrs` on the host's end."""
         wan, ns = self.ns("wan"), self.ns(host)
         system.ip_batch(
             wan,
             [
-                f"link add {wan_if} type veth peer name eth0 netns {ns}",
+                f"link add {wan_if} type veth peer name {host_if} netns {ns}",
                 f"link set {wan_if} master {bridge}",
                 f"link set {wan_if} up",
             ],
         )
-        cmds = [f"addr add {a} dev eth0" + (" nodad" if ":" in a else "") for a in addrs]
-        system.ip_batch(ns, [*cmds, "link set eth0 up"])
+        cmds = [f"addr add {a} dev {host_if}" + (" nodad" if ":" in a else "") for a in addrs]
+        system.ip_batch(ns, [*cmds, f"link set {host_if} up"])
 
     def _build_site(self, site: Site) -> None:
         client = self.ns(site.client_host)

@@ -1,0 +1,120 @@
+"""`teredo client`: a Teredo client (RFC 4380 section 5.2), Miredo compatible."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+from typing import Any
+
+from teredo.cli.options import (
+    PidFile,
+    PidFileError,
+    add_daemon_arguments,
+    configure_logging,
+    load_settings,
+    report_config_error,
+)
+from teredo.core.config import ClientSettings, ConfigError, Role
+from teredo.io.client_driver import ClientDaemon, ClientOptions, ClientStartError
+from teredo.io.loop import DaemonLoop
+
+EXIT_START_FAILED = 1
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "client",
+        help="run a Teredo client (miredo compatible)",
+        description=(
+            "Run a Teredo client: qualify with a Teredo server, then carry IPv6 over UDP/IPv4 "
+            "through a TUN interface (default name teredo). Stays in the foreground; SIGTERM "
+            "or SIGINT stops it and removes the interface, SIGHUP re-reads the configuration "
+            "(the address is kept when the server is unchanged), SIGUSR1 logs its status."
+        ),
+    )
+    add_daemon_arguments(parser, Role.CLIENT)
+    extra = parser.add_argument_group("client extras")
+    extra.add_argument(
+        "--hook",
+        metavar="FILE",
+        help=(
+            "script run on up/down/destroy with Miredo's client-hook environment "
+            "(IFACE, STATE, ADDRESS, LLADDRESS, MTU, OLD_*), e.g. /etc/miredo/client-hook"
+        ),
+    )
+    extra.add_argument(
+        "--no-local-discovery",
+        dest="local_discovery",
+        action="store_false",
+        help="do not send or listen for local discovery bubbles (RFC 4380 section 5.2.8)",
+    )
+    extra.add_argument(
+        "--no-default-route",
+        dest="default_route",
+        action="store_false",
+        help="no last-resort IPv6 default route through the tunnel (only the Teredo prefix)",
+    )
+    parser.set_defaults(run=run)
+
+
+def options_from(settings: ClientSettings, args: argparse.Namespace) -> ClientOptions:
+    hook = os.path.abspath(args.hook) if args.hook else None
+    return ClientOptions(
+        server=settings.server_address,
+        server2=settings.server_address2,
+        interface=settings.interface_name,
+        bind_address=str(settings.bind_address),
+        bind_port=settings.bind_port,
+        prefix=settings.prefix.network_address.packed[:4],
+        refresh_interval=settings.refresh_interval,
+        local_discovery=args.local_discovery,
+        hook=hook,
+        default_route=args.default_route,
+    )
+
+
+def _check_hook(path: str | None) -> ConfigError | None:
+    if path is not None and not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        return ConfigError("command line", 0, "--hook", f"{path} is not an executable file")
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args, Role.CLIENT)
+        options = options_from(settings, args)
+        problem = _check_hook(options.hook)
+        if problem is not None:
+            raise problem
+        log = configure_logging(args, settings)
+    except ConfigError as err:
+        return report_config_error(err)
+    loop = DaemonLoop()
+    try:
+        with PidFile(args.pidfile):
+            daemon = ClientDaemon(options, loop)
+
+            def reload() -> None:
+                try:
+                    fresh = options_from(load_settings(args, Role.CLIENT), args)
+                except ConfigError as err:
+                    log.error("configuration not reloaded: %s", err)
+                    return
+                log.info("configuration %s", daemon.reload(fresh))
+
+            loop.loop.add_signal_handler(signal.SIGUSR1, lambda: log.info(daemon.summary()))
+            try:
+                daemon.start()
+                status = loop.run(on_reload=reload)
+            finally:
+                loop.loop.remove_signal_handler(signal.SIGUSR1)
+                log.info("stopping: %s", daemon.summary())
+                daemon.close()
+            return status
+    except (ClientStartError, PidFileError) as err:
+        logging.getLogger("teredo").error("%s", err)
+        return EXIT_START_FAILED
+    finally:
+        loop.close()

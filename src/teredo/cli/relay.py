@@ -1,0 +1,176 @@
+"""`teredo relay`: a Teredo relay or host-specific relay (RFC 4380 section 5.4), miredo compatible.
+
+Runs in the foreground; SIGTERM or SIGINT stops it (the interface goes with it), SIGHUP re-reads
+the configuration, SIGUSR1 logs its counters (one line, read by benchmarks and operators).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from teredo.cli.options import (
+    EXIT_CONFIG,
+    PidFile,
+    PidFileError,
+    add_daemon_arguments,
+    configure_logging,
+    load_settings,
+    report_config_error,
+)
+from teredo.core.config import ConfigError, RelaySettings, RelayType, Role
+from teredo.core.peers import MIREDO_MAX_PEERS
+from teredo.core.relay import RelayParams
+from teredo.io.loop import DaemonLoop
+from teredo.io.relay_driver import (
+    RelayDaemon,
+    RelayEndpoint,
+    RelayStartError,
+    ipv6_forwarding_enabled,
+)
+
+EXIT_START_FAILED = 1
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "relay",
+        help="run a Teredo relay or host-specific relay (miredo compatible)",
+        description=(
+            "Run a Teredo relay (RFC 4380 section 5.4) between native IPv6 and Teredo clients, "
+            "or with --host-specific a relay that serves only this host's own addresses. "
+            "Stays in the foreground; SIGTERM stops it, SIGHUP re-reads the configuration, "
+            "SIGUSR1 logs its counters."
+        ),
+    )
+    add_daemon_arguments(parser, Role.RELAY)
+    parser.add_argument(
+        "--peers",
+        type=int,
+        default=MIREDO_MAX_PEERS,
+        metavar="N",
+        help=f"peer table size, allocated at start (default {MIREDO_MAX_PEERS}, as Miredo)",
+    )
+    parser.set_defaults(run=run)
+
+
+def params_from(settings: RelaySettings, args: argparse.Namespace) -> RelayParams:
+    return RelayParams(
+        prefix=settings.prefix.network_address.packed[:4],
+        host_specific=settings.host_specific,
+        direct_bubbles=settings.direct_bubbles,
+        peers=args.peers,
+        mtu=settings.mtu,
+    )
+
+
+def endpoint_from(settings: RelaySettings) -> RelayEndpoint:
+    return RelayEndpoint(
+        interface=settings.interface_name,
+        bind_address=str(settings.bind_address),
+        bind_port=settings.bind_port,
+        prefix=str(settings.prefix),
+    )
+
+
+def _advise(log: logging.Logger, settings: RelaySettings, daemon: RelayDaemon) -> None:
+    """Say what the operator still has to do (Miredo leaves it to its documentation)."""
+    if settings.relay_type is RelayType.RESTRICTED:
+        log.warning(
+            "RelayType restricted is deprecated (as in Miredo): it only adds direct bubbles "
+            "for a relay behind a restricted NAT; a relay should have a public IPv4 (use cone)"
+        )
+    if settings.host_specific:
+        log.info(
+            "host-specific relay: Teredo clients reach this host's own addresses directly; "
+            "nothing is forwarded for others and %s must not be announced",
+            settings.prefix,
+        )
+        return
+    if settings.bind_port == 0:
+        log.warning(
+            "no BindPort: the relay listens on a random port (%d); clients reach it anyway, "
+            "but a fixed port is easier to filter and survives restarts",
+            daemon.local[1],
+        )
+    forwarding = ipv6_forwarding_enabled()
+    if forwarding is False:
+        log.warning(
+            "IPv6 forwarding is disabled: set net.ipv6.conf.all.forwarding=1, or the relay "
+            "serves only this host"
+        )
+    elif forwarding is None:
+        log.warning("cannot read net.ipv6.conf.all.forwarding: check that IPv6 forwarding is on")
+    log.info(
+        "to serve a network, announce (route) %s to this host on its IPv6 side and let UDP "
+        "reach %s:%d from Teredo clients",
+        settings.prefix,
+        daemon.local[0],
+        daemon.local[1],
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 1 <= args.peers < (1 << 30):
+        print("command line: --peers: must be between 1 and 2**30 - 1", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        settings = load_settings(args, Role.RELAY)
+        log = configure_logging(args, settings)
+    except ConfigError as err:
+        return report_config_error(err)
+    loop = DaemonLoop()
+    try:
+        with PidFile(args.pidfile):
+            daemon = RelayDaemon(
+                params_from(settings, args), endpoint_from(settings), loop, secret=os.urandom(32)
+            )
+            kind = "host-specific relay" if settings.host_specific else "relay"
+            log.info(
+                "Teredo %s (%s) on UDP %s:%d, interface %s, prefix %s, MTU %d",
+                kind,
+                settings.relay_type.value,
+                daemon.local[0],
+                daemon.local[1],
+                daemon.tun.name,
+                settings.prefix,
+                settings.mtu,
+            )
+            log.info(
+                "peer table: %d peers, %.1f MiB preallocated (%.1f bytes a peer) in %.2f s",
+                args.peers,
+                daemon.machine.nbytes() / 1048576,
+                daemon.machine.nbytes() / args.peers,
+                daemon.alloc_seconds,
+            )
+            _advise(log, settings, daemon)
+
+            def reload() -> None:
+                try:
+                    fresh = load_settings(args, Role.RELAY)
+                except ConfigError as err:
+                    log.error("configuration not reloaded: %s", err)
+                    return
+                problem = daemon.apply(params_from(fresh, args), endpoint_from(fresh))
+                if problem is None:
+                    log.info("configuration reloaded (%s)", fresh.relay_type.value)
+                else:
+                    log.error("configuration not reloaded: %s", problem)
+
+            loop.loop.add_signal_handler(signal.SIGUSR1, lambda: log.info(daemon.summary()))
+            try:
+                status = loop.run(on_reload=reload)
+            finally:
+                loop.loop.remove_signal_handler(signal.SIGUSR1)
+                log.info("stopping: %s", daemon.summary())
+                daemon.close()
+            return status
+    except (RelayStartError, PidFileError) as err:
+        logging.getLogger("teredo").error("%s", err)
+        return EXIT_START_FAILED
+    finally:
+        loop.close()

@@ -1,0 +1,524 @@
+"""The Teredo relay and host-specific relay (RFC 4380 section 5.4), sans I/O.
+
+A relay sits between native IPv6 (its TUN interface, where the prefix 2001::/32 is routed) and
+Teredo clients (one UDP socket). It keeps a peer list shaped like a client's (core/peers.py):
+
+* native -> client (section 5.4.1): only to valid Teredo addresses embedding a global IPv4.
+  Case 1, a valid trusted peer: the packet goes straight to its mapping (the hot path). Case 3
+  (always used, as Miredo does: cone peers, case 2, are not believed): an untrusted entry, the
+  packet queued (bounded), an *indirect* bubble through the client's server (embedded server
+  IPv4, port 3544) and, for the deprecated "restricted" relay, a *direct* bubble too; repeated
+  every 2 s, at most 3 times, then the entry is deleted and the sender gets an ICMPv6 address
+  unreachable (rate-limited).
+* client -> native (section 5.4.2): a valid IPv6 packet whose Teredo source embeds the UDP
+  source IPv4 and port (or a known peer's recorded mapping); bubbles make the peer trusted and
+  flush its queue, and are never forwarded; other packets go to the TUN only when their
+  destination is one the relay serves: for a relay, a global non-Teredo address; for a
+  host-specific relay (section 5.4, "local relay" of section 3.4, section 7.3.1), one of this
+  host's own addresses (the driver learns them through netlink and passes them in).
+
+Bubble source (TEREDO-SPEC 2.2, Miredo's practice): a link-local address whose interface
+identifier is a keyed hash of the peer's embedded mapping. A client answers an indirect bubble
+that its server forwarded with an origin indication by a direct bubble to that origin, addressed
+to that link-local source; the relay recognises the hash even when the answer comes from another
+port of the same IPv4 (a port-symmetric NAT) and then records the port it really came from.
+
+Bubble retries are driven by a FIFO ring of (deadline, row) preallocated with the peer table:
+every retry is due exactly 2 s after the bubble that scheduled it, so the ring stays sorted
+without a heap, and each row sits in it at most once (one byte per row says so), which bounds
+it whatever arrives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from dataclasses import dataclass, replace
+from socket import inet_aton, inet_ntoa
+from typing import Protocol
+
+from teredo.core.addr import (
+    TEREDO_PORT,
+    TEREDO_PREFIX,
+    embedded_mapping,
+    is_global_ipv4,
+)
+from teredo.core.counters import DropCounters, DropReason
+from teredo.core.ipv6 import (
+    IPV6_MIN_MTU,
+    NH_ICMPV6,
+    UNREACH_ADDRESS,
+    build_bubble,
+    build_unreachable,
+)
+from teredo.core.peers import MIREDO_MAX_PEERS, PEER_VALIDITY, PeerTable
+from teredo.core.ratelimit import TokenBucket
+from teredo.core.wire import TeredoPacket, parse_payload
+
+Address = tuple[str, int]
+
+#: Section 5.4.1: the bubble is repeated after 2 s, at most 3 times, then the entry goes.
+BUBBLE_RETRY = 2.0
+BUBBLE_REPEATS = 3
+#: Miredo answers at most 10 ICMPv6 errors per second (TEREDO-SPEC 7, "Amplification").
+ICMPV6_ERROR_RATE = 10.0
+#: Entries removed per timer call at most, so that a timer never stalls the data path.
+EXPIRE_BUDGET = 256
+#: Retries handled per timer call at most (the rest wait for the next call, at once).
+RETRY_BUDGET = 1024
+#: Socket addresses converted (int <-> dotted quad) and remembered, at most: the conversion
+#: costs more than the rest of the hot path's bookkeeping; the caches are emptied when full.
+ADDRESS_CACHE = 4096
+
+_HEADER = 40
+_NH_NONE = 59
+
+
+class RelayTransmit(Protocol):
+    """Where the relay's output goes (the driver's UDP socket and TUN, or a test's recorder)."""
+
+    def send_udp(self, payload: bytes, destination: Address) -> None:
+        """Send one UDP datagram from the relay's service port."""
+
+    def write_tun(self, packet: bytes | memoryview) -> None:
+        """Hand one IPv6 packet to the local IPv6 stack."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayParams:
+    """What a relay needs to know; see docs/relay.md."""
+
+    prefix: bytes = TEREDO_PREFIX
+    host_specific: bool = False
+    #: Miredo's deprecated "restricted" relay adds a direct bubble (section 5.4.1 SHOULD, for a
+    #: relay behind a non-cone NAT).
+    direct_bubbles: bool = False
+    peers: int = MIREDO_MAX_PEERS
+    #: Our own UDP endpoint (IPv4 as int, port), when known: a Teredo destination embedding it
+    #: would loop back to us (draft-gont-6man-teredo-loops; TEREDO-SPEC 7 "Loops").
+    own_mapping: tuple[int, int] | None = None
+    queue_bytes_per_peer: int = 1280
+    total_queue_bytes: int = 16 * 1024 * 1024
+    icmpv6_error_rate: float = ICMPV6_ERROR_RATE
+    mtu: int = IPV6_MIN_MTU
+
+    def check(self) -> str | None:
+        """Why these parameters cannot serve, or None."""
+        if len(self.prefix) != 4:
+            return "the prefix must be 32 bits"
+        if not 1 <= self.peers < (1 << 30):
+            return "the peer table size must be between 1 and 2**30 - 1"
+        if not IPV6_MIN_MTU <= self.mtu <= 65535:
+            return "the MTU must be between 1280 and 65535"
+        if self.icmpv6_error_rate <= 0:
+            return "the ICMPv6 error rate must be positive"
+        return None
+
+
+@dataclass(slots=True)
+class RelayStats:
+    """What the relay did, for the SIGUSR1 summary, `status` and benchmarks."""
+
+    to_teredo: int = 0  # native packets sent to a trusted client (case 1 and queue flushes)
+    from_teredo: int = 0  # client packets handed to the native side
+    queued: int = 0  # native packets held for an untrusted peer
+    indirect_bubbles: int = 0
+    direct_bubbles: int = 0
+    bubbles_received: int = 0
+    trusted: int = 0  # peers that became trusted (a direct answer arrived)
+    remapped: int = 0  # peers re-mapped to another port (port-symmetric NAT answers)
+    given_up: int = 0  # peers deleted after 3 unanswered repeats
+    unreachables: int = 0  # ICMPv6 errors written to the TUN
+
+
+def _global_ipv6_kind(addr: bytes) -> DropReason | None:
+    """None for a global unicast IPv6 destination, else why not (RFC 4291 section 2.4)."""
+    first = addr[0]
+    if first == 0xFF:
+        return DropReason.RELAY_MULTICAST_DESTINATION
+    if first == 0xFE and addr[1] & 0xC0 == 0x80:
+        return DropReason.NOT_GLOBAL_DESTINATION
+    if first == 0 and addr[:15] == bytes(15) and addr[15] in (0, 1):
+        return DropReason.NOT_GLOBAL_DESTINATION
+    return None
+
+
+class _RetryRing:
+    """A FIFO of (deadline, row), each row at most once; memory fixed at construction."""
+
+    __slots__ = ("_head", "_mask", "_queued", "_rows", "_size", "_when")
+
+    def __init__(self, capacity: int) -> None:
+        slots = 1
+        while slots < capacity:
+            slots <<= 1
+        self._mask = slots - 1
+        self._when = array("d", bytes(8 * slots))
+        self._rows = array("i", bytes(4 * slots))
+        self._queued = bytearray(capacity)
+        self._head = 0
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def nbytes(self) -> int:
+        return len(self._when) * 8 + len(self._rows) * 4 + len(self._queued)
+
+    def push(self, row: int, when: float) -> None:
+        if self._queued[row]:
+            return
+        if self._size:
+            # Keep the ring sorted: a deadline never goes before the one at the tail.
+            tail = self._when[(self._head + self._size - 1) & self._mask]
+            when = max(when, tail)
+        i = (self._head + self._size) & self._mask
+        self._when[i] = when
+        self._rows[i] = row
+        self._size += 1
+        self._queued[row] = 1
+
+    def first(self) -> float | None:
+        return self._when[self._head] if self._size else None
+
+    def pop(self) -> int:
+        row = self._rows[self._head]
+        self._head = (self._head + 1) & self._mask
+        self._size -= 1
+        self._queued[row] = 0
+        return row
+
+    def clear(self) -> None:
+        self._head = 0
+        self._size = 0
+        self._queued[:] = bytes(len(self._queued))
+
+
+class RelayMachine:
+    """A Teredo relay (or host-specific relay): `receive_tun`, `receive_udp`, timers."""
+
+    def __init__(self, params: RelayParams, out: RelayTransmit, secret: bytes, now: float) -> None:
+        """`secret`: random bytes (16 or more) keying the bubble source hash; `now`: the
+        driver's clock at start (the peer table's epoch)."""
+        problem = params.check()
+        if problem is not None:
+            raise ValueError(problem)
+        if len(secret) < 16:
+            raise ValueError("the secret must hold at least 16 random bytes")
+        self.params = params
+        self.out = out
+        self.drops = DropCounters()
+        self.stats = RelayStats()
+        self._prefix = params.prefix
+        self._secret = bytes(secret[:64])
+        self._host_specific = params.host_specific
+        self._direct = params.direct_bubbles
+        self._own_mapping = params.own_mapping
+        self._own_addresses: frozenset[bytes] = frozenset()
+        # Miredo's relay keeps peers 30 s after their last use (section 5.2.4 validity).
+        self.peers = PeerTable(
+            params.peers,
+            epoch=now,
+            idle_timeout=PEER_VALIDITY,
+            untrusted_timeout=PEER_VALIDITY,
+            queue_bytes_per_peer=params.queue_bytes_per_peer,
+            total_queue_bytes=params.total_queue_bytes,
+            max_nonces=0,
+        )
+        self._ring = _RetryRing(params.peers)
+        self._errors = TokenBucket(params.icmpv6_error_rate, params.icmpv6_error_rate)
+        self._to_sockaddr: dict[int, Address] = {}
+        self._from_host: dict[str, int] = {}
+
+    # --- configuration ----------------------------------------------------------------------
+
+    def set_own_addresses(self, addresses: frozenset[bytes] | set[bytes]) -> None:
+        """The host's own IPv6 addresses (16 bytes each): the only destinations a host-specific
+        relay delivers to (section 5.4; the driver keeps this current through netlink)."""
+        # Only global unicast ones: loopback and link-local addresses are never reachable
+        # from a Teredo client (section 5.4.2 forwards only to global destinations).
+        self._own_addresses = frozenset(
+            a for a in addresses if len(a) == 16 and _global_ipv6_kind(a) is None
+        )
+
+    @property
+    def own_addresses(self) -> frozenset[bytes]:
+        return self._own_addresses
+
+    def set_own_mapping(self, mapping: tuple[int, int] | None) -> None:
+        """Our own UDP endpoint (IPv4 as int, port), once the driver has bound it."""
+        self._own_mapping = mapping
+        self.params = replace(self.params, own_mapping=mapping)
+
+    def set_direct_bubbles(self, direct: bool) -> None:
+        """Switch between "cone" and "restricted" (configuration reload)."""
+        self._direct = direct
+
+    def nbytes(self) -> int:
+        """Memory held by the preallocated columns (peer table and retry ring)."""
+        return self.peers.nbytes() + self._ring.nbytes()
+
+    def bubble_source(self, peer: bytes) -> bytes:
+        """fe80::<keyed hash of the peer's embedded mapping>, the 2 low bits of the first
+        interface identifier byte cleared as Miredo does (TEREDO-SPEC 2.2)."""
+        digest = hashlib.blake2b(peer[10:16], key=self._secret, digest_size=8).digest()
+        return b"\xfe\x80" + bytes(6) + bytes((digest[0] & 0xFC,)) + digest[1:]
+
+    # --- native IPv6 -> Teredo client (section 5.4.1) -------------------------------------
+
+    def receive_tun(self, packet: bytes, now: float) -> None:
+        """One IPv6 packet that the local stack routed into the Teredo interface."""
+        reason = self._from_native(packet, now)
+        if reason is not None:
+            self.drops.count(reason)
+
+    def _from_native(self, packet: bytes, now: float) -> DropReason | None:
+        n = len(packet)
+        if n < _HEADER:
+            return DropReason.TOO_SHORT
+        if packet[0] >> 4 != 6:
+            return DropReason.NOT_IPV6
+        if _HEADER + ((packet[4] << 8) | packet[5]) > n:
+            return DropReason.BAD_PAYLOAD_LENGTH
+        dst = packet[24:40]
+        peers = self.peers
+        # Case 1 (hot path): a valid trusted peer; the packet goes to its mapping as it is.
+        row = peers.send_row(dst, now)
+        if row is not None:
+            self.out.send_udp(packet, self._sockaddr(peers.ipv4(row), peers.port(row)))
+            self.stats.to_teredo += 1
+            return None
+        # Section 5.4.1: only valid Teredo addresses with a global embedded IPv4.
+        if dst[:4] != self._prefix:
+            return DropReason.NOT_TEREDO_DESTINATION
+        mapping = embedded_mapping(dst)
+        if not is_global_ipv4(mapping[0]):
+            return DropReason.DESTINATION_NOT_GLOBAL_IPV4
+        if mapping == self._own_mapping:
+            return DropReason.LOOP
+        server = int.from_bytes(dst[4:8], "big")
+        if not is_global_ipv4(server):
+            return DropReason.SERVER_NOT_GLOBAL_IPV4
+        row = peers.lookup(dst)
+        if row is None:
+            row = peers.insert(dst, now)
+            if row is None:
+                return DropReason.RELAY_PEER_TABLE_FULL
+            peers.set_mapping(row, mapping[0], mapping[1])
+        elif peers.is_trusted(row):
+            # Trusted but no longer valid (30 s without reception, section 5.2.4): case 3 again.
+            peers.set_trusted(row, False)
+        queued = peers.enqueue(row, packet)
+        if queued:
+            self.stats.queued += 1
+        if peers.may_send_bubble(row, now):
+            self._bubble(row, dst, server, now)
+        self._ring.push(row, now + BUBBLE_RETRY)
+        return None if queued else DropReason.RELAY_QUEUE_FULL
+
+    def _sockaddr(self, ipv4: int, port: int) -> Address:
+        """("a.b.c.d", port) for a peer's mapping, remembered for the next packets."""
+        key = (ipv4 << 16) | port
+        got = self._to_sockaddr.get(key)
+        if got is None:
+            if len(self._to_sockaddr) >= ADDRESS_CACHE:
+                self._to_sockaddr.clear()
+            got = self._to_sockaddr[key] = (inet_ntoa(ipv4.to_bytes(4, "big")), port)
+        return got
+
+    def _bubble(self, row: int, peer: bytes, server: int, now: float) -> None:
+        """Case 3: an indirect bubble via the peer's server, plus a direct one when configured
+        (section 5.4.1); counted against the section 5.2.6 limits."""
+        bubble = build_bubble(self.bubble_source(peer), peer)
+        self.out.send_udp(bubble, (inet_ntoa(server.to_bytes(4, "big")), TEREDO_PORT))
+        self.stats.indirect_bubbles += 1
+        if self._direct:
+            ipv4, port = self.peers.mapping(row)
+            self.out.send_udp(bubble, (inet_ntoa(ipv4.to_bytes(4, "big")), port))
+            self.stats.direct_bubbles += 1
+        self.peers.record_bubble(row, now)
+
+    # --- Teredo client -> native IPv6 (section 5.4.2) ---------------------------------------
+
+    def receive_udp(self, data: bytes, source: Address, now: float) -> None:
+        """One UDP datagram that arrived on the relay's service port."""
+        reason = self._from_teredo(data, source, now)
+        if reason is not None:
+            self.drops.count(reason)
+
+    def _from_teredo(self, data: bytes, source: Address, now: float) -> DropReason | None:
+        packet = parse_payload(data)
+        if isinstance(packet, DropReason):
+            return packet
+        d = packet.data
+        o = packet.ip6_offset
+        src = d[o + 8 : o + 24]
+        host, port = source
+        ipv4 = self._from_host.get(host)
+        if ipv4 is None:
+            try:
+                ipv4 = int.from_bytes(inet_aton(host), "big")
+            except OSError:
+                return DropReason.NOT_GLOBAL_IPV4
+            if len(self._from_host) >= ADDRESS_CACHE:
+                self._from_host.clear()
+            self._from_host[host] = ipv4
+        peers = self.peers
+        # Reception case 1 (hot path): a trusted peer, from its recorded mapping.
+        row = peers.receive_row(src, ipv4, port, now)
+        if row is None:
+            # The slow path: trust, re-mapping, new peers; may give the row or a drop reason.
+            got = self._unknown_source(packet, ipv4, port, now)
+            if isinstance(got, DropReason):
+                return got
+            row = got
+        plen = packet.ip6_length - _HEADER
+        if plen == 0 and d[o + 6] == _NH_NONE:
+            self.stats.bubbles_received += 1
+            return None  # section 5.4.2: bubbles are never forwarded
+        dst = d[o + 24 : o + 40]
+        if self._host_specific:
+            # Section 5.4: a host-specific relay serves its own addresses and nothing else.
+            if dst not in self._own_addresses:
+                return DropReason.NOT_OWN_ADDRESS
+        else:
+            if dst[:4] == self._prefix:
+                return DropReason.TEREDO_DESTINATION
+            # 2000::/3 (global unicast, RFC 4291 section 2.4) passes at once; the rest is looked
+            # at closely.
+            if dst[0] & 0xE0 != 0x20:
+                kind = _global_ipv6_kind(dst)
+                if kind is not None:
+                    return kind
+        self.out.write_tun(d if o == 0 and len(d) == _HEADER + plen else packet.ipv6_view())
+        self.stats.from_teredo += 1
+        return None
+
+    def _unknown_source(
+        self, packet: TeredoPacket, ipv4: int, port: int, now: float
+    ) -> int | DropReason:
+        """A packet that is not from a trusted peer's recorded mapping."""
+        src = packet.src
+        bubble = packet.is_bubble
+        # Section 5.4.2: the source must be a Teredo address...
+        if src[:4] != self._prefix:
+            return DropReason.NOT_TEREDO_SOURCE
+        if not is_global_ipv4(ipv4):
+            return DropReason.NOT_GLOBAL_IPV4
+        peers = self.peers
+        row = peers.lookup(src)
+        embedded = embedded_mapping(src)
+        if embedded != (ipv4, port):
+            # ...whose embedded mapping is the UDP source; Miredo also takes a bubble from
+            # another port of the same IPv4 when it answers our own bubble (its destination is
+            # the keyed link-local we used for this peer): a port-symmetric NAT's answer.
+            if not (
+                bubble
+                and row is not None
+                and embedded[0] == ipv4
+                and packet.dst == self.bubble_source(src)
+            ):
+                return DropReason.MAPPING_MISMATCH
+            self.stats.remapped += 1
+        if row is None:
+            if bubble:
+                return DropReason.UNKNOWN_PEER_BUBBLE
+            # Section 5.4.2 MAY drop clients not in the list; we serve them (a client whose
+            # entry expired here still believes us valid) and keep an entry for the way back.
+            row = peers.insert(src, now, trusted=True)
+            if row is None:
+                return DropReason.RELAY_PEER_TABLE_FULL
+            peers.set_mapping(row, ipv4, port)
+            peers.touch_rx(row, now)
+            self.stats.trusted += 1
+            return row
+        # A direct answer: the peer is trusted at this mapping, its queue flushed (5.4.1).
+        peers.set_mapping(row, ipv4, port)
+        if not peers.is_trusted(row):
+            peers.set_trusted(row, True)
+            self.stats.trusted += 1
+        peers.touch_rx(row, now)
+        queued = peers.drain(row)
+        if queued:
+            destination = (inet_ntoa(ipv4.to_bytes(4, "big")), port)
+            for held in queued:
+                self.out.send_udp(held, destination)
+            self.stats.to_teredo += len(queued)
+            peers.touch_tx(row, now)
+        return row
+
+    # --- timers -----------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When `handle_timer` has work: a bubble retry or an entry to expire."""
+        retry = self._ring.first()
+        expiry = self.peers.next_expiry()
+        if retry is None:
+            return expiry
+        if expiry is None:
+            return retry
+        return min(retry, expiry)
+
+    def handle_timer(self, now: float) -> None:
+        """Repeat bubbles, give up on silent peers (section 5.4.1), expire idle entries."""
+        ring = self._ring
+        peers = self.peers
+        for _ in range(RETRY_BUDGET):
+            due = ring.first()
+            if due is None or due > now:
+                break
+            row = ring.pop()
+            # The row may have been evicted, or reused by another peer since it was queued:
+            # whoever holds it now is judged on its own dates.
+            addr = peers.address(row)
+            if peers.lookup(addr) != row or peers.is_trusted(row):
+                continue
+            if peers.bubble_count(row, now) >= 1 + BUBBLE_REPEATS:
+                if now - peers.last_tx(row) >= BUBBLE_RETRY:
+                    self._give_up(row, addr, now)
+                else:
+                    ring.push(row, peers.last_tx(row) + BUBBLE_RETRY)
+            elif peers.may_send_bubble(row, now):
+                self._bubble(row, addr, int.from_bytes(addr[4:8], "big"), now)
+                ring.push(row, now + BUBBLE_RETRY)
+            else:
+                ring.push(row, peers.last_tx(row) + BUBBLE_RETRY)
+        peers.expire(now, EXPIRE_BUDGET)
+
+    def _give_up(self, row: int, addr: bytes, now: float) -> None:
+        """Section 5.4.1: delete the entry; its queued packets are answered with ICMPv6
+        destination (address) unreachable, at most `icmpv6_error_rate` a second."""
+        queued = self.peers.drain(row)
+        self.peers.remove(row)
+        self.stats.given_up += 1
+        if queued:
+            self.drops.count(DropReason.RELAY_PEER_UNREACHABLE, len(queued))
+        for held in queued:
+            # RFC 4443 section 2.4 (e): never an error about an error.
+            if held[6] == NH_ICMPV6 and len(held) > _HEADER and held[_HEADER] < 128:
+                continue
+            if not self._errors.allow(now):
+                break
+            # The error comes from the unreachable Teredo address itself: a link-local source
+            # would not be forwarded to the sender, and the relay has no address of its own.
+            self.out.write_tun(build_unreachable(addr, held[8:24], UNREACH_ADDRESS, held))
+            self.stats.unreachables += 1
+
+    def clear(self) -> None:
+        """Forget every peer (e.g. when the service port changes)."""
+        self.peers.clear()
+        self._ring.clear()
+
+    def summary(self) -> str:
+        """One line of counters for the log (SIGUSR1) and benchmarks."""
+        s = self.stats
+        t = self.peers.stats()
+        drops = self.drops.snapshot()
+        return (
+            f"peers {t.size}/{t.capacity} ({t.trusted} trusted, {t.untrusted} pending, "
+            f"{t.queued_bytes} B queued, {t.evicted_untrusted + t.evicted_trusted} evicted, "
+            f"{t.refused} refused), to teredo {s.to_teredo}, from teredo {s.from_teredo}, "
+            f"queued {s.queued}, bubbles sent {s.indirect_bubbles}+{s.direct_bubbles} "
+            f"received {s.bubbles_received}, trusted {s.trusted}, remapped {s.remapped}, "
+            f"given up {s.given_up}, unreachables {s.unreachables}, drops {drops or 'none'}"
+        )

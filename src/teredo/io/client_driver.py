@@ -1,0 +1,959 @@
+"""Runs a ClientMachine on real sockets and a TUN interface (RFC 4380 section 5.2).
+
+The machine decides everything about the protocol; this module only:
+
+- moves bytes: the Teredo UDP socket, the local discovery socket and the TUN fd are served by
+  `add_reader` callbacks that read until empty (DESIGN.md "The hot path"); the machine's output
+  goes out through `ClientIO` (its ClientTransmit);
+- turns the machine's events into interface configuration (netlink: MTU, link-local address,
+  Teredo address /32, last-resort default route), the Miredo hook script, and one log line each;
+- resolves the server's name, at start and again when the machine asks (ResolveServer), with
+  backoff while the name does not resolve (no network at boot must not end the daemon).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from teredo.core.addr import (
+    TEREDO_PORT,
+    format_prefix,
+    int_to_ipv4,
+    ipv4_to_int,
+    is_global_ipv4,
+)
+from teredo.core.client import (
+    AddressChanged,
+    ClientEvent,
+    ClientMachine,
+    ClientParams,
+    MtuChanged,
+    Offline,
+    Qualified,
+    ResolveServer,
+    SymmetricNat,
+)
+from teredo.io import mmsg
+from teredo.io.hook import HookError, HookRunner
+from teredo.io.loop import DaemonLoop
+from teredo.io.netlink import LAST_RESORT_METRIC, InterfaceConfig, NetlinkConfigError
+from teredo.io.tun import TunDevice, TunError
+from teredo.io.udp import DRAIN_BUDGET, RECEIVE_SIZE, UdpSender, drain, open_udp_socket
+
+log = logging.getLogger("teredo.client")
+_R = TypeVar("_R")
+
+__all__ = [
+    "DISCOVERY_GROUP",
+    "ClientDaemon",
+    "ClientIO",
+    "ClientOptions",
+    "ClientStartError",
+    "DiscoverySocket",
+    "Interface",
+    "ServerResolver",
+    "TunnelConfigurator",
+    "discovery_interfaces",
+    "local_address_towards",
+    "resolve_ipv4",
+]
+
+DISCOVERY_GROUP = "224.0.0.253"  # RFC 4380 section 2.17 / 5.2.8: Teredo local discovery
+IPV6_MIN_MTU = 1280  # RFC 4380 section 5.1.2: the tunnel MTU until an RA says otherwise
+LINK_LOCAL_PREFIXLEN = 64
+DEFAULT_ROUTE = "::/0"
+
+# Back-off of the server name resolution: first retry after 1 s, doubling up to 60 s, so a
+# machine that boots without network finds its server within a minute of the network coming up.
+RESOLVE_FIRST_DELAY = 1.0
+RESOLVE_MAX_DELAY = 60.0
+MMSG_BATCH = 64  # datagrams per sendmmsg call
+EXIT_FAILED = 1  # also: the socket asked for on SIGHUP cannot be opened
+
+
+class ClientStartError(RuntimeError):
+    """The client cannot start; the message is the one line the operator reads."""
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def resolve_ipv4(host: str) -> int:
+    """One IPv4 address of `host` (a dotted quad needs no look-up); OSError when none."""
+    with contextlib.suppress(ValueError):
+        return ipv4_to_int(host)
+    infos = socket.getaddrinfo(host, TEREDO_PORT, socket.AF_INET, socket.SOCK_DGRAM)
+    for info in infos:
+        address = info[4][0]
+        if isinstance(address, str):
+            return ipv4_to_int(address)
+    raise OSError(errno.ENOENT, f"{host}: no IPv4 address")
+
+
+def _is_literal(host: str) -> bool:
+    try:
+        ipv4_to_int(host)
+    except ValueError:
+        return False
+    return True
+
+
+Resolution = tuple[int, int | None]  # primary, secondary (None: primary + 1)
+
+
+class ServerResolver:
+    """Resolves (server, server2) off the loop thread, retrying with exponential back-off.
+
+    `resolve` runs in the loop's default executor, so a slow DNS server never stalls the data
+    path. `on_resolved` is called in the loop thread. A new request replaces a pending one.
+    """
+
+    def __init__(
+        self,
+        loop: DaemonLoop,
+        on_resolved: Callable[[Resolution], None],
+        *,
+        resolve: Callable[[str], int] = resolve_ipv4,
+        first_delay: float = RESOLVE_FIRST_DELAY,
+        max_delay: float = RESOLVE_MAX_DELAY,
+    ) -> None:
+        self._loop = loop
+        self._on_resolved = on_resolved
+        self._resolve = resolve
+        self._first_delay = first_delay
+        self._max_delay = max_delay
+        self._generation = 0
+        self._names: tuple[str, str | None] = ("", None)
+        self.failures = 0
+        self.pending = False
+
+    def _lookup(self, names: tuple[str, str | None]) -> Resolution:
+        primary = self._resolve(names[0])
+        secondary = None if names[1] is None else self._resolve(names[1])
+        return primary, secondary
+
+    def request(self, server: str, server2: str | None) -> None:
+        """Resolve now (and again after each failure, with back-off, until it works)."""
+        self._generation += 1
+        self._names = (server, server2)
+        self.failures = 0
+        self._attempt(self._generation, self._first_delay)
+
+    def cancel(self) -> None:
+        self._generation += 1
+        self.pending = False
+
+    def _attempt(self, generation: int, delay: float) -> None:
+        if generation != self._generation:
+            return
+        self.pending = True
+        future = self._loop.loop.run_in_executor(None, self._lookup, self._names)
+        future.add_done_callback(lambda f: self._done(f, generation, delay))
+
+    def _done(self, future: asyncio.Future[Resolution], generation: int, delay: float) -> None:
+        if generation != self._generation:
+            return
+        try:
+            result = future.result()
+        except (OSError, UnicodeError, ValueError) as exc:
+            self.failures += 1
+            # One line per attempt: 1, 2, 4 ... s apart, then once a minute at most.
+            log.warning(
+                "cannot resolve the Teredo server %s: %s; retrying in %g s",
+                " / ".join(n for n in self._names if n),
+                getattr(exc, "strerror", None) or exc,
+                delay,
+            )
+            self._loop.loop.call_later(
+                delay, self._attempt, generation, min(delay * 2, self._max_delay)
+            )
+            return
+        self.pending = False
+        self._on_resolved(result)
+
+
+# --------------------------------------------------------------------------- interface
+
+
+class Interface(Protocol):
+    """The part of io/netlink.InterfaceConfig the tunnel configuration uses (tests fake it)."""
+
+    def index(self) -> int: ...
+    def set_up(self, mtu: int | None = None) -> None: ...
+    def set_down(self) -> None: ...
+    def set_mtu(self, mtu: int) -> None: ...
+    def add_address(self, address: str, prefixlen: int) -> None: ...
+    def remove_address(self, address: str, prefixlen: int) -> None: ...
+    def add_route(self, destination: str, metric: int | None = None) -> None: ...
+    def remove_route(self, destination: str, metric: int | None = None) -> None: ...
+
+
+class ThreadedInterface:
+    """InterfaceConfig used from a thread of its own.
+
+    pyroute2 (0.9) runs every request on an asyncio loop of its own, which asyncio refuses to
+    run inside the daemon's running loop; one worker thread owns the netlink socket instead.
+    Each call waits for its answer: these are rare control-path calls, never per packet.
+    """
+
+    def __init__(self, ifname: str) -> None:
+        self.ifname = ifname
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
+        try:
+            self._cfg = self._pool.submit(InterfaceConfig, ifname).result()
+        except BaseException:
+            self._pool.shutdown(wait=False)
+            raise
+
+    def _call(self, method: Callable[..., _R], *args: object) -> _R:
+        return self._pool.submit(method, *args).result()
+
+    def index(self) -> int:
+        return self._call(self._cfg.index)
+
+    def set_up(self, mtu: int | None = None) -> None:
+        self._call(self._cfg.set_up, mtu)
+
+    def set_down(self) -> None:
+        self._call(self._cfg.set_down)
+
+    def set_mtu(self, mtu: int) -> None:
+        self._call(self._cfg.set_mtu, mtu)
+
+    def add_address(self, address: str, prefixlen: int) -> None:
+        self._call(self._cfg.add_address, address, prefixlen)
+
+    def remove_address(self, address: str, prefixlen: int) -> None:
+        self._call(self._cfg.remove_address, address, prefixlen)
+
+    def add_route(self, destination: str, metric: int | None = None) -> None:
+        self._call(self._cfg.add_route, destination, metric)
+
+    def remove_route(self, destination: str, metric: int | None = None) -> None:
+        self._call(self._cfg.remove_route, destination, metric)
+
+    def run(self, function: Callable[[], _R]) -> _R:
+        """Any other pyroute2 work (e.g. listing addresses) on the same thread."""
+        return self._call(function)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._call(self._cfg.close)
+        self._pool.shutdown(wait=True)
+
+
+def _v6(address: bytes) -> str:
+    return str(ipaddress.IPv6Address(address))
+
+
+class TunnelConfigurator:
+    """Keeps the interface in step with the machine: global address only while qualified.
+
+    Not qualified: the link is up (the machine still writes ICMPv6 errors to it) with no
+    address and no route. Qualified (as Miredo's client-hook does it): MTU from the RA, the
+    link-local address /64 (RFC 4380 section 5.2.1), the Teredo address /32 (whose kernel
+    prefix route sends the whole Teredo prefix into the tunnel: RFC 4380 section 5.2.4 cases
+    3-5), and a default route of metric 1029, above native default routes (1024), because
+    Teredo is a last resort (RFC 4380 section 5.5).
+    """
+
+    def __init__(
+        self, iface: Interface, hook: HookRunner | None = None, *, default_route: bool = True
+    ) -> None:
+        self.iface = iface
+        self.hook = hook
+        self.default_route = default_route
+        self.address: bytes | None = None
+        self.link_local: bytes | None = None
+        self.prefix: bytes | None = None
+        self.mtu = IPV6_MIN_MTU
+        self.errors = 0
+
+    def _try(self, what: Callable[[], None]) -> None:
+        # A netlink or hook failure is logged and counted; the daemon keeps running (the
+        # next event retries the whole configuration).
+        try:
+            what()
+        except (NetlinkConfigError, HookError, OSError) as exc:
+            self.errors += 1
+            log.error("%s", exc)
+
+    def prepare(self) -> None:
+        """At start: up, MTU 1280, no address (the kernel's own link-local is turned off)."""
+        self.iface.set_up(self.mtu)
+
+    def _run_hook_up(self) -> None:
+        hook, address, mtu = self.hook, self.address, self.mtu
+        if hook is not None and address is not None:
+            self._try(lambda: hook.up(address, mtu))
+
+    def _add(self, address: bytes, link_local: bytes) -> None:
+        self.iface.add_address(_v6(link_local), LINK_LOCAL_PREFIXLEN)
+        self.iface.add_address(_v6(address), 32)
+        if self.default_route:
+            self.iface.add_route(DEFAULT_ROUTE, LAST_RESORT_METRIC)
+
+    def _remove(self, address: bytes | None, link_local: bytes | None) -> None:
+        if self.default_route:
+            self.iface.remove_route(DEFAULT_ROUTE, LAST_RESORT_METRIC)
+        if address is not None:
+            self.iface.remove_address(_v6(address), 32)
+        if link_local is not None:
+            self.iface.remove_address(_v6(link_local), LINK_LOCAL_PREFIXLEN)
+
+    def qualified(self, address: bytes, link_local: bytes, mtu: int) -> None:
+        old_address, old_ll = self.address, self.link_local
+        self.address, self.link_local, self.mtu = address, link_local, mtu
+        # Up as well as the MTU: Miredo's client-hook sets the link down when contact is lost.
+        self._try(lambda: self.iface.set_up(mtu))
+        if old_address is not None and old_address != address:
+            self._try(lambda: self._remove(old_address, old_ll if old_ll != link_local else None))
+        self._try(lambda: self._add(address, link_local))
+        self._run_hook_up()
+
+    def address_changed(self, old: bytes, new: bytes, link_local: bytes, mtu: int) -> None:
+        # RFC 4380 section 5.2.5: a new mapping retires the old address before the new one.
+        self.address = old if self.address is None else self.address
+        self.qualified(new, link_local, mtu)
+
+    def set_default_route(self, enabled: bool) -> None:
+        """SIGHUP turned the last-resort route on or off; applied at once when qualified."""
+        if enabled == self.default_route:
+            return
+        self.default_route = enabled
+        if self.address is not None:
+            if enabled:
+                self._try(lambda: self.iface.add_route(DEFAULT_ROUTE, LAST_RESORT_METRIC))
+            else:
+                self._try(lambda: self.iface.remove_route(DEFAULT_ROUTE, LAST_RESORT_METRIC))
+
+    def mtu_changed(self, mtu: int) -> None:
+        self.mtu = mtu
+        self._try(lambda: self.iface.set_mtu(mtu))
+        self._run_hook_up()
+
+    def offline(self) -> None:
+        """Contact lost or qualification failed: no global address, no route (5.2.1, 5.2.5)."""
+        was_up = self.address is not None
+        address, link_local = self.address, self.link_local
+        self.address = self.link_local = None
+        if was_up:
+            self._try(lambda: self._remove(address, link_local))
+            if self.hook is not None:
+                hook = self.hook
+                self._try(hook.down)
+
+    def teardown(self) -> None:
+        """At exit: take away what we added, then Miredo's last two hook calls."""
+        address, link_local = self.address, self.link_local
+        self.address = self.link_local = None
+        if address is not None:
+            self._try(lambda: self._remove(address, link_local))
+        self._try(self.iface.set_down)
+        if self.hook is not None:
+            hook = self.hook
+            self._try(hook.down)
+            self._try(hook.destroy)
+
+
+def disable_kernel_link_local(ifname: str) -> None:
+    """No kernel-made link-local on the tunnel: its only one is Teredo's (RFC 4380 5.2.1).
+
+    addr_gen_mode 1 ("none"); /proc/sys/net is the caller's network namespace.
+    """
+    path = f"/proc/sys/net/ipv6/conf/{ifname}/addr_gen_mode"
+    with contextlib.suppress(OSError), open(path, "w", encoding="ascii") as stream:
+        stream.write("1\n")
+
+
+# --------------------------------------------------------------------------- sockets
+
+
+def local_address_towards(server: int, port: int) -> tuple[int, int] | None:
+    """The local IPv4 the kernel would use towards `server`, with our `port`; None if no route.
+
+    A connected UDP socket sends nothing: connect() only selects the route and source address.
+    The machine compares its mapping with this (NatType.NONE: no NAT in front of us).
+    """
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect((int_to_ipv4(server), TEREDO_PORT))
+        local = probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return ipv4_to_int(local), port
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryInterface:
+    index: int
+    name: str
+    address: str
+
+
+def discovery_interfaces() -> list[DiscoveryInterface]:
+    """Interfaces with a private (non-global) IPv4 address, loopback excluded (5.2.8).
+
+    Local discovery finds peers behind the same NAT: it makes sense only on private links.
+    """
+    from pyroute2 import IPRoute  # noqa: PLC0415 (netlink only where needed)
+
+    found: list[DiscoveryInterface] = []
+    with IPRoute() as ipr:
+        names = {int(link["index"]): str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()}
+        for msg in ipr.get_addr(family=socket.AF_INET):
+            address = str(msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL"))
+            try:
+                value = ipv4_to_int(address)
+            except ValueError:
+                continue
+            if value >> 24 == 127 or is_global_ipv4(value):
+                continue
+            index = int(msg["index"])
+            found.append(DiscoveryInterface(index, names.get(index, "?"), address))
+    return found
+
+
+class DiscoverySocket:
+    """Receives local discovery bubbles sent to 224.0.0.253:3544 (RFC 4380 section 5.2.8)."""
+
+    def __init__(self, interfaces: Sequence[DiscoveryInterface]) -> None:
+        self.interfaces = list(interfaces)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            # Other Teredo clients on this host listen on the same group and port.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((DISCOVERY_GROUP, TEREDO_PORT))
+            joined = 0
+            for itf in self.interfaces:
+                # struct ip_mreq: the group, then the local address naming the interface.
+                mreq = socket.inet_aton(DISCOVERY_GROUP) + socket.inet_aton(itf.address)
+                try:
+                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+                    joined += 1
+                except OSError as exc:
+                    log.warning("local discovery: cannot join on %s: %s", itf.name, exc.strerror)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        self.joined = joined
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def configure_multicast_sending(sock: socket.socket) -> None:
+    """Discovery bubbles leave the Teredo socket itself with TTL 1 and no loop (5.2.8)."""
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+
+
+class ClientIO:
+    """The ClientTransmit of a running client: the Teredo socket, discovery, the TUN."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        tun_fd: int,
+        discovery_addresses: Sequence[str] = (),
+        *,
+        batch: bool = False,
+    ) -> None:
+        self._sock = sock
+        self._send = UdpSender(sock)
+        # With sendmmsg, datagrams wait in a queue until the daemon's flush() at the end of
+        # each wake-up: one system call for a whole TUN batch (DESIGN.md "The hot path").
+        self._batch = mmsg.BatchSender(sock, MMSG_BATCH) if batch else None
+        if self._batch is not None:
+            self.send_udp = self._batch.send  # type: ignore[method-assign]
+        self._tun_fd = tun_fd
+        self._write = os.write
+        self.discovery_addresses = list(discovery_addresses)
+        self.tun_errors = 0
+        self.discovery_errors = 0
+
+    def send_udp(self, payload: bytes, destination: tuple[str, int]) -> None:
+        self._send(payload, destination)
+
+    def flush(self) -> None:
+        """Sends what the batch queue holds (no-op without batching)."""
+        if self._batch is not None:
+            self._batch.flush()
+
+    def send_discovery(self, payload: bytes) -> None:
+        # Sent from the Teredo socket (its port is what peers must learn), once per private
+        # interface: IP_MULTICAST_IF picks the link.
+        for address in self.discovery_addresses:
+            try:
+                self._sock.setsockopt(
+                    socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address)
+                )
+                self._sock.sendto(payload, (DISCOVERY_GROUP, TEREDO_PORT))
+            except OSError:
+                self.discovery_errors += 1
+
+    def write_tun(self, packet: bytes) -> None:
+        try:
+            self._write(self._tun_fd, packet)
+        except OSError:
+            # A full TUN queue or a packet the kernel refuses is lost like any packet.
+            self.tun_errors += 1
+
+    @property
+    def udp_errors(self) -> int:
+        return self._send.errors + (self._batch.errors if self._batch is not None else 0)
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOptions:
+    """What the daemon needs from the settings and flags (cli/client.py builds it)."""
+
+    server: str
+    server2: str | None = None
+    interface: str = "teredo"
+    bind_address: str = "0.0.0.0"  # noqa: S104 (any local address, as Miredo's default)
+    bind_port: int = 0
+    prefix: bytes = b"\x20\x01\x00\x00"
+    refresh_interval: float = 30.0
+    local_discovery: bool = True
+    hook: str | None = None
+    default_route: bool = True
+    batch: bool = True  # sendmmsg when the C library has it
+
+    @property
+    def socket_key(self) -> tuple[str, int]:
+        return self.bind_address, self.bind_port
+
+
+class ClientDaemon:
+    """A client machine, its sockets, its TUN interface and its loop."""
+
+    def __init__(
+        self,
+        options: ClientOptions,
+        loop: DaemonLoop,
+        *,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        resolve: Callable[[str], int] = resolve_ipv4,
+    ) -> None:
+        self.options = options
+        self.loop = loop
+        self._random = random_bytes
+        self.machine: ClientMachine | None = None
+        self.resolution: Resolution | None = None
+        self.sock: socket.socket | None = None
+        self.discovery: DiscoverySocket | None = None
+        self.tun: TunDevice | None = None
+        self.netlink: ThreadedInterface | None = None
+        self._armed: float | None = None
+        self._timed = _TimedAdapter(self)
+        self._timer_added = False
+        self._symmetric_reported = False
+        self._last_offline: str | None = None
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+        self.resolver = ServerResolver(loop, self._resolved, resolve=resolve)
+
+    # --- set-up -------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        opts = self.options
+        # The socket first: a wrong bind address or a taken port fails before any interface
+        # exists.
+        sock = self._bind()
+        try:
+            tun = self.tun = TunDevice.open(opts.interface)
+        except TunError as exc:
+            raise ClientStartError(str(exc.strerror or exc)) from None
+        disable_kernel_link_local(tun.name)
+        try:
+            self.netlink = ThreadedInterface(tun.name)
+            hook = HookRunner(opts.hook, tun.name, self.netlink.index()) if opts.hook else None
+            self.tunnel = TunnelConfigurator(self.netlink, hook, default_route=opts.default_route)
+            self.tunnel.prepare()
+        except NetlinkConfigError as exc:
+            raise ClientStartError(str(exc)) from None
+        self._serve_socket(sock, tun)
+        self.loop.add_reader(tun.fd, self._on_tun)
+
+    def _bind(self) -> socket.socket:
+        opts = self.options
+        try:
+            sock = self.sock = open_udp_socket(opts.bind_address, opts.bind_port)
+            configure_multicast_sending(sock)
+        except OSError as exc:
+            where = f"{opts.bind_address}:{opts.bind_port}"
+            if exc.errno == errno.EADDRINUSE:
+                raise ClientStartError(f"UDP port {where} is taken") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise ClientStartError(
+                    f"{opts.bind_address} is not an address of this host"
+                ) from None
+            raise ClientStartError(f"cannot bind {where}: {exc.strerror}") from None
+        return sock
+
+    def _serve_socket(self, sock: socket.socket, tun: TunDevice) -> None:
+        addresses: list[str] = []
+        if self.options.local_discovery:
+            addresses = self._open_discovery()
+        self.io = ClientIO(sock, tun.fd, addresses, batch=self.options.batch and mmsg.available())
+        self.loop.add_reader(sock.fileno(), self._drain_udp)
+
+    def _open_discovery(self) -> list[str]:
+        try:
+            # pyroute2 needs a thread without a running asyncio loop: the netlink one.
+            interfaces = (
+                self.netlink.run(discovery_interfaces)
+                if self.netlink is not None
+                else discovery_interfaces()
+            )
+            if self.options.bind_address != "0.0.0.0":  # noqa: S104
+                interfaces = [i for i in interfaces if i.address == self.options.bind_address]
+            if not interfaces:
+                log.info("local discovery: no interface with a private IPv4 address")
+                return []
+            self.discovery = DiscoverySocket(interfaces)
+        except OSError as exc:
+            # Discovery is optional (RFC 4380 section 5.2.8): the client runs without it.
+            log.warning("local discovery disabled: %s", exc.strerror or exc)
+            return []
+        self.loop.add_reader(self.discovery.sock.fileno(), self._drain_discovery)
+        log.info("local discovery on %s", ", ".join(f"{i.name} {i.address}" for i in interfaces))
+        return [i.address for i in interfaces]
+
+    def start(self) -> None:
+        """Resolves the server; qualification starts once it has an address."""
+        opts = self.options
+        log.info(
+            "Teredo client on interface %s, UDP %s:%d, server %s%s",
+            self.tun.name if self.tun else opts.interface,
+            opts.bind_address,
+            self.local_port,
+            opts.server,
+            f" / {opts.server2}" if opts.server2 else "",
+        )
+        self.resolver.request(opts.server, opts.server2)
+
+    @property
+    def local_port(self) -> int:
+        return int(self.sock.getsockname()[1]) if self.sock is not None else 0
+
+    def _params(self, resolution: Resolution) -> ClientParams:
+        opts = self.options
+        server, server2 = resolution
+        local: tuple[int, int] | None
+        if opts.bind_address != "0.0.0.0":  # noqa: S104
+            local = (ipv4_to_int(opts.bind_address), self.local_port)
+        else:
+            local = local_address_towards(server, self.local_port)
+        return ClientParams(
+            server=server,
+            server2=server2,
+            prefix=opts.prefix,
+            refresh_interval=opts.refresh_interval,
+            local_address=local,
+            local_discovery=self.discovery is not None,
+        )
+
+    def _resolved(self, resolution: Resolution) -> None:
+        now = self.loop.clock()
+        server, server2 = resolution
+        shown = int_to_ipv4(server) + (f" / {int_to_ipv4(server2)}" if server2 else "")
+        try:
+            if self.machine is None:
+                self.machine = ClientMachine(self._params(resolution), self.io, self._random)
+                log.info(
+                    "qualifying with server %s (prefix %s)",
+                    shown,
+                    format_prefix(self.options.prefix),
+                )
+                self.machine.start(now)
+                if not self._timer_added:
+                    self.loop.add_machine(self._timed)
+                    self._timer_added = True
+            else:
+                if resolution != self.resolution:
+                    log.info("server %s is now %s: qualifying again", self.options.server, shown)
+                self.machine.set_server(server, server2, now)
+        except ValueError as exc:
+            # The machine refuses a server it cannot use (not global unicast, RFC 4380 5.2.4):
+            # a configuration fault, not a transient one.
+            log.error("cannot use the server %s: %s", self.options.server, exc)
+            self.loop.stop(EXIT_FAILED)
+            return
+        self.resolution = resolution
+        self._after_input()
+
+    # --- data path ------------------------------------------------------------------------
+
+    def _on_discovery(self, data: bytes, source: tuple[str, int]) -> None:
+        machine = self.machine
+        if machine is not None:
+            machine.receive_discovery(data, source, self.loop.clock())
+
+    def _on_tun(self) -> None:
+        tun, machine = self.tun, self.machine
+        if tun is None:
+            return
+        read, fd = os.read, tun.fd
+        now = self.loop.clock()
+        for _ in range(DRAIN_BUDGET):
+            try:
+                packet = read(fd, 65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            if machine is not None:
+                machine.receive_tun(packet, now)
+        self._after_input()
+
+    def _drain_udp(self) -> None:
+        # The hot path: read until empty (bounded, so the TUN gets its turn), one clock read
+        # per batch, then the events and the timer once per batch.
+        sock, machine = self.sock, self.machine
+        if sock is None:
+            return
+        if machine is None:
+            drain(sock, _discard)
+            return
+        receive, feed = sock.recvfrom, machine.receive_udp
+        now = self.loop.clock()
+        for _ in range(DRAIN_BUDGET):
+            try:
+                data, source = receive(RECEIVE_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue  # an ICMP error queued by an earlier send (udp.drain says more)
+            feed(data, source, now)
+        self._after_input()
+
+    def _drain_discovery(self) -> None:
+        if self.discovery is not None:
+            drain(self.discovery.sock, self._on_discovery)
+        self._after_input()
+
+    # --- events and timers ------------------------------------------------------------------
+
+    def _after_input(self) -> None:
+        """Sends the batch, handles the events an input caused, re-arms the timer if needed."""
+        self.io.flush()
+        machine = self.machine
+        if machine is None:
+            return
+        while (event := machine.next_event()) is not None:
+            self._handle(event)
+        deadline = machine.next_deadline()
+        if deadline != self._armed:
+            self._armed = deadline
+            self.loop.rearm()
+
+    def _handle(self, event: ClientEvent) -> None:
+        if isinstance(event, Qualified):
+            log.info(
+                "qualified: address %s, mapping %s:%d, NAT %s, MTU %d",
+                _v6(event.address),
+                event.mapping[0],
+                event.mapping[1],
+                event.nat,
+                event.mtu,
+            )
+            self._last_offline = None
+            self.tunnel.qualified(event.address, event.link_local, event.mtu)
+        elif isinstance(event, AddressChanged):
+            log.info(
+                "address changed: %s -> %s, mapping %s:%d, NAT %s",
+                _v6(event.old),
+                _v6(event.new),
+                event.mapping[0],
+                event.mapping[1],
+                event.nat,
+            )
+            self.tunnel.address_changed(event.old, event.new, event.link_local, event.mtu)
+        elif isinstance(event, MtuChanged):
+            log.info("MTU changed to %d", event.mtu)
+            self.tunnel.mtu_changed(event.mtu)
+        elif isinstance(event, Offline):
+            # Each retry that fails the same way would repeat the line (every 100 s at most):
+            # said once as a warning, again only at debug level until something changes.
+            repeated = event.reason == self._last_offline
+            self._last_offline = event.reason
+            log.log(
+                logging.DEBUG if repeated else logging.WARNING, "not qualified: %s", event.reason
+            )
+            self.tunnel.offline()
+        elif isinstance(event, SymmetricNat):
+            # Said once as a warning; the machine's later retries only at debug level.
+            first = not self._symmetric_reported
+            self._symmetric_reported = True
+            log.log(
+                logging.WARNING if first else logging.DEBUG,
+                "symmetric NAT: the server saw mapping %s:%d, its second address %s:%d; "
+                "not qualified (RFC 4380 section 5.2.1)",
+                *event.primary_mapping,
+                *event.secondary_mapping,
+            )
+        elif isinstance(event, ResolveServer):
+            # After a loss of contact the name may point elsewhere now (Miredo re-resolves).
+            names = (self.options.server, self.options.server2)
+            if any(n is not None and not _is_literal(n) for n in names):
+                log.info("resolving the server name %s again", self.options.server)
+            self.resolver.request(*names)
+
+    # --- control ----------------------------------------------------------------------------
+
+    def reload(self, options: ClientOptions) -> str:
+        """Applies new options on SIGHUP; returns what was done (one line for the log).
+
+        The address is kept whenever the server and the socket stay the same.
+        """
+        old = self.options
+        if options.interface != old.interface:
+            return "not reloaded: a new interface name needs a restart"
+        self.options = options
+        notes: list[str] = []
+        if options.hook != old.hook:
+            self._set_hook(options.hook)
+            notes.append("new hook")
+        if options.default_route != old.default_route:
+            self.tunnel.set_default_route(options.default_route)
+            notes.append("default route " + ("on" if options.default_route else "off"))
+        if options.socket_key != old.socket_key or options.prefix != old.prefix:
+            # A new socket (a new mapping) or prefix means a new address anyway.
+            try:
+                self._restart_machine()
+            except ClientStartError as err:
+                # Without its socket the daemon is of no use: say why and stop.
+                log.error("%s", err)
+                self.loop.stop(EXIT_FAILED)
+                return "failed: the new socket cannot be opened"
+            return "reloaded: new socket or prefix, qualifying again" + _joined(notes)
+        fixed = ("refresh_interval", "local_discovery")
+        pending = [n for n in fixed if getattr(options, n) != getattr(old, n)]
+        if pending:
+            # ClientParams are fixed for the machine's life; a new machine would draw new
+            # random flags, hence a new address, for a change that does not need one.
+            notes.append(f"{' and '.join(pending)} take effect at the next restart")
+        if (options.server, options.server2) != (old.server, old.server2):
+            self.resolver.request(options.server, options.server2)
+            return f"reloaded: new server {options.server}, qualifying again" + _joined(notes)
+        return "reloaded: server unchanged, address kept" + _joined(notes)
+
+    def _set_hook(self, path: str | None) -> None:
+        if path is None or self.netlink is None:
+            self.tunnel.hook = None
+            return
+        self.tunnel.hook = HookRunner(path, self.netlink.ifname, self.netlink.index())
+
+    def _restart_machine(self) -> None:
+        self.resolver.cancel()
+        if self.machine is not None:
+            self.tunnel.offline()
+            self.machine = None
+        self._armed = None
+        if self.sock is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+        if self.discovery is not None:
+            self.loop.remove_reader(self.discovery.sock.fileno())
+            self.discovery.close()
+            self.discovery = None
+        if self.tun is not None:
+            self._serve_socket(self._bind(), self.tun)
+        self.start()
+
+    def summary(self) -> str:
+        machine = self.machine
+        status: dict[str, object] = (
+            machine.status() if machine is not None else {"state": "resolving the server"}
+        )
+        io = getattr(self, "io", None)
+        errors = (
+            (io.udp_errors, io.tun_errors, io.discovery_errors) if io is not None else (0, 0, 0)
+        )
+        return (
+            f"status {status}, send errors udp {errors[0]} tun {errors[1]} "
+            f"discovery {errors[2]}, configuration errors {self.tunnel.errors}"
+        )
+
+    def close(self) -> None:
+        """Removes what the daemon created: addresses, routes, the interface, the sockets."""
+        resolver = getattr(self, "resolver", None)
+        if resolver is not None:
+            resolver.cancel()
+        tunnel = getattr(self, "tunnel", None)
+        if tunnel is not None:
+            tunnel.teardown()
+        for sock in (self.sock, self.discovery.sock if self.discovery else None):
+            if sock is not None and sock.fileno() >= 0:
+                with contextlib.suppress(ValueError, OSError):
+                    self.loop.remove_reader(sock.fileno())
+                sock.close()
+        self.sock = None
+        self.discovery = None
+        if self.tun is not None:
+            if self.tun.fd >= 0:
+                with contextlib.suppress(ValueError, OSError):
+                    self.loop.remove_reader(self.tun.fd)
+            # A TUN that is not persistent disappears with its last descriptor, and with it
+            # every address and route still on it.
+            self.tun.close()
+            self.tun = None
+        if self.netlink is not None:
+            self.netlink.close()
+            self.netlink = None
+
+
+def _joined(notes: list[str]) -> str:
+    return "; " + ", ".join(notes) if notes else ""
+
+
+def _discard(data: bytes, source: tuple[str, int]) -> None:
+    """Datagrams that arrive before the machine exists (server name not resolved yet)."""
+
+
+class _TimedAdapter:
+    """The machine's timer as DaemonLoop sees it, with the events handled after each expiry."""
+
+    __slots__ = ("_daemon",)
+
+    def __init__(self, daemon: ClientDaemon) -> None:
+        self._daemon = daemon
+
+    def next_deadline(self) -> float | None:
+        machine = self._daemon.machine
+        return machine.next_deadline() if machine is not None else None
+
+    def handle_timer(self, now: float) -> None:
+        machine = self._daemon.machine
+        if machine is not None:
+            machine.handle_timer(now)
+            self._daemon.io.flush()
+            # The loop re-arms itself after this call: record the deadline it will see.
+            while (event := machine.next_event()) is not None:
+                self._daemon._handle(event)
+            self._daemon._armed = machine.next_deadline()

@@ -1,0 +1,1 @@
+"""A simulated network for the client machine (see network.py)."""
