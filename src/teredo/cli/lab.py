@@ -28,6 +28,13 @@ def _impl(text: str) -> Impl | None:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _impls(text: str) -> Impl | list[Impl | None] | None:
+    """One implementation for every client, or a comma-separated list with one per NAT."""
+    if "," not in text:
+        return _impl(text)
+    return [_impl(part.strip()) for part in text.split(",")]
+
+
 def _prefix(text: str) -> str:
     try:
         return check_prefix(text)
@@ -62,9 +69,22 @@ def register(subparsers: Any) -> None:
             "address-restricted, port-restricted, symmetric); repeatable",
         )
         kinds = "miredo, teredo" + (" or none" if none_ok else "")
-        p.add_argument("--server", type=_impl, default=Impl.MIREDO, help=f"server: {kinds}")
-        p.add_argument("--relay", type=_impl, default=Impl.MIREDO, help=f"relay: {kinds}")
-        p.add_argument("--client", type=_impl, default=Impl.MIREDO, help=f"clients: {kinds}")
+        # The demo shows our daemons (with a Miredo client among ours); `up` defaults to Miredo.
+        ours = not none_ok
+        default = Impl.TEREDO if ours else Impl.MIREDO
+        p.add_argument(
+            "--server", type=_impl, default=default, help=f"server: {kinds} (default {default})"
+        )
+        p.add_argument(
+            "--relay", type=_impl, default=default, help=f"relay: {kinds} (default {default})"
+        )
+        p.add_argument(
+            "--client",
+            type=_impls,
+            default=None if ours else Impl.MIREDO,
+            help=f"clients: {kinds}, one for all or a comma-separated list, one per NAT "
+            + ("(default: teredo, miredo, teredo, ...)" if ours else "(default miredo)"),
+        )
 
     up = verbs.add_parser("up", help="build the lab and start its roles; it keeps running")
     common(up)
@@ -182,7 +202,9 @@ def _print_status(status: dict[str, Any]) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    if args.server is None or args.relay is None or args.client is None:
+    # No --client: the demo's own mix; a given list must name an implementation for each.
+    clients = args.client if isinstance(args.client, list) else [args.client or Impl.TEREDO]
+    if args.server is None or args.relay is None or None in clients:
         return _fail(LabError("the demo needs every role (miredo or teredo)"))
     try:
         return run_demo(

@@ -1,0 +1,39 @@
+"""The demo is the project's main job: it must pass end to end with its defaults (our server,
+relay and clients, a Miredo client among them, a symmetric NAT) and leave nothing behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from teredo.lab.topology import cleanup
+
+from .conftest import assert_nothing_left, prefix_for
+
+pytestmark = pytest.mark.system
+
+
+def test_demo_passes_every_step_and_cleans_up() -> None:
+    prefix = prefix_for("g")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "teredo.cli.lab", "demo", "--prefix", prefix, "--count", "2"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+    finally:
+        cleanup(prefix)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    summary = output.split("== summary ==", 1)[1]
+    verdicts = [line.split()[0] for line in summary.splitlines() if line.startswith("  ")]
+    assert verdicts.count("PASS") == 7, output
+    assert "FAIL" not in verdicts, output
+    assert "client4 reports symmetric NAT" in summary
+    assert "(miredo) behind a port-restricted NAT" in output
+    assert "nothing left behind" in output
+    assert_nothing_left(prefix, [])
