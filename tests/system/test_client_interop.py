@@ -35,7 +35,7 @@ from teredo.lab.nat import NatKind
 from teredo.lab.roles import Impl, Role, config_text
 from teredo.lab.system import ProcRecord
 from teredo.lab.teredoaddr import TeredoInfo
-from teredo.lab.topology import NATIVE_V6, RELAY_V4, SERVER_V4, Lab
+from teredo.lab.topology import NATIVE_V6, RELAY_V4, SERVER_V4, Lab, ping_counts
 
 from .conftest import assert_nothing_left, prefix_for
 
@@ -127,9 +127,9 @@ def wait_for(what: str, check: Callable[[], object], timeout: float, lab: Lab, h
 
 
 def received(ping: subprocess.CompletedProcess[str]) -> int:
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", ping.stdout)
-    assert m, f"unexpected ping output: {ping.stdout!r} {ping.stderr!r}"
-    return int(m.group(2))
+    counts = ping_counts(ping.stdout)
+    assert counts, f"unexpected ping output: {ping.stdout!r} {ping.stderr!r}"
+    return counts[1]
 
 
 def global_addresses(lab: Lab, host: str) -> list[str]:
@@ -137,22 +137,6 @@ def global_addresses(lab: Lab, host: str) -> list[str]:
         host, ["ip", "-6", "-o", "addr", "show", "dev", "teredo", "scope", "global"], check=False
     ).stdout
     return [f.split("/")[0] for f in re.findall(r"inet6 (\S+)", out)]
-
-
-def mapped_ports(lab: Lab, index: int, pid: int) -> set[int]:
-    """Public ports the NAT (or, without NAT, the client's socket) uses towards the server."""
-    site = lab.site(index)
-    if site.nat_host is None:
-        out = lab.exec(site.client_host, ["ss", "-Hunap"]).stdout
-        return {int(m.group(1)) for m in re.finditer(rf":(\d+)\s.*pid={pid},", out)}
-    out = lab.exec(site.nat_host, ["conntrack", "-L", "-p", "udp", "--orig-dst", SERVER_V4]).stdout
-    ports = set()
-    for line in out.splitlines():
-        dports = re.findall(r"dport=(\d+)", line)
-        dsts = re.findall(r"dst=([\d.]+)", line)
-        if len(dports) == 2 and len(dsts) == 2 and dsts[1] == site.public_ip:
-            ports.add(int(dports[1]))
-    return ports
 
 
 def relay_packets(lab: Lab) -> tuple[int, int]:
@@ -197,7 +181,7 @@ def test_qualifies_behind_cone_nat(lab: Lab, index: int) -> None:
     assert str(info.server) == SERVER_V4
     assert str(info.mapped_ip) == site.public_ip, "the address embeds the NAT's public IPv4"
     pid = next(r.pid for r in lab.procs if r.host == site.client_host)
-    ports = mapped_ports(lab, index, pid)
+    ports = lab.mapped_ports(index, socket_owner=f"pid={pid},")
     assert info.mapped_port in ports, f"mapped port {info.mapped_port}, NAT uses {ports}"
     log = log_text(lab, site.client_host)
     assert f"qualified: address {info.address}" in log
@@ -552,7 +536,7 @@ def test_new_mapping_after_conntrack_flush(fault_lab: Lab) -> None:
     new = lab.teredo_address(1)
     assert new is not None
     assert new.mapped_port != old.mapped_port
-    assert new.mapped_port in mapped_ports(lab, 1, 0)
+    assert new.mapped_port in lab.mapped_ports(1, socket_owner="(unused behind a NAT)")
     assert global_addresses(lab, host) == [str(new.address)], "the old address is retired"
     assert "address changed" in log_text(lab, host)
     ping = lab.ping(host, NATIVE_V6, count=3, deadline=10)

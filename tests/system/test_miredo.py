@@ -6,7 +6,6 @@ more port-restricted NAT, for a client-to-client ping between two port-restricte
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from teredo.lab import watch
 from teredo.lab.nat import NatKind
 from teredo.lab.teredoaddr import TeredoInfo
-from teredo.lab.topology import NATIVE_V6, SERVER_V4, Lab
+from teredo.lab.topology import NATIVE_V6, SERVER_V4, Lab, ping_counts
 
 from .conftest import assert_nothing_left, prefix_for
 
@@ -44,27 +43,9 @@ def lab() -> Iterator[Lab]:
 
 
 def _received(ping_output: str) -> int:
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", ping_output)
-    assert m, f"unexpected ping output: {ping_output!r}"
-    return int(m.group(2))
-
-
-def _mapped_port_seen_by_nat(lab: Lab, index: int) -> set[int]:
-    """Public ports the NAT gave to the client's flows to the server (from its conntrack table)."""
-    site = lab.site(index)
-    if site.nat_host is None:
-        # No NAT: the "mapping" is the client's own socket.
-        out = lab.exec(site.client_host, ["ss", "-Hunap"]).stdout
-        return {int(m.group(1)) for m in re.finditer(r":(\d+)\s.*\"miredo\"", out)}
-    out = lab.exec(site.nat_host, ["conntrack", "-L", "-p", "udp", "--orig-dst", SERVER_V4]).stdout
-    # Reply tuple (second src=/dst=): the server answers to the NAT's public address and port.
-    ports = set()
-    for line in out.splitlines():
-        dports = re.findall(r"dport=(\d+)", line)
-        dsts = re.findall(r"dst=([\d.]+)", line)
-        if len(dports) == 2 and len(dsts) == 2 and dsts[1] == site.public_ip:
-            ports.add(int(dports[1]))
-    return ports
+    counts = ping_counts(ping_output)
+    assert counts, f"unexpected ping output: {ping_output!r}"
+    return counts[1]
 
 
 @pytest.mark.parametrize("index", [1, 2, 3, 4], ids=[k.value for k in KINDS[:4]])
@@ -73,7 +54,7 @@ def test_client_qualifies_behind_cone_nat(lab: Lab, index: int) -> None:
     site = lab.site(index)
     assert str(info.server) == SERVER_V4
     assert str(info.mapped_ip) == site.public_ip, "the Teredo address embeds the NAT public IPv4"
-    ports = _mapped_port_seen_by_nat(lab, index)
+    ports = lab.mapped_ports(index, socket_owner='"miredo"')
     assert info.mapped_port in ports, (
         f"mapped port {info.mapped_port} is not what the NAT really uses ({sorted(ports)})"
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from teredo.lab import watch
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import Role
 from teredo.lab.teredoaddr import TeredoInfo
-from teredo.lab.topology import NATIVE_V6, SERVER_V4, Lab
+from teredo.lab.topology import NATIVE_V6, SERVER_V4, Lab, ping_counts
 
 from .conftest import assert_nothing_left, prefix_for
 
@@ -72,25 +71,9 @@ def _server_alive(lab: Lab) -> None:
 
 
 def _received(ping_output: str) -> int:
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", ping_output)
-    assert m, f"unexpected ping output: {ping_output!r}"
-    return int(m.group(2))
-
-
-def _mapped_ports(lab: Lab, index: int) -> set[int]:
-    """Public ports the NAT (or the client itself, without NAT) uses towards the server."""
-    site = lab.site(index)
-    if site.nat_host is None:
-        out = lab.exec(site.client_host, ["ss", "-Hunap"]).stdout
-        return {int(m.group(1)) for m in re.finditer(r":(\d+)\s.*\"miredo\"", out)}
-    out = lab.exec(site.nat_host, ["conntrack", "-L", "-p", "udp", "--orig-dst", SERVER_V4]).stdout
-    ports = set()
-    for line in out.splitlines():
-        dports = re.findall(r"dport=(\d+)", line)
-        dsts = re.findall(r"dst=([\d.]+)", line)
-        if len(dports) == 2 and len(dsts) == 2 and dsts[1] == site.public_ip:
-            ports.add(int(dports[1]))
-    return ports
+    counts = ping_counts(ping_output)
+    assert counts, f"unexpected ping output: {ping_output!r}"
+    return counts[1]
 
 
 @pytest.mark.parametrize("index", [1, 2, 3, 4], ids=[k.value for k in KINDS[:4]])
@@ -101,7 +84,7 @@ def test_miredo_client_qualifies_through_our_server(lab: Lab, index: int) -> Non
     assert str(info.address).startswith("2001:0:c633:640a:"), info.address
     assert str(info.server) == SERVER_V4
     assert str(info.mapped_ip) == site.public_ip, "the address must embed the NAT's public IPv4"
-    ports = _mapped_ports(lab, index)
+    ports = lab.mapped_ports(index, socket_owner='"miredo"')
     assert info.mapped_port in ports, (
         f"mapped port {info.mapped_port} is not the one really in use ({sorted(ports)})"
     )

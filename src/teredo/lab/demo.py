@@ -13,7 +13,7 @@ from teredo.lab.nat import NatKind
 from teredo.lab.roles import Impl
 from teredo.lab.system import LabError
 from teredo.lab.teredoaddr import TeredoInfo
-from teredo.lab.topology import NATIVE_V6, RELAY_V4, SERVER_V4, SERVER_V4_2, Lab
+from teredo.lab.topology import NATIVE_V6, RELAY_V4, SERVER_V4, SERVER_V4_2, Lab, ping_counts
 
 DEFAULT_NATS = (
     NatKind.PORT_RESTRICTED,
@@ -36,13 +36,11 @@ TOPOLOGY = """\
   2001::/32 is routed to the relay; each client's Teredo interface is called teredo"""
 
 _LOG_STAMP = re.compile(r"^[\d-]+ [\d:,]+ [A-Z]+ ")  # "2026-11-27 04:37:08,233 WARNING "
-_PING_RE = re.compile(r"(\d+) packets transmitted, (\d+) received")
 _RTT_RE = re.compile(r"= [\d.]+/([\d.]+)/")
 
 
 def _ping_summary(output: str) -> tuple[int, int, str]:
-    m = _PING_RE.search(output)
-    sent, got = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    sent, got = ping_counts(output) or (0, 0)
     rtt = _RTT_RE.search(output)
     return sent, got, f"avg rtt {rtt.group(1)} ms" if rtt else "no reply"
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -89,6 +90,15 @@ class Site:
     @property
     def nat_inside_ip(self) -> str:
         return f"192.168.{self.index}.1"
+
+
+_PING_COUNTS = re.compile(r"(\d+) packets transmitted, (\d+) received")
+
+
+def ping_counts(output: str) -> tuple[int, int] | None:
+    """(sent, received) from ping's summary line, or None when there is none."""
+    m = _PING_COUNTS.search(output)
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def _impl_name(impl: Impl | None) -> str:
@@ -471,6 +481,30 @@ class Lab:
             timeout=deadline + 5,
             check=False,
         )
+
+    def mapped_ports(self, index: int, socket_owner: str) -> set[int]:
+        """The public UDP ports client `index` really uses towards the server.
+
+        Behind a NAT: the reply tuples of the NAT's conntrack entries towards the server (the
+        server answers to the NAT's public address and port). Without a NAT: the client's own
+        socket, picked from `ss -Hunap` by `socket_owner`, a regular expression matching the
+        process part of the line (e.g. '"miredo"' or 'pid=1234,').
+        """
+        site = self.site(index)
+        if site.nat_host is None:
+            out = self.exec(site.client_host, ["ss", "-Hunap"]).stdout
+            pattern = re.compile(rf":(\d+)\s.*{socket_owner}")
+            return {int(m.group(1)) for m in pattern.finditer(out)}
+        out = self.exec(
+            site.nat_host, ["conntrack", "-L", "-p", "udp", "--orig-dst", SERVER_V4]
+        ).stdout
+        ports = set()
+        for line in out.splitlines():
+            dports = re.findall(r"dport=(\d+)", line)
+            dsts = re.findall(r"dst=([\d.]+)", line)
+            if len(dports) == 2 and len(dsts) == 2 and dsts[1] == site.public_ip:
+                ports.add(int(dports[1]))
+        return ports
 
     # --- tearing down -------------------------------------------------------------------------
 
