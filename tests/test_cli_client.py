@@ -6,6 +6,7 @@ The daemon itself (TUN, netlink, sockets) runs in tests/system/test_client_inter
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -114,3 +115,38 @@ def test_bad_file_names_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["client", "-c", str(conf)]) == EXIT_CONFIG
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"{conf}:2: BindPort: ")
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print(' '.join(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return set(out.stdout.split())
+
+
+def test_only_the_verb_being_run_is_imported() -> None:
+    # Start-up time is part of the time to qualify (docs/benchmarks.md, "Client").
+    client = _modules_after("from teredo.cli.main import build_parser; build_parser(only='client')")
+    assert "teredo.cli.client" in client
+    assert not {"teredo.cli.lab", "teredo.cli.server", "teredo.cli.relay"} & client
+    assert "pyroute2" not in client, "pyroute2 is loaded by the running daemon, not the parser"
+    bare = _modules_after("from teredo.cli.main import build_parser; build_parser(only='')")
+    assert not {m for m in bare if m.startswith("teredo.cli.") and m != "teredo.cli.main"}
+
+
+def test_help_without_a_verb_still_lists_every_verb() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "teredo", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    for verb in ("decode", "checkconf", "lab", "server", "client", "relay"):
+        assert re.search(rf"^    {verb}\s", out, re.MULTILINE), out
+    # VERB_HELP must say what each module registers: the same help as with every module loaded.
+    assert build_parser(only="").format_help() == build_parser().format_help()

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import threading
+import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 
-from teredo.core.addr import LINK_LOCAL_RESTRICTED, pack_address
-from teredo.io.client_driver import ClientIO, ServerResolver, TunnelConfigurator, resolve_ipv4
+from teredo.core.addr import LINK_LOCAL_RESTRICTED, ipv4_to_int, is_global_ipv4, pack_address
+from teredo.io.client_driver import (
+    ClientDaemon,
+    ClientIO,
+    DataPath,
+    ServerResolver,
+    TunnelConfigurator,
+    discovery_interfaces,
+    resolve_ipv4,
+)
 from teredo.io.hook import HookRunner
 from teredo.io.loop import DaemonLoop
 from teredo.io.netlink import NetlinkConfigError
@@ -275,3 +287,104 @@ def test_client_io_batches_until_flush() -> None:
     finally:
         receiver.close()
         sender.close()
+
+
+class _FeedRecorder:
+    """Stands in for the machine: records what the data thread feeds it."""
+
+    def __init__(self) -> None:
+        self.udp: list[tuple[bytes, tuple[str, int]]] = []
+        self.tun: list[bytes] = []
+        self.slow_inputs = 0
+
+    def receive_udp(self, data: bytes, source: tuple[str, int], now: float) -> None:
+        self.udp.append((data, source))
+
+    def receive_tun(self, packet: bytes, now: float) -> None:
+        self.tun.append(packet)
+
+    def has_events(self) -> bool:
+        return False
+
+    def next_deadline(self) -> float | None:
+        return None
+
+
+class _DaemonStub:
+    """The few ClientDaemon attributes DataPath reads."""
+
+    def __init__(self, sock: socket.socket, machine: _FeedRecorder) -> None:
+        self.loop = DaemonLoop()
+        self._lock = threading.Lock()
+        self.io = ClientIO(sock, -1)
+        self.machine = machine
+        self._armed: float | None = None
+
+    def _wake_from_data_path(self) -> None:
+        raise AssertionError("no event, no deadline: the asyncio thread is not needed")
+
+
+def test_data_path_feeds_udp_and_tun_input_then_stops() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tun_r, tun_w = os.pipe2(os.O_NONBLOCK)  # a pipe stands in for the TUN descriptor
+    machine = _FeedRecorder()
+    stub = _DaemonStub(sock, machine)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        sender.bind(("127.0.0.1", 0))
+        data = DataPath(cast(ClientDaemon, stub), sock, tun_r)
+        data.start()
+        try:
+            for n in range(5):
+                sender.sendto(b"datagram %d" % n, sock.getsockname())
+                os.write(tun_w, b"\x60packet %d" % n)
+                time.sleep(0.01)  # pipe writes would merge: one read per write
+            deadline = time.monotonic() + 5.0
+            while (len(machine.udp) < 5 or len(machine.tun) < 5) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            data.stop()
+        assert machine.udp == [(b"datagram %d" % n, sender.getsockname()) for n in range(5)]
+        assert machine.tun == [b"\x60packet %d" % n for n in range(5)]
+        sender.sendto(b"after stop", sock.getsockname())
+        time.sleep(0.05)
+        assert len(machine.udp) == 5, "the thread has stopped reading"
+    finally:
+        stub.loop.close()
+        sock.close()
+        sender.close()
+        os.close(tun_r)
+        os.close(tun_w)
+
+
+def test_discovery_interfaces_are_private_and_not_loopback() -> None:
+    found = discovery_interfaces()
+    for itf in found:
+        assert not itf.address.startswith("127."), itf
+        assert not is_global_ipv4(ipv4_to_int(itf.address)), itf
+        # Independent check of the ioctl decoding: iproute2 shows the same address there.
+        shown = subprocess.run(
+            ["ip", "-o", "-4", "addr", "show", "dev", itf.name],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
+        assert f" {itf.address}/" in shown, (itf, shown)
+        assert socket.if_nametoindex(itf.name) == itf.index
+    # And the other way: each interface's first private IPv4 address (iproute2) is found.
+    listed = subprocess.run(
+        ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, check=True, timeout=10
+    ).stdout
+    first: dict[str, str] = {}
+    for line in listed.splitlines():
+        words = line.split()
+        first.setdefault(words[1].split("@")[0], words[3].split("/")[0])  # veth0@if3
+    expected = {
+        (name, address)
+        for name, address in first.items()
+        if not address.startswith("127.") and not is_global_ipv4(ipv4_to_int(address))
+    }
+    assert {(i.name, i.address) for i in found} == expected

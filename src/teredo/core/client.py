@@ -96,6 +96,11 @@ ORIGIN_BUBBLE_BURST = 4.0
 # sleep needs nothing special anyway: peers are then still valid or expire by their dates.
 JUMP_SLACK = 30.0
 MAX_EVENTS = 64
+# Entries of each data-path cache before it is emptied (memory stays bounded).
+_CACHE_LIMIT = 4096
+# First source bytes the receive fast path leaves to the full checks: multicast (ff), link-local
+# (fe80::/10, with the rest of fe), and 0 (::, ::1 and other oddities).
+_SLOW_SOURCE_BYTE = frozenset((0x00, 0xFE, 0xFF))
 
 _SERVER_PORT = TEREDO_PORT
 
@@ -280,6 +285,13 @@ class ClientMachine:
         self._ping_id = int.from_bytes(random_bytes(2), "big")
         self._ping_seq = 0
         self._rs_packet = build_rs(LINK_LOCAL_RESTRICTED)
+        # Data-path caches (bounded): source host string -> IPv4 int, mapping -> sockaddr.
+        self._ipv4_cache: dict[str, int] = {}
+        self._dest_cache: dict[tuple[int, int], Address] = {}
+        # Inputs that took the full path. The fast paths emit no event and never bring a
+        # deadline forward (they only date a trusted peer's last use later), so a driver needs
+        # to look at events and deadlines only after a batch in which this count moved.
+        self.slow_inputs = 0
         self.suspends = 0
 
     # --- configuration --------------------------------------------------------------------------
@@ -319,6 +331,10 @@ class ClientMachine:
 
     def next_event(self) -> ClientEvent | None:
         return self._events.popleft() if self._events else None
+
+    def has_events(self) -> bool:
+        """True when next_event() has something (a driver's cheap check per batch)."""
+        return bool(self._events)
 
     def _emit(self, event: ClientEvent) -> None:
         if len(self._events) >= MAX_EVENTS:
@@ -640,6 +656,39 @@ class ClientMachine:
     # --- reception (section 5.2.3) --------------------------------------------------------------
 
     def receive_udp(self, data: bytes, source: Address, now: float) -> None:
+        # Fast path, section 5.2.3 case 1 only: a bare IPv6 packet (no Authentication, no
+        # Origin Indication, no RFC 6081 trailer) for our address from a trusted peer at its
+        # mapping, with no probe or queue pending for it. Every check below is one the full
+        # path makes too, so a packet accepted here gets exactly the full path's treatment;
+        # anything else (or a clock jump: _check_jump) goes the full way.
+        n = len(data)
+        d = self._deadline
+        address = self.address
+        if (
+            n >= IPV6_HEADER_LEN
+            and data[0] >> 4 == 6
+            and IPV6_HEADER_LEN + ((data[4] << 8) | data[5]) == n
+            and address is not None
+            and (d is None or now <= d + JUMP_SLACK)
+            and data.startswith(address, 24)
+            and data[8] not in _SLOW_SOURCE_BYTE  # multicast, link-local, ::, ::1 (5.2.3)
+        ):
+            port = source[1]
+            ipv4 = self._ipv4_cache.get(source[0])
+            if ipv4 is not None and port != _SERVER_PORT:
+                src = data[8:24]
+                peers = self._peers
+                row = peers.receive_row(src, ipv4, port, now)
+                probes = self._probes
+                # Packets are queued only for a peer with a procedure running (_send, case 6,
+                # _start_probe), so with no procedure at all there is no queue to look at.
+                if row is not None and (
+                    not probes or (src not in probes and not peers.queued_bytes(row))
+                ):
+                    if n != IPV6_HEADER_LEN or data[6] != NH_NONE:  # a bubble is not delivered
+                        self.out.write_tun(data)
+                    return
+        self.slow_inputs += 1
         self._check_jump(now)
         reason = self._receive(data, source, now)
         if reason is not None:
@@ -649,9 +698,16 @@ class ClientMachine:
         pkt = parse_payload(data)
         if isinstance(pkt, DropReason):
             return pkt
-        ipv4 = _ipv4(source[0])
+        host = source[0]
+        ipv4 = self._ipv4_cache.get(host)
         if ipv4 is None:
-            return DropReason.BAD_UDP_SOURCE
+            ipv4 = _ipv4(host)
+            if ipv4 is None:
+                return DropReason.BAD_UDP_SOURCE
+            cache = self._ipv4_cache
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()  # bounded whatever the number of senders
+            cache[host] = ipv4
         port = source[1]
         d = pkt.data
         o = pkt.ip6_offset
@@ -813,6 +869,31 @@ class ClientMachine:
     # --- transmission (section 5.2.4) -----------------------------------------------------------
 
     def receive_tun(self, packet: bytes, now: float) -> None:
+        # Fast path, section 5.2.4 case 1 only: a well-formed unicast packet from our address
+        # to a valid trusted peer (the first checks of _send, in its order); anything else,
+        # or a clock jump, goes the full way.
+        n = len(packet)
+        d = self._deadline
+        address = self.address
+        if (
+            n >= IPV6_HEADER_LEN
+            and packet[0] >> 4 == 6
+            and IPV6_HEADER_LEN + ((packet[4] << 8) | packet[5]) <= n
+            and packet[24] != 0xFF
+            and address is not None
+            and (d is None or now <= d + JUMP_SLACK)
+            and packet.startswith(address, 8)
+        ):
+            peers = self._peers
+            row = peers.send_row(packet[24:40], now)
+            if row is not None:
+                key = peers.mapping(row)
+                dest = self._dest_cache.get(key)
+                if dest is None:
+                    dest = self._sockaddr_cached(key)
+                self.out.send_udp(packet, dest)
+                return
+        self.slow_inputs += 1
         self._check_jump(now)
         reason = self._send(packet, now)
         if reason is not None:
@@ -839,8 +920,7 @@ class ClientMachine:
         # Case 1: a valid trusted peer.
         row = peers.send_row(dst, now)
         if row is not None:
-            ipv4, port = peers.mapping(row)
-            self.out.send_udp(packet, (int_to_ipv4(ipv4), port))
+            self.out.send_udp(packet, self._sockaddr_cached(peers.mapping(row)))
             return None
         if _is_link_local(dst):
             return DropReason.LINK_LOCAL_DESTINATION
@@ -871,6 +951,16 @@ class ClientMachine:
         if dst in self._probes:
             return None  # a procedure is running; the packet waits with the others
         return self._start_probe(row, dst, kind, now)
+
+    def _sockaddr_cached(self, mapping: tuple[int, int]) -> Address:
+        """The socket address of a mapping, from a bounded cache (no string per packet)."""
+        cache = self._dest_cache
+        dest = cache.get(mapping)
+        if dest is None:
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            dest = cache[mapping] = _sockaddr(mapping)
+        return dest
 
     def _start_probe(self, row: int, addr: bytes, kind: int, now: float) -> DropReason | None:
         if len(self._probes) >= self._max_probes:
@@ -1004,6 +1094,7 @@ class ClientMachine:
             "probes": len(self._probes),
             "queued_bytes": stats.queued_bytes,
             "suspends": self.suspends,
+            "slow_inputs": self.slow_inputs,
             "drops": self.drops.snapshot(),
         }
 

@@ -2,9 +2,13 @@
 
 The machine decides everything about the protocol; this module only:
 
-- moves bytes: the Teredo UDP socket, the local discovery socket and the TUN fd are served by
-  `add_reader` callbacks that read until empty (DESIGN.md "The hot path"); the machine's output
-  goes out through `ClientIO` (its ClientTransmit);
+- moves bytes: the Teredo UDP socket and the TUN fd are served by a data thread of their own
+  (`DataPath`: one epoll, read until empty), the rare local discovery socket by an `add_reader`
+  callback of the asyncio loop; the machine's output goes out through `ClientIO` (its
+  ClientTransmit). The data thread exists because an asyncio wake-up costs about 5 us of Python
+  more than a bare epoll.poll, and at the packet rates measured (docs/benchmarks.md, "Client")
+  nearly every datagram is a wake-up of its own. One lock serializes every use of the machine;
+  the asyncio thread keeps timers, events, signals, name resolution and netlink;
 - turns the machine's events into interface configuration (netlink: MTU, link-local address,
   Teredo address /32, last-resort default route), the Miredo hook script, and one log line each;
 - resolves the server's name, at start and again when the machine asks (ResolveServer), with
@@ -16,14 +20,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
+import functools
 import ipaddress
 import logging
 import os
+import select
 import socket
+import struct
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from teredo.core.addr import (
     TEREDO_PORT,
@@ -43,12 +53,14 @@ from teredo.core.client import (
     ResolveServer,
     SymmetricNat,
 )
-from teredo.io import mmsg
 from teredo.io.hook import HookError, HookRunner
-from teredo.io.loop import DaemonLoop
-from teredo.io.netlink import LAST_RESORT_METRIC, InterfaceConfig, NetlinkConfigError
+from teredo.io.loop import DaemonLoop, boottime
 from teredo.io.tun import TunDevice, TunError
-from teredo.io.udp import DRAIN_BUDGET, RECEIVE_SIZE, UdpSender, drain, open_udp_socket
+from teredo.io.udp import RECEIVE_SIZE, UdpSender, drain, open_udp_socket
+
+if TYPE_CHECKING:
+    from teredo.io.mmsg import BatchSender
+    from teredo.io.netlink import InterfaceConfig
 
 log = logging.getLogger("teredo.client")
 _R = TypeVar("_R")
@@ -77,6 +89,11 @@ DEFAULT_ROUTE = "::/0"
 # machine that boots without network finds its server within a minute of the network coming up.
 RESOLVE_FIRST_DELAY = 1.0
 RESOLVE_MAX_DELAY = 60.0
+# Miredo's client hook gives its default route metric 1029, above the kernel's 1024 for native
+# routes, so that Teredo is the last resort (RFC 4380 section 5.5). The same value as
+# io/netlink.py's, not imported from it: that module loads pyroute2, which the data path and
+# the command line do not need.
+LAST_RESORT_METRIC = 1029
 MMSG_BATCH = 64  # datagrams per sendmmsg call
 EXIT_FAILED = 1  # also: the socket asked for on SIGHUP cannot be opened
 
@@ -157,6 +174,16 @@ class ServerResolver:
         if generation != self._generation:
             return
         self.pending = True
+        if all(n is None or _is_literal(n) for n in self._names):
+            # Dotted quads need no look-up: no executor thread to start, which saves about
+            # 15 ms of the time to qualify (docs/benchmarks.md, "Client").
+            future: asyncio.Future[Resolution] = self._loop.loop.create_future()
+            try:
+                future.set_result(self._lookup(self._names))
+            except (OSError, ValueError) as exc:
+                future.set_exception(exc)
+            self._loop.loop.call_soon(self._done, future, generation, delay)
+            return
         future = self._loop.loop.run_in_executor(None, self._lookup, self._names)
         future.add_done_callback(lambda f: self._done(f, generation, delay))
 
@@ -186,7 +213,7 @@ class ServerResolver:
 
 
 class Interface(Protocol):
-    """The part of io/netlink.InterfaceConfig the tunnel configuration uses (tests fake it)."""
+    """What the tunnel configuration needs of an interface (ThreadedInterface; tests fake it)."""
 
     def index(self) -> int: ...
     def set_up(self, mtu: int | None = None) -> None: ...
@@ -199,18 +226,20 @@ class Interface(Protocol):
 
 
 class ThreadedInterface:
-    """InterfaceConfig used from a thread of its own.
+    """io/netlink.InterfaceConfig (pyroute2) used from a thread of its own.
 
     pyroute2 (0.9) runs every request on an asyncio loop of its own, which asyncio refuses to
     run inside the daemon's running loop; one worker thread owns the netlink socket instead.
     Each call waits for its answer: these are rare control-path calls, never per packet.
+    pyroute2 is imported by that thread when the daemon starts, not when the command line is
+    parsed (its imports cost about 150 ms).
     """
 
     def __init__(self, ifname: str) -> None:
         self.ifname = ifname
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
         try:
-            self._cfg = self._pool.submit(InterfaceConfig, ifname).result()
+            self._cfg = self._pool.submit(_open_interface_config, ifname).result()
         except BaseException:
             self._pool.shutdown(wait=False)
             raise
@@ -242,14 +271,16 @@ class ThreadedInterface:
     def remove_route(self, destination: str, metric: int | None = None) -> None:
         self._call(self._cfg.remove_route, destination, metric)
 
-    def run(self, function: Callable[[], _R]) -> _R:
-        """Any other pyroute2 work (e.g. listing addresses) on the same thread."""
-        return self._call(function)
-
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._call(self._cfg.close)
         self._pool.shutdown(wait=True)
+
+
+def _open_interface_config(ifname: str) -> InterfaceConfig:
+    from teredo.io.netlink import InterfaceConfig  # noqa: PLC0415 - see ThreadedInterface
+
+    return InterfaceConfig(ifname)
 
 
 def _v6(address: bytes) -> str:
@@ -284,7 +315,7 @@ class TunnelConfigurator:
         # next event retries the whole configuration).
         try:
             what()
-        except (NetlinkConfigError, HookError, OSError) as exc:
+        except (HookError, OSError) as exc:  # NetlinkConfigError too
             self.errors += 1
             log.error("%s", exc)
 
@@ -396,6 +427,11 @@ def local_address_towards(server: int, port: int) -> tuple[int, int] | None:
     return ipv4_to_int(local), port
 
 
+# SIOCGIFADDR (linux/sockios.h) on a struct ifreq: the interface's primary IPv4 address.
+_SIOCGIFADDR = 0x8915
+_IFREQ = struct.Struct("16s16x")
+
+
 @dataclass(frozen=True, slots=True)
 class DiscoveryInterface:
     index: int
@@ -407,22 +443,19 @@ def discovery_interfaces() -> list[DiscoveryInterface]:
     """Interfaces with a private (non-global) IPv4 address, loopback excluded (5.2.8).
 
     Local discovery finds peers behind the same NAT: it makes sense only on private links.
+    The primary IPv4 address of each interface (SIOCGIFADDR), as Miredo sees them too.
     """
-    from pyroute2 import IPRoute  # noqa: PLC0415 (netlink only where needed)
-
     found: list[DiscoveryInterface] = []
-    with IPRoute() as ipr:
-        names = {int(link["index"]): str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()}
-        for msg in ipr.get_addr(family=socket.AF_INET):
-            address = str(msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL"))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for index, name in socket.if_nameindex():
             try:
-                value = ipv4_to_int(address)
-            except ValueError:
-                continue
+                got = fcntl.ioctl(probe, _SIOCGIFADDR, _IFREQ.pack(name.encode()))
+            except OSError:
+                continue  # no IPv4 address (EADDRNOTAVAIL), or gone meanwhile
+            value = int.from_bytes(got[20:24], "big")  # sockaddr_in: family, port, address
             if value >> 24 == 127 or is_global_ipv4(value):
                 continue
-            index = int(msg["index"])
-            found.append(DiscoveryInterface(index, names.get(index, "?"), address))
+            found.append(DiscoveryInterface(index, name, int_to_ipv4(value)))
     return found
 
 
@@ -479,9 +512,15 @@ class ClientIO:
         self._send = UdpSender(sock)
         # With sendmmsg, datagrams wait in a queue until the daemon's flush() at the end of
         # each wake-up: one system call for a whole TUN batch (DESIGN.md "The hot path").
-        self._batch = mmsg.BatchSender(sock, MMSG_BATCH) if batch else None
-        if self._batch is not None:
-            self.send_udp = self._batch.send  # type: ignore[method-assign]
+        self._batch: BatchSender | None = None
+        if batch:
+            from teredo.io.mmsg import BatchSender  # noqa: PLC0415 (ctypes: 10 ms at start)
+
+            self._batch = BatchSender(sock, MMSG_BATCH)
+        # One Python call per datagram on the data path: the sender itself, not a wrapper.
+        self.send_udp = (  # type: ignore[method-assign]
+            self._batch.send if self._batch is not None else self._send
+        )
         self._tun_fd = tun_fd
         self._write = os.write
         self.discovery_addresses = list(discovery_addresses)
@@ -537,7 +576,10 @@ class ClientOptions:
     local_discovery: bool = True
     hook: str | None = None
     default_route: bool = True
-    batch: bool = True  # sendmmsg when the C library has it
+    # sendmmsg when the C library has it. Off: at the rates measured (docs/benchmarks.md,
+    # "Client") a wake-up carries one or two datagrams, and filling the batch costs more
+    # Python time than the system calls it saves (as the server found).
+    batch: bool = False
 
     @property
     def socket_key(self) -> tuple[str, int]:
@@ -564,8 +606,13 @@ class ClientDaemon:
         self.discovery: DiscoverySocket | None = None
         self.tun: TunDevice | None = None
         self.netlink: ThreadedInterface | None = None
-        self._armed: float | None = None
+        self._armed: float | None = None  # the machine deadline the loop last armed for
         self._timed = _TimedAdapter(self)
+        # Every use of the machine (and of `io`, which it drives) holds this lock: the data
+        # thread and the asyncio thread both feed the machine.
+        self._lock = threading.Lock()
+        self._data: DataPath | None = None
+        self._notified = False  # an _after_input is already scheduled by the data thread
         self._timer_added = False
         self._symmetric_reported = False
         self._last_offline: str | None = None
@@ -593,10 +640,9 @@ class ClientDaemon:
             hook = HookRunner(opts.hook, tun.name, self.netlink.index()) if opts.hook else None
             self.tunnel = TunnelConfigurator(self.netlink, hook, default_route=opts.default_route)
             self.tunnel.prepare()
-        except NetlinkConfigError as exc:
-            raise ClientStartError(str(exc)) from None
+        except OSError as exc:  # NetlinkConfigError
+            raise ClientStartError(str(exc.strerror or exc)) from None
         self._serve_socket(sock, tun)
-        self.loop.add_reader(tun.fd, self._on_tun)
 
     def _bind(self) -> socket.socket:
         opts = self.options
@@ -618,17 +664,18 @@ class ClientDaemon:
         addresses: list[str] = []
         if self.options.local_discovery:
             addresses = self._open_discovery()
-        self.io = ClientIO(sock, tun.fd, addresses, batch=self.options.batch and mmsg.available())
-        self.loop.add_reader(sock.fileno(), self._drain_udp)
+        batch = self.options.batch
+        if batch:
+            from teredo.io import mmsg  # noqa: PLC0415 (ctypes: 10 ms at start)
+
+            batch = mmsg.available()
+        self.io = ClientIO(sock, tun.fd, addresses, batch=batch)
+        self._data = DataPath(self, sock, tun.fd)
+        self._data.start()
 
     def _open_discovery(self) -> list[str]:
         try:
-            # pyroute2 needs a thread without a running asyncio loop: the netlink one.
-            interfaces = (
-                self.netlink.run(discovery_interfaces)
-                if self.netlink is not None
-                else discovery_interfaces()
-            )
+            interfaces = discovery_interfaces()
             if self.options.bind_address != "0.0.0.0":  # noqa: S104
                 interfaces = [i for i in interfaces if i.address == self.options.bind_address]
             if not interfaces:
@@ -683,20 +730,23 @@ class ClientDaemon:
         shown = int_to_ipv4(server) + (f" / {int_to_ipv4(server2)}" if server2 else "")
         try:
             if self.machine is None:
-                self.machine = ClientMachine(self._params(resolution), self.io, self._random)
+                machine = ClientMachine(self._params(resolution), self.io, self._random)
                 log.info(
                     "qualifying with server %s (prefix %s)",
                     shown,
                     format_prefix(self.options.prefix),
                 )
-                self.machine.start(now)
+                with self._lock:
+                    self.machine = machine
+                    machine.start(now)
                 if not self._timer_added:
                     self.loop.add_machine(self._timed)
                     self._timer_added = True
             else:
                 if resolution != self.resolution:
                     log.info("server %s is now %s: qualifying again", self.options.server, shown)
-                self.machine.set_server(server, server2, now)
+                with self._lock:
+                    self.machine.set_server(server, server2, now)
         except ValueError as exc:
             # The machine refuses a server it cannot use (not global unicast, RFC 4380 5.2.4):
             # a configuration fault, not a transient one.
@@ -709,47 +759,10 @@ class ClientDaemon:
     # --- data path ------------------------------------------------------------------------
 
     def _on_discovery(self, data: bytes, source: tuple[str, int]) -> None:
-        machine = self.machine
-        if machine is not None:
-            machine.receive_discovery(data, source, self.loop.clock())
-
-    def _on_tun(self) -> None:
-        tun, machine = self.tun, self.machine
-        if tun is None:
-            return
-        read, fd = os.read, tun.fd
-        now = self.loop.clock()
-        for _ in range(DRAIN_BUDGET):
-            try:
-                packet = read(fd, 65535)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                break
+        with self._lock:
+            machine = self.machine
             if machine is not None:
-                machine.receive_tun(packet, now)
-        self._after_input()
-
-    def _drain_udp(self) -> None:
-        # The hot path: read until empty (bounded, so the TUN gets its turn), one clock read
-        # per batch, then the events and the timer once per batch.
-        sock, machine = self.sock, self.machine
-        if sock is None:
-            return
-        if machine is None:
-            drain(sock, _discard)
-            return
-        receive, feed = sock.recvfrom, machine.receive_udp
-        now = self.loop.clock()
-        for _ in range(DRAIN_BUDGET):
-            try:
-                data, source = receive(RECEIVE_SIZE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                continue  # an ICMP error queued by an earlier send (udp.drain says more)
-            feed(data, source, now)
-        self._after_input()
+                machine.receive_discovery(data, source, self.loop.clock())
 
     def _drain_discovery(self) -> None:
         if self.discovery is not None:
@@ -759,17 +772,34 @@ class ClientDaemon:
     # --- events and timers ------------------------------------------------------------------
 
     def _after_input(self) -> None:
-        """Sends the batch, handles the events an input caused, re-arms the timer if needed."""
-        self.io.flush()
-        machine = self.machine
-        if machine is None:
-            return
-        while (event := machine.next_event()) is not None:
+        """Sends the batch, handles the events an input caused, re-arms the timer if needed.
+
+        Runs in the asyncio thread. The events are taken under the lock and handled after it
+        (netlink and the hook are slow; the data path must not wait for them).
+        """
+        events: list[ClientEvent] = []
+        with self._lock:
+            self._notified = False
+            self.io.flush()
+            machine = self.machine
+            if machine is None:
+                return
+            while (event := machine.next_event()) is not None:
+                events.append(event)
+            deadline = machine.next_deadline()
+        for event in events:
             self._handle(event)
-        deadline = machine.next_deadline()
-        if deadline != self._armed:
-            self._armed = deadline
+        armed = self._armed
+        # A later deadline needs no new timer: the old one fires, finds nothing due, and the
+        # loop arms the next one. Only an earlier one must re-arm (a timer less per packet).
+        if deadline is not None and (armed is None or deadline < armed):
             self.loop.rearm()
+
+    def _wake_from_data_path(self) -> None:
+        """From the data thread, lock held: ask the asyncio thread for an _after_input."""
+        if not self._notified:
+            self._notified = True
+            self.loop.loop.call_soon_threadsafe(self._after_input)
 
     def _handle(self, event: ClientEvent) -> None:
         if isinstance(event, Qualified):
@@ -868,14 +898,20 @@ class ClientDaemon:
             return
         self.tunnel.hook = HookRunner(path, self.netlink.ifname, self.netlink.index())
 
+    def _stop_data_path(self) -> None:
+        data, self._data = self._data, None
+        if data is not None:
+            data.stop()
+
     def _restart_machine(self) -> None:
         self.resolver.cancel()
-        if self.machine is not None:
+        self._stop_data_path()  # the thread uses the socket closed below
+        with self._lock:
+            machine, self.machine = self.machine, None
+        if machine is not None:
             self.tunnel.offline()
-            self.machine = None
         self._armed = None
         if self.sock is not None:
-            self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
         if self.discovery is not None:
@@ -887,10 +923,11 @@ class ClientDaemon:
         self.start()
 
     def summary(self) -> str:
-        machine = self.machine
-        status: dict[str, object] = (
-            machine.status() if machine is not None else {"state": "resolving the server"}
-        )
+        with self._lock:
+            machine = self.machine
+            status: dict[str, object] = (
+                machine.status() if machine is not None else {"state": "resolving the server"}
+            )
         io = getattr(self, "io", None)
         errors = (
             (io.udp_errors, io.tun_errors, io.discovery_errors) if io is not None else (0, 0, 0)
@@ -905,20 +942,19 @@ class ClientDaemon:
         resolver = getattr(self, "resolver", None)
         if resolver is not None:
             resolver.cancel()
+        self._stop_data_path()
         tunnel = getattr(self, "tunnel", None)
         if tunnel is not None:
             tunnel.teardown()
+        if self.discovery is not None and self.discovery.sock.fileno() >= 0:
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(self.discovery.sock.fileno())
         for sock in (self.sock, self.discovery.sock if self.discovery else None):
             if sock is not None and sock.fileno() >= 0:
-                with contextlib.suppress(ValueError, OSError):
-                    self.loop.remove_reader(sock.fileno())
                 sock.close()
         self.sock = None
         self.discovery = None
         if self.tun is not None:
-            if self.tun.fd >= 0:
-                with contextlib.suppress(ValueError, OSError):
-                    self.loop.remove_reader(self.tun.fd)
             # A TUN that is not persistent disappears with its last descriptor, and with it
             # every address and route still on it.
             self.tun.close()
@@ -932,10 +968,6 @@ def _joined(notes: list[str]) -> str:
     return "; " + ", ".join(notes) if notes else ""
 
 
-def _discard(data: bytes, source: tuple[str, int]) -> None:
-    """Datagrams that arrive before the machine exists (server name not resolved yet)."""
-
-
 class _TimedAdapter:
     """The machine's timer as DaemonLoop sees it, with the events handled after each expiry."""
 
@@ -945,15 +977,132 @@ class _TimedAdapter:
         self._daemon = daemon
 
     def next_deadline(self) -> float | None:
-        machine = self._daemon.machine
-        return machine.next_deadline() if machine is not None else None
+        # The loop asks this when it arms its timer: what it answers is what is armed.
+        daemon = self._daemon
+        with daemon._lock:
+            machine = daemon.machine
+            deadline = machine.next_deadline() if machine is not None else None
+        daemon._armed = deadline
+        return deadline
 
     def handle_timer(self, now: float) -> None:
-        machine = self._daemon.machine
-        if machine is not None:
+        daemon = self._daemon
+        events: list[ClientEvent] = []
+        with daemon._lock:
+            machine = daemon.machine
+            if machine is None:
+                return
             machine.handle_timer(now)
-            self._daemon.io.flush()
-            # The loop re-arms itself after this call: record the deadline it will see.
+            daemon.io.flush()
             while (event := machine.next_event()) is not None:
-                self._daemon._handle(event)
-            self._daemon._armed = machine.next_deadline()
+                events.append(event)
+        # The loop re-arms itself after this call (and asks next_deadline then).
+        for event in events:
+            daemon._handle(event)
+
+
+def _ignore(data: bytes, source: tuple[str, int], now: float) -> None:
+    """Input that arrives before the machine exists (server name not resolved yet)."""
+
+
+def _ignore_tun(packet: bytes, now: float) -> None:
+    """See _ignore."""
+
+
+class DataPath:
+    """The Teredo socket and the TUN served by a thread of their own (RFC 4380 5.2.3, 5.2.4).
+
+    One epoll over both descriptors and a wake-up pipe; each wake-up reads one datagram or
+    packet from each ready descriptor, with one clock read, under the daemon's lock. When the
+    full path ran (`slow_inputs` moved) and left events, or a deadline earlier than the armed
+    timer, the asyncio thread is asked to handle them (`_after_input`): nothing slow runs here.
+    """
+
+    def __init__(self, daemon: ClientDaemon, sock: socket.socket, tun_fd: int) -> None:
+        self._daemon = daemon
+        self._sock = sock
+        self._tun_fd = tun_fd
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._thread = threading.Thread(target=self._run, name="teredo-data", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Wakes the thread, waits for it (bounded) and closes the pipe."""
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _run(self) -> None:
+        try:
+            self._serve()
+        except Exception:
+            # A bug here must not leave a daemon that looks alive and carries nothing.
+            log.exception("data path stopped")
+            daemon = self._daemon
+            daemon.loop.loop.call_soon_threadsafe(daemon.loop.stop, EXIT_FAILED)
+
+    def _serve(self) -> None:
+        daemon = self._daemon
+        ufd = self._sock.fileno()
+        tfd = self._tun_fd
+        epoll = select.epoll(3)
+        try:
+            epoll.register(ufd, select.EPOLLIN)
+            epoll.register(tfd, select.EPOLLIN)
+            epoll.register(self._wake_r, select.EPOLLIN)
+            poll = epoll.poll
+            recvfrom = self._sock.recvfrom
+            read = os.read
+            clock = daemon.loop.clock
+            if clock is boottime:
+                clock = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)  # no frame
+            lock = daemon._lock
+            flush = daemon.io.flush
+            fed: ClientMachine | None = None
+            feed_udp: Callable[[bytes, tuple[str, int], float], None] = _ignore
+            feed_tun: Callable[[bytes, float], None] = _ignore_tun
+            while True:
+                ready = poll()
+                with lock:
+                    machine = daemon.machine
+                    if machine is not fed:
+                        fed = machine
+                        feed_udp = machine.receive_udp if machine is not None else _ignore
+                        feed_tun = machine.receive_tun if machine is not None else _ignore_tun
+                    slow = machine.slow_inputs if machine is not None else 0
+                    now = clock()
+                    # One datagram per ready descriptor, then back to poll(): a failed
+                    # non-blocking read (EAGAIN raised as an exception) costs about 6 times an
+                    # empty poll, most wake-ups carry a single datagram, and the descriptors
+                    # take turns (level-triggered epoll reports what is left).
+                    for fd, _mask in ready:
+                        if fd == ufd:
+                            try:
+                                data, source = recvfrom(RECEIVE_SIZE)
+                            except OSError:
+                                continue  # EAGAIN, or an ICMP error about an earlier send
+                            feed_udp(data, source, now)
+                        elif fd == tfd:
+                            try:
+                                packet = read(tfd, 65535)
+                            except OSError:
+                                continue
+                            feed_tun(packet, now)
+                        else:
+                            return  # stop() wrote to the pipe
+                    flush()
+                    if machine is not None and machine.slow_inputs != slow:
+                        if machine.has_events():
+                            daemon._wake_from_data_path()
+                        else:
+                            deadline = machine.next_deadline()
+                            armed = daemon._armed
+                            if deadline is not None and (armed is None or deadline < armed):
+                                daemon._wake_from_data_path()
+        finally:
+            epoll.close()
