@@ -1,5 +1,7 @@
 """Relay side by side: `python -m bench.bench_relay [--impl both|miredo|teredo]` (root).
 
+Namespaces: `tdb-` by default; `--prefix tdq-` gives `tdq-...` and `tdq-fk` instead.
+
 For each implementation of the relay (Miredo's, then ours), a lab `tdb-` is built with a Miredo
 server, the relay under test and one Miredo client behind a port-restricted NAT, then:
 
@@ -32,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench.lab_bench import (
@@ -56,18 +59,25 @@ from bench.lab_bench import (
     transfer_metric_labels,
     transfer_metrics,
 )
+from teredo.core.peers import MIREDO_MAX_PEERS
 from teredo.lab import system
 from teredo.lab.roles import RELAY_PORT, TUN_NAME, Impl, Role, command
 from teredo.lab.topology import Lab
 
-FAKE_NS = PREFIX + "fk"
+#: The fake-clients namespace's name after the lab prefix (`tdb-fk` by default).
+FAKE_SUFFIX = "fk"
 REPO = Path(__file__).resolve().parent.parent
 PEER_COUNT_RE = re.compile(r"\bpeers (\d+)/\d+")
 CAPACITY_RE = re.compile(r"peer table: (\d+) peers")
 
 
+def fake_ns(lab: Lab) -> str:
+    """The fake-clients namespace of `lab`: under the lab's prefix, so Lab.down deletes it."""
+    return lab.prefix + FAKE_SUFFIX
+
+
 def run_transfer(impl: str, args: argparse.Namespace) -> dict[str, float | None]:
-    with bench_lab(server="miredo", relay=impl, client="miredo") as lab:
+    with bench_lab(server="miredo", relay=impl, client="miredo", prefix=args.prefix) as lab:
         info = lab.wait_qualified(1, timeout=30)
         results: dict[str, float | None] = {"load1": float(load_average().split()[0])}
         results.update(
@@ -89,33 +99,35 @@ def _mapped_addresses() -> list[str]:
 
 
 def add_fake_host(lab: Lab) -> None:
-    """The namespace tdb-fk on the servers' bridge; Lab.down deletes it with the prefix."""
-    system.run(["ip", "netns", "add", FAKE_NS])
+    """The namespace <prefix>fk on the servers' bridge; Lab.down deletes it with the prefix."""
+    ns = fake_ns(lab)
+    system.run(["ip", "netns", "add", ns])
     system.ip_batch(
         lab.ns("wan"),
         [
-            f"link add fk type veth peer name eth0 netns {FAKE_NS}",
+            f"link add fk type veth peer name eth0 netns {ns}",
             "link set fk master bs",
             "link set fk up",
         ],
     )
     addrs = [f"addr add {FAKE_SERVER}/24 dev eth0"]
     addrs += [f"addr add {ip}/32 dev eth0" for ip in _mapped_addresses()]
-    system.ip_batch(FAKE_NS, ["link set lo up", *addrs, "link set eth0 up"])
+    system.ip_batch(ns, ["link set lo up", *addrs, "link set eth0 up"])
     # The relay sends each peer's queued datagram to its mapping once trusted: drop those
     # silently here rather than answer each with an ICMP port unreachable.
     ruleset = (
         "table inet tdbfk {\n chain input {\n  type filter hook input priority 0; policy accept;\n"
         f"  udp dport != {3544} counter drop\n }}\n}}\n"
     )
-    system.run(["ip", "netns", "exec", FAKE_NS, "nft", "-f", "-"], input_text=ruleset)
+    system.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input_text=ruleset)
 
 
-def delivered_to_mappings() -> int:
-    """Datagrams the relay sent to the fake peers' mappings (the nft counter in tdb-fk): the
+def delivered_to_mappings(lab: Lab) -> int:
+    """Datagrams the relay sent to the fake peers' mappings (the nft counter in <prefix>fk): the
     relay sends a peer's queued datagram only once it trusts the peer (RFC 4380 section 5.4.2),
     so this proves the bubbles were accepted."""
-    out = system.run(["ip", "netns", "exec", FAKE_NS, "nft", "list", "table", "inet", "tdbfk"])
+    ns = fake_ns(lab)
+    out = system.run(["ip", "netns", "exec", ns, "nft", "list", "table", "inet", "tdbfk"])
     found = re.search(r"counter packets (\d+)", out.stdout)
     return int(found.group(1)) if found else 0
 
@@ -125,7 +137,7 @@ def drop_counters(lab: Lab) -> dict[str, int]:
     the relay's and the answerer's UDP receive buffers (bubbles)."""
     tun = lab.exec("relay", ["ip", "-s", "-j", "link", "show", "dev", TUN_NAME])
     relay_udp = parse_snmp_udp(lab.exec("relay", ["cat", "/proc/net/snmp"]).stdout)
-    fake = system.run(["ip", "netns", "exec", FAKE_NS, "cat", "/proc/net/snmp"])
+    fake = system.run(["ip", "netns", "exec", fake_ns(lab), "cat", "/proc/net/snmp"])
     return {
         "tun_dropped": parse_link_drops(tun.stdout)[1],
         "relay_rcvbuf_errors": relay_udp.get("RcvbufErrors", 0),
@@ -167,12 +179,13 @@ def wait_relay_ready(lab: Lab, timeout: float = 30.0) -> None:
     )
 
 
-def start_our_relay(lab: Lab, capacity: int, name: str) -> None:
+def start_our_relay(lab: Lab, capacity: int, name: str, extra: Sequence[str] = ()) -> None:
     """Restart the lab's relay as ours with a peer table of `capacity` (`--peers`)."""
     lab.stop("relay")
     conf = lab.state_dir / "relay.conf"
     argv = [*command(Role.RELAY, Impl.TEREDO, conf, lab.state_dir / "relay.pid")]
-    lab.popen("relay", [*argv, "--peers", str(capacity)], name=name, role="relay", impl="teredo")
+    argv += ["--peers", str(capacity), *extra]
+    lab.popen("relay", argv, name=name, role="relay", impl="teredo")
     wait_relay_ready(lab)
 
 
@@ -188,12 +201,16 @@ def minimal_relay_rss(lab: Lab) -> int:
 
 
 def run_memory(impl: str, args: argparse.Namespace) -> dict[str, float | None]:
-    with bench_lab(server="miredo", relay=impl, client=None, nats=()) as lab:
+    with bench_lab(server="miredo", relay=impl, client=None, nats=(), prefix=args.prefix) as lab:
         baseline: int | None = None
         if impl == "teredo":
             baseline = minimal_relay_rss(lab)
-            if args.teredo_capacity:
-                start_our_relay(lab, args.teredo_capacity, "relay-sized")
+            if args.teredo_capacity or args.teredo_peer_timeout:
+                extra = []
+                if args.teredo_peer_timeout:
+                    extra = ["--peer-timeout", str(args.teredo_peer_timeout)]
+                capacity = args.teredo_capacity or MIREDO_MAX_PEERS
+                start_our_relay(lab, capacity, "relay-sized", extra)
             else:
                 lab.start(Role.RELAY, impl)
         wait_relay_ready(lab)
@@ -206,7 +223,7 @@ def run_memory(impl: str, args: argparse.Namespace) -> dict[str, float | None]:
                 "ip",
                 "netns",
                 "exec",
-                FAKE_NS,
+                fake_ns(lab),
                 sys.executable,
                 "-m",
                 "bench.fakeclients",
@@ -265,7 +282,7 @@ def run_memory(impl: str, args: argparse.Namespace) -> dict[str, float | None]:
             sent = json.loads(out.decode() or "{}").get("sent")
             logged, capacity = _relay_logged_peers(lab, pids) if impl == "teredo" else (None, None)
             stats = _read_stats(stats_path)
-            delivered = delivered_to_mappings()
+            delivered = delivered_to_mappings(lab)
             drops1 = drop_counters(lab)
         finally:
             if answerer.poll() is None:
@@ -347,7 +364,20 @@ def main(argv: list[str] | None = None) -> int:
         "--rate-teredo", type=float, default=0.0, help="a different --rate for ours (0: same)"
     )
     parser.add_argument(
+        "--teredo-peer-timeout",
+        type=float,
+        default=0.0,
+        help="start our relay with --peer-timeout S (0: its default, 30 s), so that peers "
+        "created more slowly than 1/30 of --peers a second are all alive at the end",
+    )
+    parser.add_argument(
         "--tests", default="transfer,memory", help="transfer, memory (default both)"
+    )
+    parser.add_argument(
+        "--prefix",
+        default=PREFIX,
+        help=f"namespace prefix of the labs (default {PREFIX}); the fake clients live in "
+        f"<prefix>{FAKE_SUFFIX}. Runs at the same time need different prefixes.",
     )
     args = parser.parse_args(argv)
     tests = set(args.tests.split(","))
@@ -361,8 +391,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--teredo-capacity must be in 0..2**30-1")
     if not 1 <= args.rounds <= 20:
         parser.error("--rounds must be 1..20")
+    if args.teredo_peer_timeout and not 30 <= args.teredo_peer_timeout <= 86400:
+        parser.error("--teredo-peer-timeout must be 0 or in [30, 86400]")
     if not 0 <= args.rate_teredo <= 1e6:
         parser.error("--rate-teredo must be in [0, 1000000]")
+    try:
+        system.check_prefix(args.prefix)
+    except system.LabError as exc:
+        parser.error(f"--prefix: {exc}")
     try:
         impls = parse_impls(args.impl)
         require_root()
@@ -410,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rate": args.rate,
                 "rate_teredo": args.rate_teredo or None,
                 "teredo_capacity": args.teredo_capacity or None,
+                "teredo_peer_timeout": args.teredo_peer_timeout or None,
                 "notes": notes,
             },
         )

@@ -431,9 +431,12 @@ def bench_lab(
     relay: str | None = "miredo",
     client: str | None = "miredo",
     nats: Sequence[str] = ("port-restricted",),
+    prefix: str = PREFIX,
 ) -> Iterator[Lab]:
-    """A lab under PREFIX, always taken down (namespaces, processes) on the way out."""
-    lab = Lab(PREFIX, list(nats), server_impl=server, relay_impl=relay, client_impl=client)
+    """A lab under `prefix` (default PREFIX), always taken down (namespaces, processes) on the
+    way out. Two benchmarks may run at once only under different prefixes: a lab removes any
+    stale namespace of its own prefix when it comes up."""
+    lab = Lab(prefix, list(nats), server_impl=server, relay_impl=relay, client_impl=client)
     try:
         lab.up()
         yield lab

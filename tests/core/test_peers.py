@@ -178,6 +178,79 @@ def test_send_row_needs_a_valid_trusted_peer() -> None:
     assert table.last_tx(row) == pytest.approx(T0 + 599.0)
 
 
+def test_route_says_sendable_unknown_or_known() -> None:
+    table = new_table()
+    assert table.route(teredo(1), T0) == -1
+    assert table.route(b"short", T0) == -1
+    row = insert(table, teredo(1), T0)
+    assert table.route(teredo(1), T0) == -2 - row  # untrusted
+    table.set_trusted(row, True)
+    assert table.route(teredo(1), T0) == -2 - row  # trusted, not valid
+    table.touch_rx(row, T0)
+    assert table.route(teredo(1), T0 + 5.0) == row
+    assert table.last_tx(row) == pytest.approx(T0 + 5.0)
+    assert table.route(teredo(1), T0 + 30.0) == -2 - row
+    # The same answers as send_row, which it replaces on the relay's path.
+    assert table.send_row(teredo(1), T0 + 30.0) is None
+
+
+def test_insert_bubbled_is_insert_mapping_and_one_bubble() -> None:
+    table = new_table()
+    row = table.insert_bubbled(teredo(1), 0xC6336401, 4000, T0)
+    assert row is not None
+    assert table.lookup(teredo(1)) == row
+    assert not table.is_trusted(row)
+    assert table.mapping(row) == (0xC6336401, 4000)
+    assert table.mapping_key(row) == (0xC6336401 << 16) | 4000
+    assert table.bubble_count(row, T0) == 1
+    assert table.last_tx(row) == pytest.approx(T0)
+    assert not table.may_send_bubble(row, T0 + 1.9)  # section 5.2.6: 2 s apart
+    assert table.may_send_bubble(row, T0 + 2.0)
+    with pytest.raises(ValueError, match="32 bits"):
+        table.insert_bubbled(teredo(2), 1 << 32, 1, T0)
+    with pytest.raises(ValueError, match="16 bytes"):
+        table.insert_bubbled(b"short", 1, 1, T0)
+
+
+def test_insert_bubbled_follows_the_full_table_policy() -> None:
+    table = new_table(capacity=1)
+    row = table.insert_bubbled(teredo(1), 1, 1, T0)
+    assert row is not None
+    table.trust(row, 1, 1, T0)
+    assert table.insert_bubbled(teredo(2), 2, 2, T0 + 1.0) is None  # valid trusted: kept
+    assert table.insert_bubbled(teredo(2), 2, 2, T0 + 31.0) == row  # no longer valid
+    assert table.lookup(teredo(1)) is None
+
+
+def test_trust_records_the_mapping_and_flushes_the_queue() -> None:
+    table = new_table()
+    row = table.insert_bubbled(teredo(1), 0xC6336401, 4000, T0)
+    assert row is not None
+    assert table.enqueue(row, b"one")
+    assert table.enqueue(row, b"two")
+    assert table.enqueue(row, b"in", inbound=True)
+    assert table.trust(row, 0xC6336401, 4001, T0 + 1.0) == [b"one", b"two"]
+    assert table.is_trusted(row)
+    assert table.mapping(row) == (0xC6336401, 4001)
+    assert table.last_rx(row) == pytest.approx(T0 + 1.0)
+    assert table.last_tx(row) == pytest.approx(T0 + 1.0)
+    assert table.last_used(row) == pytest.approx(T0 + 1.0)
+    assert table.bubble_count(row, T0 + 1.0) == 0
+    assert table.queued_bytes(row) == 2  # the inbound packet stays
+    assert table.stats().trusted == 1
+    assert table.stats().untrusted == 0
+    # Again, trusted already and nothing queued outbound: only the dates move.
+    assert table.trust(row, 0xC6336401, 4001, T0 + 3.0) == []
+    assert table.last_rx(row) == pytest.approx(T0 + 3.0)
+    assert table.last_tx(row) == pytest.approx(T0 + 1.0)
+    assert table.send_row(teredo(1), T0 + 4.0) == row
+    with pytest.raises(ValueError, match="32 bits"):
+        table.trust(row, 1 << 32, 1, T0)
+    table.remove(row)
+    with pytest.raises(ValueError, match="not in use"):
+        table.trust(row, 1, 1, T0)
+
+
 def test_receive_row_needs_trust_and_the_mapping() -> None:
     table = new_table()
     row = insert(table, teredo(1), T0)

@@ -393,6 +393,57 @@ def test_idle_entries_expire_and_the_timer_says_when() -> None:
     assert relay.next_deadline() is None
 
 
+def test_a_longer_peer_timeout_keeps_the_entry_but_not_its_validity() -> None:
+    relay, out = make(idle_timeout=120.0)
+    peer = establish(relay, out)
+    relay.handle_timer(T0 + 60)
+    row = relay.peers.lookup(peer)
+    assert row is not None
+    assert relay.peers.is_trusted(row)
+    # Kept, but 60 s without reception: no longer valid, so case 3 again (section 5.2.4).
+    packet = echo(NATIVE, peer, 5)
+    relay.receive_tun(packet, T0 + 60)
+    assert out.udp == [(build_bubble(relay.bubble_source(peer), peer), (SERVER, TEREDO_PORT))]
+    assert not relay.peers.is_trusted(row)
+    out.clear()
+    relay.receive_udp(build_bubble(peer, relay.bubble_source(peer)), CLIENT, T0 + 60.1)
+    assert out.udp == [(packet, CLIENT)]
+    # Quiet for the whole timeout: the entry goes.
+    deadline = relay.next_deadline()
+    assert deadline is not None
+    relay.handle_timer(T0 + 60.1 + 121)
+    assert relay.peers.lookup(peer) is None
+
+
+def test_client_to_native_fast_and_full_paths_agree() -> None:
+    """The hot path of receive_udp must pass exactly what the full checks pass: each of these
+    comes from the trusted peer's mapping, and only the first is forwarded as it is."""
+    relay, out = make()
+    peer = establish(relay, out)
+    teredo_dst = teredo(OTHER)
+    link_local = bytes.fromhex("fe800000000000000000000000000001")
+    multicast = bytes.fromhex("ff020000000000000000000000000001")
+    cases = [
+        (echo(peer, NATIVE), [echo(peer, NATIVE)], None),
+        (build_bubble(peer, NATIVE), [], None),
+        (echo(peer, teredo_dst), [], DropReason.TEREDO_DESTINATION),
+        (echo(peer, link_local), [], DropReason.NOT_GLOBAL_DESTINATION),
+        (echo(peer, multicast), [], DropReason.RELAY_MULTICAST_DESTINATION),
+        (echo(peer, NATIVE)[:-1], [], DropReason.BAD_PAYLOAD_LENGTH),
+    ]
+    for datagram, forwarded, reason in cases:
+        before = dropped(relay, reason) if reason is not None else 0
+        relay.receive_udp(datagram, CLIENT, T0 + 1)
+        assert out.tun == forwarded, datagram.hex()
+        if reason is not None:
+            assert dropped(relay, reason) == before + 1
+        out.clear()
+    # From another port: not the trusted mapping, so the full checks refuse it.
+    relay.receive_udp(echo(peer, NATIVE), (CLIENT[0], CLIENT[1] + 1), T0 + 1)
+    assert out.tun == []
+    assert dropped(relay, DropReason.MAPPING_MISMATCH) == 1
+
+
 def test_params_are_checked() -> None:
     with pytest.raises(ValueError, match="prefix"):
         make(prefix=b"\x20\x01")
@@ -400,6 +451,8 @@ def test_params_are_checked() -> None:
         make(peers=0)
     with pytest.raises(ValueError, match="MTU"):
         make(mtu=1000)
+    with pytest.raises(ValueError, match="peer timeout"):
+        make(idle_timeout=29.0)
     with pytest.raises(ValueError, match="secret"):
         RelayMachine(RelayParams(peers=16), Recorder(), b"short", T0)
 
@@ -433,6 +486,14 @@ def test_relay_verb_rejects_a_bad_peer_table_size(
 ) -> None:
     assert main(["relay", "--peers", peers]) == EXIT_CONFIG
     assert "--peers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("timeout", ["10", "1e9", "nan"])
+def test_relay_verb_rejects_a_bad_peer_timeout(
+    timeout: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["relay", "--peer-timeout", timeout]) == EXIT_CONFIG
+    assert "--peer-timeout" in capsys.readouterr().err
 
 
 # --- bad input never crashes, whatever the bytes ----------------------------------------------

@@ -27,7 +27,7 @@ import pytest
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import RELAY_PORT, TUN_NAME, Role, config_text
 from teredo.lab.system import LabError
-from teredo.lab.topology import NATIVE_V4, NATIVE_V6, RELAY_V4, SERVER_V4, Lab
+from teredo.lab.topology import NATIVE_V4, NATIVE_V6, RELAY_V4, SERVER_V4, Lab, ping_counts
 
 from .conftest import assert_nothing_left, prefix_for
 
@@ -101,9 +101,9 @@ print(count, flush=True)
 
 
 def _received(ping_output: str) -> int:
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", ping_output)
-    assert m, f"unexpected ping output: {ping_output!r}"
-    return int(m.group(2))
+    counts = ping_counts(ping_output)
+    assert counts, f"unexpected ping output: {ping_output!r}"
+    return counts[1]
 
 
 def _start_our_relay(lab: Lab, host: str, config: str, *extra: str) -> subprocess.Popen[bytes]:

@@ -23,8 +23,8 @@ from teredo.cli.options import (
     report_config_error,
 )
 from teredo.core.config import ConfigError, RelaySettings, RelayType, Role
-from teredo.core.peers import MIREDO_MAX_PEERS
-from teredo.core.relay import RelayParams
+from teredo.core.peers import MIREDO_MAX_PEERS, PEER_VALIDITY
+from teredo.core.relay import MAX_PEER_TIMEOUT, RelayParams
 from teredo.io.loop import DaemonLoop
 from teredo.io.relay_driver import (
     RelayDaemon,
@@ -55,6 +55,16 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help=f"peer table size, allocated at start (default {MIREDO_MAX_PEERS}, as Miredo)",
     )
+    parser.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=PEER_VALIDITY,
+        metavar="SECONDS",
+        help=(
+            "keep a trusted peer's entry this long after its last use (default "
+            f"{PEER_VALIDITY:g}; Miredo keeps them 30 to 60 s); its validity stays 30 s"
+        ),
+    )
     parser.set_defaults(run=run)
 
 
@@ -65,6 +75,7 @@ def params_from(settings: RelaySettings, args: argparse.Namespace) -> RelayParam
         direct_bubbles=settings.direct_bubbles,
         peers=args.peers,
         mtu=settings.mtu,
+        idle_timeout=args.peer_timeout,
     )
 
 
@@ -117,6 +128,13 @@ def _advise(log: logging.Logger, settings: RelaySettings, daemon: RelayDaemon) -
 def run(args: argparse.Namespace) -> int:
     if not 1 <= args.peers < (1 << 30):
         print("command line: --peers: must be between 1 and 2**30 - 1", file=sys.stderr)
+        return EXIT_CONFIG
+    if not PEER_VALIDITY <= args.peer_timeout <= MAX_PEER_TIMEOUT:
+        print(
+            f"command line: --peer-timeout: must be between {PEER_VALIDITY:g} and "
+            f"{MAX_PEER_TIMEOUT:g} seconds",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     try:
         settings = load_settings(args, Role.RELAY)

@@ -407,7 +407,10 @@ class PeerTable:
             raise ValueError("a peer address is 16 bytes")
         if self.lookup(addr) is not None:
             raise ValueError("peer already in the table")
-        t = self._tick(now)
+        return self._insert(addr, self._tick(now), trusted)
+
+    def _insert(self, addr: bytes, t: int, trusted: bool) -> int | None:
+        """`insert` for an address known to be absent, at tick `t`."""
         row = self._free
         if row == _NONE:
             row = self._tail[_UNTRUSTED]
@@ -504,6 +507,10 @@ class PeerTable:
         """(IPv4 as an int, UDP port): the mapped address, or the local one for a local peer
         (section 5.2.8: packets to a local peer go to its local address)."""
         return self._ip[row], self._port[row]
+
+    def mapping_key(self, row: int) -> int:
+        """`(ipv4 << 16) | port` of the mapping: one int, for a cache of socket addresses."""
+        return (self._ip[row] << 16) | self._port[row]
 
     def ipv4(self, row: int) -> int:
         return self._ip[row]
@@ -618,6 +625,87 @@ class PeerTable:
         self._nbub[row] = 0
         self._touch(row, t)
         return row
+
+    def route(self, addr: bytes, now: float) -> int:
+        """`send_row` that also says whether the peer is known, so that the caller looks it up
+        once: the row (>= 0, touched as `send_row` does) of a valid trusted peer, -1 for an
+        unknown address, `-2 - row` for a known peer that is untrusted or no longer valid."""
+        if len(addr) != 16:
+            return -1
+        index = self._index
+        mask = self._mask
+        keys = self._addr
+        i = hash(addr) & mask
+        while True:
+            r = index[i]
+            if not r:
+                return -1
+            r -= 1
+            if keys.startswith(addr, r << 4):
+                break
+            i = (i + 1) & mask
+        flags = self._flags[r]
+        if not flags & _F_TRUSTED:
+            return -2 - r
+        t = int((now - self._base) * _TICKS + 0.5)  # `_tick`, inlined for the data path
+        if not 0 < t < _REBASE_AT:
+            t = self._tick(now)
+        limit = _VALID_LOCAL_TICKS if flags & _F_LOCAL else _VALID_TICKS
+        if t - self._rx[r] >= limit:
+            return -2 - r
+        self._tx[r] = t
+        self._touch(r, t)
+        return r
+
+    def insert_bubbled(self, addr: bytes, ipv4: int, port: int, now: float) -> int | None:
+        """A new untrusted peer (absent: the caller has just looked it up) with its mapping,
+        and one bubble recorded as sent now: `insert` + `set_mapping` + `record_bubble` in one
+        call, for a relay's new peers (section 5.4.1 case 3). The first bubble is always
+        allowed: a new entry's last transmission is 30 s old and it has no bubbles (sections
+        5.2.3, 5.2.6). None when the policy refuses the insert."""
+        if len(addr) != 16:
+            raise ValueError("a peer address is 16 bytes")
+        if not (0 <= ipv4 <= 0xFFFFFFFF and 0 <= port <= 0xFFFF):
+            raise ValueError("IPv4 is 32 bits and the port 16 bits")
+        t = self._tick(now)
+        row = self._insert(addr, t, False)
+        if row is None:
+            return None
+        self._ip[row] = ipv4
+        self._port[row] = port
+        self._tx[row] = t
+        self._bub[row << 2] = t
+        self._nbub[row] = 1
+        return row
+
+    def trust(self, row: int, ipv4: int, port: int, now: float) -> list[bytes]:
+        """A direct packet from the peer at `ipv4:port` (sections 5.2.3, 5.4.2): the mapping
+        recorded, the peer trusted, its last reception now and its bubble count reset; returns
+        its outbound queue, to be sent now (its last transmission is set to now when there is
+        one). `set_mapping` + `set_trusted` + `touch_rx` + `drain` (+ `touch_tx`) in one call."""
+        flags = self._check(row)
+        if not (0 <= ipv4 <= 0xFFFFFFFF and 0 <= port <= 0xFFFF):
+            raise ValueError("IPv4 is 32 bits and the port 16 bits")
+        self._ip[row] = ipv4
+        self._port[row] = port
+        t = self._tick(now)
+        if not flags & _F_TRUSTED:
+            self._nonces.pop(row, None)
+            self._unlink(row, _UNTRUSTED)
+            self._count[_UNTRUSTED] -= 1
+            self._flags[row] = flags | _F_TRUSTED
+            self._link_head(row, _TRUSTED)
+            self._count[_TRUSTED] += 1
+            self._used[row] = t
+        self._rx[row] = t
+        self._nbub[row] = 0
+        self._touch(row, t)
+        if row not in self._queues:
+            return []
+        queued = self.drain(row)
+        if queued:
+            self._tx[row] = t
+        return queued
 
     # --- bubbles (section 5.2.6, MUST) ------------------------------------------------------
 

@@ -48,7 +48,6 @@ from teredo.core.ipv6 import (
     IPV6_MIN_MTU,
     NH_ICMPV6,
     UNREACH_ADDRESS,
-    build_bubble,
     build_unreachable,
 )
 from teredo.core.peers import MIREDO_MAX_PEERS, PEER_VALIDITY, PeerTable
@@ -62,6 +61,8 @@ BUBBLE_RETRY = 2.0
 BUBBLE_REPEATS = 3
 #: Miredo answers at most 10 ICMPv6 errors per second (TEREDO-SPEC 7, "Amplification").
 ICMPV6_ERROR_RATE = 10.0
+#: The longest `RelayParams.idle_timeout` (one day).
+MAX_PEER_TIMEOUT = 86400.0
 #: Entries removed per timer call at most, so that a timer never stalls the data path.
 EXPIRE_BUDGET = 256
 #: Retries handled per timer call at most (the rest wait for the next call, at once).
@@ -72,6 +73,9 @@ ADDRESS_CACHE = 4096
 
 _HEADER = 40
 _NH_NONE = 59
+_LINK_LOCAL_HEAD = b"\xfe\x80" + bytes(6)
+#: Version 6, traffic class and flow label 0, payload length 0, next header 59, hop limit 0.
+_BUBBLE_HEAD = bytes((0x60, 0, 0, 0, 0, 0, _NH_NONE, 0))
 
 
 class RelayTransmit(Protocol):
@@ -101,6 +105,11 @@ class RelayParams:
     total_queue_bytes: int = 16 * 1024 * 1024
     icmpv6_error_rate: float = ICMPV6_ERROR_RATE
     mtu: int = IPV6_MIN_MTU
+    #: How long a trusted peer's entry stays after its last use. Its validity (section 5.2.4,
+    #: sending case 1) is 30 s whatever this says; keeping the entry longer only spares a new
+    #: bubble exchange's state and costs no memory (the table is preallocated). Miredo keeps
+    #: entries 30 to 60 s (two 30 s generations). Untrusted entries always go after 30 s.
+    idle_timeout: float = PEER_VALIDITY
 
     def check(self) -> str | None:
         """Why these parameters cannot serve, or None."""
@@ -112,6 +121,8 @@ class RelayParams:
             return "the MTU must be between 1280 and 65535"
         if self.icmpv6_error_rate <= 0:
             return "the ICMPv6 error rate must be positive"
+        if not PEER_VALIDITY <= self.idle_timeout <= MAX_PEER_TIMEOUT:
+            return f"the peer timeout must be between {PEER_VALIDITY:g} and {MAX_PEER_TIMEOUT:g} s"
         return None
 
 
@@ -211,15 +222,17 @@ class RelayMachine:
         self.stats = RelayStats()
         self._prefix = params.prefix
         self._secret = bytes(secret[:64])
+        self._hasher = hashlib.blake2b(key=self._secret, digest_size=8)
         self._host_specific = params.host_specific
         self._direct = params.direct_bubbles
         self._own_mapping = params.own_mapping
         self._own_addresses: frozenset[bytes] = frozenset()
-        # Miredo's relay keeps peers 30 s after their last use (section 5.2.4 validity).
+        # Entries go `idle_timeout` after their last use (30 s by default, the section 5.2.4
+        # validity), untrusted ones after 30 s.
         self.peers = PeerTable(
             params.peers,
             epoch=now,
-            idle_timeout=PEER_VALIDITY,
+            idle_timeout=params.idle_timeout,
             untrusted_timeout=PEER_VALIDITY,
             queue_bytes_per_peer=params.queue_bytes_per_peer,
             total_queue_bytes=params.total_queue_bytes,
@@ -261,33 +274,43 @@ class RelayMachine:
     def bubble_source(self, peer: bytes) -> bytes:
         """fe80::<keyed hash of the peer's embedded mapping>, the 2 low bits of the first
         interface identifier byte cleared as Miredo does (TEREDO-SPEC 2.2)."""
-        digest = hashlib.blake2b(peer[10:16], key=self._secret, digest_size=8).digest()
-        return b"\xfe\x80" + bytes(6) + bytes((digest[0] & 0xFC,)) + digest[1:]
+        hasher = self._hasher.copy()  # the keyed state, computed once (saves a block)
+        hasher.update(peer[10:16])
+        digest = hasher.digest()
+        return _LINK_LOCAL_HEAD + bytes((digest[0] & 0xFC,)) + digest[1:]
 
     # --- native IPv6 -> Teredo client (section 5.4.1) -------------------------------------
 
     def receive_tun(self, packet: bytes, now: float) -> None:
         """One IPv6 packet that the local stack routed into the Teredo interface."""
-        reason = self._from_native(packet, now)
-        if reason is not None:
-            self.drops.count(reason)
-
-    def _from_native(self, packet: bytes, now: float) -> DropReason | None:
         n = len(packet)
         if n < _HEADER:
-            return DropReason.TOO_SHORT
+            self.drops.count(DropReason.TOO_SHORT)
+            return
         if packet[0] >> 4 != 6:
-            return DropReason.NOT_IPV6
+            self.drops.count(DropReason.NOT_IPV6)
+            return
         if _HEADER + ((packet[4] << 8) | packet[5]) > n:
-            return DropReason.BAD_PAYLOAD_LENGTH
+            self.drops.count(DropReason.BAD_PAYLOAD_LENGTH)
+            return
         dst = packet[24:40]
         peers = self.peers
         # Case 1 (hot path): a valid trusted peer; the packet goes to its mapping as it is.
-        row = peers.send_row(dst, now)
-        if row is not None:
-            self.out.send_udp(packet, self._sockaddr(peers.ipv4(row), peers.port(row)))
+        row = peers.route(dst, now)
+        if row >= 0:
+            key = peers.mapping_key(row)
+            destination = self._to_sockaddr.get(key)
+            if destination is None:
+                destination = self._sockaddr(key)
+            self.out.send_udp(packet, destination)
             self.stats.to_teredo += 1
-            return None
+            return
+        reason = self._from_native(packet, dst, row, now)
+        if reason is not None:
+            self.drops.count(reason)
+
+    def _from_native(self, packet: bytes, dst: bytes, found: int, now: float) -> DropReason | None:
+        """Cases 2-3 of section 5.4.1; `found` is what `PeerTable.route` said of `dst`."""
         # Section 5.4.1: only valid Teredo addresses with a global embedded IPv4.
         if dst[:4] != self._prefix:
             return DropReason.NOT_TEREDO_DESTINATION
@@ -299,49 +322,88 @@ class RelayMachine:
         server = int.from_bytes(dst[4:8], "big")
         if not is_global_ipv4(server):
             return DropReason.SERVER_NOT_GLOBAL_IPV4
-        row = peers.lookup(dst)
-        if row is None:
-            row = peers.insert(dst, now)
+        peers = self.peers
+        if found == -1:
+            # A new peer (case 3): its entry, its packet queued, a first bubble now (always
+            # allowed for a new entry, section 5.2.6).
+            row = peers.insert_bubbled(dst, mapping[0], mapping[1], now)
             if row is None:
                 return DropReason.RELAY_PEER_TABLE_FULL
-            peers.set_mapping(row, mapping[0], mapping[1])
-        elif peers.is_trusted(row):
-            # Trusted but no longer valid (30 s without reception, section 5.2.4): case 3 again.
-            peers.set_trusted(row, False)
-        queued = peers.enqueue(row, packet)
+            queued = peers.enqueue(row, packet)
+            self._send_bubbles(row, dst, server)
+            self._ring.push(row, now + BUBBLE_RETRY)
+        else:
+            row = -2 - found
+            if peers.is_trusted(row):
+                # Trusted but no longer valid (30 s without reception, section 5.2.4): case 3
+                # again.
+                peers.set_trusted(row, False)
+            queued = peers.enqueue(row, packet)
+            if peers.may_send_bubble(row, now):
+                self._bubble(row, dst, server, now)
+            self._ring.push(row, now + BUBBLE_RETRY)
         if queued:
             self.stats.queued += 1
-        if peers.may_send_bubble(row, now):
-            self._bubble(row, dst, server, now)
-        self._ring.push(row, now + BUBBLE_RETRY)
-        return None if queued else DropReason.RELAY_QUEUE_FULL
+            return None
+        return DropReason.RELAY_QUEUE_FULL
 
-    def _sockaddr(self, ipv4: int, port: int) -> Address:
-        """("a.b.c.d", port) for a peer's mapping, remembered for the next packets."""
-        key = (ipv4 << 16) | port
-        got = self._to_sockaddr.get(key)
-        if got is None:
-            if len(self._to_sockaddr) >= ADDRESS_CACHE:
-                self._to_sockaddr.clear()
-            got = self._to_sockaddr[key] = (inet_ntoa(ipv4.to_bytes(4, "big")), port)
+    def _sockaddr(self, key: int) -> Address:
+        """("a.b.c.d", port) for a mapping `(ipv4 << 16) | port`, remembered for the next
+        packets (the conversion costs more than the rest of the hot path's bookkeeping)."""
+        cache = self._to_sockaddr
+        if len(cache) >= ADDRESS_CACHE:
+            cache.clear()
+        got = cache[key] = (inet_ntoa((key >> 16).to_bytes(4, "big")), key & 0xFFFF)
         return got
 
     def _bubble(self, row: int, peer: bytes, server: int, now: float) -> None:
         """Case 3: an indirect bubble via the peer's server, plus a direct one when configured
         (section 5.4.1); counted against the section 5.2.6 limits."""
-        bubble = build_bubble(self.bubble_source(peer), peer)
-        self.out.send_udp(bubble, (inet_ntoa(server.to_bytes(4, "big")), TEREDO_PORT))
+        self._send_bubbles(row, peer, server)
+        self.peers.record_bubble(row, now)
+
+    def _send_bubbles(self, row: int, peer: bytes, server: int) -> None:
+        """The bubbles of `_bubble`, without recording them (the caller does)."""
+        # A bubble: the IPv6 header alone, payload length 0, next header 59, hop limit 0 as
+        # Miredo sends it (section 2.8; ipv6.build_bubble, written out here).
+        bubble = _BUBBLE_HEAD + self.bubble_source(peer) + peer
+        cache = self._to_sockaddr
+        key = (server << 16) | TEREDO_PORT
+        destination = cache.get(key)
+        if destination is None:
+            destination = self._sockaddr(key)
+        self.out.send_udp(bubble, destination)
         self.stats.indirect_bubbles += 1
         if self._direct:
             ipv4, port = self.peers.mapping(row)
             self.out.send_udp(bubble, (inet_ntoa(ipv4.to_bytes(4, "big")), port))
             self.stats.direct_bubbles += 1
-        self.peers.record_bubble(row, now)
 
     # --- Teredo client -> native IPv6 (section 5.4.2) ---------------------------------------
 
     def receive_udp(self, data: bytes, source: Address, now: float) -> None:
         """One UDP datagram that arrived on the relay's service port."""
+        # Hot path: a bare IPv6 packet (no Authentication, no origin: parse_payload's fast
+        # path) from a trusted peer's recorded mapping (reception case 1), to a global unicast
+        # non-Teredo destination, for a relay. Anything else, or any doubt, takes the full
+        # path below, which checks everything again (the peer-table update here is the same
+        # there, so doing it twice changes nothing).
+        n = len(data)
+        if n >= _HEADER and data[0] >> 4 == 6 and not self._host_specific:
+            plen = (data[4] << 8) | data[5]
+            ipv4 = self._from_host.get(source[0])
+            if (
+                _HEADER + plen <= n
+                and ipv4 is not None
+                and (plen or data[6] != _NH_NONE)
+                and data[24] & 0xE0 == 0x20
+                and data[24:28] != self._prefix
+                and self.peers.receive_row(data[8:24], ipv4, source[1], now) is not None
+            ):
+                # Section 5.4.2: trailers (bytes after the IPv6 packet) never go to the stack.
+                self.out.write_tun(data if n == _HEADER + plen else data[: _HEADER + plen])
+                self.stats.from_teredo += 1
+                return
         reason = self._from_teredo(data, source, now)
         if reason is not None:
             self.drops.count(reason)
@@ -368,7 +430,7 @@ class RelayMachine:
         row = peers.receive_row(src, ipv4, port, now)
         if row is None:
             # The slow path: trust, re-mapping, new peers; may give the row or a drop reason.
-            got = self._unknown_source(packet, ipv4, port, now)
+            got = self._unknown_source(packet, source, ipv4, port, now)
             if isinstance(got, DropReason):
                 return got
             row = got
@@ -395,9 +457,10 @@ class RelayMachine:
         return None
 
     def _unknown_source(
-        self, packet: TeredoPacket, ipv4: int, port: int, now: float
+        self, packet: TeredoPacket, source: Address, ipv4: int, port: int, now: float
     ) -> int | DropReason:
-        """A packet that is not from a trusted peer's recorded mapping."""
+        """A packet that is not from a trusted peer's recorded mapping (`source`, which is
+        `ipv4:port`)."""
         src = packet.src
         bubble = packet.is_bubble
         # Section 5.4.2: the source must be a Teredo address...
@@ -433,18 +496,15 @@ class RelayMachine:
             self.stats.trusted += 1
             return row
         # A direct answer: the peer is trusted at this mapping, its queue flushed (5.4.1).
-        peers.set_mapping(row, ipv4, port)
-        if not peers.is_trusted(row):
-            peers.set_trusted(row, True)
+        was_trusted = peers.is_trusted(row)
+        queued = peers.trust(row, ipv4, port, now)
+        if not was_trusted:
             self.stats.trusted += 1
-        peers.touch_rx(row, now)
-        queued = peers.drain(row)
         if queued:
-            destination = (inet_ntoa(ipv4.to_bytes(4, "big")), port)
+            # The mapping just recorded is where this packet came from.
             for held in queued:
-                self.out.send_udp(held, destination)
+                self.out.send_udp(held, source)
             self.stats.to_teredo += len(queued)
-            peers.touch_tx(row, now)
         return row
 
     # --- timers -----------------------------------------------------------------------------
