@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ctypes.util
 import json
 import os
 import socket
@@ -28,45 +27,25 @@ import time
 from teredo.core.addr import LINK_LOCAL_RESTRICTED, TEREDO_PORT
 from teredo.core.ipv6 import build_rs
 from teredo.core.wire import build_auth
+from teredo.io.mmsg import IoVec, MMsgHdr, libc
 
 MAX_COUNT = 10_000_000  # hard bounds, whatever the command line says
 MAX_DURATION = 60.0
 BATCH = 32
 
 
-class _IoVec(ctypes.Structure):
-    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
-
-
-class _MsgHdr(ctypes.Structure):
-    _fields_ = (
-        ("msg_name", ctypes.c_void_p),
-        ("msg_namelen", ctypes.c_uint32),
-        ("msg_iov", ctypes.POINTER(_IoVec)),
-        ("msg_iovlen", ctypes.c_size_t),
-        ("msg_control", ctypes.c_void_p),
-        ("msg_controllen", ctypes.c_size_t),
-        ("msg_flags", ctypes.c_int),
-    )
-
-
-class _MMsgHdr(ctypes.Structure):
-    _fields_ = (("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint))
-
-
 class BatchSender:
     """sendmmsg(2) of `batch` copies of one datagram on connected sockets."""
 
     def __init__(self, datagram: bytes, batch: int) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        self._sendmmsg = libc.sendmmsg
+        self._sendmmsg = libc().sendmmsg
         self._sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
         self._sendmmsg.restype = ctypes.c_int
         self._buffer = ctypes.create_string_buffer(datagram, len(datagram))
-        self._iov = _IoVec(ctypes.cast(self._buffer, ctypes.c_void_p), len(datagram))
-        self._msgs = (_MMsgHdr * batch)()
+        self._iov = IoVec(ctypes.cast(self._buffer, ctypes.c_void_p), len(datagram))
+        self._msgs = (MMsgHdr * batch)()
         for m in self._msgs:
-            m.msg_hdr.msg_iov = ctypes.pointer(self._iov)
+            m.msg_hdr.msg_iov = ctypes.addressof(self._iov)
             m.msg_hdr.msg_iovlen = 1
         self._address = ctypes.addressof(self._msgs)
         self.batch = batch

@@ -33,7 +33,11 @@ _CACHE_LIMIT = 4096
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
 
-class _MsgHdr(ctypes.Structure):
+class IoVec(ctypes.Structure):
+    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
+
+
+class MsgHdr(ctypes.Structure):
     _fields_ = (
         ("msg_name", ctypes.c_void_p),
         ("msg_namelen", ctypes.c_uint32),
@@ -45,20 +49,20 @@ class _MsgHdr(ctypes.Structure):
     )
 
 
-class _MMsgHdr(ctypes.Structure):
-    _fields_ = (("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint))
+class MMsgHdr(ctypes.Structure):
+    _fields_ = (("msg_hdr", MsgHdr), ("msg_len", ctypes.c_uint))
 
 
-def _libc() -> ctypes.CDLL:
+def libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def available() -> bool:
     """True where the layouts above hold and libc has both calls."""
-    if ctypes.sizeof(_MMsgHdr) != _MMSGHDR or ctypes.sizeof(ctypes.c_void_p) != 8:
+    if ctypes.sizeof(MMsgHdr) != _MMSGHDR or ctypes.sizeof(ctypes.c_void_p) != 8:
         return False
-    libc = _libc()
-    return hasattr(libc, "recvmmsg") and hasattr(libc, "sendmmsg")
+    c = libc()
+    return hasattr(c, "recvmmsg") and hasattr(c, "sendmmsg")
 
 
 class _Slots:
@@ -68,7 +72,7 @@ class _Slots:
         self.data = ctypes.create_string_buffer(data_bytes)
         self.names = ctypes.create_string_buffer(batch * _NAME)
         self.iov = (ctypes.c_uint64 * (2 * batch))()
-        self.msgs = (_MMsgHdr * batch)()
+        self.msgs = (MMsgHdr * batch)()
         base = ctypes.addressof(self.data)
         for i in range(batch):
             self.iov[2 * i] = base + i * slot_size
@@ -88,8 +92,8 @@ class BatchReceiver:
     """Reads up to `batch` datagrams per call into `handler(data, source)`."""
 
     def __init__(self, sock: socket.socket, batch: int = 64, size: int = 2048) -> None:
-        libc = _libc()
-        self._recvmmsg = libc.recvmmsg
+        c = libc()
+        self._recvmmsg = c.recvmmsg
         self._recvmmsg.argtypes = (
             ctypes.c_int,
             ctypes.c_void_p,
@@ -143,8 +147,8 @@ class BatchSender:
     """Queues datagrams and sends them with one sendmmsg call per `flush` (or full batch)."""
 
     def __init__(self, sock: socket.socket, batch: int = 64, size: int = 4096) -> None:
-        libc = _libc()
-        self._sendmmsg = libc.sendmmsg
+        c = libc()
+        self._sendmmsg = c.sendmmsg
         self._sendmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int)
         self._sendmmsg.restype = ctypes.c_int
         self._sock = sock
