@@ -155,6 +155,14 @@ class _Guarded:
             self._machine.handle_timer(now)
 
 
+def _fault_site(exc: BaseException) -> str:
+    """file:line where `exc` was raised: what tells one fault from another."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+
+
 def host_ipv6_addresses(ipr: IPRoute, exclude_ifname: str | None = None) -> frozenset[bytes]:
     """Every IPv6 address of this host (namespace), 16 bytes each, read through netlink."""
     skip = None
@@ -192,6 +200,8 @@ class RelayDaemon:
         #: Held by whoever touches the machine: the two data-path threads and the loop.
         self.lock = threading.Lock()
         self._stopping = False
+        self.data_path_errors = 0
+        self._faults_logged: set[str] = set()
         try:
             self._open(params, endpoint, secret)
         except BaseException:
@@ -316,8 +326,14 @@ class RelayDaemon:
         while not self._stopping:
             try:
                 self._serve()
-            except Exception:
-                log.exception("error in the relay's data path (packet dropped)")
+            except Exception as exc:
+                # Logged once per kind of fault, then only counted: a packet that trips a bug
+                # must not turn into a log line per packet.
+                self.data_path_errors += 1
+                kind = f"{type(exc).__name__} at {_fault_site(exc)}"
+                if kind not in self._faults_logged and len(self._faults_logged) < 64:
+                    self._faults_logged.add(kind)
+                    log.exception("error in the relay's data path (packet dropped; logged once)")
 
     def _serve(self) -> None:
         """Wait in poll(2) for the UDP socket, the TUN or the wake-up pipe, then read each
@@ -430,7 +446,8 @@ class RelayDaemon:
     def summary(self) -> str:
         errors = self.output.udp_errors + self.output.tun_errors
         with self.lock:
-            return f"{self.machine.summary()}, send errors {errors}"
+            summary = self.machine.summary()
+        return f"{summary}, send errors {errors}, data path faults {self.data_path_errors}"
 
     def close(self) -> None:
         while self._opened:
