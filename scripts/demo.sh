@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: set up (Debian packages, .venv), then build a Teredo lab in network namespaces with
-# Miredo as server, relay and three clients behind NATs, show qualification and pings, tear down.
-# Extra arguments go to `teredo lab demo` (e.g. --nat port-restricted --nat none --count 5).
+# our server and relay, three of our clients and one Miredo client behind NATs of several kinds
+# (one symmetric), show qualification and pings, tear down.
+# Extra arguments go to `teredo lab demo` (e.g. --client miredo --nat port-restricted --count 5).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
