@@ -564,6 +564,12 @@ def test_qualifies_with_ten_percent_loss(fault_lab: Lab) -> None:
     info = lab.wait_qualified(2, timeout=QUALIFY_TIMEOUT)
     assert str(info.mapped_ip) == site.public_ip
     ping = lab.ping(site.client_host, NATIVE_V6, count=20, deadline=15)
+    if received(ping) == 0 and "unreachable" in ping.stdout:
+        # Under loss a whole connectivity test (4 echo requests 2 s apart, RFC 4380 section
+        # 5.2.4 case 2) can go unanswered, more so as Miredo's relay retries its bubbles only
+        # when traffic comes; the client then reports the destination unreachable (ping stops
+        # at that error) and runs a new test for the next packet. One more try, and no more.
+        ping = lab.ping(site.client_host, NATIVE_V6, count=20, deadline=15)
     assert received(ping) >= 8, ping.stdout
     rules = lab.exec(site.nat_host, ["nft", "list", "table", "ip", "tlab_loss"]).stdout
     dropped = sum(int(n) for n in re.findall(r"counter packets (\d+)", rules))

@@ -976,6 +976,12 @@ class ClientMachine:
         peers = self._peers
         if probe.sends >= PROBE_SENDS:
             self._give_up(row, addr, DropReason.PEER_UNREACHABLE, now)
+            if probe.kind == _PING:
+                # The bubble limit of section 5.2.6 is about bubbles; a failed connectivity
+                # test (section 5.2.9) leaves no state, so the next packet for that
+                # destination runs a new test (under loss one test can fail, and a native
+                # destination must not stay black-holed for 300 s).
+                peers.remove(row)
             return None
         if not peers.may_send_bubble(row, now):
             if peers.bubble_count(row, now) >= 4:
