@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 from typing import Any
 
 from teredo.cli.options import (
@@ -104,15 +103,7 @@ def run(args: argparse.Namespace) -> int:
                     return
                 log.info("configuration %s", daemon.reload(fresh))
 
-            loop.loop.add_signal_handler(signal.SIGUSR1, lambda: log.info(daemon.summary()))
-            try:
-                daemon.start()
-                status = loop.run(on_reload=reload)
-            finally:
-                loop.loop.remove_signal_handler(signal.SIGUSR1)
-                log.info("stopping: %s", daemon.summary())
-                daemon.close()
-            return status
+            return loop.serve(daemon, log, reload, start=daemon.start)
     except (ClientStartError, PidFileError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from typing import Any
 
@@ -179,14 +178,7 @@ def run(args: argparse.Namespace) -> int:
                 else:
                     log.error("configuration not reloaded: %s", problem)
 
-            loop.loop.add_signal_handler(signal.SIGUSR1, lambda: log.info(daemon.summary()))
-            try:
-                status = loop.run(on_reload=reload)
-            finally:
-                loop.loop.remove_signal_handler(signal.SIGUSR1)
-                log.info("stopping: %s", daemon.summary())
-                daemon.close()
-            return status
+            return loop.serve(daemon, log, reload)
     except (RelayStartError, PidFileError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED

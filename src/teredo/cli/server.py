@@ -147,13 +147,7 @@ def _serve(args: argparse.Namespace, params: ServerParams, sockets: ServerSocket
             else:
                 log.error("configuration not reloaded: new addresses need a restart")
 
-        loop.loop.add_signal_handler(signal.SIGUSR1, lambda: log.info(daemon.summary()))
-        try:
-            return loop.run(on_reload=reload)
-        finally:
-            loop.loop.remove_signal_handler(signal.SIGUSR1)
-            log.info("stopping: %s", daemon.summary())
-            daemon.close()
+        return loop.serve(daemon, log, reload)
     finally:
         loop.close()
 

@@ -8,6 +8,7 @@ datagram protocol per packet.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import socket
 import time
@@ -24,6 +25,14 @@ def boottime() -> float:
     time: after a suspend the NAT mapping may be gone, so time spent asleep must count.
     """
     return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+class Daemon(Protocol):
+    """What `DaemonLoop.serve` needs of a daemon: a one-line summary and a way to close."""
+
+    def summary(self) -> str: ...
+
+    def close(self) -> None: ...
 
 
 class TimedMachine(Protocol):
@@ -101,6 +110,25 @@ class DaemonLoop:
             if self._timer is not None:
                 self._timer.cancel()
         return self._exit_status
+
+    def serve(
+        self,
+        daemon: Daemon,
+        log: logging.Logger,
+        on_reload: Callable[[], None],
+        start: Callable[[], None] | None = None,
+    ) -> int:
+        """The life of every daemon verb: `start`, then `run` with SIGUSR1 logging the
+        daemon's summary, then (however it ends) a last summary and `daemon.close()`."""
+        self.loop.add_signal_handler(signal.SIGUSR1, lambda: log.info(daemon.summary()))
+        try:
+            if start is not None:
+                start()
+            return self.run(on_reload=on_reload)
+        finally:
+            self.loop.remove_signal_handler(signal.SIGUSR1)
+            log.info("stopping: %s", daemon.summary())
+            daemon.close()
 
     def close(self) -> None:
         self.loop.close()
