@@ -360,8 +360,13 @@ def test_miredos_own_hook_works_unchanged(own_lab: Lab) -> None:
     record = start_ours(own_lab, 2, "--hook", MIREDO_HOOK)
     try:
         info = own_lab.wait_qualified(2, timeout=QUALIFY_TIMEOUT)
-        routes = own_lab.exec(record.host, ["ip", "-6", "route", "show", "dev", "teredo"]).stdout
-        assert re.search(r"^default .*metric 1029", routes, re.MULTILINE), routes
+
+        # The hook adds the address before the route, so the address alone can be seen first.
+        def default_route() -> bool:
+            routes = own_lab.exec(record.host, ["ip", "-6", "route", "show", "dev", "teredo"])
+            return re.search(r"^default .*metric 1029", routes.stdout, re.MULTILINE) is not None
+
+        wait_for("the hook's default route (metric 1029)", default_route, 10, own_lab, record.host)
         ping = own_lab.ping(record.host, NATIVE_V6, count=3, deadline=10)
         assert received(ping) >= 2, ping.stdout
         assert global_addresses(own_lab, record.host) == [str(info.address)]

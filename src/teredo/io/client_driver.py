@@ -329,10 +329,12 @@ class TunnelConfigurator:
             self._try(lambda: hook.up(address, mtu))
 
     def _add(self, address: bytes, link_local: bytes) -> None:
+        # The global address goes last: once it is visible, its routes are already in place
+        # (the 2001::/32 prefix route comes with the address itself).
         self.iface.add_address(_v6(link_local), LINK_LOCAL_PREFIXLEN)
-        self.iface.add_address(_v6(address), 32)
         if self.default_route:
             self.iface.add_route(DEFAULT_ROUTE, LAST_RESORT_METRIC)
+        self.iface.add_address(_v6(address), 32)
 
     def _remove(self, address: bytes | None, link_local: bytes | None) -> None:
         if self.default_route:
