@@ -31,9 +31,12 @@ def test_demo_passes_every_step_and_cleans_up() -> None:
     assert proc.returncode == 0, output
     summary = output.split("== summary ==", 1)[1]
     verdicts = [line.split()[0] for line in summary.splitlines() if line.startswith("  ")]
-    assert verdicts.count("PASS") == 7, output
+    # 7 steps of Teredo at work, 3 status views (client1, relay, server), 2 probes.
+    assert verdicts.count("PASS") == 12, output
     assert "FAIL" not in verdicts, output
     assert "client4 reports symmetric NAT" in summary
     assert "(miredo) behind a port-restricted NAT" in output
+    assert "probe from behind symmetric" in summary
+    assert "client1 status" in summary
     assert "nothing left behind" in output
     assert_nothing_left(prefix, [])

@@ -197,6 +197,11 @@ def _print_status(status: dict[str, Any]) -> None:
     for proc in status["procs"]:
         alive = "alive" if proc["alive"] else "dead"
         print(f"  {proc['name']:<16} pid {proc['pid']:<7} {alive:<5} {' '.join(proc['argv'])}")
+    daemons = status.get("daemons", [])
+    if daemons:
+        print("our daemons (teredo status):")
+        for daemon in daemons:
+            print(f"  {daemon['host']:<9} {daemon['summary']}")
     if status["stray_namespaces"]:
         print(f"stray namespaces of this prefix: {', '.join(status['stray_namespaces'])}")
 

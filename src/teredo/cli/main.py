@@ -23,6 +23,8 @@ VERB_MODULES = (
     "teredo.cli.server",
     "teredo.cli.client",
     "teredo.cli.relay",
+    "teredo.cli.status",
+    "teredo.cli.probe",
 )
 
 # The one-line help of each verb, shown by `teredo --help` without importing its module (must
@@ -34,6 +36,8 @@ VERB_HELP = {
     "server": "run a Teredo server (miredo-server compatible)",
     "client": "run a Teredo client (miredo compatible)",
     "relay": "run a Teredo relay or host-specific relay (miredo compatible)",
+    "status": "show the state of running teredo daemons",
+    "probe": "probe Teredo servers and pick the best",
 }
 
 

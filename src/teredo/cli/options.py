@@ -9,7 +9,7 @@ Fixed early so that tests, benchmarks and the lab can drive any daemon the same 
                   [--interface NAME] [--bind-address ADDR] [--bind-port PORT] [--prefix P]
                   [--mtu N]
     common:       [-c|--conf|--config FILE] [--pidfile FILE] [-f|--foreground]
-                  [--syslog [FACILITY]] [-v|--verbose]
+                  [--syslog [FACILITY]] [-v|--verbose] [--control NAME | --no-control]
 
 The file is Miredo's, unchanged (core/config.py); each flag stands for one directive and
 overrides the file. Without -c no file is read (unlike Miredo, which reads
@@ -59,6 +59,7 @@ __all__ = [
     "PidFileError",
     "add_daemon_arguments",
     "configure_logging",
+    "control_name",
     "flags_for",
     "load_settings",
     "read_config_text",
@@ -150,6 +151,20 @@ def add_daemon_arguments(parser: argparse.ArgumentParser, role: Role | str) -> N
         help="log to syslog instead of stderr (facility: SyslogFacility, default daemon)",
     )
     common.add_argument("-v", "--verbose", action="count", default=0, help="log debug messages too")
+    control = common.add_mutually_exclusive_group()
+    control.add_argument(
+        "--control",
+        type=_control_name,
+        metavar="NAME",
+        help="abstract Unix socket name for `teredo status` (default teredo/<role>/<interface>,"
+        " teredo/server; per network namespace)",
+    )
+    control.add_argument(
+        "--no-control",
+        dest="no_control",
+        action="store_true",
+        help="no status socket (`teredo status` will not see this daemon)",
+    )
     own = parser.add_argument_group(f"{role.value} options (each overrides its directive)")
     if role is Role.RELAY:
         kind = own.add_mutually_exclusive_group()
@@ -168,6 +183,25 @@ def add_daemon_arguments(parser: argparse.ArgumentParser, role: Role | str) -> N
         )
     for flag in _FLAGS[role]:
         own.add_argument(flag.option, dest=flag.dest, metavar=flag.metavar, help=flag.help)
+
+
+def _control_name(text: str) -> str:
+    # Imported here: verbs that never run a daemon (checkconf) need not load asyncio.
+    from teredo.io.control import check_name  # noqa: PLC0415
+
+    name = text.removeprefix("@")  # as `ss -x` and /proc/net/unix print abstract names
+    problem = check_name(name)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return name
+
+
+def control_name(args: argparse.Namespace, default: str) -> str | None:
+    """The daemon's control socket name: --control, else `default`; None with --no-control."""
+    if getattr(args, "no_control", False):
+        return None
+    given: str | None = getattr(args, "control", None)
+    return given if given is not None else default
 
 
 def _overrides(args: argparse.Namespace, role: Role) -> list[Directive]:

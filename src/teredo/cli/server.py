@@ -16,11 +16,13 @@ from teredo.cli.options import (
     PidFileError,
     add_daemon_arguments,
     configure_logging,
+    control_name,
     load_settings,
     report_config_error,
 )
 from teredo.core.config import ConfigError, Role, ServerSettings
 from teredo.core.server import ServerLimits, ServerParams
+from teredo.io.control import ControlIdentity, default_name
 from teredo.io.loop import DaemonLoop
 from teredo.io.server_driver import (
     ServerDaemon,
@@ -122,14 +124,30 @@ def run(args: argparse.Namespace) -> int:
                 args.workers,
             )
             if args.workers == 1:
-                return _serve(args, params, sets[0])
+                return _serve(args, params, sets[0], _control(args, None))
             return _supervise(args, params, sets)
     except (ServerStartError, PidFileError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED
 
 
-def _serve(args: argparse.Namespace, params: ServerParams, sockets: ServerSockets) -> int:
+def _control(args: argparse.Namespace, worker: int | None) -> ControlIdentity | None:
+    """The status socket of the server or of one worker: teredo/server[/<worker>], or
+    --control NAME[/<worker>]."""
+    name = control_name(args, default_name("server"))
+    if name is None:
+        return None
+    if worker is not None:
+        name = f"{name}/{worker}"
+    return ControlIdentity(name, "server", worker=worker)
+
+
+def _serve(
+    args: argparse.Namespace,
+    params: ServerParams,
+    sockets: ServerSockets,
+    control: ControlIdentity | None,
+) -> int:
     """One server process on `sockets` until SIGTERM or SIGINT; SIGHUP re-reads the file."""
     log = logging.getLogger("teredo")
     loop = DaemonLoop()
@@ -147,7 +165,7 @@ def _serve(args: argparse.Namespace, params: ServerParams, sockets: ServerSocket
             else:
                 log.error("configuration not reloaded: new addresses need a restart")
 
-        return loop.serve(daemon, log, reload)
+        return loop.serve(daemon, log, reload, control=control)
     finally:
         loop.close()
 
@@ -190,7 +208,7 @@ def _supervise(args: argparse.Namespace, params: ServerParams, sets: list[Server
                     if other is not sockets:
                         for sock in other:
                             sock.close()
-                status = _serve(args, params, sockets)
+                status = _serve(args, params, sockets, _control(args, index))
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:

@@ -235,6 +235,70 @@ def _ipv4(host: str) -> int | None:
         return None
 
 
+def default_secondary(server: int) -> int:
+    """The secondary server address when none is configured: primary + 1 (TEREDO-SPEC 3.1;
+    Windows and Miredo assume it, RFC 4380 section 5.2.1 needs a second address)."""
+    return (server + 1) & 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class RaInfo:
+    """What a valid RA teaches a client (RFC 4380 section 5.2.1)."""
+
+    mapping: tuple[int, int]  # (IPv4, port) from the Origin Indication
+    mtu: int  # the MTU option, else 1280
+    prefix: bytes  # the 16-byte PIO prefix (Teredo prefix + primary server IPv4 + zeros)
+    source: bytes  # the RA's IPv6 source (the server's link-local address, section 5.3.2)
+
+
+def check_ra(
+    pkt: TeredoPacket,
+    source_ipv4: int,
+    *,
+    expected_source: int,
+    nonce: bytes,
+    prefix: bytes,
+    server: int,
+    destination: bytes = LINK_LOCAL_RESTRICTED,
+    router: bytes | None = None,
+) -> RaInfo | DropReason:
+    """Section 5.2.1 RA checks (TEREDO-SPEC 2.3), shared by the client and `teredo probe`.
+
+    `expected_source` is the server address the RS went to (or, for a cone RS, the other one:
+    section 5.3.2), `nonce` the RS's (section 5.2.2), `destination` the RS's IPv6 source,
+    `server` the primary server IPv4 named by the advertised prefix; `router`, when given, is
+    the IPv6 source the RA must come from (the server's link-local address, section 5.3.2).
+    """
+    if source_ipv4 != expected_source:
+        return DropReason.RA_NOT_FROM_SERVER
+    got = pkt.nonce
+    if got is None:
+        return DropReason.RA_WITHOUT_AUTH
+    if not hmac.compare_digest(got, nonce):
+        return DropReason.RA_BAD_NONCE
+    if pkt.confirmation != 0:
+        return DropReason.RA_BAD_CONFIRMATION
+    origin = pkt.origin
+    if origin is None:
+        return DropReason.RA_WITHOUT_ORIGIN
+    ra = parse_ra(pkt.ipv6)
+    if isinstance(ra, DropReason):
+        return ra
+    if ra.dst != destination:
+        return DropReason.RA_WRONG_DESTINATION
+    if router is not None and ra.src != router:
+        return DropReason.RA_WRONG_SOURCE
+    # The advertised /64 is the Teredo prefix + the *primary* server IPv4 (5.3.2), also
+    # when the answer comes from the secondary address.
+    if ra.prefix[:4] != prefix or ra.prefix[4:8] != server.to_bytes(4, "big"):
+        return DropReason.RA_WRONG_PREFIX
+    # Section 4: a global Teredo address embeds a global IPv4 mapping.
+    if not is_global_ipv4(origin[0]):
+        return DropReason.NOT_GLOBAL_IPV4
+    mtu = ra.mtu if ra.mtu is not None else IPV6_MIN_MTU
+    return RaInfo(origin, mtu, ra.prefix, ra.src)
+
+
 class ClientMachine:
     """Qualification, maintenance, peers, sending cases and reception checks of a client."""
 
@@ -300,7 +364,7 @@ class ClientMachine:
         if not 0 <= server <= 0xFFFFFFFF:
             raise ValueError("the server address is an IPv4 address")
         if server2 is None:
-            server2 = (server + 1) & 0xFFFFFFFF
+            server2 = default_secondary(server)
         # Miredo refuses a server that is not global: its clients' addresses would embed it.
         for ipv4 in (server, server2):
             if not is_global_ipv4(ipv4):
@@ -309,7 +373,6 @@ class ClientMachine:
         self._server2 = server2
         self._server_addr: Address = (int_to_ipv4(server), _SERVER_PORT)
         self._server2_addr: Address = (int_to_ipv4(server2), _SERVER_PORT)
-        self._server_bytes = server.to_bytes(4, "big")
 
     def set_server(self, server: int, server2: int | None, now: float) -> None:
         """New server addresses (the daemon re-resolved the name after `ResolveServer`).
@@ -494,31 +557,18 @@ class ClientMachine:
         if phase not in (_Phase.PRIMARY, _Phase.SECONDARY, _Phase.REFRESH):
             return DropReason.RA_UNEXPECTED
         expected = self._server2 if phase is _Phase.SECONDARY else self._server
-        if source_ipv4 != expected:
-            return DropReason.RA_NOT_FROM_SERVER
-        nonce = pkt.nonce
-        if nonce is None:
-            return DropReason.RA_WITHOUT_AUTH
-        if not hmac.compare_digest(nonce, self._nonce):
-            return DropReason.RA_BAD_NONCE
-        if pkt.confirmation != 0:
-            return DropReason.RA_BAD_CONFIRMATION
-        origin = pkt.origin
-        if origin is None:
-            return DropReason.RA_WITHOUT_ORIGIN
-        ra = parse_ra(pkt.ipv6)
-        if isinstance(ra, DropReason):
-            return ra
-        if ra.dst != LINK_LOCAL_RESTRICTED:
-            return DropReason.RA_WRONG_DESTINATION
-        # The advertised /64 is the Teredo prefix + the *primary* server IPv4 (5.3.2), also
-        # when the answer comes from the secondary address.
-        if ra.prefix[:4] != self._prefix or ra.prefix[4:8] != self._server_bytes:
-            return DropReason.RA_WRONG_PREFIX
-        # Section 4: a global Teredo address embeds a global IPv4 mapping.
-        if not is_global_ipv4(origin[0]):
-            return DropReason.NOT_GLOBAL_IPV4
-        mtu = ra.mtu if ra.mtu is not None else IPV6_MIN_MTU
+        checked = check_ra(
+            pkt,
+            source_ipv4,
+            expected_source=expected,
+            nonce=self._nonce,
+            prefix=self._prefix,
+            server=self._server,
+        )
+        if isinstance(checked, DropReason):
+            return checked
+        origin = checked.mapping
+        mtu = checked.mtu
         self._last_contact = now
         if phase is _Phase.PRIMARY:
             if self._local is not None and origin == self._local:

@@ -80,7 +80,8 @@ class DropReason(enum.IntEnum):
     PING_RATE_LIMITED = 176  # case 6 ping tests over the global limit (CVE-2006-6266)
     PROBES_FULL = 177  # too many bubble/ping procedures running at once
     SUSPENDED = 178  # queued packets dropped after a clock jump (suspend/resume)
-    # 179-199: more client reasons
+    RA_WRONG_SOURCE = 179  # RA not from the server's link-local address (5.3.2; `teredo probe`)
+    # 180-199: more client reasons
     # --- relay machine (core/relay.py): RFC 4380 5.4.1, 5.4.2; 200-249 ---
     NOT_TEREDO_DESTINATION = 200  # 5.4.1: native packet for an address outside the Teredo prefix
     NOT_TEREDO_SOURCE = 201  # 5.4.2: a relay accepts only Teredo sources over UDP

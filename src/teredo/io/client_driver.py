@@ -939,6 +939,29 @@ class ClientDaemon:
             f"discovery {errors[2]}, configuration errors {self.tunnel.errors}"
         )
 
+    def status(self) -> dict[str, object]:
+        """The machine's status plus the I/O counters of summary(), for the control socket."""
+        with self._lock:
+            machine = self.machine
+            status: dict[str, object] = (
+                machine.status()
+                if machine is not None
+                else {"state": "resolving the server", "server": self.options.server}
+            )
+        io = getattr(self, "io", None)
+        status["send_errors"] = {
+            "udp": io.udp_errors if io is not None else 0,
+            "tun": io.tun_errors if io is not None else 0,
+            "discovery": io.discovery_errors if io is not None else 0,
+        }
+        tunnel = getattr(self, "tunnel", None)
+        status["configuration_errors"] = tunnel.errors if tunnel is not None else 0
+        status["tun"] = self.tun.name if self.tun is not None else None
+        status["local_port"] = self.local_port
+        status["local_discovery"] = self.discovery is not None
+        status["offline_reason"] = self._last_offline
+        return status
+
     def close(self) -> None:
         """Removes what the daemon created: addresses, routes, the interface, the sockets."""
         resolver = getattr(self, "resolver", None)

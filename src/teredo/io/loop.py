@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from teredo.io.control import ControlIdentity, ControlServer
 from teredo.io.udp import DatagramHandler, drain
 
 
@@ -28,9 +29,12 @@ def boottime() -> float:
 
 
 class Daemon(Protocol):
-    """What `DaemonLoop.serve` needs of a daemon: a one-line summary and a way to close."""
+    """What `DaemonLoop.serve` needs of a daemon: a one-line summary (SIGUSR1 log), its
+    structured state (JSON-serialisable, for the control socket) and a way to close."""
 
     def summary(self) -> str: ...
+
+    def status(self) -> dict[str, object]: ...
 
     def close(self) -> None: ...
 
@@ -117,15 +121,29 @@ class DaemonLoop:
         log: logging.Logger,
         on_reload: Callable[[], None],
         start: Callable[[], None] | None = None,
+        control: ControlIdentity | None = None,
     ) -> int:
         """The life of every daemon verb: `start`, then `run` with SIGUSR1 logging the
-        daemon's summary, then (however it ends) a last summary and `daemon.close()`."""
+        daemon's summary, then (however it ends) a last summary and `daemon.close()`.
+
+        With `control`, the daemon's status is served on that abstract Unix socket
+        (teredo.io.control) while it runs; a name in use costs one warning, never the daemon.
+        """
         self.loop.add_signal_handler(signal.SIGUSR1, lambda: log.info(daemon.summary()))
+        server: ControlServer | None = None
         try:
+            if control is not None:
+                server = ControlServer(control, daemon.status, self.loop)
+                problem = server.start()
+                if problem is not None:
+                    log.warning("%s: running without a status socket", problem)
+                    server = None
             if start is not None:
                 start()
             return self.run(on_reload=on_reload)
         finally:
+            if server is not None:
+                server.close()
             self.loop.remove_signal_handler(signal.SIGUSR1)
             log.info("stopping: %s", daemon.summary())
             daemon.close()

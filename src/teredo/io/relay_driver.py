@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import TypeVar
 
 from pyroute2 import IPRoute
@@ -448,6 +448,32 @@ class RelayDaemon:
         with self.lock:
             summary = self.machine.summary()
         return f"{summary}, send errors {errors}, data path faults {self.data_path_errors}"
+
+    def status(self) -> dict[str, object]:
+        """Peer table, counters, drops and the I/O faults of summary(), for the control socket."""
+        with self.lock:
+            machine = self.machine
+            t = machine.peers.stats()
+            counters: dict[str, object] = dict(asdict(machine.stats))
+            drops = machine.drops.snapshot()
+            host_specific = machine.params.host_specific
+        return {
+            "local": f"{self.local[0]}:{self.local[1]}",
+            "tun": self.tun.name,
+            "prefix": self.endpoint.prefix,
+            "host_specific": host_specific,
+            "peers": t.size,
+            "capacity": t.capacity,
+            "trusted_peers": t.trusted,
+            "pending_peers": t.untrusted,
+            "queued_bytes": t.queued_bytes,
+            "evicted": t.evicted_untrusted + t.evicted_trusted,
+            "refused": t.refused,
+            "counters": counters,
+            "send_errors": {"udp": self.output.udp_errors, "tun": self.output.tun_errors},
+            "data_path_faults": self.data_path_errors,
+            "drops": drops,
+        }
 
     def close(self) -> None:
         while self._opened:

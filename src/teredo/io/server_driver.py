@@ -179,6 +179,28 @@ class ServerDaemon:
             f"drops {drops or 'none'}"
         )
 
+    def status(self) -> dict[str, object]:
+        """Counters of summary() by name, for the control socket."""
+        machine = self.machine
+        stats = machine.stats
+        params = machine.params
+        return {
+            "addresses": [
+                socket.inet_ntoa(ip.to_bytes(4, "big")) for ip in (params.primary, params.secondary)
+            ],
+            "prefix": socket.inet_ntop(socket.AF_INET6, params.prefix + bytes(12)) + "/32",
+            "mtu": params.mtu,
+            "router_advertisements": stats.router_advertisements,
+            "bubbles_forwarded": stats.bubbles_forwarded,
+            "packets_forwarded": stats.packets_forwarded,
+            "native_forwarded": stats.native_forwarded,
+            "send_errors": {
+                "udp": self.transmit.udp_errors,
+                "native": self.transmit.native_errors,
+            },
+            "drops": machine.drops.snapshot(),
+        }
+
     def close(self) -> None:
         for sock in (self.primary, self.secondary):
             self.loop.remove_reader(sock.fileno())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
@@ -13,7 +14,15 @@ from teredo.lab.nat import NatKind
 from teredo.lab.roles import Impl
 from teredo.lab.system import LabError
 from teredo.lab.teredoaddr import TeredoInfo
-from teredo.lab.topology import NATIVE_V6, RELAY_V4, SERVER_V4, SERVER_V4_2, Lab, ping_counts
+from teredo.lab.topology import (
+    NATIVE_V6,
+    RELAY_V4,
+    SERVER_V4,
+    SERVER_V4_2,
+    Lab,
+    ping_counts,
+    status_line,
+)
 
 DEFAULT_NATS = (
     NatKind.PORT_RESTRICTED,
@@ -35,6 +44,8 @@ TOPOLOGY = """\
    2001:db8:2::10                      client n 192.168.n.2
   2001::/32 is routed to the relay; each client's Teredo interface is called teredo"""
 
+# A lab address on the servers' segment where no host exists: the probe must find it dead.
+DEAD_SERVER_V4 = "198.51.100.99"
 _LOG_STAMP = re.compile(r"^[\d-]+ [\d:,]+ [A-Z]+ ")  # "2026-11-27 04:37:08,233 WARNING "
 _RTT_RE = re.compile(r"= [\d.]+/([\d.]+)/")
 
@@ -182,6 +193,15 @@ def run_demo(
             )
             out(f"    {got}/{sent} replies, {rtt}")
             results.append((f"native -> client{last}", got > 0, f"{got}/{sent}"))
+        _show_status(
+            lab,
+            infos,
+            clients=clients,
+            impls=(server_impl, relay_impl),
+            results=results,
+            out=out,
+        )
+        _show_probe(lab, results, out)
         out("")
         out("== summary ==")
         width = max(len(name) for name, _, _ in results) if results else 10
@@ -196,3 +216,68 @@ def run_demo(
         leftovers = lab.down()
         out("    nothing left behind" if not leftovers else f"    LEFT: {', '.join(leftovers)}")
         signal.signal(signal.SIGTERM, old_term)
+
+
+def _teredo(lab: Lab, host: str, *args: str) -> tuple[int, list[str]]:
+    """Runs `teredo ARGS` in `host`'s namespace: exit status and output lines."""
+    done = lab.exec(host, [sys.executable, "-m", "teredo", *args], check=False, timeout=30)
+    return done.returncode, (done.stdout + done.stderr).rstrip().splitlines()
+
+
+def _show_status(
+    lab: Lab,
+    infos: dict[int, TeredoInfo],
+    *,
+    clients: Sequence[Impl],
+    impls: tuple[Impl, Impl],
+    results: list[tuple[str, bool, str]],
+    out: Callable[[str], None],
+) -> None:
+    """`teredo status` in the namespaces of our daemons: what they say of themselves."""
+    ours = [i for i in sorted(infos) if clients[i - 1] is Impl.TEREDO]
+    hosts = [f"client{ours[0]}"] if ours else []
+    server_impl, relay_impl = impls
+    hosts += [
+        h for h, impl in (("relay", relay_impl), ("server", server_impl)) if impl is Impl.TEREDO
+    ]
+    if not hosts:
+        return
+    out("[6] teredo status: each of our daemons tells its state through its control socket")
+    for host in hosts:
+        code, lines = _teredo(lab, host, "status")
+        out(f"    # ip netns exec {lab.ns(host)} teredo status")
+        for line in lines:
+            out(f"    {line}")
+        docs = lab.daemon_status(host) or []
+        if host.startswith("client"):
+            index = int(host.removeprefix("client"))
+            st = docs[0].get("status", {}) if docs else {}
+            state, address = st.get("state"), st.get("address")
+            ok = code == 0 and state == "qualified" and address == str(infos[index].address)
+            results.append((f"{host} status", ok, f"{state}, {address}"))
+        else:
+            detail = status_line(docs[0]) if docs else f"exit {code}, no answer"
+            results.append((f"{host} status", code == 0 and bool(docs), detail))
+
+
+def _show_probe(lab: Lab, results: list[tuple[str, bool, str]], out: Callable[[str], None]) -> None:
+    """`teredo probe` from behind a cone-type NAT and a symmetric one: reach, RTT, NAT type."""
+    cone = next((s for s in lab.sites if s.nat is NatKind.PORT_RESTRICTED), None)
+    cone = cone or next((s for s in lab.sites if s.nat is not NatKind.SYMMETRIC), None)
+    symmetric = next((s for s in lab.sites if s.nat is NatKind.SYMMETRIC), None)
+    sites = [s for s in (cone, symmetric) if s is not None]
+    if not sites:
+        return
+    out(f"[7] teredo probe: which server to use, and what the NAT is ({DEAD_SERVER_V4}: no host)")
+    for site in sites:
+        args = ("probe", "--rounds", "2", "--timeout", "0.5", SERVER_V4, DEAD_SERVER_V4)
+        code, lines = _teredo(lab, site.client_host, *args)
+        out(f"    # ip netns exec {lab.ns(site.client_host)} teredo {' '.join(args)}")
+        for line in lines:
+            out(f"    {line}")
+        best = lines[-1] if lines else ""
+        if site.nat is NatKind.SYMMETRIC:
+            ok = code == 1 and "symmetric" in best
+        else:
+            ok = code == 0 and best.startswith(f"best: {SERVER_V4} ")
+        results.append((f"probe from behind {site.nat.value}", ok, best.split(" (")[0]))

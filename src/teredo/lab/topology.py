@@ -21,6 +21,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -593,13 +594,75 @@ class Lab:
                 }
             )
         procs = [{**r.to_json(), "alive": r.alive()} for r in self.procs]
+        daemons = []
+        for host in self.hosts():
+            if self.ns(host) in existing and self._runs_our_daemon(host):
+                docs = self.daemon_status(host)
+                if docs is not None:
+                    daemons.append(
+                        {"host": host, "summary": "; ".join(map(status_line, docs)), "docs": docs}
+                    )
         return {
             "prefix": self.prefix,
             "hosts": hosts,
             "sites": sites,
             "procs": procs,
+            "daemons": daemons,
             "stray_namespaces": sorted(existing - {self.ns(h) for h in self.hosts()}),
         }
+
+    def _runs_our_daemon(self, host: str) -> bool:
+        return any(r.host == host and r.impl == Impl.TEREDO.value and r.alive() for r in self.procs)
+
+    def daemon_status(self, host: str, timeout: float = 5.0) -> list[dict[str, Any]] | None:
+        """What `teredo status --json` says in `host`'s namespace (our daemons' control
+        sockets), or None when nothing answers there (a Miredo host, a daemon starting)."""
+        try:
+            proc = self.exec(
+                host,
+                [sys.executable, "-m", "teredo", "status", "--json", "--timeout", "1"],
+                timeout=timeout,
+                check=False,
+            )
+        except (LabError, OSError, subprocess.SubprocessError):
+            return None
+        if proc.returncode != 0:
+            return None
+        try:
+            docs = json.loads(proc.stdout)
+        except ValueError:
+            return None
+        if not isinstance(docs, list):
+            return None
+        return [d for d in docs if isinstance(d, dict)]
+
+
+def status_line(doc: dict[str, Any]) -> str:
+    """One short line of a daemon's status document (for `teredo lab status`)."""
+    st = doc.get("status")
+    st = st if isinstance(st, dict) else {}
+    drops = st.get("drops")
+    dropped = sum(v for v in drops.values() if isinstance(v, int)) if isinstance(drops, dict) else 0
+    role = doc.get("role")
+    if role == "client":
+        text = f"client {st.get('state')} {st.get('address') or ''} NAT {st.get('nat')}"
+    elif role == "server":
+        text = (
+            f"server RAs {st.get('router_advertisements')}, bubbles {st.get('bubbles_forwarded')}"
+            f", packets {st.get('packets_forwarded')}, native {st.get('native_forwarded')}"
+        )
+    elif role == "relay":
+        counters = st.get("counters")
+        c = counters if isinstance(counters, dict) else {}
+        text = (
+            f"relay peers {st.get('peers')}/{st.get('capacity')} ({st.get('trusted_peers')} "
+            f"trusted), to teredo {c.get('to_teredo')}, from teredo {c.get('from_teredo')}"
+        )
+    else:
+        text = str(role)
+    if doc.get("error"):
+        text += f" (error: {doc['error']})"
+    return " ".join(text.split()) + f", drops {dropped}"
 
 
 def _check_tools() -> None:
