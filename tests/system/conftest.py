@@ -48,6 +48,13 @@ def namespaces(prefix: str) -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.startswith(prefix)]
 
 
+def tear_down(lab: Lab) -> None:
+    """Takes `lab` down and checks that nothing of it is left: namespaces, processes, state."""
+    pids = [r.pid for r in lab.procs]
+    lab.down()
+    assert_nothing_left(lab.prefix, pids)
+
+
 def assert_nothing_left(prefix: str, pids: list[int]) -> None:
     """No namespace of `prefix`, none of `pids` alive, no state directory."""
     assert namespaces(prefix) == [], f"namespaces left behind: {namespaces(prefix)}"
@@ -67,10 +74,10 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture
 def lab_factory() -> Iterator[list[Lab]]:
-    """Labs created by a test are taken down after it, whatever happens."""
+    """Labs a test appends here are taken down after it, whatever happens, and checked."""
     labs: list[Lab] = []
     try:
         yield labs
     finally:
         for lab in labs:
-            lab.down()
+            tear_down(lab)

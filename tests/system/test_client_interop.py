@@ -37,7 +37,7 @@ from teredo.lab.system import ProcRecord
 from teredo.lab.teredoaddr import TeredoInfo
 from teredo.lab.topology import NATIVE_V6, RELAY_V4, SERVER_V4, Lab, ping_counts
 
-from .conftest import assert_nothing_left, prefix_for
+from .conftest import prefix_for, tear_down
 
 pytestmark = pytest.mark.system
 
@@ -150,12 +150,6 @@ def nat_outside_tx(lab: Lab, nat_host: str) -> int:
     return int(out)
 
 
-def finish(lab: Lab) -> None:
-    pids = [r.pid for r in lab.procs]
-    lab.down()
-    assert_nothing_left(lab.prefix, pids)
-
-
 # --------------------------------------------------------------------------- Miredo lab
 
 
@@ -171,7 +165,7 @@ def lab() -> Iterator[Lab]:
         watch.install(lab)
         yield lab
     finally:
-        finish(lab)
+        tear_down(lab)
 
 
 @pytest.mark.parametrize("index", [1, 2, 3, 4], ids=[k.value for k, _ in SITES[:4]])
@@ -294,7 +288,7 @@ def own_lab() -> Iterator[Lab]:
         lab.up()
         yield lab
     finally:
-        finish(lab)
+        tear_down(lab)
 
 
 def test_qualifies_with_our_server_and_pings_native(own_lab: Lab) -> None:
@@ -502,7 +496,7 @@ def fault_lab() -> Iterator[Lab]:
         lab.up()
         yield lab
     finally:
-        finish(lab)
+        tear_down(lab)
 
 
 REFRESH = 5.0

@@ -15,7 +15,7 @@ from teredo.lab.nat import NatKind
 from teredo.lab.topology import Lab, Site
 from teredo.lab.udpprobe import ProbeAgent, send_from, start_reflector
 
-from .conftest import assert_nothing_left, prefix_for
+from .conftest import prefix_for, tear_down
 
 pytestmark = pytest.mark.system
 
@@ -38,9 +38,7 @@ def lab() -> Iterator[Lab]:
         start_reflector(lab, "relay", [RELAY])
         yield lab
     finally:
-        pids = [r.pid for r in lab.procs]
-        lab.down()
-        assert_nothing_left(lab.prefix, pids)
+        tear_down(lab)
 
 
 def _site(lab: Lab, kind: NatKind) -> Site:

@@ -24,7 +24,7 @@ from teredo.lab.nat import NatKind
 from teredo.lab.roles import Impl, Role
 from teredo.lab.topology import SERVER_V4, SERVER_V4_2, Lab
 
-from .conftest import assert_nothing_left, prefix_for
+from .conftest import prefix_for, tear_down
 
 pytestmark = pytest.mark.system
 
@@ -48,9 +48,7 @@ def lab() -> Iterator[Lab]:
         lab.up()
         yield lab
     finally:
-        pids = [r.pid for r in lab.procs]
-        lab.down()
-        assert_nothing_left(lab.prefix, pids)
+        tear_down(lab)
 
 
 def wait_server_listening(lab: Lab, timeout: float = 10.0) -> None:

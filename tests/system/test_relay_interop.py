@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,7 @@ from teredo.lab.roles import RELAY_PORT, TUN_NAME, Role, config_text
 from teredo.lab.system import LabError
 from teredo.lab.topology import NATIVE_V4, NATIVE_V6, RELAY_V4, SERVER_V4, Lab, ping_counts
 
-from .conftest import assert_nothing_left, prefix_for
+from .conftest import prefix_for
 
 pytestmark = pytest.mark.system
 
@@ -195,27 +194,15 @@ def _stop(proc: subprocess.Popen[bytes], lab: Lab, host: str) -> None:
     assert link.returncode != 0, f"{TUN_NAME} still exists after SIGTERM: {link.stdout}"
 
 
-@pytest.fixture
-def lab_down() -> Iterator[list[Lab]]:
-    labs: list[Lab] = []
-    try:
-        yield labs
-    finally:
-        for lab in labs:
-            pids = [r.pid for r in lab.procs]
-            lab.down()
-            assert_nothing_left(lab.prefix, pids)
-
-
 @pytest.mark.parametrize("server_impl", ["miredo", "teredo"])
-def test_miredo_client_through_our_relay(lab_down: list[Lab], server_impl: str) -> None:
+def test_miredo_client_through_our_relay(lab_factory: list[Lab], server_impl: str) -> None:
     lab = Lab(
         prefix_for("y" if server_impl == "miredo" else "z"),
         [NatKind.PORT_RESTRICTED],
         server_impl=server_impl,
         relay_impl=None,
     )
-    lab_down.append(lab)
+    lab_factory.append(lab)
     lab.up()
     relay_conf = config_text(Role.RELAY, server=SERVER_V4, relay=RELAY_V4)
     relay = _start_our_relay(lab, "relay", relay_conf, "--peers", str(FLOOD_PEERS))
@@ -282,7 +269,7 @@ def test_miredo_client_through_our_relay(lab_down: list[Lab], server_impl: str) 
     _stop(relay, lab, "relay")
 
 
-def test_host_specific_relay_talks_to_miredo_client_directly(lab_down: list[Lab]) -> None:
+def test_host_specific_relay_talks_to_miredo_client_directly(lab_factory: list[Lab]) -> None:
     lab = Lab(
         prefix_for("k"),
         [NatKind.PORT_RESTRICTED],
@@ -290,7 +277,7 @@ def test_host_specific_relay_talks_to_miredo_client_directly(lab_down: list[Lab]
         relay_impl=None,
         native_ipv4=True,
     )
-    lab_down.append(lab)
+    lab_factory.append(lab)
     lab.up()
     conf = f"RelayType host\nInterfaceName {TUN_NAME}\nBindAddress {NATIVE_V4}\n"
     conf += f"BindPort {RELAY_PORT}\n"

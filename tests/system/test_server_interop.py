@@ -25,7 +25,7 @@ from teredo.lab.roles import Role
 from teredo.lab.teredoaddr import TeredoInfo
 from teredo.lab.topology import NATIVE_V6, SERVER_V4, Lab, ping_counts
 
-from .conftest import assert_nothing_left, prefix_for
+from .conftest import prefix_for, tear_down
 
 pytestmark = pytest.mark.system
 
@@ -59,9 +59,7 @@ def lab() -> Iterator[Lab]:
         watch.install(lab)
         yield lab
     finally:
-        pids = [r.pid for r in lab.procs]
-        lab.down()
-        assert_nothing_left(lab.prefix, pids)
+        tear_down(lab)
 
 
 def _server_alive(lab: Lab) -> None:

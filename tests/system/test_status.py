@@ -19,7 +19,7 @@ from teredo.lab.nat import NatKind
 from teredo.lab.roles import Impl
 from teredo.lab.topology import SERVER_V4, Lab, ping_counts
 
-from .conftest import assert_nothing_left, prefix_for
+from .conftest import prefix_for, tear_down
 
 pytestmark = pytest.mark.system
 
@@ -39,9 +39,7 @@ def lab() -> Iterator[Lab]:
         lab.up()
         yield lab
     finally:
-        pids = [r.pid for r in lab.procs]
-        lab.down()
-        assert_nothing_left(lab.prefix, pids)
+        tear_down(lab)
 
 
 def status(lab: Lab, host: str, *extra: str) -> subprocess.CompletedProcess[str]:
