@@ -40,3 +40,7 @@ if [[ ! -e $stamp || pyproject.toml -nt $stamp ]]; then
     .venv/bin/python -m pip install -q -e '.[test]'
     touch "$stamp"
 fi
+# An editable install has no bytecode, and environments with PYTHONDONTWRITEBYTECODE set never
+# write it: every daemon the lab starts would compile the package again (about 100 ms of its
+# start-up). Stale files are harmless: Python checks each against its source.
+.venv/bin/python -m compileall -q src
