@@ -417,6 +417,34 @@ def test_refresh_rs_after_the_randomized_interval_of_silence() -> None:
     assert due + 0.1 + 22.5 <= nxt <= due + 0.1 + 30.0
 
 
+def test_new_refresh_interval_keeps_the_address_and_reschedules() -> None:
+    client, out, _e = qualified_client()
+    address = client.address
+    assert refresh_due(client) >= T0 + 0.1 + 22.5
+    # SIGHUP with a 10 s interval: the next refresh falls in 7.5-10 s after the last contact.
+    client.set_refresh_interval(10.0, T0 + 1.0)
+    due = refresh_due(client)
+    assert T0 + 0.1 + 7.5 <= due <= T0 + 0.1 + 10.0
+    assert client.address == address
+    assert client.state is ClientState.QUALIFIED
+    assert events(client) == []
+    client.handle_timer(due)
+    [(_payload, dest)] = out.udp
+    assert dest == SRV
+    # Later than the new deadline already: the refresh is due at once, not in the past.
+    client.set_refresh_interval(10.0, T0 + 50.0)  # unchanged: nothing moves
+    with pytest.raises(ValueError, match="refresh interval"):
+        client.set_refresh_interval(0.0, T0 + 50.0)
+
+
+def test_shorter_interval_past_due_refreshes_now() -> None:
+    client, out, _e = qualified_client()
+    client.set_refresh_interval(2.0, T0 + 20.0)
+    assert refresh_due(client) == T0 + 20.0
+    client.handle_timer(T0 + 20.0)
+    assert [dest for _p, dest in out.udp] == [SRV]
+
+
 def test_contact_from_the_server_postpones_the_refresh() -> None:
     client, out, event = qualified_client()
     due = refresh_due(client)

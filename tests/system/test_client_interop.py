@@ -322,9 +322,17 @@ def test_daemon_contract_hook_signals_cleanup(own_lab: Lab, tmp_path: Path) -> N
     os.kill(record.pid, signal.SIGHUP)
     wait_for("reload", lambda: "address kept" in log_text(own_lab, host), 10, own_lab, host)
     assert own_lab.teredo_address(2) == info, "SIGHUP with the same server keeps the address"
-    # A new port in the file: a new socket, hence a new mapping and a new address.
+    # A new refresh interval applies at once and keeps the address too.
     conf = own_lab.state_dir / f"{host}.conf"
-    conf.write_text(conf.read_text() + "BindPort 3600\n")
+    plain = conf.read_text()
+    conf.write_text(plain + "RefreshInterval 5\n")
+    os.kill(record.pid, signal.SIGHUP)
+    wait_for("reload", lambda: "refresh interval 5 s" in log_text(own_lab, host), 10, own_lab, host)
+    assert own_lab.teredo_address(2) == info, "a new refresh interval keeps the address"
+    [doc] = own_lab.daemon_status(host) or [{}]
+    assert 3.75 <= doc["status"]["refresh_interval"] <= 5.0, doc
+    # A new port in the file: a new socket, hence a new mapping and a new address.
+    conf.write_text(plain + "BindPort 3600\n")
     os.kill(record.pid, signal.SIGHUP)
     wait_for(
         "a new address after SIGHUP",

@@ -28,7 +28,7 @@ import hmac
 import ipaddress
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from socket import inet_aton, inet_ntoa
 from typing import Protocol
 
@@ -389,6 +389,23 @@ class ClientMachine:
             self._go_offline("the server address changed", now, retry_at=now, resolve=False)
         elif self.state is ClientState.QUALIFYING:
             self._begin_qualification(now)
+
+    def set_refresh_interval(self, interval: float, now: float) -> None:
+        """A new refresh interval (SIGHUP), applied without a new qualification.
+
+        The address stays (the random flags belong to the mapping, not to the interval); while
+        maintaining, the next refresh is drawn again in the new range from the last contact
+        (RFC 4380 section 5.2.5, RFC 6081 section 5.1.1), so a shorter interval acts at once.
+        """
+        if interval <= 0:
+            raise ValueError("the refresh interval must be > 0")
+        if interval == self.params.refresh_interval:
+            return
+        self.params = replace(self.params, refresh_interval=interval)
+        if self._phase is _Phase.MAINTAIN:
+            self._schedule_refresh(self._last_contact)
+            if self._deadline is not None and self._deadline < now:
+                self._deadline = now
 
     # --- events and timers ----------------------------------------------------------------------
 

@@ -883,15 +883,19 @@ class ClientDaemon:
                 self.loop.stop(EXIT_FAILED)
                 return "failed: the new socket cannot be opened"
             return "reloaded: new socket or prefix, qualifying again" + _joined(notes)
-        fixed = ("refresh_interval", "local_discovery")
-        pending = [n for n in fixed if getattr(options, n) != getattr(old, n)]
-        if pending:
-            # ClientParams are fixed for the machine's life; a new machine would draw new
-            # random flags, hence a new address, for a change that does not need one.
-            notes.append(f"{' and '.join(pending)} take effect at the next restart")
+        if options.refresh_interval != old.refresh_interval:
+            with self._lock:
+                if self.machine is not None:
+                    self.machine.set_refresh_interval(options.refresh_interval, self.loop.clock())
+            notes.append(f"refresh interval {options.refresh_interval:g} s")
+        if options.local_discovery != old.local_discovery:
+            # Discovery needs its multicast socket opened or closed and a new machine, which
+            # would draw new random flags, hence a new address, for a change that needs none.
+            notes.append("local discovery takes effect at the next restart")
         if (options.server, options.server2) != (old.server, old.server2):
             self.resolver.request(options.server, options.server2)
             return f"reloaded: new server {options.server}, qualifying again" + _joined(notes)
+        self._after_input()  # a shorter refresh interval may need an earlier timer
         return "reloaded: server unchanged, address kept" + _joined(notes)
 
     def _set_hook(self, path: str | None) -> None:
