@@ -888,10 +888,8 @@ class ClientDaemon:
                 if self.machine is not None:
                     self.machine.set_refresh_interval(options.refresh_interval, self.loop.clock())
             notes.append(f"refresh interval {options.refresh_interval:g} s")
-        if options.local_discovery != old.local_discovery:
-            # Discovery needs its multicast socket opened or closed and a new machine, which
-            # would draw new random flags, hence a new address, for a change that needs none.
-            notes.append("local discovery takes effect at the next restart")
+        # Local discovery is set by a flag only (LocalDiscovery is not a Miredo 1.2.6
+        # directive), and flags do not change on SIGHUP: nothing to apply here.
         if (options.server, options.server2) != (old.server, old.server2):
             self.resolver.request(options.server, options.server2)
             return f"reloaded: new server {options.server}, qualifying again" + _joined(notes)
