@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from teredo.lab.topology import STATE_ROOT, Lab
+from teredo.lab.topology import STATE_ROOT, Lab, ping_counts
 
 
 def _missing_prerequisites() -> list[str]:
@@ -46,6 +46,13 @@ def prefix_for(tag: str) -> str:
 def namespaces(prefix: str) -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     return [line.split()[0] for line in out.splitlines() if line.startswith(prefix)]
+
+
+def received(ping_output: str) -> int:
+    """Echo replies a `ping` run received, from its summary line (fails on other output)."""
+    counts = ping_counts(ping_output)
+    assert counts, f"unexpected ping output: {ping_output!r}"
+    return counts[1]
 
 
 def tear_down(lab: Lab) -> None:

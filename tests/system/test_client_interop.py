@@ -35,9 +35,9 @@ from teredo.lab.nat import NatKind
 from teredo.lab.roles import Impl, Role, config_text
 from teredo.lab.system import ProcRecord
 from teredo.lab.teredoaddr import TeredoInfo
-from teredo.lab.topology import NATIVE_V6, RELAY_V4, SERVER_V4, Lab, ping_counts
+from teredo.lab.topology import NATIVE_V6, RELAY_V4, SERVER_V4, Lab
 
-from .conftest import prefix_for, tear_down
+from .conftest import prefix_for, received, tear_down
 
 pytestmark = pytest.mark.system
 
@@ -126,12 +126,6 @@ def wait_for(what: str, check: Callable[[], object], timeout: float, lab: Lab, h
         time.sleep(0.2)
 
 
-def received(ping: subprocess.CompletedProcess[str]) -> int:
-    counts = ping_counts(ping.stdout)
-    assert counts, f"unexpected ping output: {ping.stdout!r} {ping.stderr!r}"
-    return counts[1]
-
-
 def global_addresses(lab: Lab, host: str) -> list[str]:
     out = lab.exec(
         host, ["ip", "-6", "-o", "addr", "show", "dev", "teredo", "scope", "global"], check=False
@@ -205,12 +199,12 @@ def test_port_restricted_clients_ping_directly(lab: Lab, a: int, b: int) -> None
     before = watch.read(lab)
     ping = lab.ping(f"client{a}", str(ib.address), count=5, deadline=15)
     after = watch.read(lab)
-    assert received(ping) >= 4, ping.stdout
+    assert received(ping.stdout) >= 4, ping.stdout
     # RFC 4380 section 5.2.4 case 5: bubbles through the server, the data directly.
     assert after["bubbles"] > before["bubbles"], "no indirect bubble went through the server"
     assert after["echo"] == before["echo"], f"echo packets went through the server: {after}"
     back = lab.ping(f"client{b}", str(ia.address), count=4, deadline=10)
-    assert received(back) >= 3, back.stdout
+    assert received(back.stdout) >= 3, back.stdout
     assert watch.read(lab)["echo"] == before["echo"]
 
 
@@ -218,9 +212,9 @@ def test_pings_native_host_both_ways_through_relay(lab: Lab) -> None:
     info = lab.wait_qualified(4, timeout=QUALIFY_TIMEOUT)
     rx0, tx0 = relay_packets(lab)
     out = lab.ping("client4", NATIVE_V6, count=4, deadline=15)
-    assert received(out) >= 3, out.stdout
+    assert received(out.stdout) >= 3, out.stdout
     back = lab.ping("native", str(info.address), count=4, deadline=15)
-    assert received(back) >= 3, back.stdout
+    assert received(back.stdout) >= 3, back.stdout
     rx, tx = relay_packets(lab)
     assert rx - rx0 >= 6, "requests and replies from the client did not pass the relay"
     assert tx - tx0 >= 6, "packets for the client did not pass the relay"
@@ -295,9 +289,9 @@ def test_qualifies_with_our_server_and_pings_native(own_lab: Lab) -> None:
     info = own_lab.wait_qualified(1, timeout=QUALIFY_TIMEOUT)
     assert str(info.mapped_ip) == own_lab.site(1).public_ip
     ping = own_lab.ping("client1", NATIVE_V6, count=4, deadline=15)
-    assert received(ping) >= 3, ping.stdout
+    assert received(ping.stdout) >= 3, ping.stdout
     back = own_lab.ping("native", str(info.address), count=3, deadline=10)
-    assert received(back) >= 2, back.stdout
+    assert received(back.stdout) >= 2, back.stdout
 
 
 HOOK = """#!/bin/sh
@@ -370,7 +364,7 @@ def test_miredos_own_hook_works_unchanged(own_lab: Lab) -> None:
 
         wait_for("the hook's default route (metric 1029)", default_route, 10, own_lab, record.host)
         ping = own_lab.ping(record.host, NATIVE_V6, count=3, deadline=10)
-        assert received(ping) >= 2, ping.stdout
+        assert received(ping.stdout) >= 2, ping.stdout
         assert global_addresses(own_lab, record.host) == [str(info.address)]
     finally:
         os.kill(record.pid, signal.SIGTERM)
@@ -470,7 +464,7 @@ def test_two_clients_behind_one_nat_meet(own_lab: Lab) -> None:
             time.sleep(0.2)
         outside_before = nat_outside_tx(own_lab, site.nat_host)
         ping = own_lab.ping("client1", second[0], count=6, deadline=15)
-        assert received(ping) >= 5, ping.stdout + log_path.read_text()
+        assert received(ping.stdout) >= 5, ping.stdout + log_path.read_text()
         # Local discovery (RFC 4380 section 5.2.8): the echoes stay on the inside link; only
         # the set-up (bubbles through the server) may leave the NAT.
         sent_out = nat_outside_tx(own_lab, site.nat_host) - outside_before
@@ -480,7 +474,7 @@ def test_two_clients_behind_one_nat_meet(own_lab: Lab) -> None:
             check=False,
             timeout=15,
         )
-        assert received(back) >= 2, back.stdout
+        assert received(back.stdout) >= 2, back.stdout
     finally:
         proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -547,7 +541,7 @@ def test_new_mapping_after_conntrack_flush(fault_lab: Lab) -> None:
     assert global_addresses(lab, host) == [str(new.address)], "the old address is retired"
     assert "address changed" in log_text(lab, host)
     ping = lab.ping(host, NATIVE_V6, count=3, deadline=10)
-    assert received(ping) >= 2, ping.stdout
+    assert received(ping.stdout) >= 2, ping.stdout
 
 
 # 10 % loss each way on the NAT's outside link. tc netem would do, but the lab kernel may lack
@@ -571,13 +565,13 @@ def test_qualifies_with_ten_percent_loss(fault_lab: Lab) -> None:
     info = lab.wait_qualified(2, timeout=QUALIFY_TIMEOUT)
     assert str(info.mapped_ip) == site.public_ip
     ping = lab.ping(site.client_host, NATIVE_V6, count=20, deadline=15)
-    if received(ping) == 0 and "unreachable" in ping.stdout:
+    if received(ping.stdout) == 0 and "unreachable" in ping.stdout:
         # Under loss a whole connectivity test (4 echo requests 2 s apart, RFC 4380 section
         # 5.2.4 case 2) can go unanswered, more so as Miredo's relay retries its bubbles only
         # when traffic comes; the client then reports the destination unreachable (ping stops
         # at that error) and runs a new test for the next packet. One more try, and no more.
         ping = lab.ping(site.client_host, NATIVE_V6, count=20, deadline=15)
-    assert received(ping) >= 8, ping.stdout
+    assert received(ping.stdout) >= 8, ping.stdout
     rules = lab.exec(site.nat_host, ["nft", "list", "table", "ip", "tlab_loss"]).stdout
     dropped = sum(int(n) for n in re.findall(r"counter packets (\d+)", rules))
     assert dropped > 0, f"the loss rules dropped nothing: {rules}"
@@ -637,4 +631,4 @@ def test_server_lost_and_back(fault_lab: Lab) -> None:
     again = lab.wait_qualified(3, timeout=QUALIFY_TIMEOUT)
     assert again.mapped_ip == info.mapped_ip
     ping = lab.ping(host, NATIVE_V6, count=3, deadline=10)
-    assert received(ping) >= 2, ping.stdout
+    assert received(ping.stdout) >= 2, ping.stdout

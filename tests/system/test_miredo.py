@@ -13,9 +13,9 @@ import pytest
 from teredo.lab import watch
 from teredo.lab.nat import NatKind
 from teredo.lab.teredoaddr import TeredoInfo
-from teredo.lab.topology import NATIVE_V6, SERVER_V4, Lab, ping_counts
+from teredo.lab.topology import NATIVE_V6, SERVER_V4, Lab
 
-from .conftest import prefix_for, tear_down
+from .conftest import prefix_for, received, tear_down
 
 pytestmark = pytest.mark.system
 
@@ -40,12 +40,6 @@ def lab() -> Iterator[Lab]:
         tear_down(lab)
 
 
-def _received(ping_output: str) -> int:
-    counts = ping_counts(ping_output)
-    assert counts, f"unexpected ping output: {ping_output!r}"
-    return counts[1]
-
-
 @pytest.mark.parametrize("index", [1, 2, 3, 4], ids=[k.value for k in KINDS[:4]])
 def test_client_qualifies_behind_cone_nat(lab: Lab, index: int) -> None:
     info = lab.wait_qualified(index, timeout=QUALIFY_TIMEOUT)
@@ -65,13 +59,13 @@ def test_port_restricted_clients_ping_directly(lab: Lab) -> None:
     before = watch.read(lab)
     ping = lab.ping("client4", str(b.address), count=5, deadline=15)
     after = watch.read(lab)
-    assert _received(ping.stdout) >= 4, ping.stdout
+    assert received(ping.stdout) >= 4, ping.stdout
     # Direct path (RFC 4380 section 5.2.4): bubbles go through the server, echo packets do not.
     assert after["bubbles"] > before["bubbles"], "the connection set-up used no indirect bubble"
     assert after["echo"] == before["echo"], f"echo packets went through the server: {after}"
     # And the reply path too: client5 -> client4 is now direct in both directions.
     ping_back = lab.ping("client5", str(a.address), count=3)
-    assert _received(ping_back.stdout) >= 2, ping_back.stdout
+    assert received(ping_back.stdout) >= 2, ping_back.stdout
     assert watch.read(lab)["echo"] == before["echo"]
 
 
@@ -80,7 +74,7 @@ def test_client_pings_native_host_through_relay(lab: Lab, index: int) -> None:
     lab.wait_qualified(index, timeout=QUALIFY_TIMEOUT)
     before = _relay_tunnel_packets(lab)
     ping = lab.ping(f"client{index}", NATIVE_V6, count=4, deadline=15)
-    assert _received(ping.stdout) >= 3, ping.stdout
+    assert received(ping.stdout) >= 3, ping.stdout
     rx, tx = (n - b for n, b in zip(_relay_tunnel_packets(lab), before, strict=True))
     # Requests come out of the relay's Teredo interface (rx), replies go into it (tx). The first
     # request may travel through the server instead (RFC 4380 section 5.2.4, the echo test).
@@ -93,7 +87,7 @@ def test_native_host_pings_client_through_relay(lab: Lab, index: int) -> None:
     info = lab.wait_qualified(index, timeout=QUALIFY_TIMEOUT)
     before = _relay_tunnel_packets(lab)
     ping = lab.ping("native", str(info.address), count=4, deadline=15)
-    assert _received(ping.stdout) >= 3, ping.stdout
+    assert received(ping.stdout) >= 3, ping.stdout
     rx, tx = (n - b for n, b in zip(_relay_tunnel_packets(lab), before, strict=True))
     assert tx >= 3, f"requests did not pass the relay (tx {tx})"
     assert rx >= 3, f"replies did not pass the relay (rx {rx})"

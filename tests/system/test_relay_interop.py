@@ -26,9 +26,9 @@ import pytest
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import RELAY_PORT, TUN_NAME, Role, config_text
 from teredo.lab.system import LabError
-from teredo.lab.topology import NATIVE_V4, NATIVE_V6, RELAY_V4, SERVER_V4, Lab, ping_counts
+from teredo.lab.topology import NATIVE_V4, NATIVE_V6, RELAY_V4, SERVER_V4, Lab
 
-from .conftest import prefix_for
+from .conftest import prefix_for, received
 
 pytestmark = pytest.mark.system
 
@@ -97,12 +97,6 @@ for i in range(count):
     sock.sendto(b"flood", (socket.inet_ntop(socket.AF_INET6, addr), 9))
 print(count, flush=True)
 """
-
-
-def _received(ping_output: str) -> int:
-    counts = ping_counts(ping_output)
-    assert counts, f"unexpected ping output: {ping_output!r}"
-    return counts[1]
 
 
 def _start_our_relay(lab: Lab, host: str, config: str, *extra: str) -> subprocess.Popen[bytes]:
@@ -211,14 +205,14 @@ def test_miredo_client_through_our_relay(lab_factory: list[Lab], server_impl: st
     # The native host first: the relay has no entry, bubbles through the client's server and
     # waits for the client's direct bubble (RFC 4380 section 5.4.1).
     ping = lab.ping("native", str(info.address), count=4, deadline=15)
-    assert _received(ping.stdout) >= 3, ping.stdout
+    assert received(ping.stdout) >= 3, ping.stdout
     first = _summary(lab, "relay", relay)
     assert first["bubbles"] >= 1, first
     assert first["trusted"] == 1, first
     assert first["from_teredo"] >= 3, first
 
     ping = lab.ping("client1", NATIVE_V6, count=4, deadline=15)
-    assert _received(ping.stdout) >= 3, ping.stdout
+    assert received(ping.stdout) >= 3, ping.stdout
 
     _transfer(lab, "native", "client1", str(info.address), seed=1)
     _transfer(lab, "client1", "native", NATIVE_V6, seed=2)
@@ -242,7 +236,7 @@ def test_miredo_client_through_our_relay(lab_factory: list[Lab], server_impl: st
         if pinger.poll() is None:
             pinger.kill()
             pinger.wait(5)
-    assert _received(out) >= 9, out
+    assert received(out) >= 9, out
     after = _summary(lab, "relay", relay)
     assert after["evicted"] > 0, f"the flood did not fill the table: {after}"
     assert after["size"] <= FLOOD_PEERS, after
@@ -288,9 +282,9 @@ def test_host_specific_relay_talks_to_miredo_client_directly(lab_factory: list[L
     assert f"'{NATIVE_V6}'" in served.group(1), served.group(0)
 
     ping = lab.ping("native", str(info.address), count=4, deadline=15)
-    assert _received(ping.stdout) >= 3, ping.stdout
+    assert received(ping.stdout) >= 3, ping.stdout
     ping = lab.ping("client1", NATIVE_V6, count=4, deadline=15)
-    assert _received(ping.stdout) >= 3, ping.stdout
+    assert received(ping.stdout) >= 3, ping.stdout
     _transfer(lab, "client1", "native", NATIVE_V6, seed=3)
     _transfer(lab, "native", "client1", str(info.address), seed=4)
 
@@ -302,7 +296,7 @@ def test_host_specific_relay_talks_to_miredo_client_directly(lab_factory: list[L
         assert time.monotonic() < deadline, f"{extra} not learnt:\n{_log(lab, 'native')}"
         time.sleep(0.1)
     ping = lab.ping("client1", extra, count=3, deadline=15)
-    assert _received(ping.stdout) >= 2, ping.stdout
+    assert received(ping.stdout) >= 2, ping.stdout
 
     counters = _summary(lab, "native", host)
     assert counters["from_teredo"] > TRANSFER_BYTES // 1280, counters

@@ -23,9 +23,9 @@ from teredo.lab import watch
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import Role
 from teredo.lab.teredoaddr import TeredoInfo
-from teredo.lab.topology import NATIVE_V6, SERVER_V4, Lab, ping_counts
+from teredo.lab.topology import NATIVE_V6, SERVER_V4, Lab
 
-from .conftest import prefix_for, tear_down
+from .conftest import prefix_for, received, tear_down
 
 pytestmark = pytest.mark.system
 
@@ -68,12 +68,6 @@ def _server_alive(lab: Lab) -> None:
     assert all(r.alive() for r in recs), f"our server died:\n{lab.log_tail('server')}"
 
 
-def _received(ping_output: str) -> int:
-    counts = ping_counts(ping_output)
-    assert counts, f"unexpected ping output: {ping_output!r}"
-    return counts[1]
-
-
 @pytest.mark.parametrize("index", [1, 2, 3, 4], ids=[k.value for k in KINDS[:4]])
 def test_miredo_client_qualifies_through_our_server(lab: Lab, index: int) -> None:
     info = lab.wait_qualified(index, timeout=QUALIFY_TIMEOUT)
@@ -95,12 +89,12 @@ def test_port_restricted_clients_ping_through_forwarded_bubbles(lab: Lab) -> Non
     before = watch.read(lab)
     ping = lab.ping("client4", str(b.address), count=5, deadline=15)
     after = watch.read(lab)
-    assert _received(ping.stdout) >= 4, ping.stdout + lab.log_tail("server")
+    assert received(ping.stdout) >= 4, ping.stdout + lab.log_tail("server")
     # RFC 4380 section 5.2.4: the indirect bubble goes through the server, the data does not.
     assert after["bubbles"] > before["bubbles"], "no bubble went through the server"
     assert after["echo"] == before["echo"], f"echo data went through the server: {after}"
     back = lab.ping("client5", str(a.address), count=3)
-    assert _received(back.stdout) >= 2, back.stdout
+    assert received(back.stdout) >= 2, back.stdout
     assert watch.read(lab)["echo"] == before["echo"]
 
 
@@ -109,7 +103,7 @@ def test_miredo_client_reaches_native_host_via_our_server_and_miredo_relay(lab: 
     before = watch.read(lab)
     ping = lab.ping("client2", NATIVE_V6, count=4, deadline=15)
     after = watch.read(lab)
-    assert _received(ping.stdout) >= 3, ping.stdout + lab.log_tail("server")
+    assert received(ping.stdout) >= 3, ping.stdout + lab.log_tail("server")
     # RFC 4380 section 5.2.9: the first echo request to a native host is the client's ping
     # test, sent through the server, which sends it on natively (raw IPv6 socket).
     assert after["echo"] > before["echo"], "the ping test did not go through the server"
