@@ -18,7 +18,7 @@ import pytest
 
 from teredo.cli import status as status_verb
 from teredo.cli.main import build_parser, main
-from teredo.cli.options import EXIT_CONFIG, control_name
+from teredo.cli.options import EXIT_CONFIG, control_identity, control_name
 from teredo.io.control import ControlIdentity, ControlServer
 
 CLIENT_STATUS: dict[str, object] = {
@@ -228,18 +228,18 @@ def test_daemon_verbs_take_control_flags(verb: str) -> None:
 
 
 def test_server_workers_get_one_name_each() -> None:
-    from teredo.cli.server import _control
-
     parser = build_parser()
     plain = parser.parse_args(["server", "--workers", "2"])
-    one = _control(plain, None)
+    one = control_identity(plain, "server")
     assert one is not None
     assert (one.name, one.role, one.worker) == ("teredo/server", "server", None)
-    second = _control(plain, 1)
+    second = control_identity(plain, "server", worker=1)
     assert second is not None
     assert (second.name, second.worker) == ("teredo/server/1", 1)
     named = parser.parse_args(["server", "--workers", "2", "--control", "lab/srv"])
-    worker = _control(named, 0)
+    worker = control_identity(named, "server", worker=0)
     assert worker is not None
     assert worker.name == "lab/srv/0"
-    assert _control(parser.parse_args(["server", "--no-control"]), 0) is None
+    assert (
+        control_identity(parser.parse_args(["server", "--no-control"]), "server", worker=0) is None
+    )

@@ -12,13 +12,12 @@ from teredo.cli.options import (
     PidFileError,
     add_daemon_arguments,
     configure_logging,
-    control_name,
+    control_identity,
     load_settings,
     report_config_error,
 )
 from teredo.core.config import ClientSettings, ConfigError, Role
 from teredo.io.client_driver import ClientDaemon, ClientOptions, ClientStartError
-from teredo.io.control import ControlIdentity, default_name
 from teredo.io.loop import DaemonLoop
 
 EXIT_START_FAILED = 1
@@ -105,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
                     return
                 log.info("configuration %s", daemon.reload(fresh))
 
-            name = control_name(args, default_name("client", options.interface))
-            control = None if name is None else ControlIdentity(name, "client", options.interface)
+            control = control_identity(args, "client", options.interface)
             return loop.serve(daemon, log, reload, start=daemon.start, control=control)
     except (ClientStartError, PidFileError) as err:
         logging.getLogger("teredo").error("%s", err)

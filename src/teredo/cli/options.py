@@ -36,7 +36,7 @@ import sys
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from types import TracebackType
-from typing import Final, Literal, overload
+from typing import TYPE_CHECKING, Final, Literal, overload
 
 from teredo.core.config import (
     DEFAULT_SYSLOG_FACILITY,
@@ -52,6 +52,9 @@ from teredo.core.config import (
     parse_config,
 )
 
+if TYPE_CHECKING:
+    from teredo.io.control import ControlIdentity
+
 __all__ = [
     "EXIT_CONFIG",
     "MAX_CONFIG_BYTES",
@@ -59,6 +62,7 @@ __all__ = [
     "PidFileError",
     "add_daemon_arguments",
     "configure_logging",
+    "control_identity",
     "control_name",
     "flags_for",
     "load_settings",
@@ -202,6 +206,22 @@ def control_name(args: argparse.Namespace, default: str) -> str | None:
         return None
     given: str | None = getattr(args, "control", None)
     return given if given is not None else default
+
+
+def control_identity(
+    args: argparse.Namespace, role: str, interface: str | None = None, worker: int | None = None
+) -> ControlIdentity | None:
+    """The status socket of a daemon verb: teredo/<role>[/<interface>] or --control NAME, then
+    /<worker> for a server worker; None with --no-control."""
+    from teredo.io.control import ControlIdentity, default_name  # noqa: PLC0415
+    # (imported here: verbs that never run a daemon need not load asyncio)
+
+    name = control_name(args, default_name(role, interface))
+    if name is None:
+        return None
+    if worker is not None:
+        name = f"{name}/{worker}"
+    return ControlIdentity(name, role, interface, worker)
 
 
 def _overrides(args: argparse.Namespace, role: Role) -> list[Directive]:

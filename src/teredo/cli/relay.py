@@ -18,14 +18,13 @@ from teredo.cli.options import (
     PidFileError,
     add_daemon_arguments,
     configure_logging,
-    control_name,
+    control_identity,
     load_settings,
     report_config_error,
 )
 from teredo.core.config import ConfigError, RelaySettings, RelayType, Role
 from teredo.core.peers import MIREDO_MAX_PEERS, PEER_VALIDITY
 from teredo.core.relay import MAX_PEER_TIMEOUT, RelayParams
-from teredo.io.control import ControlIdentity, default_name
 from teredo.io.loop import DaemonLoop
 from teredo.io.relay_driver import (
     RelayDaemon,
@@ -181,8 +180,7 @@ def run(args: argparse.Namespace) -> int:
                     log.error("configuration not reloaded: %s", problem)
 
             interface = settings.interface_name
-            name = control_name(args, default_name("relay", interface))
-            control = None if name is None else ControlIdentity(name, "relay", interface)
+            control = control_identity(args, "relay", interface)
             return loop.serve(daemon, log, reload, control=control)
     except (RelayStartError, PidFileError) as err:
         logging.getLogger("teredo").error("%s", err)

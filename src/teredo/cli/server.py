@@ -16,13 +16,13 @@ from teredo.cli.options import (
     PidFileError,
     add_daemon_arguments,
     configure_logging,
-    control_name,
+    control_identity,
     load_settings,
     report_config_error,
 )
 from teredo.core.config import ConfigError, Role, ServerSettings
 from teredo.core.server import ServerLimits, ServerParams
-from teredo.io.control import ControlIdentity, default_name
+from teredo.io.control import ControlIdentity
 from teredo.io.loop import DaemonLoop
 from teredo.io.server_driver import (
     ServerDaemon,
@@ -124,22 +124,11 @@ def run(args: argparse.Namespace) -> int:
                 args.workers,
             )
             if args.workers == 1:
-                return _serve(args, params, sets[0], _control(args, None))
+                return _serve(args, params, sets[0], control_identity(args, "server"))
             return _supervise(args, params, sets)
     except (ServerStartError, PidFileError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED
-
-
-def _control(args: argparse.Namespace, worker: int | None) -> ControlIdentity | None:
-    """The status socket of the server or of one worker: teredo/server[/<worker>], or
-    --control NAME[/<worker>]."""
-    name = control_name(args, default_name("server"))
-    if name is None:
-        return None
-    if worker is not None:
-        name = f"{name}/{worker}"
-    return ControlIdentity(name, "server", worker=worker)
 
 
 def _serve(
@@ -208,7 +197,9 @@ def _supervise(args: argparse.Namespace, params: ServerParams, sets: list[Server
                     if other is not sockets:
                         for sock in other:
                             sock.close()
-                status = _serve(args, params, sockets, _control(args, index))
+                status = _serve(
+                    args, params, sockets, control_identity(args, "server", worker=index)
+                )
             except BaseException:
                 log.exception("worker %d failed", index)
             finally:
