@@ -624,6 +624,30 @@ def test_origin_bubbles_are_rate_limited_per_sender() -> None:
     assert 1 <= len(out.udp) <= 4
 
 
+def test_origin_bubbles_are_bounded_per_ipv4_whatever_the_port() -> None:
+    """Issue 14: 200 spoofed origins, each with a new port, for one IPv4: a few bubbles go
+    there, not 200 (RFC 4380 5.2.6 bounds bubbles per peer; the IPv4 is one peer)."""
+    client, out, event = qualified_client()
+    victim = "203.0.113.200"
+    peer = teredo_address(PEER_MAPPING)
+    for port in range(10000, 10200):
+        relayed = build_origin(ipv4_to_int(victim), port) + build_bubble(peer, event.address)
+        client.receive_udp(relayed, SRV, T0 + 1.0)
+    sent = [d for _p, d in out.udp if d[0] == victim]
+    assert 1 <= len(sent) <= 8
+    assert client.drops.get(DropReason.ORIGIN_BUBBLE_LIMIT) == 200 - len(sent)
+    # Another IPv4 is not held back by the first one's budget.
+    out.clear()
+    other = build_origin(ipv4_to_int("203.0.113.201"), 4000) + build_bubble(peer, event.address)
+    client.receive_udp(other, SRV, T0 + 1.0)
+    assert [d for _p, d in out.udp] == [("203.0.113.201", 4000)]
+    # The budget comes back with time: one bubble per second.
+    out.clear()
+    later = build_origin(ipv4_to_int(victim), 20000) + build_bubble(peer, event.address)
+    client.receive_udp(later, SRV, T0 + 3.0)
+    assert [d for _p, d in out.udp] == [(victim, 20000)]
+
+
 def test_origin_indication_to_a_private_address_is_not_answered() -> None:
     client, out, event = qualified_client()
     relayed = build_origin(ipv4_to_int("10.1.2.3"), 1000) + build_bubble(
@@ -1054,3 +1078,55 @@ def test_discovery_bubbles_every_200_to_300_s() -> None:
     assert len(gaps) >= 5
     assert all(200.0 <= g <= 300.0 for g in gaps), gaps
     assert events(client) == []  # refreshes kept the address all along
+
+
+# --- network changes and a recreated interface (issues 13 and 14) -------------------------------
+
+
+def test_requalify_retires_the_address_and_sends_an_rs_at_once() -> None:
+    client, out, event = qualified_client()
+    client.requalify("the local IPv4 changed", T0 + 7.0, None)
+    assert events(client) == [Offline("the local IPv4 changed")]
+    assert client.state is ClientState.QUALIFYING
+    assert client.address is None
+    [(payload, dest)] = out.udp
+    assert dest == SRV
+    # Same mapping again: the same address (the flag bits belong to server and mapping).
+    client.receive_udp(ra_payload(rs_nonce(payload)), SRV, T0 + 7.1)
+    (payload, dest) = out.udp[-1]
+    client.receive_udp(ra_payload(rs_nonce(payload)), SRV2, T0 + 7.2)
+    [again] = events(client)
+    assert isinstance(again, Qualified)
+    assert again.address == event.address
+
+
+def test_requalify_while_waiting_resets_the_back_off() -> None:
+    client, out = make_client()
+    client.start(T0)
+    for k in (1, 2, 3):
+        client.handle_timer(T0 + 4.0 * k)
+    events(client)
+    assert client.state is ClientState.OFFLINE
+    out.clear()
+    client.requalify("a new default route", T0 + 13.0, (ipv4_to_int(MAPPING[0]), MAPPING[1]))
+    assert [d for _p, d in out.udp] == [SRV]
+    assert events(client) == []  # nothing was qualified: nothing to retire
+    (payload, _d) = out.udp[-1]
+    # The new local address is the mapping: no NAT, no secondary test.
+    client.receive_udp(ra_payload(rs_nonce(payload)), SRV, T0 + 13.1)
+    [event] = events(client)
+    assert isinstance(event, Qualified)
+    assert event.nat is NatType.NONE
+
+
+def test_network_down_goes_offline_at_once_and_waits() -> None:
+    client, out, _event = qualified_client()
+    client.network_down("no route to the server", T0 + 5.0)
+    assert events(client) == [Offline("no route to the server")]
+    assert client.state is ClientState.OFFLINE
+    assert client.address is None
+    assert out.udp == []
+    # One attempt per 100 s at most while the network is away (the return is news of its own).
+    assert client.next_deadline() == pytest.approx(T0 + 105.0)
+    client.requalify("network back", T0 + 20.0, None)
+    assert [d for _p, d in out.udp] == [SRV]

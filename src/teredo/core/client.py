@@ -91,6 +91,12 @@ UNSOLICITED_PING_BURST = 20.0
 # Direct bubbles answering origin indications: per sender, 4 within a 2 s burst.
 ORIGIN_BUBBLE_RATE = 0.5
 ORIGIN_BUBBLE_BURST = 4.0
+# ... and per IPv4 address whatever the port (issue 14): a spoofer that varies the port must
+# not turn us into a reflector toward one IPv4 (RFC 4380 5.2.6 bounds bubbles per peer; a
+# victim's address is one peer however many ports are claimed). Several clients behind one
+# NAT may contact us at once, hence more than one peer's share.
+ORIGIN_BUBBLE_IPV4_RATE = 1.0
+ORIGIN_BUBBLE_IPV4_BURST = 8.0
 # A wake-up this late after the planned one means the host was suspended. Generous, so that a
 # daemon stalled a few seconds (a slow name resolution) is not taken for a suspend; a shorter
 # sleep needs nothing special anyway: peers are then still valid or expire by their dates.
@@ -346,6 +352,9 @@ class ClientMachine:
         self._unreach = TokenBucket(UNREACH_RATE, UNREACH_RATE)
         self._unsolicited = TokenBucket(UNSOLICITED_PING_RATE, UNSOLICITED_PING_BURST)
         self._origin_bubbles = BucketTable(ORIGIN_BUBBLE_RATE, ORIGIN_BUBBLE_BURST, 1024)
+        self._origin_bubbles_ipv4 = BucketTable(
+            ORIGIN_BUBBLE_IPV4_RATE, ORIGIN_BUBBLE_IPV4_BURST, 1024
+        )
         self._ping_id = int.from_bytes(random_bytes(2), "big")
         self._ping_seq = 0
         self._rs_packet = build_rs(LINK_LOCAL_RESTRICTED)
@@ -406,6 +415,36 @@ class ClientMachine:
             self._schedule_refresh(self._last_contact)
             if self._deadline is not None and self._deadline < now:
                 self._deadline = now
+
+    def requalify(self, reason: str, now: float, local_address: tuple[int, int] | None) -> None:
+        """Qualify again at once: the network changed (a new default route or local IPv4) or
+        the interface was created again (issue 13, issue 14).
+
+        The mapping may have changed, so the address is retired first (`Offline(reason)` when
+        there was one) and an RS goes out now, with the back-off reset: waiting for the next
+        refresh would leave a dead address in place for up to 30 s (Windows re-qualifies at
+        once too). `local_address` is the socket's new local IPv4/port (NatType.NONE test).
+        The random flag bits belong to (server, mapping): the same mapping gives the same address.
+        """
+        self._local = local_address
+        self._backoff = RESTART_FIRST
+        if self.state is ClientState.QUALIFIED:
+            self._retire_address()
+            self.state = ClientState.OFFLINE
+            self.nat_type = NatType.UNKNOWN
+            self._emit(Offline(reason))
+        self._begin_qualification(now)
+
+    def network_down(self, reason: str, now: float) -> None:
+        """No route to the server any more (the uplink is gone): offline at once, cleanly.
+
+        The address is retired (`Offline(reason)`) instead of waiting for three refresh RS to
+        go unanswered; the daemon calls `requalify` when a route comes back. Until then one
+        attempt per RESTART_MAX, in case the news of the return is missed.
+        """
+        self._backoff = RESTART_FIRST
+        self._clear_probes(DropReason.NOT_QUALIFIED)
+        self._go_offline(reason, now, retry_at=now + RESTART_MAX, resolve=False)
 
     # --- events and timers ----------------------------------------------------------------------
 
@@ -909,7 +948,10 @@ class ClientMachine:
         ipv4, port = origin
         if address is None or not is_global_ipv4(ipv4):
             return
-        if not self._origin_bubbles.allow(origin, now):
+        if not self._origin_bubbles.allow(origin, now) or not self._origin_bubbles_ipv4.allow(
+            ipv4, now
+        ):
+            self.drops.count(DropReason.ORIGIN_BUBBLE_LIMIT)
             return
         self.out.send_udp(build_bubble(address, pkt.src), (int_to_ipv4(ipv4), port))
 

@@ -82,6 +82,7 @@ class DropReason(enum.IntEnum):
     SUSPENDED = 178  # queued packets dropped after a clock jump (suspend/resume)
     RA_WRONG_SOURCE = 179  # RA not from the server's link-local address (5.3.2; `teredo probe`)
     # 180-199: more client reasons
+    ORIGIN_BUBBLE_LIMIT = 190  # direct bubbles answering origin indications: per mapping/IPv4
     # --- relay machine (core/relay.py): RFC 4380 5.4.1, 5.4.2; 200-249 ---
     NOT_TEREDO_DESTINATION = 200  # 5.4.1: native packet for an address outside the Teredo prefix
     NOT_TEREDO_SOURCE = 201  # 5.4.2: a relay accepts only Teredo sources over UDP

@@ -95,6 +95,10 @@ RESOLVE_MAX_DELAY = 60.0
 # the command line do not need.
 LAST_RESORT_METRIC = 1029
 MMSG_BATCH = 64  # datagrams per sendmmsg call
+# An interface deleted under the daemon is created again, but not forever: this many times
+# within the window, and the daemon exits with EXIT_FAILED for its supervisor (issue 14).
+TUN_RECREATE_MAX = 5
+TUN_RECREATE_WINDOW = 60.0
 EXIT_FAILED = 1  # also: the socket asked for on SIGHUP cannot be opened
 
 
@@ -386,6 +390,11 @@ class TunnelConfigurator:
                 hook = self.hook
                 self._try(hook.down)
 
+    def forget(self) -> None:
+        """The interface is gone, and with it every address and route that was on it."""
+        self.address = self.link_local = None
+        self.mtu = IPV6_MIN_MTU
+
     def teardown(self) -> None:
         """At exit: take away what we added, then Miredo's last two hook calls."""
         address, link_local = self.address, self.link_local
@@ -556,6 +565,10 @@ class ClientIO:
             # A full TUN queue or a packet the kernel refuses is lost like any packet.
             self.tun_errors += 1
 
+    def set_tun_fd(self, fd: int) -> None:
+        """The interface was created again: later packets for the stack go to its new fd."""
+        self._tun_fd = fd
+
     @property
     def udp_errors(self) -> int:
         return self._send.errors + (self._batch.errors if self._batch is not None else 0)
@@ -618,6 +631,7 @@ class ClientDaemon:
         self._timer_added = False
         self._symmetric_reported = False
         self._last_offline: str | None = None
+        self._tun_recreated: list[float] = []  # when the interface was created again
         try:
             self._open()
         except BaseException:
@@ -712,11 +726,7 @@ class ClientDaemon:
     def _params(self, resolution: Resolution) -> ClientParams:
         opts = self.options
         server, server2 = resolution
-        local: tuple[int, int] | None
-        if opts.bind_address != "0.0.0.0":  # noqa: S104
-            local = (ipv4_to_int(opts.bind_address), self.local_port)
-        else:
-            local = local_address_towards(server, self.local_port)
+        local = self._local_address(server)
         return ClientParams(
             server=server,
             server2=server2,
@@ -990,6 +1000,67 @@ class ClientDaemon:
             self.netlink.close()
             self.netlink = None
 
+    # --- the interface removed under us (issue 14) ---------------------------------------------
+
+    def _tun_lost(self, fd: int, exc: OSError) -> None:
+        """The TUN fd `fd` failed (the interface was deleted): create it again and qualify
+        again, or exit with EXIT_FAILED when that is impossible or keeps happening.
+
+        Said once per loss, never per packet. A recreated interface is bare: the machine
+        qualifies again at once, and its Qualified event puts the address and routes back.
+        """
+        tun = self.tun
+        if tun is None or tun.fd != fd:
+            return  # an old descriptor, already replaced
+        now = self.loop.clock()
+        recent = [t for t in self._tun_recreated if now - t < TUN_RECREATE_WINDOW]
+        self._tun_recreated = [*recent, now]
+        reason = exc.strerror or str(exc)
+        if len(recent) >= TUN_RECREATE_MAX:
+            log.error(
+                "interface %s lost again (%s), %d times in %g s: giving up",
+                tun.name,
+                reason,
+                len(self._tun_recreated),
+                TUN_RECREATE_WINDOW,
+            )
+            self.loop.stop(EXIT_FAILED)
+            return
+        log.error("interface %s lost (%s): creating it again, qualifying again", tun.name, reason)
+        self._stop_data_path()
+        tun.close()
+        self.tun = None
+        self.tunnel.forget()
+        try:
+            new = self.tun = TunDevice.open(self.options.interface)
+            disable_kernel_link_local(new.name)
+            self._set_hook(self.options.hook)
+            self.tunnel.prepare()
+        except OSError as err:  # TunError, NetlinkConfigError
+            log.error("cannot create the interface again: %s", err.strerror or err)
+            self.loop.stop(EXIT_FAILED)
+            return
+        self.io.set_tun_fd(new.fd)
+        if self.sock is not None:
+            self._data = DataPath(self, self.sock, new.fd)
+            self._data.start()
+        with self._lock:
+            if self.machine is not None:
+                self.machine.requalify(
+                    f"interface {new.name} created again", now, self._local_address()
+                )
+        self._after_input()
+
+    def _local_address(self, server: int | None = None) -> tuple[int, int] | None:
+        """The socket's local IPv4 and port towards the server (NatType.NONE test)."""
+        if self.options.bind_address != "0.0.0.0":  # noqa: S104
+            return ipv4_to_int(self.options.bind_address), self.local_port
+        if server is None:
+            if self.resolution is None:
+                return None
+            server = self.resolution[0]
+        return local_address_towards(server, self.local_port)
+
 
 def _joined(notes: list[str]) -> str:
     return "; " + ", ".join(notes) if notes else ""
@@ -1117,7 +1188,9 @@ class DataPath:
                         elif fd == tfd:
                             try:
                                 packet = read(tfd, 65535)
-                            except OSError:
+                            except OSError as exc:
+                                if exc.errno != errno.EAGAIN:
+                                    self._tun_failed(epoll, exc)
                                 continue
                             feed_tun(packet, now)
                         else:
@@ -1133,3 +1206,12 @@ class DataPath:
                                 daemon._wake_from_data_path()
         finally:
             epoll.close()
+
+    def _tun_failed(self, epoll: select.epoll, exc: OSError) -> None:
+        """The TUN fd fails (EBADFD once `ip link del` took the interface away): it is
+        dropped from the poll set at once (a level-triggered error would wake this thread
+        forever: 100 % CPU, issue 14) and the asyncio thread is told, once."""
+        with contextlib.suppress(OSError, ValueError):
+            epoll.unregister(self._tun_fd)
+        daemon = self._daemon
+        daemon.loop.loop.call_soon_threadsafe(daemon._tun_lost, self._tun_fd, exc)
