@@ -60,7 +60,7 @@ from teredo.io.udp import RECEIVE_SIZE, UdpSender, drain, open_udp_socket
 
 if TYPE_CHECKING:
     from teredo.io.mmsg import BatchSender
-    from teredo.io.netlink import InterfaceConfig
+    from teredo.io.netlink import InterfaceConfig, NetworkChange, NetworkMonitor
 
 log = logging.getLogger("teredo.client")
 _R = TypeVar("_R")
@@ -98,6 +98,8 @@ MMSG_BATCH = 64  # datagrams per sendmmsg call
 # An interface deleted under the daemon is created again, but not forever: this many times
 # within the window, and the daemon exits with EXIT_FAILED for its supervisor (issue 14).
 TUN_RECREATE_MAX = 5
+# Network notifications come in bursts (an address, then its routes): looked at once settled.
+NETWORK_SETTLE = 0.3
 TUN_RECREATE_WINDOW = 60.0
 EXIT_FAILED = 1  # also: the socket asked for on SIGHUP cannot be opened
 
@@ -632,6 +634,10 @@ class ClientDaemon:
         self._symmetric_reported = False
         self._last_offline: str | None = None
         self._tun_recreated: list[float] = []  # when the interface was created again
+        self._monitor: NetworkMonitor | None = None
+        self._network_check: asyncio.TimerHandle | None = None
+        self._network_local: tuple[int, int] | None = None  # local IPv4/port last seen
+        self._new_default_route = False
         try:
             self._open()
         except BaseException:
@@ -718,6 +724,7 @@ class ClientDaemon:
             f" / {opts.server2}" if opts.server2 else "",
         )
         self.resolver.request(opts.server, opts.server2)
+        self._watch_network()
 
     @property
     def local_port(self) -> int:
@@ -726,7 +733,7 @@ class ClientDaemon:
     def _params(self, resolution: Resolution) -> ClientParams:
         opts = self.options
         server, server2 = resolution
-        local = self._local_address(server)
+        local = self._network_local = self._local_address(server)
         return ClientParams(
             server=server,
             server2=server2,
@@ -991,6 +998,9 @@ class ClientDaemon:
                 sock.close()
         self.sock = None
         self.discovery = None
+        monitor, self._monitor = getattr(self, "_monitor", None), None
+        if monitor is not None:
+            monitor.stop()
         if self.tun is not None:
             # A TUN that is not persistent disappears with its last descriptor, and with it
             # every address and route still on it.
@@ -1060,6 +1070,76 @@ class ClientDaemon:
                 return None
             server = self.resolution[0]
         return local_address_towards(server, self.local_port)
+
+    # --- network changes (issue 13) ----------------------------------------------------------
+
+    def _watch_network(self) -> None:
+        """Follows link, IPv4 address and IPv4 route notifications (io/netlink.py's thread)."""
+        from teredo.io.netlink import NetworkMonitor  # noqa: PLC0415 - see ThreadedInterface
+
+        loop = self.loop.loop
+
+        def hand_over(changes: list[NetworkChange]) -> None:
+            loop.call_soon_threadsafe(self._changes, changes)
+
+        monitor = NetworkMonitor(hand_over)
+        try:
+            monitor.start()
+        except OSError as exc:
+            # The client still works; it notices a new network at its next refresh only.
+            log.warning("%s; network changes are noticed at the next refresh only", exc)
+            monitor.stop()
+            return
+        self._monitor = monitor
+
+    def _changes(self, changes: list[NetworkChange]) -> None:
+        """A batch of notifications, in the loop thread. Our own interface's are ours; the
+        rest are looked at together a moment later (one change comes as several messages)."""
+        own = None
+        if self.tun is not None:
+            with contextlib.suppress(OSError):
+                own = socket.if_nametoindex(self.tun.name)
+        relevant = [c for c in changes if c.index is None or c.index != own]
+        if not relevant:
+            return
+        if any(c.default_route and c.event == "RTM_NEWROUTE" for c in relevant):
+            self._new_default_route = True
+        if self._network_check is None:
+            self._network_check = self.loop.loop.call_later(NETWORK_SETTLE, self._check_network)
+
+    def _check_network(self) -> None:
+        """Re-qualifies at once on a new local IPv4 or a new default route; goes offline
+        cleanly when no route to the server is left (RFC 4380 5.2.5 would notice only after
+        a refresh interval and three RS: up to 42 s with a dead address)."""
+        self._network_check = None
+        new_route, self._new_default_route = self._new_default_route, False
+        if self.resolution is None or self.sock is None or self.machine is None:
+            return
+        local = self._local_address()
+        before, self._network_local = self._network_local, local
+        if local is None:
+            if before is None:
+                return
+            log.warning("no route to the server any more: offline until the network is back")
+            action = "down"
+        elif local != before:
+            action = f"local address {int_to_ipv4(local[0])}"
+        elif new_route:
+            action = "a new default route"
+        else:
+            return
+        if local is not None:
+            log.info("network changed (%s): qualifying again", action)
+        now = self.loop.clock()
+        with self._lock:
+            machine = self.machine
+            if machine is None:
+                return
+            if local is None:
+                machine.network_down("no route to the server", now)
+            else:
+                machine.requalify(f"network changed ({action})", now, local)
+        self._after_input()
 
 
 def _joined(notes: list[str]) -> str:

@@ -5,8 +5,13 @@ Off the hot path: called when the daemon starts, qualifies, changes address or s
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -121,3 +126,89 @@ class InterfaceConfig:
             if exc.code not in (3, 19):  # ESRCH, ENODEV: already gone
                 message = f"{self.ifname}: remove route {destination}: {exc}"
                 raise NetlinkConfigError(message) from exc
+
+
+# --- watching the network (issue 13: network changes) ---------------------------------------
+
+# rtnetlink multicast groups (linux/rtnetlink.h): links, IPv4 addresses, IPv4 routes.
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV4_ROUTE = 0x40
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkChange:
+    """One rtnetlink notification, reduced to what a Teredo client acts on."""
+
+    event: str  # RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR, RTM_NEWROUTE, RTM_DELROUTE
+    index: int | None  # the interface (links and addresses; a route's output interface)
+    default_route: bool  # an IPv4 default route (0.0.0.0/0) of the main table
+
+
+def _change(msg: Any) -> NetworkChange:  # a pyroute2 message
+    event = str(msg.get("event"))
+    index = msg.get("index")
+    default = False
+    if event.endswith("ROUTE"):
+        index = msg.get_attr("RTA_OIF")
+        default = msg.get("dst_len") == 0 and msg.get("table") == RT_TABLE_MAIN
+    return NetworkChange(event, None if index is None else int(index), default)
+
+
+RT_TABLE_MAIN = 254
+
+
+class NetworkMonitor:
+    """Link, IPv4 address and IPv4 route notifications, read by a thread of its own.
+
+    pyroute2 (0.9) serves a netlink socket on an asyncio loop of the thread that uses it,
+    so the socket is opened, bound and read in this thread, never in the daemon's loop;
+    `on_changes` is called from this thread with each batch (the caller hands it over to its
+    own loop). `stop()` closes the socket, which ends the blocking read.
+    """
+
+    def __init__(self, on_changes: Callable[[list[NetworkChange]], None]) -> None:
+        self._on_changes = on_changes
+        self._ipr: IPRoute | None = None
+        self._ready = threading.Event()
+        self._stopping = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="netlink-monitor", daemon=True)
+
+    def start(self, timeout: float = 5.0) -> None:
+        """Starts the thread and waits (bounded) until it listens; OSError when it cannot."""
+        self._thread.start()
+        self._ready.wait(timeout)
+        if self.error is not None:
+            raise NetlinkConfigError(f"cannot watch the network: {self.error}")
+
+    def _run(self) -> None:
+        try:
+            ipr = IPRoute()
+            ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE)
+        except Exception as exc:  # reported by start()
+            self.error = exc
+            self._ready.set()
+            return
+        self._ipr = ipr
+        self._ready.set()
+        try:
+            while not self._stopping:
+                changes = [_change(msg) for msg in ipr.get()]
+                if changes and not self._stopping:
+                    self._on_changes(changes)
+        except Exception as exc:  # the socket closed by stop(), or broken
+            if not self._stopping:
+                self.error = exc
+        finally:
+            with contextlib.suppress(Exception):
+                ipr.close()
+
+    def stop(self) -> None:
+        self._stopping = True
+        ipr = self._ipr
+        if ipr is not None:
+            with contextlib.suppress(Exception):
+                ipr.close()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)
