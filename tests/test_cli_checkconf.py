@@ -187,7 +187,7 @@ BOTH_ACCEPT = [
 # Files both reject (the second program's reason is not compared, only the verdict).
 BOTH_REJECT = [
     "",  # client without a server
-    "ServerAddress 198.51.100.1\nServerAddress 198.51.100.2\n",  # repeated
+    "ServerAddress 198.51.100.1\nBindPort 1\nBindPort 2\n",  # repeated
     "ServerAddress 198.51.100.1\nFoo bar\n",  # unknown
     "ServerAddress 198.51.100.1\nPrefix 2001::\n",  # Prefix in client mode
     "ServerAddress 198.51.100.1\nInterfaceMTU 1280\n",  # MTU in client mode
@@ -200,6 +200,8 @@ BOTH_REJECT = [
     "ServerAddress 198.51.100.1\nSyslogFacility local8\n",
     "ServerAddress 198.51.100.1\n#" + "x" * MAX_LINE_LENGTH + "\n",  # overly long line
 ]
+# Files we accept and Miredo refuses: ServerAddress repeated (more servers to fail over to).
+ONLY_OURS_ACCEPTS = ["ServerAddress 198.51.100.1\nServerAddress 198.51.100.2\n"]
 # Files Miredo accepts and we refuse on purpose (docs/configuration.md, "Differences").
 ONLY_MIREDO_ACCEPTS = [
     "RelayType cone\nBindAddress 127.1\n",  # inet_aton short form
@@ -251,3 +253,11 @@ def test_documented_differences_from_miredo(
 ) -> None:
     assert miredo_checkconf_accepts(tmp_path, text)
     assert not ours_accepts(tmp_path, text, capsys)
+
+
+@pytest.mark.parametrize("text", ONLY_OURS_ACCEPTS)
+def test_our_extensions_miredo_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    assert not miredo_checkconf_accepts(tmp_path, text)
+    assert ours_accepts(tmp_path, text, capsys)

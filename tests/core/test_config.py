@@ -308,9 +308,14 @@ ERRORS = [
         't.conf:1: ServerAddress: unexpected text after the value: "b.example"',
     ),
     (
-        "ServerAddress 198.51.100.1\n\nserveraddress 198.51.100.2\n",
+        "ServerAddress 198.51.100.1\n\nbindport 3545\nBindPort 3546\n",
         None,
-        "t.conf:3: ServerAddress: given twice (first at line 1)",
+        "t.conf:4: BindPort: given twice (first at line 3)",
+    ),
+    (
+        "ServerAddress 198.51.100.1\nServerAddress 198.51.100.5\nserveraddress 198.51.100.1\n",
+        None,
+        "t.conf:3: ServerAddress: server 198.51.100.1 given twice",
     ),
     (
         "ServerAddress 198.51.100.1\n" + "#" * (MAX_LINE_LENGTH + 1),
@@ -618,3 +623,21 @@ def test_any_text_gives_settings_or_config_error(lines: list[str], role: Role | 
 def test_arbitrary_unicode_never_raises_anything_else(text: str) -> None:
     with contextlib.suppress(ConfigError):
         parse_config(text, "u.conf")
+
+
+def test_server_address_repeated_gives_more_servers_in_order() -> None:
+    text = "ServerAddress 198.51.100.1\nServerAddress2 198.51.100.9\nServerAddress b.example\n"
+    text += "ServerAddress 203.0.113.5\n"
+    settings = parse_client(text, "t.conf")
+    assert settings.server_address == "198.51.100.1"
+    assert settings.server_address2 == "198.51.100.9"
+    assert settings.more_servers == ("b.example", "203.0.113.5")
+    # --server given (once or more) replaces the file's whole list.
+    flags = [
+        Directive.flag("ServerAddress", "198.51.100.7", "--server"),
+        Directive.flag("ServerAddress", "198.51.100.8", "--server"),
+    ]
+    over = parse_client(text, "t.conf", flags)
+    assert (over.server_address, over.more_servers) == ("198.51.100.7", ("198.51.100.8",))
+    one = parse_client(text, "t.conf", flags[:1])
+    assert (one.server_address, one.more_servers) == ("198.51.100.7", ())

@@ -64,6 +64,7 @@ def options_from(settings: ClientSettings, args: argparse.Namespace) -> ClientOp
     return ClientOptions(
         server=settings.server_address,
         server2=settings.server_address2,
+        more_servers=settings.more_servers,
         interface=settings.interface_name,
         bind_address=str(settings.bind_address),
         bind_port=settings.bind_port,

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Final, Literal, overload
 
 from teredo.core.config import (
     DEFAULT_SYSLOG_FACILITY,
+    REPEATABLE,
     SYSLOG_FACILITIES,
     ClientSettings,
     ConfigError,
@@ -92,7 +93,12 @@ class _Flag:
 
 
 _CLIENT_FLAGS: Final = (
-    _Flag("--server", "ServerAddress", "HOST", "Teredo server name or IPv4 (ServerAddress)"),
+    _Flag(
+        "--server",
+        "ServerAddress",
+        "HOST",
+        "Teredo server name or IPv4 (ServerAddress); repeat it for more servers to fail over to",
+    ),
     _Flag("--server2", "ServerAddress2", "HOST", "secondary server address (ServerAddress2)"),
     _Flag("--interface", "InterfaceName", "NAME", "tunnel interface name (InterfaceName)"),
     _Flag("--bind-address", "BindAddress", "ADDR", "local IPv4 address to bind (BindAddress)"),
@@ -186,7 +192,11 @@ def add_daemon_arguments(parser: argparse.ArgumentParser, role: Role | str) -> N
             help="serve only this host's own IPv6 addresses (same as --type host)",
         )
     for flag in _FLAGS[role]:
-        own.add_argument(flag.option, dest=flag.dest, metavar=flag.metavar, help=flag.help)
+        # ServerAddress may be repeated: --server too (more servers to fail over to).
+        action = "append" if flag.directive in REPEATABLE else "store"
+        own.add_argument(
+            flag.option, dest=flag.dest, metavar=flag.metavar, help=flag.help, action=action
+        )
 
 
 def _control_name(text: str) -> str:
@@ -231,8 +241,8 @@ def _overrides(args: argparse.Namespace, role: Role) -> list[Directive]:
         out.append(Directive.flag("RelayType", args.relay_type, spelled))
     for flag in _FLAGS[role]:
         value = getattr(args, flag.dest)
-        if value is not None:
-            out.append(Directive.flag(flag.directive, value, flag.option))
+        for one in value if isinstance(value, list) else () if value is None else (value,):
+            out.append(Directive.flag(flag.directive, one, flag.option))
     if args.syslog:  # "" means "--syslog" without a facility: keep the file's
         out.append(Directive.flag("SyslogFacility", args.syslog, "--syslog"))
     return out

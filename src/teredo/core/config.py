@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_SYSLOG_FACILITY",
     "DIRECTIVES",
     "MAX_LINE_LENGTH",
+    "REPEATABLE",
     "SYSLOG_FACILITIES",
     "ClientSettings",
     "ConfigError",
@@ -238,6 +239,9 @@ class ClientSettings:
     prefix: IPv6Network = DEFAULT_PREFIX  # expected in the server's RA (flag only)
     refresh_interval: float = DEFAULT_REFRESH_INTERVAL  # ours: RFC 6081 section 5.1.1
     syslog_facility: str = DEFAULT_SYSLOG_FACILITY
+    # ServerAddress given again: more servers, in order, to fail over to (ours; issue 13).
+    # ServerAddress2 belongs to the first; each of these uses its own address + 1.
+    more_servers: tuple[str, ...] = ()
 
     @property
     def role(self) -> Role:
@@ -298,9 +302,11 @@ def read_directives(text: str, filename: str) -> tuple[Directive, ...]:
     Errors: a line longer than Miredo reads, an unknown directive, a directive without a
     value, words after the value (Miredo ignores them silently; here they are a mistake
     unless they start a '#' comment), and a repeated directive (Miredo uses the first and
-    reports the second as superfluous).
+    reports the second as superfluous). Only `ServerAddress` may come again (ours: more
+    servers to fail over to, in file order after the first; Miredo's files have one).
     """
     found: dict[str, Directive] = {}
+    repeated: list[Directive] = []  # ServerAddress again: more servers (REPEATABLE)
     for number, raw in enumerate(text.split("\n"), start=1):
         if len(raw) > MAX_LINE_LENGTH:
             raise ConfigError(
@@ -320,10 +326,15 @@ def read_directives(text: str, filename: str) -> tuple[Directive, ...]:
                 filename, number, name, f"unexpected text after the value: {_show(words[2])}"
             )
         first = found.get(name)
+        directive = Directive(name, words[1], filename, number, spelled)
         if first is not None:
-            raise ConfigError(filename, number, name, f"given twice (first at line {first.line})")
-        found[name] = Directive(name, words[1], filename, number, spelled)
-    return tuple(found.values())
+            if name not in REPEATABLE:
+                message = f"given twice (first at line {first.line})"
+                raise ConfigError(filename, number, name, message)
+            repeated.append(directive)
+            continue
+        found[name] = directive
+    return (*found.values(), *repeated)
 
 
 # --------------------------------------------------------------------------- values
@@ -462,6 +473,7 @@ class _Layers:
     role: Role
     file: Mapping[str, Directive]
     flags: Mapping[str, Directive]
+    more_servers: tuple[Directive, ...] = ()  # ServerAddress given again (client)
 
 
 def _merge(
@@ -470,8 +482,12 @@ def _merge(
     overrides: Sequence[Directive],
     role: Role | None,
 ) -> _Layers:
-    by_name = {d.name: d for d in directives}
-    over = {d.name: d for d in overrides}
+    by_name: dict[str, Directive] = {}
+    over: dict[str, Directive] = {}
+    for d in directives:
+        by_name.setdefault(d.name, d)  # a repeated ServerAddress: the first is the primary
+    for d in overrides:
+        over.setdefault(d.name, d)
     # The mode is decided first (an explicit role, else ServerBindAddress, else RelayType)
     # because whether a directive is allowed depends on it (relayd.c reads by mode).
     relay_type: RelayType | None = None
@@ -498,7 +514,11 @@ def _merge(
     for d in overrides:
         if role not in DIRECTIVES[d.name] and d.name not in _FLAG_ONLY[role]:
             raise d.error(f"not valid in {mode}")
-    return _Layers(filename, role, by_name, over)
+    # More servers: the flags' own when --server is given, else the file's.
+    servers = [d for d in overrides if d.name == "ServerAddress"] or [
+        d for d in directives if d.name == "ServerAddress"
+    ]
+    return _Layers(filename, role, by_name, over, tuple(servers[1:]))
 
 
 def detect_role(directives: Sequence[Directive]) -> Role:
@@ -512,6 +532,9 @@ def detect_role(directives: Sequence[Directive]) -> Role:
         return Role.CLIENT
     return _relay_type(relay_type).role
 
+
+# Directives that may be given more than once (ours: several servers, issue 13).
+REPEATABLE: Final = frozenset({"ServerAddress"})
 
 _PARSERS: Final[Mapping[str, Callable[[Directive], object]]] = {
     "RelayType": _relay_type,
@@ -554,7 +577,12 @@ def _client(layers: _Layers) -> ClientSettings:
     v = _Values(layers)
     # relayd.c: "Server address not specified" (RFC 4380 section 5.2: a client needs one).
     server = v.required("ServerAddress", str, "client")
+    more = tuple(_host(d) for d in layers.more_servers)
+    for d, host in zip(layers.more_servers, more, strict=True):
+        if host == server or more.count(host) > 1:
+            raise d.error(f"server {host} given twice")
     return ClientSettings(
+        more_servers=more,
         server_address=server,
         server_address2=v.get("ServerAddress2", None),
         relay_type=v.get("RelayType", RelayType.CLIENT),

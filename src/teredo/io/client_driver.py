@@ -585,6 +585,7 @@ class ClientOptions:
 
     server: str
     server2: str | None = None
+    more_servers: tuple[str, ...] = ()  # to fail over to (core/failover.py)
     interface: str = "teredo"
     bind_address: str = "0.0.0.0"  # noqa: S104 (any local address, as Miredo's default)
     bind_port: int = 0
