@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from teredo.core.probe import ProbeResult
+
 STABLE_CHECKS = 3
 CHECK_INTERVAL = 20.0
 
@@ -111,3 +113,10 @@ class ServerFailover:
             "moves": self.moves,
             "stable_checks": self._streak,
         }
+
+
+def rank(results: Sequence[ProbeResult]) -> list[int]:
+    """Indices of the usable results, best first: core/probe.py's `choose` order (lowest
+    median RTT, then loss, then given order); the unusable ones are left out."""
+    usable = [(r.rtt_median or 0.0, r.loss, i) for i, r in enumerate(results) if r.usable]
+    return [i for _rtt, _loss, i in sorted(usable)]

@@ -53,12 +53,14 @@ from teredo.core.client import (
     ResolveServer,
     SymmetricNat,
 )
+from teredo.core.failover import Move, ServerFailover, rank
 from teredo.io.hook import HookError, HookRunner
 from teredo.io.loop import DaemonLoop, boottime
 from teredo.io.tun import TunDevice, TunError
 from teredo.io.udp import RECEIVE_SIZE, UdpSender, drain, open_udp_socket
 
 if TYPE_CHECKING:
+    from teredo.core.probe import ProbeResult
     from teredo.io.mmsg import BatchSender
     from teredo.io.netlink import InterfaceConfig, NetworkChange, NetworkMonitor
 
@@ -98,6 +100,11 @@ MMSG_BATCH = 64  # datagrams per sendmmsg call
 # An interface deleted under the daemon is created again, but not forever: this many times
 # within the window, and the daemon exits with EXIT_FAILED for its supervisor (issue 14).
 TUN_RECREATE_MAX = 5
+# Several servers: RS round trips measured before the choice (core/failover.py). Only the
+# first phase of a probe matters for it, so the probe is cut short after PROBE_TIME_LIMIT.
+PROBE_ROUNDS = 2
+PROBE_TIMEOUT = 1.0
+PROBE_TIME_LIMIT = 1.5
 # Network notifications come in bursts (an address, then its routes): looked at once settled.
 NETWORK_SETTLE = 0.3
 TUN_RECREATE_WINDOW = 60.0
@@ -639,6 +646,11 @@ class ClientDaemon:
         self._network_check: asyncio.TimerHandle | None = None
         self._network_local: tuple[int, int] | None = None  # local IPv4/port last seen
         self._new_default_route = False
+        # Several servers (issue 13): the choice, the names in use, a move to apply at once.
+        self.failover: ServerFailover | None = None
+        self._active: tuple[str, str | None] = (options.server, options.server2)
+        self._move_now = False
+        self._check_timer: asyncio.TimerHandle | None = None
         try:
             self._open()
         except BaseException:
@@ -724,7 +736,7 @@ class ClientDaemon:
             opts.server,
             f" / {opts.server2}" if opts.server2 else "",
         )
-        self.resolver.request(opts.server, opts.server2)
+        self._start_servers()
         self._watch_network()
 
     @property
@@ -764,9 +776,12 @@ class ClientDaemon:
                     self._timer_added = True
             else:
                 if resolution != self.resolution:
-                    log.info("server %s is now %s: qualifying again", self.options.server, shown)
+                    log.info("server %s is now %s: qualifying again", self._active[0], shown)
                 with self._lock:
                     self.machine.set_server(server, server2, now)
+                    if self._move_now:  # failover: no back-off wait (core/failover.py)
+                        local = self._local_address(server)
+                        self.machine.requalify(f"moved to server {shown}", now, local)
         except ValueError as exc:
             # The machine refuses a server it cannot use (not global unicast, RFC 4380 5.2.4):
             # a configuration fault, not a transient one.
@@ -774,6 +789,7 @@ class ClientDaemon:
             self.loop.stop(EXIT_FAILED)
             return
         self.resolution = resolution
+        self._move_now = False
         self._after_input()
 
     # --- data path ------------------------------------------------------------------------
@@ -832,6 +848,8 @@ class ClientDaemon:
                 event.mtu,
             )
             self._last_offline = None
+            if self.failover is not None:
+                self.failover.qualified()
             self.tunnel.qualified(event.address, event.link_local, event.mtu)
         elif isinstance(event, AddressChanged):
             log.info(
@@ -866,6 +884,8 @@ class ClientDaemon:
                 *event.primary_mapping,
                 *event.secondary_mapping,
             )
+        elif isinstance(event, ResolveServer) and self.failover is not None:
+            self._server_failed()
         elif isinstance(event, ResolveServer):
             # After a loss of contact the name may point elsewhere now (Miredo re-resolves).
             names = (self.options.server, self.options.server2)
@@ -908,8 +928,12 @@ class ClientDaemon:
             notes.append(f"refresh interval {options.refresh_interval:g} s")
         # Local discovery is set by a flag only (LocalDiscovery is not a Miredo 1.2.6
         # directive), and flags do not change on SIGHUP: nothing to apply here.
-        if (options.server, options.server2) != (old.server, old.server2):
-            self.resolver.request(options.server, options.server2)
+        if (options.server, options.server2, options.more_servers) != (
+            old.server,
+            old.server2,
+            old.more_servers,
+        ):
+            self._start_servers()
             return f"reloaded: new server {options.server}, qualifying again" + _joined(notes)
         self._after_input()  # a shorter refresh interval may need an earlier timer
         return "reloaded: server unchanged, address kept" + _joined(notes)
@@ -980,6 +1004,9 @@ class ClientDaemon:
         status["local_port"] = self.local_port
         status["local_discovery"] = self.discovery is not None
         status["offline_reason"] = self._last_offline
+        if self.failover is not None:
+            status["servers"] = [c[0] for c in self._candidates()]
+            status["failover"] = self.failover.status()
         return status
 
     def close(self) -> None:
@@ -999,6 +1026,9 @@ class ClientDaemon:
                 sock.close()
         self.sock = None
         self.discovery = None
+        check = getattr(self, "_check_timer", None)
+        if check is not None:
+            check.cancel()
         monitor, self._monitor = getattr(self, "_monitor", None), None
         if monitor is not None:
             monitor.stop()
@@ -1141,6 +1171,132 @@ class ClientDaemon:
             else:
                 machine.requalify(f"network changed ({action})", now, local)
         self._after_input()
+
+    # --- several servers (issue 13) -----------------------------------------------------------
+
+    def _candidates(self) -> list[tuple[str, str | None]]:
+        """The configured servers in order: (name, secondary name); only the first has one."""
+        opts = self.options
+        return [(opts.server, opts.server2), *((name, None) for name in opts.more_servers)]
+
+    def _start_servers(self) -> None:
+        """One server: resolve it. Several: probe them all off the loop (RFC 4380 5.2.1's
+        questions, as `teredo probe`), then use the best by round trip."""
+        if self._check_timer is not None:
+            self._check_timer.cancel()
+            self._check_timer = None
+        candidates = self._candidates()
+        if len(candidates) == 1:
+            self.failover = None
+            self._use(candidates[0], move_now=False)
+            return
+        self.failover = ServerFailover(len(candidates))
+        future = self.loop.loop.run_in_executor(
+            None, _probe_candidates, candidates, self.options.bind_address, PROBE_ROUNDS
+        )
+        failover = self.failover
+        future.add_done_callback(lambda f: self._ranked(failover, f))
+
+    def _ranked(self, failover: ServerFailover, future: asyncio.Future[list[ProbeResult]]) -> None:
+        if failover is not self.failover:
+            return  # a reload started another choice
+        try:
+            results = future.result()
+        except (OSError, ValueError) as exc:
+            log.warning("cannot probe the servers (%s): trying them in the configured order", exc)
+            results = []
+        index = failover.choose(rank(results))
+        log.info(
+            "servers by round trip: %s; using %s",
+            ", ".join(_rtt_text(r) for r in results) or "not measured",
+            self._candidates()[index][0],
+        )
+        self._use(self._candidates()[index], move_now=False)
+
+    def _use(self, names: tuple[str, str | None], *, move_now: bool) -> None:
+        self._active = names
+        self._move_now = move_now
+        self.resolver.request(*names)
+        self._arm_check()
+
+    def _server_failed(self) -> None:
+        """The server in use stopped answering (ResolveServer): the next one (failover)."""
+        failover = self.failover
+        if failover is None:
+            return
+        old = self._active[0]
+        move: Move = failover.failed(self.loop.clock())
+        new = self._candidates()[move.index]
+        log.warning(
+            "server %s is not answering: moving to server %s%s",
+            old,
+            new[0],
+            "" if move.now else " (every server failed in a row: after the back-off)",
+        )
+        self._use(new, move_now=move.now)
+
+    def _arm_check(self) -> None:
+        """While away from the preferred server, check it again at the failover's date."""
+        if self._check_timer is not None:
+            self._check_timer.cancel()
+            self._check_timer = None
+        when = self.failover.next_check() if self.failover is not None else None
+        if when is not None:
+            delay = max(0.0, when - self.loop.clock())
+            self._check_timer = self.loop.loop.call_later(delay, self._check_preferred)
+
+    def _check_preferred(self) -> None:
+        self._check_timer = None
+        failover = self.failover
+        if failover is None:
+            return
+        preferred = self._candidates()[failover.preferred]
+        future = self.loop.loop.run_in_executor(
+            None, _probe_candidates, [preferred], self.options.bind_address, 1
+        )
+        future.add_done_callback(lambda f: self._checked(failover, f))
+
+    def _checked(self, failover: ServerFailover, future: asyncio.Future[list[ProbeResult]]) -> None:
+        if failover is not self.failover:
+            return
+        try:
+            answered = any(r.reachable for r in future.result())
+        except (OSError, ValueError):
+            answered = False
+        move = failover.checked(answered, self.loop.clock())
+        if move is None:
+            self._arm_check()
+            return
+        back = self._candidates()[move.index]
+        log.info(
+            "server %s answered %d checks in a row: moving back to it",
+            back[0],
+            failover.stable_checks,
+        )
+        self._use(back, move_now=True)
+
+
+def _probe_candidates(
+    candidates: list[tuple[str, str | None]], bind_address: str, rounds: int
+) -> list[ProbeResult]:
+    """RS round trips to each candidate from sockets of their own (io/probe.py), bounded by
+    PROBE_TIME_LIMIT: run in an executor thread, never on the loop."""
+    from teredo.io.probe import Candidate, probe_servers  # noqa: PLC0415 - only with failover
+
+    return probe_servers(
+        [Candidate(name, name, second) for name, second in candidates],
+        rounds=rounds,
+        timeout=PROBE_TIMEOUT,
+        bind_address=None if bind_address == "0.0.0.0" else bind_address,  # noqa: S104
+        time_limit=PROBE_TIME_LIMIT,
+    )
+
+
+def _rtt_text(result: ProbeResult) -> str:
+    median = result.rtt_median
+    if median is None:
+        return f"{result.name or result.server} no answer"
+    return f"{result.name or result.server} {median * 1000.0:.1f} ms"
 
 
 def _joined(notes: list[str]) -> str:
