@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
 import os
 import socket
 import subprocess
@@ -388,3 +391,51 @@ def test_discovery_interfaces_are_private_and_not_loopback() -> None:
         if not address.startswith("127.") and not is_global_ipv4(ipv4_to_int(address))
     }
     assert {(i.name, i.address) for i in found} == expected
+
+
+class _TunLostStub(_DaemonStub):
+    def __init__(self, sock: socket.socket, machine: _FeedRecorder) -> None:
+        super().__init__(sock, machine)
+        self.lost: list[tuple[int, int | None]] = []
+
+    def _tun_lost(self, fd: int, exc: OSError) -> None:
+        self.lost.append((fd, exc.errno))
+
+
+def test_data_path_drops_a_failing_tun_fd_and_says_so_once() -> None:
+    """Issue 14: a TUN fd that fails (EBADFD after `ip link del`) must leave the poll set:
+    level-triggered, it would wake the thread forever. A connected UDP socket whose peer
+    refuses stands in for it (each read then fails with ECONNREFUSED)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    failing = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    machine = _FeedRecorder()
+    stub = _TunLostStub(sock, machine)
+    try:
+        for s in (sock, sender, closed):
+            s.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        failing.setblocking(False)
+        failing.connect(closed.getsockname())
+        closed.close()  # nobody listens there any more: sends draw ICMP port unreachable
+        data = DataPath(cast(ClientDaemon, stub), sock, failing.fileno())
+        data.start()
+        try:
+            for _ in range(3):
+                with contextlib.suppress(OSError):  # the error may be pending here too
+                    failing.send(b"x")
+                time.sleep(0.05)
+            sender.sendto(b"still served", sock.getsockname())
+            deadline = time.monotonic() + 5.0
+            while not machine.udp and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            data.stop()
+        stub.loop.loop.run_until_complete(asyncio.sleep(0.01))  # the thread's call_soon
+        assert stub.lost == [(failing.fileno(), errno.ECONNREFUSED)]
+        assert machine.udp == [(b"still served", sender.getsockname())]
+    finally:
+        stub.loop.close()
+        for s in (sock, sender, failing):
+            s.close()
