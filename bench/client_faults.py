@@ -9,7 +9,9 @@ under test on each site), the scenarios of teredo.lab.clientfaults, one per site
 2. 200 spoofed bubbles through the server from one IPv4, a new source port each: bubbles
    reflected toward that IPv4; 3. the same from one fixed port;
 4. a new local IPv4 behind the same NAT: time to a new Teredo address that reaches the native
-   host; 5. the uplink down: time until the address is gone; up again: time to a working one.
+   host; 5. the uplink down: time until the address is gone; up again: time to a working one;
+6. (a lab of its own) the server in use stopped: time to a working address again (ours with a
+   second server, `teredo server` next to Miredo's; Miredo's client can name only one).
 
 Prints a table and one JSON line. Nothing leaves the lab's namespaces.
 """
@@ -24,7 +26,7 @@ import time
 from teredo.lab import clientfaults
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import Impl
-from teredo.lab.topology import Lab
+from teredo.lab.topology import SERVER_V4, Lab
 
 SITES = 5
 QUALIFY = 60.0
@@ -70,13 +72,33 @@ def run(impl: Impl, prefix: str) -> dict[str, object]:
     return results
 
 
+def failover(impl: Impl, prefix: str) -> dict[str, object]:
+    """The server in use stops. Ours has a second one (`teredo server`, next to Miredo's);
+    Miredo's client can name only one. Default refresh interval (30 s) for both."""
+    lab = Lab(prefix, [NatKind.PORT_RESTRICTED], client_impl=impl if impl is Impl.MIREDO else None)
+    try:
+        lab.up()
+        clientfaults.start_second_server(lab)
+        if impl is Impl.TEREDO:
+            servers = ("--server", SERVER_V4, "--server", clientfaults.SECOND_SERVER_V4)
+            clientfaults.start_client(lab, 1, *servers)
+        first = lab.wait_qualified(1, timeout=QUALIFY)
+        clientfaults.stop_server_of(lab, str(first.server))
+        took = clientfaults.wait_new_address(lab, 1, str(first.address), SLOW)
+    finally:
+        lab.down()
+    return {"server_stopped_working_again_after_s": took and round(took, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--impl", choices=("both", "miredo", "teredo"), default="both")
     parser.add_argument("--prefix", default="tdf-")
     args = parser.parse_args(argv)
     impls = [Impl.MIREDO, Impl.TEREDO] if args.impl == "both" else [Impl(args.impl)]
-    table = {impl.value: run(impl, args.prefix) for impl in impls}
+    table = {
+        impl.value: {**run(impl, args.prefix), **failover(impl, args.prefix)} for impl in impls
+    }
     keys = list(next(iter(table.values())))
     print(f"{'scenario':36} " + " ".join(f"{name:>10}" for name in table))
     for key in keys:

@@ -5,26 +5,25 @@ there and reaches the native host."""
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from teredo.lab import clientfaults, system
+from teredo.lab import clientfaults
 from teredo.lab.nat import NatKind
 from teredo.lab.topology import SERVER_V4, Lab
 
 from .conftest import prefix_for, tear_down
-from .test_client_interop import QUALIFY_TIMEOUT, log_text, start_ours
+from .test_client_interop import QUALIFY_TIMEOUT, log_text
 
 pytestmark = pytest.mark.system
 
-OUR_SERVER_V4 = "198.51.100.12"
 REFRESH = 5.0
 # Loss of contact: one refresh interval, then three RS 4 s apart (RFC 4380 5.2.1, 5.2.5); then
 # the next server at once; slack for a loaded machine.
 FAILOVER_TIMEOUT = REFRESH + 3 * 4.0 + 15.0
+OURS = clientfaults.SECOND_SERVER_V4
 
 
 @pytest.fixture
@@ -32,17 +31,7 @@ def two_server_lab() -> Iterator[Lab]:
     lab = Lab(prefix_for("o"), [NatKind.PORT_RESTRICTED], client_impl=None)
     try:
         lab.up()
-        system.ip_batch(
-            lab.ns("server"),
-            [f"addr add {OUR_SERVER_V4}/24 dev eth0", "addr add 198.51.100.13/24 dev eth0"],
-        )
-        lab.popen(
-            "server",
-            [sys.executable, "-m", "teredo", "server", "--bind", OUR_SERVER_V4, "--no-control"],
-            name="server-ours",
-            role="server",
-            impl="teredo",
-        )
+        clientfaults.start_second_server(lab)
         yield lab
     finally:
         tear_down(lab)
@@ -51,20 +40,14 @@ def two_server_lab() -> Iterator[Lab]:
 def test_moves_to_the_other_server_when_the_one_in_use_stops(two_server_lab: Lab) -> None:
     lab = two_server_lab
     host = lab.site(1).client_host
-    start_ours(lab, 1, "--server", SERVER_V4, "--server", OUR_SERVER_V4, "--refresh", str(REFRESH))
+    flags = ("--server", SERVER_V4, "--server", OURS, "--refresh", str(REFRESH))
+    clientfaults.start_client(lab, 1, *flags)
     first = lab.wait_qualified(1, timeout=QUALIFY_TIMEOUT)
     assert "servers by round trip:" in log_text(lab, host)
     in_use = str(first.server)
-    other = OUR_SERVER_V4 if in_use == SERVER_V4 else SERVER_V4
-    # Stop exactly the server in use (both run in the same namespace).
-    victim = [
-        r
-        for r in lab.procs
-        if r.host == "server" and (r.name == "server-ours") == (in_use == OUR_SERVER_V4)
-    ]
-    assert len(victim) == 1, lab.procs
+    other = OURS if in_use == SERVER_V4 else SERVER_V4
     stopped = time.monotonic()
-    assert system.kill_pids({victim[0].pid: victim[0].start_time}) == []
+    clientfaults.stop_server_of(lab, in_use)  # only that one: both share a namespace
     took = clientfaults.wait_new_address(lab, 1, str(first.address), timeout=FAILOVER_TIMEOUT)
     assert took is not None, lab.log_tail(host, 30)
     again = lab.teredo_address(1)

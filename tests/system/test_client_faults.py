@@ -18,7 +18,7 @@ from teredo.lab.nat import NatKind
 from teredo.lab.topology import NATIVE_V6, Lab
 
 from .conftest import prefix_for, received, tear_down
-from .test_client_interop import QUALIFY_TIMEOUT, log_text, start_ours
+from .test_client_interop import QUALIFY_TIMEOUT, log_text
 
 pytestmark = pytest.mark.system
 
@@ -38,7 +38,7 @@ def test_tun_deleted_is_created_again_without_spinning(faults_lab: Lab) -> None:
     forever. Now: the failing descriptor leaves the poll set, the interface is created again
     and the client qualifies again."""
     lab = faults_lab
-    start_ours(lab, 1)
+    clientfaults.start_client(lab, 1)
     lab.wait_qualified(1, timeout=QUALIFY_TIMEOUT)
     host = lab.site(1).client_host
     result = clientfaults.delete_tun(lab, 1, window=5.0, recover=QUALIFY_TIMEOUT)
@@ -58,7 +58,7 @@ def test_spoofed_origins_get_few_bubbles_per_ipv4(faults_lab: Lab) -> None:
     Before: 200 direct bubbles toward that IPv4. Now: at most the per-IPv4 burst (8) and its
     refill, and the drops are counted by reason."""
     lab = faults_lab
-    start_ours(lab, 2)
+    clientfaults.start_client(lab, 2)
     lab.wait_qualified(2, timeout=QUALIFY_TIMEOUT)
     reflected = clientfaults.spoofed_origin_bubbles(lab, 2, count=200, vary=True)
     assert 1 <= reflected <= 12, f"{reflected} bubbles toward the spoofed IPv4"
@@ -71,7 +71,7 @@ def test_new_local_address_requalifies_at_once(faults_lab: Lab) -> None:
     """Issue 13: a new local IPv4 (a new lease behind the same NAT, so a new mapping): the
     client qualifies again at once instead of at its next refresh, and the new address works."""
     lab = faults_lab
-    start_ours(lab, 3)
+    clientfaults.start_client(lab, 3)
     old = lab.wait_qualified(3, timeout=QUALIFY_TIMEOUT)
     clientfaults.change_address(lab, 3, 7)
     # Without following the network: the next refresh (22-30 s) and an RS (4 s) at best.
@@ -85,7 +85,7 @@ def test_uplink_lost_goes_offline_and_comes_back(faults_lab: Lab) -> None:
     """Issue 13: the uplink goes away: address and routes leave the interface at once; it
     comes back: the client qualifies again by itself."""
     lab = faults_lab
-    start_ours(lab, 4)
+    clientfaults.start_client(lab, 4)
     old = lab.wait_qualified(4, timeout=QUALIFY_TIMEOUT)
     host = lab.site(4).client_host
     clientfaults.uplink_down(lab, 4)

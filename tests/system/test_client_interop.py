@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from teredo.lab import system, watch
+from teredo.lab import clientfaults, system, watch
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import Impl, Role, config_text
 from teredo.lab.system import ProcRecord
@@ -97,12 +97,7 @@ elif mode == "source": source(connect(sys.argv[2], int(sys.argv[3])), sys.argv[4
 
 def start_ours(lab: Lab, index: int, *extra: str, host: str | None = None) -> ProcRecord:
     """Our client on site `index` with extra flags (the lab's own command has none)."""
-    host = host or lab.site(index).client_host
-    conf = lab.state_dir / f"{host}.conf"
-    conf.write_text(config_text(Role.CLIENT, server=SERVER_V4, relay=RELAY_V4), encoding="ascii")
-    argv = [sys.executable, "-m", "teredo", "client", "-c", str(conf), *extra]
-    lab.popen(host, argv, name=host, role="client", impl="teredo")
-    return lab.procs[-1]
+    return clientfaults.start_client(lab, index, *extra, host=host)
 
 
 def popen_of(lab: Lab, record: ProcRecord) -> subprocess.Popen[bytes]:

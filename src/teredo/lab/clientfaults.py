@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 from teredo.core.ipv6 import build_bubble
 from teredo.lab import system
-from teredo.lab.roles import TEREDO_PORT, TUN_NAME
-from teredo.lab.topology import NATIVE_V6, SERVER_V4, Lab, ping_counts
+from teredo.lab.roles import TEREDO_PORT, TUN_NAME, Role, config_text
+from teredo.lab.system import ProcRecord
+from teredo.lab.topology import NATIVE_V6, RELAY_V4, SERVER_V4, Lab, ping_counts
 
 # An IPv4 of the servers' segment that no lab host has: the "victim" of a reflection. The wan
 # router forwards what is sent there (and counts it) before it fails to resolve it.
@@ -183,3 +184,44 @@ def wait_new_address(lab: Lab, index: int, old: str | None, timeout: float) -> f
             continue
         time.sleep(0.1)
     return None
+
+
+# --- several servers (issue 13) -----------------------------------------------------------------
+
+# Our server next to Miredo's in the server namespace, on the next two addresses.
+SECOND_SERVER_V4 = "198.51.100.12"
+SECOND_SERVER_V4_2 = "198.51.100.13"
+
+
+def start_second_server(lab: Lab) -> ProcRecord:
+    """`teredo server` on SECOND_SERVER_V4 (and + 1) in the server namespace, named
+    "server-ours" (Miredo's, if any, keeps SERVER_V4 and its record "server")."""
+    system.ip_batch(
+        lab.ns("server"),
+        [f"addr add {SECOND_SERVER_V4}/24 dev eth0", f"addr add {SECOND_SERVER_V4_2}/24 dev eth0"],
+    )
+    argv = [sys.executable, "-m", "teredo", "server", "--bind", SECOND_SERVER_V4, "--no-control"]
+    lab.popen("server", argv, name="server-ours", role="server", impl="teredo")
+    return lab.procs[-1]
+
+
+def start_client(lab: Lab, index: int, *flags: str, host: str | None = None) -> ProcRecord:
+    """Our client on site `index` (or in `host`) with the lab's configuration file and
+    `flags` on top (the lab's own command has none)."""
+    host = host or lab.site(index).client_host
+    conf = lab.state_dir / f"{host}.conf"
+    conf.write_text(config_text(Role.CLIENT, server=SERVER_V4, relay=RELAY_V4), encoding="ascii")
+    argv = [sys.executable, "-m", "teredo", "client", "-c", str(conf), *flags]
+    lab.popen(host, argv, name=host, role="client", impl="teredo")
+    return lab.procs[-1]
+
+
+def stop_server_of(lab: Lab, server_v4: str) -> None:
+    """Stops the server process that serves `server_v4` (Miredo's or ours), not the other."""
+    name = "server-ours" if server_v4 == SECOND_SERVER_V4 else "server"
+    records = [r for r in lab.procs if r.host == "server" and r.name == name and r.alive()]
+    if not records:
+        raise system.LabError(f"no running server for {server_v4}")
+    left = system.kill_pids({r.pid: r.start_time for r in records})
+    if left:
+        raise system.LabError(f"server processes {left} did not stop")
