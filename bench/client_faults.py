@@ -1,6 +1,7 @@
 """Client faults side by side, Miredo's client and ours (issues 13 and 14).
 
     sudo .venv/bin/python -m bench.client_faults [--impl both|miredo|teredo] [--prefix tdf-]
+        [--scenarios faults,failover]
 
 One lab per implementation (Miredo server and relay, five port-restricted NATs, the client
 under test on each site), the scenarios of teredo.lab.clientfaults, one per site:
@@ -94,15 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--impl", choices=("both", "miredo", "teredo"), default="both")
     parser.add_argument("--prefix", default="tdf-")
+    parser.add_argument("--scenarios", default="faults,failover", help="faults, failover or both")
     args = parser.parse_args(argv)
     impls = [Impl.MIREDO, Impl.TEREDO] if args.impl == "both" else [Impl(args.impl)]
-    table = {
-        impl.value: {**run(impl, args.prefix), **failover(impl, args.prefix)} for impl in impls
-    }
+    wanted = args.scenarios.split(",")
+    table: dict[str, dict[str, object]] = {}
+    for impl in impls:
+        faults = run(impl, args.prefix) if "faults" in wanted else {}
+        moved = failover(impl, args.prefix) if "failover" in wanted else {}
+        table[impl.value] = {**faults, **moved}
     keys = list(next(iter(table.values())))
-    print(f"{'scenario':36} " + " ".join(f"{name:>10}" for name in table))
+    print(f"{'scenario':38} " + " ".join(f"{name:>10}" for name in table))
     for key in keys:
-        print(f"{key:36} " + " ".join(f"{table[name][key]!s:>10}" for name in table))
+        print(f"{key:38} " + " ".join(f"{table[name][key]!s:>10}" for name in table))
     print(json.dumps({"benchmark": "client_faults", "results": table}))
     return 0
 
