@@ -88,17 +88,22 @@ def delete_tun(lab: Lab, index: int, *, window: float = 5.0, recover: float = 30
     before = cpu_seconds(pids)
     start = time.monotonic()
     lab.exec(host, ["ip", "link", "del", TUN_NAME])
-    time.sleep(window)
-    share = (cpu_seconds(pids) - before) / (time.monotonic() - start)
     recovered: float | None = None
+    share: float | None = None
     deadline = start + window + recover
     while time.monotonic() < deadline:
-        if lab.teredo_address(index) is not None:
+        elapsed = time.monotonic() - start
+        if share is None and elapsed >= window:
+            share = (cpu_seconds(pids) - before) / elapsed
+        if recovered is None and lab.teredo_address(index) is not None:
             recovered = time.monotonic() - start
-            break
         if not any(r.alive() for r in lab.procs if r.host == host):
             break
-        time.sleep(0.2)
+        if share is not None and recovered is not None:
+            break
+        time.sleep(0.1)
+    if share is None:  # the daemon ended within the window
+        share = (cpu_seconds(pids) - before) / (time.monotonic() - start)
     exited = not any(r.alive() for r in lab.procs if r.host == host)
     return TunDeleted(share, recovered, exited)
 
