@@ -1130,3 +1130,23 @@ def test_network_down_goes_offline_at_once_and_waits() -> None:
     assert client.next_deadline() == pytest.approx(T0 + 105.0)
     client.requalify("network back", T0 + 20.0, None)
     assert [d for _p, d in out.udp] == [SRV]
+
+
+def test_refresh_now_keeps_the_address_unless_the_mapping_changed() -> None:
+    client, out, event = qualified_client()
+    client.refresh_now(T0 + 3.0)
+    [(payload, dest)] = out.udp
+    assert dest == SRV
+    client.refresh_now(T0 + 3.1)  # a second route in the same burst: no second RS
+    assert len(out.udp) == 1
+    client.receive_udp(ra_payload(rs_nonce(payload)), SRV, T0 + 3.2)
+    assert events(client) == []  # same mapping: nothing changes
+    assert client.address == event.address
+    out.clear()
+    client.refresh_now(T0 + 4.0)
+    (payload, _d) = out.udp[-1]
+    moved = ("203.0.113.78", 40001)
+    client.receive_udp(ra_payload(rs_nonce(payload), moved), SRV, T0 + 4.1)
+    [changed] = events(client)
+    assert isinstance(changed, AddressChanged)
+    assert changed.mapping == moved

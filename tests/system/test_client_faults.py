@@ -79,6 +79,16 @@ def test_new_local_address_requalifies_at_once(faults_lab: Lab) -> None:
     host = lab.site(3).client_host
     assert took is not None, lab.log_tail(host, 30)
     assert "network changed (local address 192.168.3.7)" in log_text(lab, host)
+    # Another default route, same local IPv4 (a DHCP renewal, a second uplink): a refresh
+    # RS checks the mapping at once, and the address stays.
+    kept = lab.teredo_address(3)
+    lab.exec(host, ["ip", "route", "add", "default", "via", "192.168.3.1", "metric", "50"])
+    wait_for_log = time.monotonic() + 10.0
+    while "a new default route): checking the mapping" not in log_text(lab, host):
+        assert time.monotonic() < wait_for_log, lab.log_tail(host, 30)
+        time.sleep(0.1)
+    time.sleep(0.5)  # the refresh RA
+    assert lab.teredo_address(3) == kept
 
 
 def test_uplink_lost_goes_offline_and_comes_back(faults_lab: Lab) -> None:

@@ -435,6 +435,20 @@ class ClientMachine:
             self._emit(Offline(reason))
         self._begin_qualification(now)
 
+    def refresh_now(self, now: float) -> None:
+        """Check the mapping at once, keeping the address meanwhile (a new default route: the
+        way out, so the NAT, may have changed, or not: a DHCP renewal re-adds the same route).
+
+        Qualified: a refresh RS now (section 5.2.5); the same mapping changes nothing, another
+        one gives AddressChanged, no answer the usual loss of contact. Otherwise: qualify now.
+        """
+        if self.state is ClientState.QUALIFIED:
+            if self._phase is not _Phase.REFRESH:
+                self._send_refresh(now)
+            return
+        self._backoff = RESTART_FIRST
+        self._begin_qualification(now)
+
     def network_down(self, reason: str, now: float) -> None:
         """No route to the server any more (the uplink is gone): offline at once, cleanly.
 

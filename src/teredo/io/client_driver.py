@@ -1160,7 +1160,8 @@ class ClientDaemon:
         else:
             return
         if local is not None:
-            log.info("network changed (%s): qualifying again", action)
+            then = "qualifying again" if local != before else "checking the mapping"
+            log.info("network changed (%s): %s", action, then)
         now = self.loop.clock()
         with self._lock:
             machine = self.machine
@@ -1168,8 +1169,10 @@ class ClientDaemon:
                 return
             if local is None:
                 machine.network_down("no route to the server", now)
-            else:
+            elif local != before:
                 machine.requalify(f"network changed ({action})", now, local)
+            else:
+                machine.refresh_now(now)
         self._after_input()
 
     # --- several servers (issue 13) -----------------------------------------------------------
