@@ -1093,14 +1093,16 @@ class ClientDaemon:
         self._after_input()
 
     def _local_address(self, server: int | None = None) -> tuple[int, int] | None:
-        """The socket's local IPv4 and port towards the server (NatType.NONE test)."""
-        if self.options.bind_address != "0.0.0.0":  # noqa: S104
-            return ipv4_to_int(self.options.bind_address), self.local_port
+        """The socket's local IPv4 and port towards the server (NatType.NONE test); None
+        when the kernel has no route there (the uplink is gone)."""
         if server is None:
             if self.resolution is None:
                 return None
             server = self.resolution[0]
-        return local_address_towards(server, self.local_port)
+        towards = local_address_towards(server, self.local_port)
+        if towards is not None and self.options.bind_address != "0.0.0.0":  # noqa: S104
+            return ipv4_to_int(self.options.bind_address), self.local_port
+        return towards
 
     # --- network changes (issue 13) ----------------------------------------------------------
 
