@@ -82,6 +82,25 @@ def test_human_view_of_a_client(capsys: pytest.CaptureFixture[str]) -> None:
     assert "udp 0" not in out
 
 
+def test_human_view_of_a_client_with_several_servers(capsys: pytest.CaptureFixture[str]) -> None:
+    name = unique("failover")
+    status = {
+        **CLIENT_STATUS,
+        "servers": ["198.51.100.10", "198.51.100.12", "b.example"],
+        "failover": {"current": 1, "preferred": 0, "ranking": [0, 1, 2], "moves": 1},
+    }
+    with serving((ControlIdentity(name, "client", "teredo"), lambda: dict(status))):
+        assert main(["status", name]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    shown = "198.51.100.10 (best), 198.51.100.12 (in use), b.example; moves 1"
+    assert f"  servers    {shown}" in lines
+    status["failover"] = {"current": 0, "preferred": 0, "moves": 2}
+    with serving((ControlIdentity(name, "client", "teredo"), lambda: dict(status))):
+        assert main(["status", name]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  servers    198.51.100.10 (in use, best), 198.51.100.12, b.example; moves 2" in lines
+
+
 def test_json_is_a_list_of_the_documents(capsys: pytest.CaptureFixture[str]) -> None:
     name = unique("json")
     with serving((ControlIdentity(name, "client", "teredo"), lambda: dict(CLIENT_STATUS))):

@@ -141,6 +141,16 @@ def _client_lines(st: Mapping[str, object]) -> list[str]:
     if st.get("server2"):
         server += f" / {st['server2']}"
     lines.append(f"server     {server}, refresh {_text(st.get('refresh_interval'))} s")
+    servers, failover = st.get("servers"), _map(st.get("failover"))
+    if isinstance(servers, list) and failover:  # several servers (core/failover.py)
+        tags = [
+            ", ".join(
+                t for t, k in (("in use", "current"), ("best", "preferred")) if failover.get(k) == i
+            )
+            for i in range(len(servers))
+        ]
+        shown = ", ".join(f"{n} ({t})" if t else str(n) for n, t in zip(servers, tags, strict=True))
+        lines.append(f"servers    {shown}; moves {_int(failover.get('moves'))}")
     lines.append(f"MTU        {_text(st.get('mtu'))}")
     lines.append(
         f"peers      {_int(st.get('peers'))} ({_int(st.get('trusted_peers'))} trusted), "
