@@ -162,7 +162,10 @@ def test_random_tun_packets_only_reach_global_ipv4(data: st.DataObject) -> None:
 @settings(max_examples=50, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.sampled_from(["rs", "drop", "jump", "server"]), st.floats(0.0, 40.0)),
+        st.tuples(
+            st.sampled_from(["rs", "drop", "jump", "server", "requalify", "refresh", "down"]),
+            st.floats(0.0, 40.0),
+        ),
         max_size=30,
     )
 )
@@ -205,7 +208,14 @@ def test_client_and_real_server_under_random_loss_and_jumps(
         else:
             now = min(now + dt, deadline) if dt else deadline
         client.handle_timer(now)
-        exchange(action in ("rs", "server"))
+        # Network changes (issue 13) at any moment: the machine must keep a deadline.
+        if action == "requalify":
+            client.requalify("network changed", now, None)
+        elif action == "refresh":
+            client.refresh_now(now)
+        elif action == "down":
+            client.network_down("no route", now)
+        exchange(action in ("rs", "server", "requalify", "refresh"))
         while client.next_event() is not None:
             pass
     # Then the server answers everything until the client settles.
