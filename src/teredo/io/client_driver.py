@@ -775,7 +775,7 @@ class ClientDaemon:
                     self.loop.add_machine(self._timed)
                     self._timer_added = True
             else:
-                if resolution != self.resolution:
+                if resolution != self.resolution and not _is_literal(self._active[0]):
                     log.info("server %s is now %s: qualifying again", self._active[0], shown)
                 with self._lock:
                     self.machine.set_server(server, server2, now)
