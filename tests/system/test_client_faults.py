@@ -79,6 +79,7 @@ def test_new_local_address_requalifies_at_once(faults_lab: Lab) -> None:
     host = lab.site(3).client_host
     assert took is not None, lab.log_tail(host, 30)
     assert "network changed (local address 192.168.3.7)" in log_text(lab, host)
+    assert "local discovery on eth0 192.168.3.7" in log_text(lab, host)
     # Another default route, same local IPv4 (a DHCP renewal, a second uplink): a refresh
     # RS checks the mapping at once, and the address stays.
     kept = lab.teredo_address(3)

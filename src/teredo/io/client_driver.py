@@ -1164,6 +1164,8 @@ class ClientDaemon:
         if local is not None:
             then = "qualifying again" if local != before else "checking the mapping"
             log.info("network changed (%s): %s", action, then)
+            if local != before:
+                self._reopen_discovery()  # its group memberships name the old address
         now = self.loop.clock()
         with self._lock:
             machine = self.machine
@@ -1176,6 +1178,16 @@ class ClientDaemon:
             else:
                 machine.refresh_now(now)
         self._after_input()
+
+    def _reopen_discovery(self) -> None:
+        """Local discovery (RFC 4380 5.2.8) on the interfaces and addresses of now."""
+        if not self.options.local_discovery:
+            return
+        if self.discovery is not None:
+            self.loop.remove_reader(self.discovery.sock.fileno())
+            self.discovery.close()
+            self.discovery = None
+        self.io.discovery_addresses = self._open_discovery()
 
     # --- several servers (issue 13) -----------------------------------------------------------
 
