@@ -100,6 +100,7 @@ MMSG_BATCH = 64  # datagrams per sendmmsg call
 # An interface deleted under the daemon is created again, but not forever: this many times
 # within the window, and the daemon exits with EXIT_FAILED for its supervisor (issue 14).
 TUN_RECREATE_MAX = 5
+TUN_RECREATE_WINDOW = 60.0
 # Several servers: RS round trips measured before the choice (core/failover.py). Only the
 # first phase of a probe matters for it, so the probe is cut short after PROBE_TIME_LIMIT.
 PROBE_ROUNDS = 2
@@ -107,7 +108,6 @@ PROBE_TIMEOUT = 1.0
 PROBE_TIME_LIMIT = 1.5
 # Network notifications come in bursts (an address, then its routes): looked at once settled.
 NETWORK_SETTLE = 0.3
-TUN_RECREATE_WINDOW = 60.0
 EXIT_FAILED = 1  # also: the socket asked for on SIGHUP cannot be opened
 
 
@@ -1219,7 +1219,7 @@ class ClientDaemon:
             return  # a reload started another choice
         try:
             results = future.result()
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # whatever happened, the client must still start
             log.warning("cannot probe the servers (%s): trying them in the configured order", exc)
             results = []
         index = failover.choose(rank(results))
@@ -1278,7 +1278,7 @@ class ClientDaemon:
             return
         try:
             answered = any(r.reachable for r in future.result())
-        except (OSError, ValueError):
+        except Exception:  # a check that fails is a check not answered
             answered = False
         move = failover.checked(answered, self.loop.clock())
         if move is None:
