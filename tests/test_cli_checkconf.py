@@ -152,6 +152,23 @@ def test_resolve_failure_names_the_line(
     )
 
 
+def test_resolve_checks_every_server_of_a_repeated_server_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[str] = []
+
+    def fail(host: str, *args: object) -> object:
+        asked.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", fail)  # no DNS server is ever asked
+    path = write(tmp_path, "ServerAddress 198.51.100.1\nServerAddress b.example.net\n")
+    status, _out, err = check(capsys, "--resolve", path)
+    assert asked == ["b.example.net"]
+    assert status == 2
+    assert err.startswith(f"{path}:2: ServerAddress: cannot resolve 'b.example.net'")
+
+
 def test_no_resolution_without_the_flag(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

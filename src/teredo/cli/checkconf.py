@@ -54,10 +54,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def _resolve(settings: Settings, text: str, filename: str) -> None:
     if not isinstance(settings, ClientSettings):
         return  # server and relay files hold IPv4 literals only
-    lines = {d.name: d for d in read_directives(text, filename)}
-    for name in ("ServerAddress", "ServerAddress2"):
-        directive = lines.get(name)
-        if directive is None:
+    for directive in read_directives(text, filename):  # every ServerAddress (may repeat)
+        if directive.name not in ("ServerAddress", "ServerAddress2"):
             continue
         try:
             resolve_ipv4(directive.value)
