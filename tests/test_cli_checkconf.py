@@ -159,12 +159,14 @@ def test_resolve_checks_every_server_of_a_repeated_server_address(
 
     def fail(host: str, *args: object) -> object:
         asked.append(host)
+        if host[0].isdigit():
+            return [(socket.AF_INET, socket.SOCK_DGRAM, 17, "", (host, 0))]
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     monkeypatch.setattr(socket, "getaddrinfo", fail)  # no DNS server is ever asked
     path = write(tmp_path, "ServerAddress 198.51.100.1\nServerAddress b.example.net\n")
     status, _out, err = check(capsys, "--resolve", path)
-    assert asked == ["b.example.net"]
+    assert asked == ["198.51.100.1", "b.example.net"]
     assert status == 2
     assert err.startswith(f"{path}:2: ServerAddress: cannot resolve 'b.example.net'")
 
