@@ -131,17 +131,25 @@ def test_resolve_accepts_localhost_and_literals(
     assert check(capsys, "--resolve", path) == (0, "", "")
 
 
+def no_dns(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Stands in for the system resolver so that no DNS server is ever asked: IPv4 literals
+    resolve to themselves, names fail. Returns the list of what was asked."""
+    asked: list[str] = []
+
+    def resolve(host: str, *args: object) -> object:
+        asked.append(host)
+        if host[0].isdigit():
+            return [(socket.AF_INET, socket.SOCK_DGRAM, 17, "", (host, 0))]
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    return asked
+
+
 def test_resolve_failure_names_the_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    asked: list[str] = []
-
-    def fail(host: str, *args: object) -> object:
-        asked.append(host)
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-
-    # Stands in for the system resolver so that no DNS server is ever asked.
-    monkeypatch.setattr(socket, "getaddrinfo", fail)
+    asked = no_dns(monkeypatch)
     path = write(tmp_path, "# x\nServerAddress teredo.example.net\n")
     status, out, err = check(capsys, "--resolve", path)
     assert asked == ["teredo.example.net"]
@@ -155,15 +163,7 @@ def test_resolve_failure_names_the_line(
 def test_resolve_checks_every_server_of_a_repeated_server_address(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    asked: list[str] = []
-
-    def fail(host: str, *args: object) -> object:
-        asked.append(host)
-        if host[0].isdigit():
-            return [(socket.AF_INET, socket.SOCK_DGRAM, 17, "", (host, 0))]
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-
-    monkeypatch.setattr(socket, "getaddrinfo", fail)  # no DNS server is ever asked
+    asked = no_dns(monkeypatch)
     path = write(tmp_path, "ServerAddress 198.51.100.1\nServerAddress b.example.net\n")
     status, _out, err = check(capsys, "--resolve", path)
     assert asked == ["198.51.100.1", "b.example.net"]
