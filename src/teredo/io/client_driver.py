@@ -815,6 +815,7 @@ class ClientDaemon:
             )
             self._last_offline = None
             self.tunnel.qualified(event.address, event.link_local, event.mtu)
+            self.loop.ready(f"qualified: {_v6(event.address)}, NAT {event.nat}")
         elif isinstance(event, AddressChanged):
             log.info(
                 "address changed: %s -> %s, mapping %s:%d, NAT %s",
@@ -837,6 +838,9 @@ class ClientDaemon:
                 logging.DEBUG if repeated else logging.WARNING, "not qualified: %s", event.reason
             )
             self.tunnel.offline()
+            # systemd: the start ends at the first failed attempt too (a client that waits
+            # for its server must not hold the boot); the status says it is not qualified.
+            self.loop.ready(f"not qualified: {event.reason}")
         elif isinstance(event, SymmetricNat):
             # Said once as a warning; the machine's later retries only at debug level.
             first = not self._symmetric_reported
@@ -848,6 +852,7 @@ class ClientDaemon:
                 *event.primary_mapping,
                 *event.secondary_mapping,
             )
+            self.loop.ready("not qualified: symmetric NAT")
         elif isinstance(event, ResolveServer):
             # After a loss of contact the name may point elsewhere now (Miredo re-resolves).
             names = (self.options.server, self.options.server2)
