@@ -27,11 +27,18 @@ put client_address "$(ip -6 -o addr show dev teredo scope global | sed -n 's/.* 
 scrape http://127.0.0.1:9546/metrics | grep -E '^teredo_client_qualified ' | sed 's/^/client_metric_/' >>"$out"
 put status_roles "$(/opt/teredo/bin/teredo status --json | /usr/bin/python3 -c 'import json, sys; print(",".join(sorted(d["role"] for d in json.load(sys.stdin))))')"
 
+timeout 60 systemctl start teredo-relay.service; put relay_start $?
+[ "$(prop teredo-relay.service ActiveState)" = active ] || dump teredo-relay.service
+put relay_status "$(prop teredo-relay.service StatusText)"
+put relay_caps "$(grep CapEff "/proc/$(prop teredo-relay.service MainPID)/status" | cut -f2)"
+scrape http://127.0.0.1:9545/metrics | grep -E '^teredo_peer_capacity ' | sed 's/^/relay_metric_/' >>"$out"
+
 systemctl reload teredo-server.service; put server_reload $?
 put server_state_after_reload "$(prop teredo-server.service ActiveState)"
 put server_pid_after_reload "$([ "$(prop teredo-server.service MainPID)" = "$pid" ] && echo same || echo changed)"
 
-systemctl stop teredo-client.service teredo-server.service; put stop $?
+systemctl stop teredo-client.service teredo-relay.service teredo-server.service; put stop $?
+put relay_result "$(prop teredo-relay.service Result)/$(prop teredo-relay.service ActiveState)"
 put client_result "$(prop teredo-client.service Result)/$(prop teredo-client.service ActiveState)"
 put server_result "$(prop teredo-server.service Result)/$(prop teredo-server.service ActiveState)"
 put tun_left "$(ip -o link show dev teredo 2>/dev/null | wc -l)"

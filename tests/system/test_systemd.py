@@ -1,7 +1,7 @@
 """The units of systemd/ under a real systemd: a throw-away container (systemd-nspawn
 --volatile=yes: the host's /usr read-only, everything else a tmpfs; --private-network: its own
 network namespace with only lo) boots systemd as its PID 1 into a test target that starts
-teredo-server.service and teredo-client.service exactly as installed by
+teredo-server, teredo-client and teredo-relay.service exactly as installed by
 scripts/install-units.sh, reloads, scrapes, stops, writes a report and powers off.
 
 PID 1 of the machine running the suite is usually not systemd (CI containers), so `systemctl`
@@ -106,7 +106,7 @@ def _write(path: Path, text: str, mode: int = 0o644) -> Path:
     return path
 
 
-def test_server_and_client_units_under_systemd(tmp_path: Path) -> None:
+def test_units_under_systemd(tmp_path: Path) -> None:
     nspawn = _prerequisites()
     tmp_path.chmod(0o755)  # the units' dynamic users must read what is bound from here
     opt = tmp_path / "opt"
@@ -119,6 +119,8 @@ def test_server_and_client_units_under_systemd(tmp_path: Path) -> None:
     etc.mkdir(mode=0o755)
     _write(etc / "server.conf", f"ServerBindAddress {PRIMARY}\nMetricsAddress 127.0.0.1:9544\n")
     _write(etc / "client.conf", f"ServerAddress {PRIMARY}\nMetricsAddress 127.0.0.1:9546\n")
+    relay = "RelayType cone\nInterfaceName teredo-relay\nBindPort 3545\n"
+    _write(etc / "relay.conf", relay + "MetricsAddress 127.0.0.1:9545\n")
     units = tmp_path / "units"
     done = subprocess.run(
         ["bash", str(ROOT / "scripts" / "install-units.sh"), str(units)],
@@ -153,6 +155,7 @@ def test_server_and_client_units_under_systemd(tmp_path: Path) -> None:
         "--directory=/",
         "--volatile=yes",
         "--private-network",
+        "--capability=CAP_BPF,CAP_PERFMON",  # not in nspawn's default set; the relay's unit asks
         "--register=no",
         "--keep-unit",
         f"--machine={machine}",
@@ -215,6 +218,13 @@ def test_server_and_client_units_under_systemd(tmp_path: Path) -> None:
     assert report["client_metric_teredo_client_qualified"] == "1.0", context
     assert report["status_roles"] == "client,server", context
 
+    # The relay: ready once its socket and tunnel are up, with CAP_NET_ADMIN (12), CAP_PERFMON
+    # (38) and CAP_BPF (39) only.
+    assert report["relay_start"] == "0", context
+    assert report["relay_status"] == "relaying on UDP 0.0.0.0:3545, teredo-relay", context
+    assert int(report["relay_caps"], 16) == (1 << 12) | (1 << 38) | (1 << 39), context
+    assert float(report["relay_metric_teredo_peer_capacity"]) > 0, context
+
     # ExecReload= is SIGHUP: same process, still active (RELOADING=1 then READY=1).
     assert report["server_reload"] == "0", context
     assert report["server_state_after_reload"] == "active", context
@@ -224,4 +234,5 @@ def test_server_and_client_units_under_systemd(tmp_path: Path) -> None:
     assert report["stop"] == "0", context
     assert report["client_result"] == "success/inactive", context
     assert report["server_result"] == "success/inactive", context
+    assert report["relay_result"] == "success/inactive", context
     assert report["tun_left"] == "0", context
