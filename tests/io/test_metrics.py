@@ -305,3 +305,44 @@ def test_drop_reason_groups_cover_every_reason() -> None:
 
     exported = {*_role_reasons("client"), *_role_reasons("server"), *_role_reasons("relay")}
     assert exported == {r.name.lower() for r in DropReason}
+
+
+def test_grafana_dashboard_uses_only_exported_metrics() -> None:
+    import json
+    from pathlib import Path
+
+    from teredo.io.metrics import families
+
+    server_doc: dict[str, object] = {
+        "role": "server",
+        "worker": 0,
+        "status": dict.fromkeys(("router_advertisements", "bubbles_forwarded"), 0)
+        | {"packets_forwarded": 0, "native_forwarded": 0},
+    }
+    relay_doc: dict[str, object] = {
+        "role": "relay",
+        "status": {
+            "peers": 0,
+            "capacity": 1,
+            "pending_peers": 0,
+            "evicted": 0,
+            "refused": 0,
+            "data_path_faults": 0,
+            "counters": {"to_teredo": 0, "from_teredo": 0, "queued": 0},
+        },
+    }
+    exported = {"process_cpu_seconds_total", "process_resident_memory_bytes"}
+    for docs in ([CLIENT_DOC], [relay_doc], [server_doc]):
+        for family in families(docs):
+            exported |= {sample.name for sample in family.samples}
+    exported.add("teredo_status_available")
+    path = Path(__file__).resolve().parents[2] / "docs" / "grafana-teredo.json"
+    dashboard = json.loads(path.read_text(encoding="utf-8"))
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    assert exprs, "no query in the dashboard"
+    used = {name for expr in exprs for name in re.findall(r"\b(?:teredo|process)_[a-z0-9_]+", expr)}
+    used.discard("teredo_kernel_")  # the regular expression of the kernel panel
+    assert used, exprs
+    assert used <= exported, f"the dashboard queries unknown metrics: {sorted(used - exported)}"
+    variables = dashboard["templating"]["list"]
+    assert any("teredo_daemon_info" in str(v.get("query")) for v in variables)
