@@ -38,9 +38,18 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _clean_env() -> dict[str, str]:
-    # Nothing of this checkout may leak into the clean environment.
-    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+def _in_venv(*argv: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`argv` run with nothing of this checkout in its environment (no PYTHONPATH)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return subprocess.run(
+        [str(a) for a in argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=cwd,
+        check=False,
+    )
 
 
 def test_wheel_and_sdist_contents(dist: Path) -> None:
@@ -80,52 +89,21 @@ def test_wheel_installs_into_a_clean_venv(dist: Path, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     wheel = dist / f"teredo-{__version__}-py3-none-any.whl"
-    done = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=_clean_env(),
-        check=False,
-    )
+    done = _in_venv(venv / "bin" / "python", "-m", "pip", "install", "-q", wheel)
     assert done.returncode == 0, done.stderr
-    version = subprocess.run(
-        [str(venv / "bin" / "teredo"), "--version"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_clean_env(),
-        check=False,
-    )
+    version = _in_venv(venv / "bin" / "teredo", "--version")
     assert (version.returncode, version.stdout) == (
         0,
         f"teredo {__version__} (data path: {available()})\n",
     ), version.stderr
     # The installed package, not this checkout, with its dependencies importable.
-    probe = subprocess.run(
-        [
-            str(venv / "bin" / "python"),
-            "-c",
-            "import teredo, teredo.io.metrics, teredo.io.client_driver, teredo.io.relay_driver; "
-            "print(teredo.__file__)",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_clean_env(),
-        cwd=tmp_path,
-        check=False,
+    imports = "teredo, teredo.io.metrics, teredo.io.client_driver, teredo.io.relay_driver"
+    probe = _in_venv(
+        venv / "bin" / "python", "-c", f"import {imports}; print(teredo.__file__)", cwd=tmp_path
     )
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.startswith(str(venv)), probe.stdout
-    decoded = subprocess.run(
-        [str(venv / "bin" / "teredo"), "decode", "2001:0:4136:e378:8000:63bf:3fff:fdd2"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_clean_env(),
-        check=False,
-    )
+    decoded = _in_venv(venv / "bin" / "teredo", "decode", "2001:0:4136:e378:8000:63bf:3fff:fdd2")
     assert decoded.returncode == 0, decoded.stderr
     assert "65.54.227.120" in decoded.stdout
 
