@@ -7,6 +7,7 @@ then parses the answer with prometheus-client's own parser: what a Prometheus se
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
 import threading
@@ -84,6 +85,25 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
                 assert sample.name.endswith(("_total", "_created")), sample.name
             out[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
     return out
+
+
+class FakeDaemon:
+    """What DaemonLoop needs of a daemon; records the threads status() runs in."""
+
+    def __init__(self, status: dict[str, object] | None = None) -> None:
+        self.threads: list[int] = []
+        self.closed = False
+        self._status = status or {}
+
+    def summary(self) -> str:
+        return "fake"
+
+    def status(self) -> dict[str, object]:
+        self.threads.append(threading.get_ident())
+        return dict(self._status)
+
+    def close(self) -> None:
+        self.closed = True
 
 
 @pytest.fixture
@@ -230,32 +250,20 @@ def test_idle_scrapers_cannot_take_more_than_their_share(exporters: list[Metrics
 
 def test_daemon_status_is_read_in_the_loop_thread(exporters: list[MetricsExporter]) -> None:
     loop = DaemonLoop()
-    threads: list[int] = []
-
-    class FakeDaemon:
-        def summary(self) -> str:
-            return "fake"
-
-        def status(self) -> dict[str, object]:
-            threads.append(threading.get_ident())
-            return {"state": "qualifying", "peers": 0}
-
-        def close(self) -> None:
-            pass
-
+    daemon = FakeDaemon({"state": "qualifying", "peers": 0})
     runner = threading.Thread(target=loop.loop.run_forever, daemon=True)
     runner.start()
     try:
         identity = ControlIdentity("teredo/client/teredo", "client", "teredo")
         endpoint = MetricsEndpoint(LOOPBACK, identity)
-        exporter = loop.start_metrics(endpoint, FakeDaemon())
+        exporter = loop.start_metrics(endpoint, daemon)
         exporters.append(exporter)
         got = samples(scrape(exporter.port))
     finally:
         loop.loop.call_soon_threadsafe(loop.loop.stop)
         runner.join(5)
         loop.close()
-    assert threads == [runner.ident], "status() must run in the daemon's loop thread"
+    assert daemon.threads == [runner.ident], "status() must run in the daemon's loop thread"
     assert got["teredo_client_state", (("state", "qualifying"),)] == 1
     assert got["teredo_client_qualified", ()] == 0
 
@@ -346,3 +354,29 @@ def test_grafana_dashboard_uses_only_exported_metrics() -> None:
     assert used <= exported, f"the dashboard queries unknown metrics: {sorted(used - exported)}"
     variables = dashboard["templating"]["list"]
     assert any("teredo_daemon_info" in str(v.get("query")) for v in variables)
+
+
+def test_a_daemon_whose_metrics_address_is_taken_stops_with_one_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    daemon = FakeDaemon()
+    loop = DaemonLoop()
+    endpoint = MetricsEndpoint(
+        MetricsAddress("127.0.0.1", port), ControlIdentity("teredo/relay/x", "relay", "x")
+    )
+    try:
+        # A logger of its own: the "teredo" one may not propagate (configure_logging).
+        log = logging.getLogger("test-metrics-serve")
+        with caplog.at_level(logging.INFO, logger=log.name):
+            status = loop.serve(daemon, log, lambda: None, metrics=endpoint)
+    finally:
+        loop.close()
+        holder.close()
+    assert status == 1
+    assert daemon.closed, "the daemon must be closed (its interface removed)"
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [f"metrics on 127.0.0.1:{port}: Address already in use"]

@@ -76,6 +76,17 @@ class FakeSystemd:
 
 
 @pytest.fixture
+def teredo_logs(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> pytest.LogCaptureFixture:
+    """caplog for the "teredo" loggers, which a daemon verb run in this process may have cut
+    off from the root logger (configure_logging)."""
+    monkeypatch.setattr(logging.getLogger("teredo"), "propagate", True)
+    caplog.set_level(logging.WARNING)
+    return caplog
+
+
+@pytest.fixture
 def fake_systemd(tmp_path: Path) -> Iterator[FakeSystemd]:
     fake = FakeSystemd(str(tmp_path / "notify"))
     try:
@@ -102,11 +113,10 @@ def test_the_variable_is_taken_out_of_the_environment(fake_systemd: FakeSystemd)
     assert notifier.enabled
 
 
-def test_relative_address_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING):
-        notifier = Notifier.from_environment({"NOTIFY_SOCKET": "notify"})
+def test_relative_address_is_ignored(teredo_logs: pytest.LogCaptureFixture) -> None:
+    notifier = Notifier.from_environment({"NOTIFY_SOCKET": "notify"})
     assert not notifier.enabled
-    assert "neither a path nor @abstract" in caplog.text
+    assert "neither a path nor @abstract" in teredo_logs.text
 
 
 def test_ready_reload_stop_sequence(fake_systemd: FakeSystemd) -> None:
@@ -142,12 +152,13 @@ def test_abstract_socket() -> None:
         fake.close()
 
 
-def test_a_missing_socket_is_said_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_missing_socket_is_said_once(
+    tmp_path: Path, teredo_logs: pytest.LogCaptureFixture
+) -> None:
     notifier = Notifier(str(tmp_path / "gone"))
-    with caplog.at_level(logging.WARNING):
-        assert notifier.send("STATUS=a") is False
-        assert notifier.send("STATUS=b") is False
-    assert caplog.text.count("cannot notify systemd") == 1
+    assert notifier.send("STATUS=a") is False
+    assert notifier.send("STATUS=b") is False
+    assert teredo_logs.text.count("cannot notify systemd") == 1
 
 
 # --- a real server in a namespace (root) -----------------------------------------------------
