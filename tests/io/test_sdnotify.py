@@ -226,8 +226,10 @@ def start_server(ns: str, notify: str, *extra: str) -> subprocess.Popen[str]:
     )
 
 
-def stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
-    if proc.poll() is None:
+def stop(proc: subprocess.Popen[str], *, signalled: bool) -> tuple[int, str]:
+    """Waits for the server to exit; SIGTERM first unless the test sent it already (a second
+    one during the shutdown, once the handler is gone, would kill it)."""
+    if not signalled and proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
         _, err = proc.communicate(timeout=20)
@@ -244,6 +246,7 @@ def test_server_is_ready_when_bound_reloads_and_stops(
 ) -> None:
     metrics = f"127.0.0.1:{METRICS_PORT}"
     proc = start_server(netns, fake_systemd.address, "--metrics", metrics)
+    signalled = False
     try:
         seen, fields, pid = fake_systemd.wait_for("READY=1")
         assert seen[0] == "READY=1", f"READY=1 must be the first notification: {seen}"
@@ -261,9 +264,10 @@ def test_server_is_ready_when_bound_reloads_and_stops(
         seen, _, _ = fake_systemd.wait_for("READY=1")
         assert seen[0] == "RELOADING=1", seen
         proc.send_signal(signal.SIGTERM)
+        signalled = True
         fake_systemd.wait_for("STOPPING=1")
     finally:
-        status, err = stop(proc)
+        status, err = stop(proc, signalled=signalled)
     assert status == 0, err
 
 
@@ -271,6 +275,7 @@ def test_server_is_ready_when_bound_reloads_and_stops(
 def test_workers_supervisor_alone_speaks_to_systemd(netns: str, fake_systemd: FakeSystemd) -> None:
     metrics = f"127.0.0.1:{METRICS_PORT}"
     proc = start_server(netns, fake_systemd.address, "--workers", "2", "--metrics", metrics)
+    signalled = False
     try:
         seen, fields, pid = fake_systemd.wait_for("READY=1")
         assert seen[0] == "READY=1", seen
@@ -285,9 +290,10 @@ def test_workers_supervisor_alone_speaks_to_systemd(netns: str, fake_systemd: Fa
                 scraped.stdout
             ), scraped.stdout
         proc.send_signal(signal.SIGTERM)
+        signalled = True
         seen, _, pid = fake_systemd.wait_for("STOPPING=1")
         assert pid == proc.pid
         assert "READY=1" not in seen, "a worker must not notify"
     finally:
-        status, err = stop(proc)
+        status, err = stop(proc, signalled=signalled)
     assert status == 0, err
