@@ -6,6 +6,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 
 apt_packages=(miredo miredo-server nftables iproute2 iputils-ping conntrack iperf3 tcpdump procps python3-venv)
+# systemd: systemd-analyze checks the units of systemd/; systemd-container: systemd-nspawn runs
+# them under a real systemd in a throw-away container (tests/system/test_systemd.py).
+apt_packages+=(systemd systemd-container)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -44,3 +47,8 @@ fi
 # write it: every daemon the lab starts would compile the package again (about 100 ms of its
 # start-up). Stale files are harmless: Python checks each against its source.
 .venv/bin/python -m compileall -q src
+
+# The daemons' systemd units (systemd/), installed for the operator, never enabled or started.
+if [[ $(id -u) -eq 0 ]]; then
+    bash scripts/install-units.sh
+fi

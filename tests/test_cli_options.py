@@ -364,3 +364,31 @@ def test_pidfile_held_by_another_process(tmp_path: Path) -> None:
         holder.wait(timeout=10)
     assert holder.returncode == 0
     assert not path.exists()
+
+
+def test_metrics_flag_overrides_the_file_for_every_role(tmp_path: Path) -> None:
+    from teredo.cli.options import metrics_endpoint
+
+    files = {
+        Role.CLIENT: "ServerAddress 198.51.100.1\nMetricsAddress 127.0.0.1:9544\n",
+        Role.RELAY: "RelayType cone\nMetricsAddress 127.0.0.1:9544\n",
+        Role.SERVER: "ServerBindAddress 198.51.100.1\nMetricsAddress 127.0.0.1:9544\n",
+    }
+    for role, text in files.items():
+        path = conf(tmp_path, text)
+        assert str(load_settings(parse(role, "-c", path), role).metrics_address) == (
+            "127.0.0.1:9544"
+        )
+        args = parse(role, "-c", path, "--metrics", "[::1]:9100", "--no-control")
+        settings = load_settings(args, role)
+        endpoint = metrics_endpoint(args, settings, role.value, "tr0")
+        assert endpoint is not None
+        assert str(endpoint.address) == "[::1]:9100"
+        # Named as on the status socket, even when that socket is off.
+        assert endpoint.identity.name == f"teredo/{role.value}/tr0"
+        assert endpoint.identity.role == role.value
+    assert load_error(Role.RELAY, "--metrics", "9544") == (
+        'command line: --metrics: invalid address "9544" (expected ADDRESS:PORT)'
+    )
+    args = parse(Role.RELAY)
+    assert metrics_endpoint(args, load_settings(args, Role.RELAY), "relay") is None

@@ -190,6 +190,7 @@ def test_all_directives_are_covered_by_these_tests() -> None:
         "ServerBindAddress",
         "ServerBindAddress2",
         "RefreshInterval",
+        "MetricsAddress",
     }
 
 
@@ -505,7 +506,52 @@ ERRORS = [
         None,
         't.conf:2: RefreshInterval: invalid interval "30s" (expected seconds, e.g. 30)',
     ),
+    (
+        "ServerAddress 198.51.100.1\nMetricsAddress 9544\n",
+        None,
+        't.conf:2: MetricsAddress: invalid address "9544" (expected ADDRESS:PORT)',
+    ),
+    (
+        "ServerBindAddress 198.51.100.1\nMetricsAddress localhost:9544\n",
+        None,
+        't.conf:2: MetricsAddress: invalid address "localhost" '
+        "(an IPv4 address or an IPv6 one in [brackets])",
+    ),
+    (
+        "RelayType cone\nMetricsAddress ::1:9544\n",
+        None,
+        't.conf:2: MetricsAddress: invalid address "::1" '
+        "(an IPv4 address or an IPv6 one in [brackets])",
+    ),
+    (
+        "RelayType cone\nMetricsAddress 127.0.0.1:0\n",
+        None,
+        't.conf:2: MetricsAddress: invalid port "0" (expected 1..65535)',
+    ),
+    (
+        "RelayType cone\nMetricsAddress 127.0.0.1:http\n",
+        None,
+        't.conf:2: MetricsAddress: invalid port "http" (expected 1..65535)',
+    ),
 ]
+
+
+@pytest.mark.parametrize(
+    ("text", "role", "shown"),
+    [
+        ("ServerAddress 198.51.100.1\nMetricsAddress 127.0.0.1:9544\n", None, "127.0.0.1:9544"),
+        ("RelayType host\nmetricsaddress [::1]:9544\n", None, "[::1]:9544"),
+        ("ServerBindAddress 198.51.100.1\nMetricsAddress [0::0]:80\n", None, "[::]:80"),
+    ],
+)
+def test_metrics_address(text: str, role: Role | None, shown: str) -> None:
+    settings = parse_config(text, "t.conf", role)
+    assert str(settings.metrics_address) == shown
+
+
+def test_metrics_off_by_default() -> None:
+    for text in ("ServerAddress 198.51.100.1\n", "RelayType cone\n", "ServerBindAddress 1.2.3.4\n"):
+        assert parse_config(text, "t.conf").metrics_address is None
 
 
 @pytest.mark.parametrize(("text", "role", "message"), ERRORS)

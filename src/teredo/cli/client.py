@@ -14,6 +14,7 @@ from teredo.cli.options import (
     configure_logging,
     control_identity,
     load_settings,
+    metrics_endpoint,
     report_config_error,
 )
 from teredo.core.config import ClientSettings, ConfigError, Role
@@ -106,7 +107,12 @@ def run(args: argparse.Namespace) -> int:
                 log.info("configuration %s", daemon.reload(fresh))
 
             control = control_identity(args, "client", options.interface)
-            return loop.serve(daemon, log, reload, start=daemon.start, control=control)
+            metrics = metrics_endpoint(args, settings, "client", options.interface)
+            # Ready for systemd once qualified (or the first attempt failed): ClientDaemon.
+            start = daemon.start
+            return loop.serve(
+                daemon, log, reload, start=start, control=control, metrics=metrics, ready=None
+            )
     except (ClientStartError, PidFileError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED

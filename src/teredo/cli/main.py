@@ -54,6 +54,23 @@ def selected_verb(argv: Sequence[str]) -> str | None:
     return None
 
 
+class _VersionAction(argparse.Action):
+    """`teredo --version`: "teredo VERSION (data path: kernel|user)"; the data path is
+    looked up only when asked (teredo.datapath.available)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        from teredo.datapath import available  # noqa: PLC0415 - only for --version
+
+        print(f"teredo {__version__} (data path: {available()})")
+        parser.exit()
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; with `only`, that verb's module alone is imported (the others are
     listed with their help and cannot be parsed further)."""
@@ -61,7 +78,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="teredo",
         description="Teredo (RFC 4380): IPv6 over UDP/IPv4 through NATs.",
     )
-    parser.add_argument("--version", action="version", version=f"teredo {__version__}")
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        nargs=0,
+        help="print the version and the data path available (kernel or user) and exit",
+    )
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for name in VERB_MODULES:
         verb = _verb_name(name)

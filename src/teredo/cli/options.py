@@ -10,6 +10,7 @@ Fixed early so that tests, benchmarks and the lab can drive any daemon the same 
                   [--mtu N]
     common:       [-c|--conf|--config FILE] [--pidfile FILE] [-f|--foreground]
                   [--syslog [FACILITY]] [-v|--verbose] [--control NAME | --no-control]
+                  [--metrics ADDRESS:PORT]
 
 The file is Miredo's, unchanged (core/config.py); each flag stands for one directive and
 overrides the file. Without -c no file is read (unlike Miredo, which reads
@@ -55,6 +56,7 @@ from teredo.core.config import (
 
 if TYPE_CHECKING:
     from teredo.io.control import ControlIdentity
+    from teredo.io.metrics import MetricsEndpoint
 
 __all__ = [
     "EXIT_CONFIG",
@@ -67,6 +69,7 @@ __all__ = [
     "control_name",
     "flags_for",
     "load_settings",
+    "metrics_endpoint",
     "read_config_text",
     "report_config_error",
     "resolve_ipv4",
@@ -130,6 +133,7 @@ def flags_for(role: Role | str) -> dict[str, str]:
         table["--type"] = "RelayType"
         table["--host-specific"] = "RelayType"
     table["--syslog"] = "SyslogFacility"
+    table["--metrics"] = "MetricsAddress"
     return table
 
 
@@ -174,6 +178,12 @@ def add_daemon_arguments(parser: argparse.ArgumentParser, role: Role | str) -> N
         dest="no_control",
         action="store_true",
         help="no status socket (`teredo status` will not see this daemon)",
+    )
+    common.add_argument(
+        "--metrics",
+        metavar="ADDRESS:PORT",
+        help="serve Prometheus metrics over HTTP on ADDRESS:PORT, e.g. 127.0.0.1:9544 or "
+        "[::1]:9544 (MetricsAddress; off by default)",
     )
     own = parser.add_argument_group(f"{role.value} options (each overrides its directive)")
     if role is Role.RELAY:
@@ -234,6 +244,21 @@ def control_identity(
     return ControlIdentity(name, role, interface, worker)
 
 
+def metrics_endpoint(
+    args: argparse.Namespace, settings: Settings, role: str, interface: str | None = None
+) -> MetricsEndpoint | None:
+    """Where the daemon serves Prometheus metrics (--metrics, MetricsAddress); None: nowhere.
+    The daemon is named as on its status socket, which it has even with --no-control."""
+    if settings.metrics_address is None:
+        return None
+    # Imported here: prometheus-client is loaded only by a daemon that serves metrics.
+    from teredo.io.control import ControlIdentity, default_name  # noqa: PLC0415
+    from teredo.io.metrics import MetricsEndpoint  # noqa: PLC0415
+
+    name = control_name(args, default_name(role, interface)) or default_name(role, interface)
+    return MetricsEndpoint(settings.metrics_address, ControlIdentity(name, role, interface))
+
+
 def _overrides(args: argparse.Namespace, role: Role) -> list[Directive]:
     out: list[Directive] = []
     if role is Role.RELAY and args.relay_type is not None:
@@ -245,6 +270,8 @@ def _overrides(args: argparse.Namespace, role: Role) -> list[Directive]:
             out.append(Directive.flag(flag.directive, one, flag.option))
     if args.syslog:  # "" means "--syslog" without a facility: keep the file's
         out.append(Directive.flag("SyslogFacility", args.syslog, "--syslog"))
+    if getattr(args, "metrics", None) is not None:
+        out.append(Directive.flag("MetricsAddress", args.metrics, "--metrics"))
     return out
 
 

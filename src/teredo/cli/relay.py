@@ -20,6 +20,7 @@ from teredo.cli.options import (
     configure_logging,
     control_identity,
     load_settings,
+    metrics_endpoint,
     report_config_error,
 )
 from teredo.core.config import ConfigError, RelaySettings, RelayType, Role
@@ -181,7 +182,9 @@ def run(args: argparse.Namespace) -> int:
 
             interface = settings.interface_name
             control = control_identity(args, "relay", interface)
-            return loop.serve(daemon, log, reload, control=control)
+            metrics = metrics_endpoint(args, settings, "relay", interface)
+            ready = f"relaying on UDP {daemon.local[0]}:{daemon.local[1]}, {daemon.tun.name}"
+            return loop.serve(daemon, log, reload, control=control, metrics=metrics, ready=ready)
     except (RelayStartError, PidFileError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED

@@ -8,7 +8,8 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
+from ipaddress import IPv4Address
+from typing import TYPE_CHECKING, Any
 
 from teredo.cli.options import (
     EXIT_CONFIG,
@@ -18,18 +19,23 @@ from teredo.cli.options import (
     configure_logging,
     control_identity,
     load_settings,
+    metrics_endpoint,
     report_config_error,
 )
 from teredo.core.config import ConfigError, Role, ServerSettings
 from teredo.core.server import ServerLimits, ServerParams
 from teredo.io.control import ControlIdentity
 from teredo.io.loop import DaemonLoop
+from teredo.io.sdnotify import Notifier
 from teredo.io.server_driver import (
     ServerDaemon,
     ServerSockets,
     ServerStartError,
     open_server_sockets,
 )
+
+if TYPE_CHECKING:
+    from teredo.io.metrics import MetricsExporter
 
 EXIT_START_FAILED = 1
 MAX_WORKERS = 64
@@ -103,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.workers <= MAX_WORKERS:
         print(f"command line: --workers: must be 1..{MAX_WORKERS}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.workers > 1 and settings.metrics_address is not None and args.no_control:
+        # The supervisor reads its workers' metrics from their status sockets.
+        print("command line: --metrics with --workers needs the status sockets", file=sys.stderr)
+        return EXIT_CONFIG
     params = params_from(settings, args)
     try:
         with PidFile(args.pidfile):
@@ -124,8 +134,9 @@ def run(args: argparse.Namespace) -> int:
                 args.workers,
             )
             if args.workers == 1:
-                return _serve(args, params, sets[0], control_identity(args, "server"))
-            return _supervise(args, params, sets)
+                control = control_identity(args, "server")
+                return _serve(args, params, sets[0], control, settings)
+            return _supervise(args, params, sets, settings)
     except (ServerStartError, PidFileError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED
@@ -136,6 +147,7 @@ def _serve(
     params: ServerParams,
     sockets: ServerSockets,
     control: ControlIdentity | None,
+    settings: ServerSettings | None = None,
 ) -> int:
     """One server process on `sockets` until SIGTERM or SIGINT; SIGHUP re-reads the file."""
     log = logging.getLogger("teredo")
@@ -154,12 +166,25 @@ def _serve(
             else:
                 log.error("configuration not reloaded: new addresses need a restart")
 
-        return loop.serve(daemon, log, reload, control=control)
+        # Workers (settings None) serve no metrics of their own and leave systemd to the
+        # supervisor, whose notifier took $NOTIFY_SOCKET out of their environment.
+        metrics = metrics_endpoint(args, settings, "server") if settings is not None else None
+        ready = f"serving on {_addresses(params)}"
+        return loop.serve(daemon, log, reload, control=control, metrics=metrics, ready=ready)
     finally:
         loop.close()
 
 
-def _supervise(args: argparse.Namespace, params: ServerParams, sets: list[ServerSockets]) -> int:
+def _addresses(params: ServerParams) -> str:
+    return " and ".join(str(IPv4Address(ip)) + ":3544" for ip in (params.primary, params.secondary))
+
+
+def _supervise(
+    args: argparse.Namespace,
+    params: ServerParams,
+    sets: list[ServerSockets],
+    settings: ServerSettings,
+) -> int:
     """Fork one worker per socket set; pass signals on; stop all when one dies.
 
     The server keeps no state across datagrams except its rate-limit buckets, so workers need
@@ -167,6 +192,7 @@ def _supervise(args: argparse.Namespace, params: ServerParams, sets: list[Server
     (SO_REUSEPORT), and each worker has its own buckets (docs/server.md).
     """
     log = logging.getLogger("teredo")
+    notifier = Notifier.from_environment()  # before any fork: systemd hears the supervisor
     children: dict[int, int] = {}
     stopping = False
     forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
@@ -209,6 +235,12 @@ def _supervise(args: argparse.Namespace, params: ServerParams, sets: list[Server
     for sockets in sets:
         for sock in sockets:
             sock.close()
+    exporter, problem = _worker_metrics(args, settings)
+    if problem is not None:
+        log.error("%s: stopping", problem)
+        forward(signal.SIGTERM, None)
+    if not stopping:
+        notifier.notify_ready(f"serving on {_addresses(params)}, {len(children)} workers")
     status = 0
     while children:
         pid, wait_status = os.wait()
@@ -223,4 +255,26 @@ def _supervise(args: argparse.Namespace, params: ServerParams, sets: list[Server
             forward(signal.SIGTERM, None)
         elif code != 0:
             status = EXIT_START_FAILED
-    return status
+    notifier.notify_stopping()
+    if exporter is not None:
+        exporter.close()
+    return EXIT_START_FAILED if problem is not None else status
+
+
+def _worker_metrics(
+    args: argparse.Namespace, settings: ServerSettings
+) -> tuple[MetricsExporter | None, str | None]:
+    """The supervisor's metrics, read from every worker's status socket at each scrape
+    (opened after the forks: no worker inherits its thread); (None, why) when it fails."""
+    endpoint = metrics_endpoint(args, settings, "server")
+    if endpoint is None:
+        return None, None
+    # Imported here: prometheus-client is loaded only by a daemon that serves metrics.
+    from teredo.io.metrics import MetricsError, MetricsExporter, control_documents  # noqa: PLC0415
+
+    try:
+        exporter = MetricsExporter(endpoint.address, control_documents(endpoint.identity.name))
+    except MetricsError as err:
+        return None, str(err)
+    logging.getLogger("teredo").info("Prometheus metrics on http://%s/metrics", endpoint.address)
+    return exporter, None

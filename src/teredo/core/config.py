@@ -19,8 +19,9 @@ miredo-checkconf then fails; here each of these is an error. Where this parser i
 than Miredo (literal IPv4 bind addresses, MTU range, /32 prefixes, words after the value) the
 difference is listed in docs/configuration.md.
 
-Our own directives (not understood by Miredo): RefreshInterval (client) and `RelayType host`
-(host-specific relay, RFC 4380 section 5.4 / section 7.3.1 "local relay").
+Our own directives (not understood by Miredo): RefreshInterval (client), `RelayType host`
+(host-specific relay, RFC 4380 section 5.4 / section 7.3.1 "local relay") and MetricsAddress
+(every daemon: where Prometheus metrics are served, off when absent).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ __all__ = [
     "ClientSettings",
     "ConfigError",
     "Directive",
+    "MetricsAddress",
     "RelaySettings",
     "RelayType",
     "Role",
@@ -146,6 +148,7 @@ DIRECTIVES: Final[Mapping[str, frozenset[Role]]] = {
     "ServerBindAddress": _SERVER_ONLY,
     "ServerBindAddress2": _SERVER_ONLY,
     "RefreshInterval": _CLIENT_ONLY,  # ours
+    "MetricsAddress": _ALL,  # ours: ADDRESS:PORT of the Prometheus metrics (io/metrics.py)
 }
 _CANONICAL: Final = {name.lower(): name for name in DIRECTIVES}
 
@@ -227,6 +230,17 @@ class Directive:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsAddress:
+    """Where a daemon serves its Prometheus metrics (MetricsAddress, --metrics)."""
+
+    host: str  # a literal IPv4 or IPv6 address
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class ClientSettings:
     """A Teredo client (RFC 4380 section 5.2; miredo.conf(5) client mode)."""
 
@@ -242,6 +256,7 @@ class ClientSettings:
     # ServerAddress given again: more servers, in order, to fail over to (ours; issue 13).
     # ServerAddress2 belongs to the first; each of these uses its own address + 1.
     more_servers: tuple[str, ...] = ()
+    metrics_address: MetricsAddress | None = None  # ours: no metrics by default
 
     @property
     def role(self) -> Role:
@@ -257,6 +272,7 @@ class ServerSettings:
     prefix: IPv6Network = DEFAULT_PREFIX
     mtu: int = DEFAULT_MTU  # advertised in the RA's MTU option (RFC 4380 section 5.1.2)
     syslog_facility: str = DEFAULT_SYSLOG_FACILITY
+    metrics_address: MetricsAddress | None = None  # ours: no metrics by default
 
     @property
     def role(self) -> Role:
@@ -274,6 +290,7 @@ class RelaySettings:
     bind_address: IPv4Address = ANY_IPV4
     bind_port: int = 0
     syslog_facility: str = DEFAULT_SYSLOG_FACILITY
+    metrics_address: MetricsAddress | None = None  # ours: no metrics by default
 
     @property
     def role(self) -> Role:
@@ -462,6 +479,29 @@ def _refresh(d: Directive) -> float:
     return seconds
 
 
+def _metrics_address(d: Directive) -> MetricsAddress:
+    # IPv4:PORT or [IPv6]:PORT, literal only: a listening address needs no DNS.
+    host, colon, port_text = d.value.rpartition(":")
+    if not colon or not host:
+        raise d.error(f"invalid address {_show(d.value)} (expected ADDRESS:PORT)")
+    bracketed = host.startswith("[") and host.endswith("]")
+    address: IPv4Address | IPv6Address | None
+    if bracketed:
+        try:
+            address = IPv6Address(host[1:-1])
+        except ValueError:
+            address = None
+    else:
+        address = _ipv4_literal(host)
+    if address is None or address.is_multicast:
+        raise d.error(
+            f"invalid address {_show(host)} (an IPv4 address or an IPv6 one in [brackets])"
+        )
+    if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise d.error(f"invalid port {_show(port_text)} (expected 1..65535)")
+    return MetricsAddress(str(address), int(port_text))
+
+
 # --------------------------------------------------------------------------- settings
 
 
@@ -549,6 +589,7 @@ _PARSERS: Final[Mapping[str, Callable[[Directive], object]]] = {
     "ServerBindAddress": _server_bind_address,
     "ServerBindAddress2": _server_bind_address,
     "RefreshInterval": _refresh,
+    "MetricsAddress": _metrics_address,
 }
 
 
@@ -592,6 +633,7 @@ def _client(layers: _Layers) -> ClientSettings:
         prefix=v.get("Prefix", DEFAULT_PREFIX),
         refresh_interval=v.get("RefreshInterval", DEFAULT_REFRESH_INTERVAL),
         syslog_facility=v.get("SyslogFacility", DEFAULT_SYSLOG_FACILITY),
+        metrics_address=v.get("MetricsAddress", None),
     )
 
 
@@ -605,6 +647,7 @@ def _relay(layers: _Layers) -> RelaySettings:
         bind_address=v.get("BindAddress", ANY_IPV4),
         bind_port=v.get("BindPort", 0),
         syslog_facility=v.get("SyslogFacility", DEFAULT_SYSLOG_FACILITY),
+        metrics_address=v.get("MetricsAddress", None),
     )
 
 
@@ -626,6 +669,7 @@ def _server(layers: _Layers) -> ServerSettings:
         prefix=v.get("Prefix", DEFAULT_PREFIX),
         mtu=v.get("InterfaceMTU", DEFAULT_MTU),
         syslog_facility=v.get("SyslogFacility", DEFAULT_SYSLOG_FACILITY),
+        metrics_address=v.get("MetricsAddress", None),
     )
 
 

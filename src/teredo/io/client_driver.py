@@ -851,6 +851,7 @@ class ClientDaemon:
             if self.failover is not None:
                 self.failover.qualified()
             self.tunnel.qualified(event.address, event.link_local, event.mtu)
+            self.loop.ready(f"qualified: {_v6(event.address)}, NAT {event.nat}")
         elif isinstance(event, AddressChanged):
             log.info(
                 "address changed: %s -> %s, mapping %s:%d, NAT %s",
@@ -873,6 +874,9 @@ class ClientDaemon:
                 logging.DEBUG if repeated else logging.WARNING, "not qualified: %s", event.reason
             )
             self.tunnel.offline()
+            # systemd: the start ends at the first failed attempt too (a client that waits
+            # for its server must not hold the boot); the status says it is not qualified.
+            self.loop.ready(f"not qualified: {event.reason}")
         elif isinstance(event, SymmetricNat):
             # Said once as a warning; the machine's later retries only at debug level.
             first = not self._symmetric_reported
@@ -884,6 +888,7 @@ class ClientDaemon:
                 *event.primary_mapping,
                 *event.secondary_mapping,
             )
+            self.loop.ready("not qualified: symmetric NAT")
         elif isinstance(event, ResolveServer) and self.failover is not None:
             self._server_failed()
         elif isinstance(event, ResolveServer):

@@ -82,6 +82,36 @@ class ControlIdentity:
     worker: int | None = None
 
 
+def status_document(
+    identity: ControlIdentity,
+    status: Callable[[], dict[str, object]],
+    started: float,
+    started_monotonic: float,
+) -> dict[str, object]:
+    """A daemon's status document: its identity, then `status()` in "status" (a failing
+    `status()` gives an empty one and an "error"). The control socket and the Prometheus
+    metrics (teredo.io.metrics) serve the same document."""
+    doc: dict[str, object] = {
+        "role": identity.role,
+        "pid": os.getpid(),
+        "version": __version__,
+        "control": identity.name,
+        "started": round(started, 3),
+        "uptime": round(time.monotonic() - started_monotonic, 3),
+    }
+    if identity.interface is not None:
+        doc["interface"] = identity.interface
+    if identity.worker is not None:
+        doc["worker"] = identity.worker
+    try:
+        doc["status"] = status()
+    except Exception as exc:  # a status bug must not take the daemon down
+        log.debug("status() failed", exc_info=True)
+        doc["status"] = {}
+        doc["error"] = f"status failed: {type(exc).__name__}: {exc}"
+    return doc
+
+
 class ControlServer:
     """Serves one daemon's status document on an abstract Unix socket in an asyncio loop.
 
@@ -140,26 +170,7 @@ class ControlServer:
 
     def document(self) -> dict[str, object]:
         """The JSON document a peer receives (also used by tests)."""
-        ident = self.identity
-        doc: dict[str, object] = {
-            "role": ident.role,
-            "pid": os.getpid(),
-            "version": __version__,
-            "control": ident.name,
-            "started": round(self.started, 3),
-            "uptime": round(time.monotonic() - self._started_mono, 3),
-        }
-        if ident.interface is not None:
-            doc["interface"] = ident.interface
-        if ident.worker is not None:
-            doc["worker"] = ident.worker
-        try:
-            doc["status"] = self._status()
-        except Exception as exc:  # a status bug must not take the daemon down
-            log.debug("status() failed", exc_info=True)
-            doc["status"] = {}
-            doc["error"] = f"status failed: {type(exc).__name__}: {exc}"
-        return doc
+        return status_document(self.identity, self._status, self.started, self._started_mono)
 
     def encode(self) -> bytes:
         doc = self.document()

@@ -13,10 +13,16 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from teredo.io.control import ControlIdentity, ControlServer
+from teredo.io.sdnotify import Notifier
 from teredo.io.udp import DatagramHandler, drain
+
+if TYPE_CHECKING:
+    from teredo.io.metrics import MetricsEndpoint, MetricsExporter
+
+EXIT_METRICS_FAILED = 1  # the metrics endpoint asked for cannot be opened
 
 
 def boottime() -> float:
@@ -60,6 +66,9 @@ class DaemonLoop:
         self._machines: list[TimedMachine] = []
         self._timer: asyncio.TimerHandle | None = None
         self._exit_status = 0
+        # systemd's readiness protocol (no-op outside a Type=notify unit): READY=1 comes from
+        # serve() once started, or from the daemon through ready() (the client, when qualified).
+        self.notifier = Notifier.from_environment()
 
     def add_socket(self, sock: socket.socket, handler: DatagramHandler) -> None:
         self.loop.add_reader(sock.fileno(), drain, sock, handler)
@@ -95,15 +104,27 @@ class DaemonLoop:
         self.rearm()
 
     def stop(self, status: int = 0) -> None:
+        self.notifier.notify_stopping()
         self._exit_status = status
         self.loop.stop()
+
+    def ready(self, status: str) -> None:
+        """The daemon serves: READY=1 to systemd the first time, then STATUS only."""
+        self.notifier.notify_ready(status)
+
+    def _reload(self, on_reload: Callable[[], None]) -> None:
+        self.notifier.notify_reloading()
+        try:
+            on_reload()
+        finally:
+            self.notifier.notify_reloaded()
 
     def run(self, on_reload: Callable[[], None] | None = None) -> int:
         """Runs until SIGTERM or SIGINT; SIGHUP calls on_reload. Returns the exit status."""
         self.loop.add_signal_handler(signal.SIGTERM, self.stop)
         self.loop.add_signal_handler(signal.SIGINT, self.stop)
         if on_reload is not None:
-            self.loop.add_signal_handler(signal.SIGHUP, on_reload)
+            self.loop.add_signal_handler(signal.SIGHUP, self._reload, on_reload)
         try:
             if self._timer is None and self._machines:
                 self.rearm()
@@ -122,15 +143,23 @@ class DaemonLoop:
         on_reload: Callable[[], None],
         start: Callable[[], None] | None = None,
         control: ControlIdentity | None = None,
+        *,
+        metrics: MetricsEndpoint | None = None,
+        ready: str | None = "running",
     ) -> int:
         """The life of every daemon verb: `start`, then `run` with SIGUSR1 logging the
         daemon's summary, then (however it ends) a last summary and `daemon.close()`.
 
         With `control`, the daemon's status is served on that abstract Unix socket
         (teredo.io.control) while it runs; a name in use costs one warning, never the daemon.
+        With `metrics`, the same status is served as Prometheus metrics (teredo.io.metrics);
+        an address that cannot be opened stops the daemon (it was asked for explicitly).
+        `ready` is the status systemd shows once started; None when the daemon calls
+        `ready()` itself later.
         """
         self.loop.add_signal_handler(signal.SIGUSR1, lambda: log.info(daemon.summary()))
         server: ControlServer | None = None
+        exporter: MetricsExporter | None = None
         try:
             if control is not None:
                 server = ControlServer(control, daemon.status, self.loop)
@@ -138,15 +167,37 @@ class DaemonLoop:
                 if problem is not None:
                     log.warning("%s: running without a status socket", problem)
                     server = None
+            if metrics is not None:
+                from teredo.io.metrics import MetricsError  # noqa: PLC0415 - only when asked
+
+                try:
+                    exporter = self.start_metrics(metrics, daemon)
+                except MetricsError as err:
+                    log.error("%s", err)
+                    return EXIT_METRICS_FAILED
             if start is not None:
                 start()
+            if ready is not None:
+                self.ready(ready)
             return self.run(on_reload=on_reload)
         finally:
+            if exporter is not None:
+                exporter.close()
             if server is not None:
                 server.close()
             self.loop.remove_signal_handler(signal.SIGUSR1)
             log.info("stopping: %s", daemon.summary())
             daemon.close()
+
+    def start_metrics(self, metrics: MetricsEndpoint, daemon: Daemon) -> MetricsExporter:
+        """Serves `daemon`'s status as Prometheus metrics; raises MetricsError."""
+        # Imported here: prometheus-client is loaded only by a daemon that serves metrics.
+        from teredo.io.metrics import MetricsExporter, loop_documents  # noqa: PLC0415
+
+        documents = loop_documents(self.loop, metrics.identity, daemon.status)
+        exporter = MetricsExporter(metrics.address, documents)
+        logging.getLogger("teredo").info("Prometheus metrics on http://%s/metrics", metrics.address)
+        return exporter
 
     def close(self) -> None:
         self.loop.close()
