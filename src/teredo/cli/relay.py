@@ -24,7 +24,7 @@ from teredo.cli.options import (
 )
 from teredo.core.config import ConfigError, RelaySettings, RelayType, Role
 from teredo.core.peers import MIREDO_MAX_PEERS, PEER_VALIDITY
-from teredo.core.relay import MAX_PEER_TIMEOUT, RelayParams
+from teredo.core.relay import MAX_PEER_TIMEOUT, SERVER_BUBBLE_RATE, RelayParams
 from teredo.io.loop import DaemonLoop
 from teredo.io.relay_driver import (
     RelayDaemon,
@@ -53,7 +53,10 @@ def register(subparsers: Any) -> None:
         type=int,
         default=MIREDO_MAX_PEERS,
         metavar="N",
-        help=f"peer table size, allocated at start (default {MIREDO_MAX_PEERS}, as Miredo)",
+        help=(
+            f"peer table capacity (default {MIREDO_MAX_PEERS}, as Miredo); memory grows with "
+            "the peers"
+        ),
     )
     parser.add_argument(
         "--peer-timeout",
@@ -63,6 +66,17 @@ def register(subparsers: Any) -> None:
         help=(
             "keep a trusted peer's entry this long after its last use (default "
             f"{PEER_VALIDITY:g}; Miredo keeps them 30 to 60 s); its validity stays 30 s"
+        ),
+    )
+    parser.add_argument(
+        "--server-bubble-rate",
+        type=float,
+        default=SERVER_BUBBLE_RATE,
+        metavar="N",
+        help=(
+            "indirect bubbles a second toward one Teredo server IPv4, twice that in a burst "
+            f"(default {SERVER_BUBBLE_RATE:g}): the relay cannot be made to flood an address "
+            "named as the server of made-up Teredo destinations"
         ),
     )
     parser.set_defaults(run=run)
@@ -76,6 +90,7 @@ def params_from(settings: RelaySettings, args: argparse.Namespace) -> RelayParam
         peers=args.peers,
         mtu=settings.mtu,
         idle_timeout=args.peer_timeout,
+        server_bubble_rate=args.server_bubble_rate,
     )
 
 
@@ -135,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
             f"{MAX_PEER_TIMEOUT:g} seconds",
             file=sys.stderr,
         )
+        return EXIT_CONFIG
+    if not 0 < args.server_bubble_rate <= 1e9:
+        print("command line: --server-bubble-rate: must be positive", file=sys.stderr)
         return EXIT_CONFIG
     try:
         settings = load_settings(args, Role.RELAY)
