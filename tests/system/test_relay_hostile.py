@@ -33,6 +33,7 @@ import pytest
 
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import RELAY_PORT, Impl, Role, config_text
+from teredo.lab.teredoaddr import TeredoInfo
 from teredo.lab.topology import NATIVE_V6, RELAY_V4, SERVER_V4, Lab
 
 from .conftest import prefix_for, received
@@ -166,13 +167,41 @@ def _popen(lab: Lab, host: str, script: str, *args: str) -> subprocess.Popen[str
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float) -> str:
+    """What `proc` printed, once it exits (killed after `timeout`: then "")."""
+    out = ""
     try:
         out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
     return out
+
+
+def _hijack(lab: Lab, info: TeredoInfo, link_local: str) -> int:
+    """Attack 2: the spoofed answer from the client's NAT, another port; then the native
+    host's pings to the client (how many of 5 arrive)."""
+    spoof_port = info.mapped_port + 1 if info.mapped_port < 65535 else info.mapped_port - 1
+    spoof = lab.exec(
+        "client2",
+        [
+            sys.executable,
+            "-c",
+            SPOOF,
+            NAT_V4,
+            str(spoof_port),
+            RELAY_V4,
+            str(RELAY_PORT),
+            str(info.address),
+            link_local,
+        ],
+    )
+    assert spoof.stdout.strip() == "sent"
+    time.sleep(0.5)
+    ping = lab.ping("native", str(info.address), count=5, deadline=8)
+    return received(ping.stdout)
 
 
 @pytest.mark.parametrize("relay_impl", ["teredo", "miredo"])
@@ -218,37 +247,18 @@ def test_hostile_traffic_at_the_relay(lab_factory: list[Lab], relay_impl: str) -
     forwarded = _from_teredo(lab)
     lab.start(Role.CLIENT, Impl.MIREDO, 1)
     info = lab.wait_qualified(1, timeout=30)
-    sniffer = _popen(lab, "server", SNIFF, str(info.address), "20", RELAY_V4)
+    sniffer = _popen(lab, "server", SNIFF, str(info.address), "12", RELAY_V4)
     try:
         _ready(sniffer)
         ping = lab.ping("native", str(info.address), count=10, deadline=10)
         after_flood = received(ping.stdout)
-        link_local = _finish(sniffer, 10).strip()
+        link_local = _finish(sniffer, 15).strip()
     finally:
         _finish(sniffer, 1)
-    assert link_local, "the relay's indirect bubble toward the client was not captured"
+    # No bubble toward the client (its entry refused): no hijack to try.
+    after_spoof = _hijack(lab, info, link_local) if link_local else -1
 
-    # 2. The spoofed answer from the client's NAT, another port.
-    spoof_port = info.mapped_port + 1 if info.mapped_port < 65535 else info.mapped_port - 1
-    spoof = lab.exec(
-        "client2",
-        [
-            sys.executable,
-            "-c",
-            SPOOF,
-            NAT_V4,
-            str(spoof_port),
-            RELAY_V4,
-            str(RELAY_PORT),
-            str(info.address),
-            link_local,
-        ],
-    )
-    assert spoof.stdout.strip() == "sent"
-    time.sleep(0.5)
-    ping = lab.ping("native", str(info.address), count=5, deadline=8)
-    after_spoof = received(ping.stdout)
-
+    # 3. Reflection = info.mapped_port + 1 if info.mapped_port < 65535 else info.mapped_port - 1
     # 3. Reflection toward the attacker host named as "server".
     counter = _popen(lab, "client2", COUNT, "12")
     try:
