@@ -832,7 +832,7 @@ def test_columns_start_small_and_grow_up_to_the_capacity() -> None:
         row = insert(table, teredo(i), T0, trusted=i % 2 == 0)
         table.set_mapping(row, i, i & 0xFFFF)
     allocated = table.stats().allocated
-    assert 5000 <= allocated <= 5000 + max(5000 // 4, peers_module.INITIAL_ROWS)
+    assert 5000 <= allocated <= 5000 + max(5000 // 8, peers_module.INITIAL_ROWS)
     assert len(table) == 5000
     for i in range(5000):
         found = table.lookup(teredo(i))

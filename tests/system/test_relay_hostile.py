@@ -31,6 +31,7 @@ import time
 
 import pytest
 
+from teredo.core.relay import SERVER_BUBBLE_BURST, SERVER_BUBBLE_RATE
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import RELAY_PORT, Impl, Role, config_text
 from teredo.lab.teredoaddr import TeredoInfo
@@ -45,7 +46,7 @@ ATTACKER_V4 = "203.0.113.102"  # site 2: NatKind.NONE, no client started
 NAT_V4 = "203.0.113.11"  # site 1's NAT, outside
 OUR_PEERS = 256  # our relay's table capacity here: the flood is 4 times as many sources
 FLOOD_SOURCES = 1024
-REFLECT_PACKETS = 300
+REFLECT_PACKETS = 1000
 
 # The table fill: one packet from each of `count` source ports, Teredo source = that mapping.
 FLOOD = """
@@ -287,7 +288,11 @@ def test_hostile_traffic_at_the_relay(lab_factory: list[Lab], relay_impl: str) -
         assert forwarded == 0, figures
         assert after_flood >= 7, figures
         assert after_spoof >= 4, figures
+        # One bubble per packet at most, and the victim's bucket: 2 s of burst then the rate
+        # (SERVER_BUBBLE_RATE a second) while the packets came (generous margin: the clocks).
         assert bubbles <= REFLECT_PACKETS, figures
+        send_s = float(sent.stdout.split()[1])
+        assert bubbles <= SERVER_BUBBLE_RATE * (SERVER_BUBBLE_BURST + send_s + 1), figures
         counters = _summary(lab, "relay", relay)
         assert counters["size"] <= OUR_PEERS, counters
         log = (lab.state_dir / "relay-relay.log").read_text(encoding="utf-8", errors="replace")

@@ -9,9 +9,9 @@ transmission dates, the bubble count (section 5.2.6), and rarely a ping-test non
 A relay holds up to a million peers (Miredo with Judy arrays: 1,048,576), so a dict of objects
 (several hundred bytes a peer) will not do. Each peer is one *row* of fixed-size columns in
 `array`/`bytearray` buffers. The columns grow with the peers: `INITIAL_ROWS` rows at
-construction, a quarter more (up to the capacity) when a new peer finds no free row, so an idle
+construction, an eighth more (up to the capacity) when a new peer finds no free row, so an idle
 relay with a million-peer capacity holds about 70 kB, and a busy one about 68 bytes a row with
-at most a fifth of its rows not yet used:
+at most an eighth of its rows not yet used:
 
     column                       bytes/row
     address (bytearray)          16
@@ -263,15 +263,15 @@ class PeerTable:
         self._nonces: OrderedDict[int, bytes] = OrderedDict()
 
     def _grow(self) -> bool:
-        """More rows (a quarter more, up to the capacity) when every row is in use; False at
+        """More rows (an eighth more, up to the capacity) when every row is in use; False at
         capacity.
 
-        The columns are extended in place (at C speed: a quarter more keeps the rows not yet
+        The columns are extended in place (at C speed: an eighth more keeps the rows not yet
         used, and the RSS they cost, small), and the index, when the rows pass half its slots,
         rebuilt at twice the size: O(rows) per doubling, so O(1) per insert on average (about
         0.5 s once, from 2**20 to 2**21 slots)."""
         old = self._rows
-        rows = min(self.capacity, old + max(old >> 2, INITIAL_ROWS))
+        rows = min(self.capacity, old + max(old >> 3, INITIAL_ROWS))
         if rows == old:
             return False
         add = rows - old
@@ -356,6 +356,11 @@ class PeerTable:
 
     def __len__(self) -> int:
         return self._count[0] + self._count[1]
+
+    @property
+    def allocated(self) -> int:
+        """Rows allocated so far (the columns grow with the peers, up to `capacity`)."""
+        return self._rows
 
     def address(self, row: int) -> bytes:
         """The IPv6 address of the peer in `row`."""

@@ -74,7 +74,7 @@ GIVE_UP_IDLE = BUBBLE_RETRY * BUBBLE_REPEATS
 #: Indirect bubbles per second toward one server IPv4 (section 7.4: no amplification toward an
 #: address named in a packet), with a burst of `SERVER_BUBBLE_BURST` seconds' worth. A real
 #: server sees one bubble per new conversation of one of its clients with a native host.
-SERVER_BUBBLE_RATE = 50.0
+SERVER_BUBBLE_RATE = 200.0
 SERVER_BUBBLE_BURST = 2.0
 #: Server addresses tracked by the bubble limit (fixed memory; addresses share slots by hash).
 SERVER_BUBBLE_SLOTS = 4096
@@ -88,7 +88,7 @@ EXPIRE_BUDGET = 256
 RETRY_BUDGET = 1024
 #: Socket addresses converted (int <-> dotted quad) and remembered, at most: the conversion
 #: costs more than the rest of the hot path's bookkeeping; the caches are emptied when full.
-ADDRESS_CACHE = 4096
+ADDRESS_CACHE = 1024
 
 _HEADER = 40
 _NH_NONE = 59
