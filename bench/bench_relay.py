@@ -189,7 +189,7 @@ def start_our_relay(lab: Lab, capacity: int, name: str, extra: Sequence[str] = (
     wait_relay_ready(lab)
 
 
-#: Every fake peer names the same fake server: lift ours' per-server bubble limit (default 50/s,
+#: Every fake peer names the same fake server: lift ours' per-server bubble limit (200/s,
 #: section 7.4 reflection guard) so that peers are created at `--rate`, as with Miredo.
 BENCH_SERVER_BUBBLE_RATE = 1e9
 

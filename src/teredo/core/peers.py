@@ -88,6 +88,9 @@ QUEUE_BYTES_PER_PEER = 1280
 MIREDO_MAX_PEERS = 1_048_576
 #: Rows allocated at construction (or the capacity, if smaller); the columns grow from there.
 INITIAL_ROWS = 1024
+#: Below this many rows the hash index is kept at most a quarter full (16 bytes a row), from
+#: there on at most half full (8 bytes a row).
+SPARSE_INDEX_ROWS = 65536
 #: Charged to the overall queue budget for each queued packet on top of its length: a
 #: `bytes` object's header and its list slot, so a flood of tiny packets stays bounded too.
 QUEUE_PACKET_OVERHEAD = 64
@@ -148,9 +151,12 @@ class _Queue:
 
 
 def _index_slots(rows: int) -> int:
-    """Hash index slots for `rows` rows: a power of two, at least twice the rows (load <= 1/2)."""
+    """Hash index slots for `rows` rows: a power of two, at least 4 times the rows (load <= 1/4,
+    short probe chains) while that costs little, at least twice (load <= 1/2) from
+    `SPARSE_INDEX_ROWS` rows on, where 8 more bytes a row would matter."""
+    want = (4 if rows < SPARSE_INDEX_ROWS else 2) * rows
     slots = 2
-    while slots < 2 * rows:
+    while slots < want:
         slots <<= 1
     return slots
 
