@@ -155,7 +155,7 @@ def _read_stats(path: Path) -> dict[str, int]:
 
 def _relay_logged_peers(lab: Lab, pids: list[int]) -> tuple[int | None, int | None]:
     """Ask our relay for its summary (SIGUSR1) and read from its log the peers in its table now
-    ("peers N/C") and the capacity it allocated at start ("peer table: C peers")."""
+    ("peers N/C") and its capacity, logged at start ("peer table: C peers at most")."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pids[0], signal.SIGUSR1)
     time.sleep(0.5)

@@ -177,11 +177,9 @@ def run(args: argparse.Namespace) -> int:
                 settings.mtu,
             )
             log.info(
-                "peer table: %d peers, %.1f MiB preallocated (%.1f bytes a peer) in %.2f s",
+                "peer table: %d peers at most, %.1f kB now (it grows with the peers)",
                 args.peers,
-                daemon.machine.nbytes() / 1048576,
-                daemon.machine.nbytes() / args.peers,
-                daemon.alloc_seconds,
+                daemon.machine.nbytes() / 1000,
             )
             _advise(log, settings, daemon)
 
