@@ -292,15 +292,24 @@ def test_trusted_peer_silent_for_30_s_is_bubbled_again() -> None:
     assert out.udp == [(packet, CLIENT)]
 
 
+def answer_from_another_port(
+    relay: RelayMachine, out: Recorder, peer: bytes, now: float
+) -> tuple[str, int]:
+    """A native packet for `peer` at `now` (bubbled), then the client's answer to our bubble
+    from another port of its IPv4 (a port-symmetric NAT): the queued packet goes there."""
+    packet = echo(NATIVE, peer, 9)
+    relay.receive_tun(packet, now)
+    out.clear()
+    moved = (CLIENT[0], CLIENT[1] + 7)
+    relay.receive_udp(build_bubble(peer, relay.bubble_source(peer)), moved, now + 0.1)
+    assert out.udp == [(packet, moved)]
+    return moved
+
+
 def test_port_symmetric_answer_to_our_bubble_remaps_the_peer() -> None:
     relay, out = make()
     peer = teredo(CLIENT)
-    packet = echo(NATIVE, peer)
-    relay.receive_tun(packet, T0)
-    out.clear()
-    moved = (CLIENT[0], CLIENT[1] + 7)
-    relay.receive_udp(build_bubble(peer, relay.bubble_source(peer)), moved, T0 + 0.1)
-    assert out.udp == [(packet, moved)]
+    moved = answer_from_another_port(relay, out, peer, T0)
     assert relay.stats.remapped == 1
     # Later packets from the new port are those of a trusted peer.
     reply = echo(peer, NATIVE)
@@ -645,9 +654,7 @@ def test_a_spoofed_answer_to_our_bubble_cannot_move_a_valid_trusted_peer() -> No
 def test_a_remapped_peer_is_not_moved_back_by_a_packet_from_its_embedded_mapping() -> None:
     relay, out = make()
     peer = teredo(CLIENT)
-    relay.receive_tun(echo(NATIVE, peer), T0)
-    moved = (CLIENT[0], CLIENT[1] + 7)
-    relay.receive_udp(build_bubble(peer, relay.bubble_source(peer)), moved, T0 + 0.1)
+    moved = answer_from_another_port(relay, out, peer, T0)
     out.clear()
     relay.receive_udp(echo(peer, NATIVE), CLIENT, T0 + 1)  # spoofed: the port in the address
     assert dropped(relay, DropReason.RELAY_MAPPING_CHANGE) == 1
@@ -662,11 +669,5 @@ def test_a_peer_silent_for_30_s_may_be_remapped_by_the_rules() -> None:
     from a new port of the same IPv4 moves it there."""
     relay, out = make()
     peer = establish(relay, out)
-    later = T0 + 31
-    packet = echo(NATIVE, peer, 9)
-    relay.receive_tun(packet, later)
-    out.clear()
-    moved = (CLIENT[0], CLIENT[1] + 7)
-    relay.receive_udp(build_bubble(peer, relay.bubble_source(peer)), moved, later + 0.1)
-    assert out.udp == [(packet, moved)]
+    answer_from_another_port(relay, out, peer, T0 + 31)
     assert relay.stats.remapped == 1
