@@ -671,3 +671,28 @@ def test_a_peer_silent_for_30_s_may_be_remapped_by_the_rules() -> None:
     peer = establish(relay, out)
     answer_from_another_port(relay, out, peer, T0 + 31)
     assert relay.stats.remapped == 1
+
+
+def test_retry_ring_grows_with_the_peers_waiting_and_keeps_their_order() -> None:
+    """5,000 new peers within 1 s (no bubble limit): the ring grows past its first 64 slots,
+    every peer is served in order, one bubble each, and given up 6 s after it (nobody asked
+    again), its sender told once."""
+    relay, out = make(peers=8192, server_bubble_rate=1e9, icmpv6_error_rate=1e6)
+    small = relay.nbytes()
+    peers = [teredo(("203.0.113.150", 1000 + i)) for i in range(5000)]
+    for i, p in enumerate(peers):
+        relay.receive_tun(echo(NATIVE, p, i), T0 + i / 5000)
+    assert relay.nbytes() > small  # the table and the ring grew
+    assert len(out.udp) == 5000
+    now = T0
+    first_given_up = None
+    while relay.stats.given_up < 5000 and now < T0 + 20:
+        now += 0.25
+        relay.handle_timer(now)
+        if first_given_up is None and relay.stats.given_up:
+            first_given_up = now
+    assert relay.stats.given_up == 5000
+    assert first_given_up is not None
+    assert first_given_up >= T0 + 6  # 6 s after its bubble, not before
+    assert len(out.udp) == 5000  # no repeat without a new native packet
+    assert [t[8:24] for t in out.tun] == peers  # first given up, first told

@@ -33,10 +33,10 @@ that its server forwarded with an origin indication by a direct bubble to that o
 to that link-local source; the relay recognises the hash even when the answer comes from another
 port of the same IPv4 (a port-symmetric NAT) and then records the port it really came from.
 
-Bubble retries are driven by a FIFO ring of (deadline, row) preallocated with the peer table:
+Bubble retries are driven by a FIFO ring of (deadline, row) that grows with the rows it holds:
 every retry is due exactly 2 s after the bubble that scheduled it, so the ring stays sorted
 without a heap, and each row sits in it at most once (one byte per row says so), which bounds
-it whatever arrives.
+it by the peer table whatever arrives.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class RelayParams:
     mtu: int = IPV6_MIN_MTU
     #: How long a trusted peer's entry stays after its last use. Its validity (section 5.2.4,
     #: sending case 1) is 30 s whatever this says; keeping the entry longer only spares a new
-    #: bubble exchange's state and costs no memory (the table is preallocated). Miredo keeps
+    #: bubble exchange's state, at the cost of rows kept in memory longer. Miredo keeps
     #: entries 30 to 60 s (two 30 s generations). Untrusted entries always go after 30 s.
     idle_timeout: float = PEER_VALIDITY
 
@@ -314,7 +314,7 @@ class RelayMachine:
         self._direct = direct
 
     def nbytes(self) -> int:
-        """Memory held by the preallocated columns (peer table and retry ring)."""
+        """Memory held by the columns (peer table and retry ring), which grow with the peers."""
         return self.peers.nbytes() + self._ring.nbytes()
 
     def bubble_source(self, peer: bytes) -> bytes:

@@ -472,6 +472,7 @@ class RelayDaemon:
             "host_specific": host_specific,
             "peers": t.size,
             "capacity": t.capacity,
+            "allocated_rows": t.allocated,
             "trusted_peers": t.trusted,
             "pending_peers": t.untrusted,
             "queued_bytes": t.queued_bytes,
