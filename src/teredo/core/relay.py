@@ -77,6 +77,8 @@ GIVE_UP_IDLE = BUBBLE_RETRY * BUBBLE_REPEATS
 SERVER_BUBBLE_RATE = 200.0
 SERVER_BUBBLE_BURST = 2.0
 #: Server addresses tracked by the bubble limit (fixed memory; addresses share slots by hash).
+#: The key is the address's 4 bytes, whose hash (SipHash, keyed per process) an attacker cannot
+#: aim at a chosen server's slot; an int would hash to itself (its low 12 bits).
 SERVER_BUBBLE_SLOTS = 4096
 #: Miredo answers at most 10 ICMPv6 errors per second (TEREDO-SPEC 7, "Amplification").
 ICMPV6_ERROR_RATE = 10.0
@@ -373,7 +375,7 @@ class RelayMachine:
             # A new peer (case 3): its entry, its packet queued, a first bubble now (always
             # allowed for a new entry, section 5.2.6), unless its server had its share of
             # bubbles: then no state either.
-            if not self._server_bubbles.allow(server, now):
+            if not self._server_bubbles.allow(dst[4:8], now):
                 return DropReason.RELAY_BUBBLE_LIMIT
             row = peers.insert_bubbled(dst, mapping[0], mapping[1], now)
             if row is None:
@@ -389,7 +391,7 @@ class RelayMachine:
                 # again.
                 peers.set_trusted(row, False)
             queued = peers.enqueue(row, packet)
-            if peers.may_send_bubble(row, now) and self._server_bubbles.allow(server, now):
+            if peers.may_send_bubble(row, now) and self._server_bubbles.allow(dst[4:8], now):
                 self._bubble(row, dst, server, now)
                 self._wanted.discard(row)
             else:
@@ -605,7 +607,7 @@ class RelayMachine:
                     ring.push(row, now + BUBBLE_RETRY)
             elif peers.may_send_bubble(row, now):
                 server = int.from_bytes(addr[4:8], "big")
-                if self._server_bubbles.allow(server, now):
+                if self._server_bubbles.allow(addr[4:8], now):
                     self._bubble(row, addr, server, now)
                     wanted.discard(row)
                 else:
