@@ -816,3 +816,77 @@ PeerTableMachine.TestCase.settings = settings(
     max_examples=150, stateful_step_count=60, deadline=None
 )
 test_peer_table_matches_model = PeerTableMachine.TestCase
+
+
+# --- growth (issue 8: memory grows with the peers) ----------------------------------------------
+
+
+def test_columns_start_small_and_grow_up_to_the_capacity() -> None:
+    import teredo.core.peers as peers_module
+
+    table = new_table(1_048_576)
+    idle = table.nbytes()
+    assert table.stats().allocated == peers_module.INITIAL_ROWS
+    assert idle < 100 * 1024  # not 70 MB: nothing is allocated for peers not seen yet
+    for i in range(5000):
+        row = insert(table, teredo(i), T0, trusted=i % 2 == 0)
+        table.set_mapping(row, i, i & 0xFFFF)
+    allocated = table.stats().allocated
+    assert 5000 <= allocated <= 5000 + max(5000 // 8, peers_module.INITIAL_ROWS)
+    assert len(table) == 5000
+    for i in range(5000):
+        found = table.lookup(teredo(i))
+        assert found is not None
+        assert table.mapping(found) == (i, i & 0xFFFF)
+        assert table.is_trusted(found) == (i % 2 == 0)
+    # 60 bytes a row of columns, and an index of 4-byte slots at a load of 1/8 to 1/4 (small).
+    assert table.nbytes() <= allocated * 60 + 4 * 8 * allocated
+
+
+def test_growth_stops_at_the_capacity_then_eviction_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("teredo.core.peers.INITIAL_ROWS", 2)
+    table = new_table(6)
+    trusted = [insert(table, teredo(i), T0, trusted=True) for i in range(3)]
+    for row in trusted:
+        table.touch_rx(row, T0)
+    assert table.stats().allocated == 4  # 2, then 2 more (at least INITIAL_ROWS more a time)
+    pending = [insert(table, teredo(10 + i), T0 + 1) for i in range(3)]
+    assert table.stats().allocated == 6
+    assert table.enqueue(pending[0], b"held")
+    # Full at capacity: a newcomer evicts the least recently used untrusted peer only.
+    insert(table, teredo(20), T0 + 2)
+    assert teredo(10) not in table
+    assert table.stats().allocated == 6
+    assert all(teredo(i) in table for i in range(3))
+    assert table.stats().queued_bytes == 0  # the evicted peer's queue went with it
+
+
+def test_a_grown_table_agrees_with_a_dict_under_churn(monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    monkeypatch.setattr("teredo.core.peers.INITIAL_ROWS", 1)
+    rng = random.Random(14)  # noqa: S311 (a reproducible test, not a secret)
+    table = new_table(500, idle_timeout=30.0)
+    model: dict[bytes, int] = {}
+    for step in range(3000):
+        addr = teredo(rng.randrange(400))
+        if addr in model and rng.random() < 0.4:
+            row = table.lookup(addr)
+            assert row is not None
+            table.remove(row)
+            del model[addr]
+        elif addr not in model:
+            row = table.insert(addr, T0 + step * 0.001)
+            if row is not None:
+                table.set_mapping(row, step, 0)
+                model[addr] = step
+        assert len(table) == len(model)
+    for addr, value in model.items():
+        row = table.lookup(addr)
+        assert row is not None
+        assert table.ipv4(row) == value
+    assert len(model) <= table.stats().allocated <= 500
+    table.clear()
+    assert table.stats().allocated == 1

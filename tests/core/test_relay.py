@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from socket import inet_aton
 
 import pytest
 from hypothesis import given, settings
@@ -29,7 +30,7 @@ from teredo.core.ipv6 import (
     build_unreachable,
     parse_unreachable,
 )
-from teredo.core.relay import BUBBLE_RETRY, RelayMachine, RelayParams
+from teredo.core.relay import SERVER_BUBBLE_SLOTS, RelayMachine, RelayParams
 from teredo.core.wire import build_auth, build_origin
 
 SERVER = "198.51.100.10"
@@ -157,46 +158,113 @@ def test_client_packet_to_native_host_goes_to_the_tun_without_trailers() -> None
     assert out.tun == [reply]
 
 
-def test_unknown_client_is_served_and_kept_for_the_way_back() -> None:
+def test_unknown_client_is_dropped_without_state() -> None:
+    """Section 5.4.2 MAY, as Miredo (issue 14): a packet from a Teredo source the relay never
+    bubbled reaches nothing, creates no entry and sends nothing back."""
     relay, out = make()
     peer = teredo(CLIENT)
-    packet = echo(peer, NATIVE)
-    relay.receive_udp(packet, CLIENT, T0)
-    assert out.tun == [packet]
-    out.clear()
+    relay.receive_udp(echo(peer, NATIVE), CLIENT, T0)
+    assert out.tun == []
+    assert out.udp == []
+    assert len(relay.peers) == 0
+    assert dropped(relay, DropReason.RELAY_UNKNOWN_PEER) == 1
+    # The way back still works by the rules: the native answer bubbles the client first.
     answer = echo(NATIVE, peer, data=b"back")
     relay.receive_tun(answer, T0 + 0.5)
-    assert out.udp == [(answer, CLIENT)]
+    assert out.udp == [(build_bubble(relay.bubble_source(peer), peer), (SERVER, TEREDO_PORT))]
+
+
+def test_a_flood_of_unknown_sources_forwards_nothing_and_locks_out_no_one() -> None:
+    """Issue 14: made-up Teredo sources (each embedding its own UDP source, so they pass the
+    mapping check) used to become trusted entries, fill the table and refuse real clients."""
+    relay, out = make(peers=8)
+    for i in range(500):
+        mapping = ("203.0.113.102", 20000 + i)
+        relay.receive_udp(echo(teredo(mapping), NATIVE, i), mapping, T0 + i * 0.001)
+    assert out.tun == []
+    assert out.udp == []
+    assert len(relay.peers) == 0
+    assert dropped(relay, DropReason.RELAY_UNKNOWN_PEER) == 500
+    establish(relay, out, T0 + 1)
+    reply = echo(teredo(CLIENT), NATIVE)
+    relay.receive_udp(reply, CLIENT, T0 + 1.1)
+    assert out.tun == [reply]
+
+
+def _run_timers(relay: RelayMachine, until: float, native: list[float], packet: bytes) -> None:
+    """Timer calls at each deadline up to `until`; `packet` arrives again at each `native`."""
+    now = T0
+    pending = sorted(native)
+    while True:
+        deadline = relay.next_deadline()
+        if pending and (deadline is None or pending[0] <= deadline):
+            now = pending.pop(0)
+            relay.receive_tun(packet, now)
+            continue
+        if deadline is None or deadline > until:
+            return
+        now = max(now, deadline)
+        relay.handle_timer(now)
 
 
 def test_unanswered_bubbles_repeat_three_times_then_the_sender_learns_unreachable() -> None:
+    """A sender that keeps sending (a ping each second): a bubble every 2 s, 4 in all, then
+    2 s later the peer is given up and the queued packets answered with unreachables."""
     relay, out = make()
     peer = teredo(CLIENT)
     packet = echo(NATIVE, peer)
     relay.receive_tun(packet, T0)
     bubble = build_bubble(relay.bubble_source(peer), peer)
-    sent = [T0]
-    now = T0
-    for _ in range(40):  # 8 s of timer ticks at most
-        deadline = relay.next_deadline()
-        assert deadline is not None
-        now = max(now, deadline)
-        before = len(out.udp)
-        relay.handle_timer(now)
-        if len(out.udp) > before:
-            sent.append(now)
-        if relay.peers.lookup(peer) is None:
-            break
-    assert sent == [T0 + BUBBLE_RETRY * i for i in range(4)], "1 bubble + 3 repeats, 2 s apart"
+    _run_timers(relay, T0 + 8, [T0 + k for k in range(1, 8)], packet)
     assert all(u == (bubble, (SERVER, TEREDO_PORT)) for u in out.udp)
-    assert now == T0 + 4 * BUBBLE_RETRY, "given up 2 s after the last repeat"
-    assert relay.peers.lookup(peer) is None
-    assert out.tun == [build_unreachable(peer, NATIVE, UNREACH_ADDRESS, packet)]
+    assert len(out.udp) == 4, "1 bubble + 3 repeats"
+    assert relay.stats.given_up == 1
+    row = relay.peers.lookup(peer)
+    assert row is not None
+    assert relay.peers.queued_bytes(row) == 0
+    assert out.tun
+    assert all(t == build_unreachable(peer, NATIVE, UNREACH_ADDRESS, packet) for t in out.tun)
     got = parse_unreachable(out.tun[0])
     assert not isinstance(got, DropReason)
     assert got.code == UNREACH_ADDRESS
-    assert dropped(relay, DropReason.RELAY_PEER_UNREACHABLE) == 1
+    assert dropped(relay, DropReason.RELAY_PEER_UNREACHABLE) >= 1
+    # The entry kept its 4 bubbles: more native packets within 300 s get no 5th (5.2.6).
+    out.clear()
+    _run_timers(relay, T0 + 20, [T0 + 10, T0 + 11, T0 + 14], packet)
+    assert out.udp == []
+
+
+def test_one_packet_gets_one_bubble_and_is_given_up_6_s_later() -> None:
+    """Issue 14 (reflection): no repeat without a new native packet, so a native packet never
+    costs more than one bubble toward the server it names (Miredo: the same)."""
+    relay, out = make()
+    peer = teredo(CLIENT)
+    packet = echo(NATIVE, peer)
+    relay.receive_tun(packet, T0)
+    _run_timers(relay, T0 + 20, [], packet)
+    assert out.udp == [(build_bubble(relay.bubble_source(peer), peer), (SERVER, TEREDO_PORT))]
     assert relay.stats.given_up == 1
+    assert out.tun == [build_unreachable(peer, NATIVE, UNREACH_ADDRESS, packet)]
+
+
+def test_bubbles_toward_one_server_are_rate_limited() -> None:
+    """Issue 14: native packets to many Teredo addresses naming one "server" IPv4 (a victim):
+    bubbles to it stay within its bucket (rate x 2 s of burst, then the rate), counted; the
+    other servers are not affected."""
+    relay, out = make(server_bubble_rate=5.0)
+    victim = "203.0.113.102"
+    for i in range(100):  # 100 packets in 1 s, each to a new peer
+        relay.receive_tun(echo(NATIVE, teredo(("203.0.113.150", 1000 + i), victim)), T0 + i / 100)
+    _run_timers(relay, T0 + 10, [], b"")
+    to_victim = [u for u in out.udp if u[1] == (victim, TEREDO_PORT)]
+    assert 10 <= len(to_victim) <= 10 + 5 * 1, len(to_victim)  # burst 10, + 5/s for 1 s
+    assert dropped(relay, DropReason.RELAY_BUBBLE_LIMIT) == 100 - len(to_victim)
+    assert len(relay.peers) == len(to_victim)  # no state for packets that got no bubble
+    # Another server, in another bucket (slots by a per-process keyed hash: 1 in 4096 share).
+    mask = SERVER_BUBBLE_SLOTS - 1
+    if hash(inet_aton(SERVER)) & mask != hash(inet_aton(victim)) & mask:
+        relay.receive_tun(echo(NATIVE, teredo(CLIENT)), T0 + 1)
+        assert out.udp[-1][1] == (SERVER, TEREDO_PORT)
 
 
 def test_unreachables_are_rate_limited_and_never_about_errors() -> None:
@@ -228,15 +296,24 @@ def test_trusted_peer_silent_for_30_s_is_bubbled_again() -> None:
     assert out.udp == [(packet, CLIENT)]
 
 
+def answer_from_another_port(
+    relay: RelayMachine, out: Recorder, peer: bytes, now: float
+) -> tuple[str, int]:
+    """A native packet for `peer` at `now` (bubbled), then the client's answer to our bubble
+    from another port of its IPv4 (a port-symmetric NAT): the queued packet goes there."""
+    packet = echo(NATIVE, peer, 9)
+    relay.receive_tun(packet, now)
+    out.clear()
+    moved = (CLIENT[0], CLIENT[1] + 7)
+    relay.receive_udp(build_bubble(peer, relay.bubble_source(peer)), moved, now + 0.1)
+    assert out.udp == [(packet, moved)]
+    return moved
+
+
 def test_port_symmetric_answer_to_our_bubble_remaps_the_peer() -> None:
     relay, out = make()
     peer = teredo(CLIENT)
-    packet = echo(NATIVE, peer)
-    relay.receive_tun(packet, T0)
-    out.clear()
-    moved = (CLIENT[0], CLIENT[1] + 7)
-    relay.receive_udp(build_bubble(peer, relay.bubble_source(peer)), moved, T0 + 0.1)
-    assert out.udp == [(packet, moved)]
+    moved = answer_from_another_port(relay, out, peer, T0)
     assert relay.stats.remapped == 1
     # Later packets from the new port are those of a trusted peer.
     reply = echo(peer, NATIVE)
@@ -297,12 +374,21 @@ def test_full_table_refuses_new_peers_and_keeps_serving_established_ones() -> No
     assert out.udp == [(packet, CLIENT)]
     # Fill every row with trusted peers: then a new peer is refused, not an old one evicted.
     for i in range(7):
+        other = teredo(("203.0.113.160", 100 + i))
+        relay.receive_tun(echo(NATIVE, other), T0 + 6)
         relay.receive_udp(
-            echo(teredo(("203.0.113.160", 100 + i)), NATIVE), ("203.0.113.160", 100 + i), T0 + 6
+            build_bubble(other, relay.bubble_source(other)), ("203.0.113.160", 100 + i), T0 + 6
         )
     relay.receive_tun(echo(NATIVE, teredo(OTHER)), T0 + 6)
     assert dropped(relay, DropReason.RELAY_PEER_TABLE_FULL) == 1
     assert relay.peers.lookup(peer) is not None
+
+
+_DESTINATION_REASONS = (
+    DropReason.TEREDO_DESTINATION,
+    DropReason.RELAY_MULTICAST_DESTINATION,
+    DropReason.NOT_GLOBAL_DESTINATION,
+)
 
 
 @pytest.mark.parametrize(
@@ -344,6 +430,8 @@ def test_full_table_refuses_new_peers_and_keeps_serving_established_ones() -> No
 )
 def test_teredo_side_drops(datagram: bytes, source: tuple[str, int], reason: DropReason) -> None:
     relay, out = make()
+    if reason in _DESTINATION_REASONS:
+        establish(relay, out)  # the destination is checked for known peers only
     relay.receive_udp(datagram, source, T0)
     assert dropped(relay, reason) == 1
     assert out.tun == []
@@ -367,7 +455,7 @@ def test_symmetric_answer_needs_our_link_local_and_the_same_ipv4() -> None:
 def test_host_specific_relay_delivers_only_to_own_addresses() -> None:
     relay, out = make(host_specific=True)
     relay.set_own_addresses({NATIVE})
-    peer = teredo(CLIENT)
+    peer = establish(relay, out)
     to_us = echo(peer, NATIVE)
     relay.receive_udp(to_us, CLIENT, T0)
     assert out.tun == [to_us]
@@ -382,9 +470,10 @@ def test_host_specific_relay_delivers_only_to_own_addresses() -> None:
 
 
 def test_idle_entries_expire_and_the_timer_says_when() -> None:
-    relay, _out = make()
-    peer = teredo(CLIENT)
+    relay, out = make()
+    peer = establish(relay, out)
     relay.receive_udp(echo(peer, NATIVE), CLIENT, T0)
+    relay.handle_timer(T0 + 2.5)  # the bubble retry entry goes: the peer is trusted
     deadline = relay.next_deadline()
     assert deadline is not None
     assert T0 + 29 <= deadline <= T0 + 31
@@ -544,3 +633,70 @@ def test_own_endpoint_learnt_after_binding_stops_loops() -> None:
     relay.receive_tun(echo(NATIVE, teredo(RELAY)), T0)
     assert dropped(relay, DropReason.LOOP) == 1
     assert out.udp == []
+
+
+# --- mapping hijack (issue 14) ---------------------------------------------------------------
+
+
+def test_a_spoofed_answer_to_our_bubble_cannot_move_a_valid_trusted_peer() -> None:
+    """Even with our keyed link-local (seen on the path to the server) and the client's IPv4,
+    one packet from another port does not change where a valid trusted peer's traffic goes."""
+    relay, out = make()
+    peer = establish(relay, out)
+    moved = (CLIENT[0], CLIENT[1] + 7)
+    relay.receive_udp(build_bubble(peer, relay.bubble_source(peer)), moved, T0 + 1)
+    relay.receive_udp(echo(peer, NATIVE), moved, T0 + 1)
+    assert dropped(relay, DropReason.RELAY_MAPPING_CHANGE) == 1
+    assert dropped(relay, DropReason.MAPPING_MISMATCH) == 1
+    assert relay.stats.remapped == 0
+    assert out.tun == []
+    packet = echo(NATIVE, peer, 7)
+    relay.receive_tun(packet, T0 + 2)
+    assert out.udp == [(packet, CLIENT)]
+
+
+def test_a_remapped_peer_is_not_moved_back_by_a_packet_from_its_embedded_mapping() -> None:
+    relay, out = make()
+    peer = teredo(CLIENT)
+    moved = answer_from_another_port(relay, out, peer, T0)
+    out.clear()
+    relay.receive_udp(echo(peer, NATIVE), CLIENT, T0 + 1)  # spoofed: the port in the address
+    assert dropped(relay, DropReason.RELAY_MAPPING_CHANGE) == 1
+    assert out.tun == []
+    packet = echo(NATIVE, peer, 7)
+    relay.receive_tun(packet, T0 + 2)
+    assert out.udp == [(packet, moved)]
+
+
+def test_a_peer_silent_for_30_s_may_be_remapped_by_the_rules() -> None:
+    """Validity gone (section 5.2.4): the next native packet bubbles it again and the answer
+    from a new port of the same IPv4 moves it there."""
+    relay, out = make()
+    peer = establish(relay, out)
+    answer_from_another_port(relay, out, peer, T0 + 31)
+    assert relay.stats.remapped == 1
+
+
+def test_retry_ring_grows_with_the_peers_waiting_and_keeps_their_order() -> None:
+    """5,000 new peers within 1 s (no bubble limit): the ring grows past its first 64 slots,
+    every peer is served in order, one bubble each, and given up 6 s after it (nobody asked
+    again), its sender told once."""
+    relay, out = make(peers=8192, server_bubble_rate=1e9, icmpv6_error_rate=1e6)
+    small = relay.nbytes()
+    peers = [teredo(("203.0.113.150", 1000 + i)) for i in range(5000)]
+    for i, p in enumerate(peers):
+        relay.receive_tun(echo(NATIVE, p, i), T0 + i / 5000)
+    assert relay.nbytes() > small  # the table and the ring grew
+    assert len(out.udp) == 5000
+    now = T0
+    first_given_up = None
+    while relay.stats.given_up < 5000 and now < T0 + 20:
+        now += 0.25
+        relay.handle_timer(now)
+        if first_given_up is None and relay.stats.given_up:
+            first_given_up = now
+    assert relay.stats.given_up == 5000
+    assert first_given_up is not None
+    assert first_given_up >= T0 + 6  # 6 s after its bubble, not before
+    assert len(out.udp) == 5000  # no repeat without a new native packet
+    assert [t[8:24] for t in out.tun] == peers  # first given up, first told

@@ -25,7 +25,7 @@ from teredo.cli.options import (
 )
 from teredo.core.config import ConfigError, RelaySettings, RelayType, Role
 from teredo.core.peers import MIREDO_MAX_PEERS, PEER_VALIDITY
-from teredo.core.relay import MAX_PEER_TIMEOUT, RelayParams
+from teredo.core.relay import MAX_PEER_TIMEOUT, SERVER_BUBBLE_RATE, RelayParams
 from teredo.io.loop import DaemonLoop
 from teredo.io.relay_driver import (
     RelayDaemon,
@@ -54,7 +54,10 @@ def register(subparsers: Any) -> None:
         type=int,
         default=MIREDO_MAX_PEERS,
         metavar="N",
-        help=f"peer table size, allocated at start (default {MIREDO_MAX_PEERS}, as Miredo)",
+        help=(
+            f"peer table capacity (default {MIREDO_MAX_PEERS}, as Miredo); memory grows with "
+            "the peers"
+        ),
     )
     parser.add_argument(
         "--peer-timeout",
@@ -64,6 +67,17 @@ def register(subparsers: Any) -> None:
         help=(
             "keep a trusted peer's entry this long after its last use (default "
             f"{PEER_VALIDITY:g}; Miredo keeps them 30 to 60 s); its validity stays 30 s"
+        ),
+    )
+    parser.add_argument(
+        "--server-bubble-rate",
+        type=float,
+        default=SERVER_BUBBLE_RATE,
+        metavar="N",
+        help=(
+            "indirect bubbles a second toward one Teredo server IPv4, twice that in a burst "
+            f"(default {SERVER_BUBBLE_RATE:g}): the relay cannot be made to flood an address "
+            "named as the server of made-up Teredo destinations"
         ),
     )
     parser.set_defaults(run=run)
@@ -77,6 +91,7 @@ def params_from(settings: RelaySettings, args: argparse.Namespace) -> RelayParam
         peers=args.peers,
         mtu=settings.mtu,
         idle_timeout=args.peer_timeout,
+        server_bubble_rate=args.server_bubble_rate,
     )
 
 
@@ -137,6 +152,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    if not 0 < args.server_bubble_rate <= 1e9:
+        print("command line: --server-bubble-rate: must be positive", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         settings = load_settings(args, Role.RELAY)
         log = configure_logging(args, settings)
@@ -160,11 +178,9 @@ def run(args: argparse.Namespace) -> int:
                 settings.mtu,
             )
             log.info(
-                "peer table: %d peers, %.1f MiB preallocated (%.1f bytes a peer) in %.2f s",
+                "peer table: %d peers at most, %.1f kB now (it grows with the peers)",
                 args.peers,
-                daemon.machine.nbytes() / 1048576,
-                daemon.machine.nbytes() / args.peers,
-                daemon.alloc_seconds,
+                daemon.machine.nbytes() / 1000,
             )
             _advise(log, settings, daemon)
 

@@ -95,6 +95,9 @@ class DropReason(enum.IntEnum):
     RELAY_QUEUE_FULL = 208  # 5.4.1: the bounded queue of an untrusted peer is full
     RELAY_PEER_UNREACHABLE = 209  # 5.4.1: 3 repeated bubbles unanswered; queued packets dropped
     SERVER_NOT_GLOBAL_IPV4 = 210  # 5.4.1: the embedded server IPv4 is not global (no bubble)
+    RELAY_UNKNOWN_PEER = 211  # 5.4.2 MAY: a client packet from a peer the relay never bubbled
+    RELAY_BUBBLE_LIMIT = 212  # 5.2.6, 7.4: bubbles toward one server IPv4 over its rate limit
+    RELAY_MAPPING_CHANGE = 213  # a valid trusted peer heard from another mapping (spoofed)
     # --- peer table and queues (core/peers.py): 250-299 ---
 
 

@@ -8,7 +8,10 @@ transmission dates, the bubble count (section 5.2.6), and rarely a ping-test non
 
 A relay holds up to a million peers (Miredo with Judy arrays: 1,048,576), so a dict of objects
 (several hundred bytes a peer) will not do. Each peer is one *row* of fixed-size columns in
-`array`/`bytearray` buffers allocated once at construction:
+`array`/`bytearray` buffers. The columns grow with the peers: `INITIAL_ROWS` rows at
+construction, an eighth more (up to the capacity) when a new peer finds no free row, so an idle
+relay with a million-peer capacity holds about 70 kB, and a busy one about 68 bytes a row with
+at most an eighth of its rows not yet used:
 
     column                       bytes/row
     address (bytearray)          16
@@ -20,7 +23,8 @@ A relay holds up to a million peers (Miredo with Judy arrays: 1,048,576), so a d
                                  = 60, plus the hash index: 4 bytes x 2 slots = 8
 
 The index is open addressing with linear probing in an `array('i')` of row+1 (0 = empty), at a
-load factor of at most 1/2, with backward-shift deletion (no tombstones, so a churn of inserts
+load factor of at most 1/2 (rebuilt at twice the size when the rows pass half of it: O(rows),
+amortized O(1) per insert), with backward-shift deletion (no tombstones, so a churn of inserts
 and removals never degrades it). Slots come from Python's `hash()` of the address `bytes`,
 which is SipHash with a per-process random key: a flood of crafted addresses cannot aim at one
 probe chain (RFC 4380 section 7.3.3, cache flooding). Nonces and queues are rare and live in
@@ -30,7 +34,7 @@ Rows are handles: valid until the row is removed, evicted (by `insert`) or expir
 `expire`); look the address up again after any of those.
 
 Eviction policy (section 5.2 SHOULD "LRU"; section 7.3.5 relays SHOULD limit state kept for new
-peers), for an `insert` into a full table:
+peers), for an `insert` into a full table (every row in use and the capacity reached):
 
 1. the least recently used *untrusted* peer (a peer still being set up with bubbles, or a
    flooder's address) goes first;
@@ -82,6 +86,11 @@ BUBBLE_WINDOW = 300.0
 QUEUE_BYTES_PER_PEER = 1280
 #: Miredo's relay limit with libJudy (1024 without): a sensible relay capacity.
 MIREDO_MAX_PEERS = 1_048_576
+#: Rows allocated at construction (or the capacity, if smaller); the columns grow from there.
+INITIAL_ROWS = 1024
+#: Below this many rows the hash index is kept at most a quarter full (16 bytes a row), from
+#: there on at most half full (8 bytes a row).
+SPARSE_INDEX_ROWS = 65536
 #: Charged to the overall queue budget for each queued packet on top of its length: a
 #: `bytes` object's header and its list slot, so a flood of tiny packets stays bounded too.
 QUEUE_PACKET_OVERHEAD = 64
@@ -125,6 +134,8 @@ class PeerTableStats:
     expired: int
     queue_drops: int
     nbytes: int
+    #: Rows allocated so far (the columns grow with the peers up to `capacity`).
+    allocated: int = 0
 
 
 class _Queue:
@@ -139,8 +150,19 @@ class _Queue:
         self.cost = 0  # payload + overhead, against the overall limit
 
 
+def _index_slots(rows: int) -> int:
+    """Hash index slots for `rows` rows: a power of two, at least 4 times the rows (load <= 1/4,
+    short probe chains) while that costs little, at least twice (load <= 1/2) from
+    `SPARSE_INDEX_ROWS` rows on, where 8 more bytes a row would matter."""
+    want = (4 if rows < SPARSE_INDEX_ROWS else 2) * rows
+    slots = 2
+    while slots < want:
+        slots <<= 1
+    return slots
+
+
 class PeerTable:
-    """A fixed-capacity peer list. See the module docstring for layout and policy."""
+    """A bounded peer list whose memory grows with the peers (see the module docstring)."""
 
     __slots__ = (
         "_addr",
@@ -164,6 +186,7 @@ class PeerTable:
         "_queue_per_peer",
         "_queue_total",
         "_queues",
+        "_rows",
         "_rx",
         "_stat_evicted",
         "_stat_expired",
@@ -188,7 +211,7 @@ class PeerTable:
         total_queue_bytes: int = 16 * 1024 * 1024,
         max_nonces: int | None = None,
     ) -> None:
-        """Allocate every column for `capacity` peers at once.
+        """An empty table for up to `capacity` peers; memory grows with the peers.
 
         `epoch`: a time near the first `now` the table will see (the driver's monotonic clock at
         start). `idle_timeout`: `expire` removes a trusted entry unused (no reception, no
@@ -220,26 +243,23 @@ class PeerTable:
         self._stat_queue_drops = 0
 
     def _allocate(self) -> None:
-        """(Re)create every column, all rows free."""
-        capacity = self.capacity
-        slots = 2
-        while slots < 2 * capacity:
-            slots <<= 1
-        self._mask = slots - 1
-        self._index = array("i", [0]) * slots
-        self._addr = bytearray(16 * capacity)
-        self._ip = array("I", [0]) * capacity
-        self._port = array("H", [0]) * capacity
-        self._flags = bytearray(capacity)
-        self._nbub = bytearray(capacity)
-        self._rx = array("I", [0]) * capacity
-        self._tx = array("I", [0]) * capacity
-        self._used = array("I", [0]) * capacity
-        self._bub = array("I", [0]) * (4 * capacity)
-        self._prev = array("i", [_NONE]) * capacity
+        """(Re)create every column with `INITIAL_ROWS` rows (at most `capacity`), all free."""
+        rows = self._rows = min(self.capacity, INITIAL_ROWS)
+        self._mask = _index_slots(rows) - 1
+        self._index = array("i", [0]) * (self._mask + 1)
+        self._addr = bytearray(16 * rows)
+        self._ip = array("I", [0]) * rows
+        self._port = array("H", [0]) * rows
+        self._flags = bytearray(rows)
+        self._nbub = bytearray(rows)
+        self._rx = array("I", [0]) * rows
+        self._tx = array("I", [0]) * rows
+        self._used = array("I", [0]) * rows
+        self._bub = array("I", [0]) * (4 * rows)
+        self._prev = array("i", [_NONE]) * rows
         # Free rows are chained through `_next`, lowest row first.
-        self._next = array("i", range(1, capacity + 1))
-        self._next[capacity - 1] = _NONE
+        self._next = array("i", range(1, rows + 1))
+        self._next[rows - 1] = _NONE
         self._free = 0
         self._head = [_NONE, _NONE]  # MRU end, per list (untrusted, trusted)
         self._tail = [_NONE, _NONE]  # LRU end
@@ -247,6 +267,53 @@ class PeerTable:
         self._queues: dict[int, _Queue] = {}
         self._queue_bytes = 0
         self._nonces: OrderedDict[int, bytes] = OrderedDict()
+
+    def _grow(self) -> bool:
+        """More rows (an eighth more, up to the capacity) when every row is in use; False at
+        capacity.
+
+        The columns are extended in place (at C speed: an eighth more keeps the rows not yet
+        used, and the RSS they cost, small), and the index, when the rows pass half its slots,
+        rebuilt at twice the size: O(rows) per doubling, so O(1) per insert on average (about
+        0.5 s once, from 2**20 to 2**21 slots)."""
+        old = self._rows
+        rows = min(self.capacity, old + max(old >> 3, INITIAL_ROWS))
+        if rows == old:
+            return False
+        add = rows - old
+        zeros = memoryview(bytes(16 * add))  # one temporary for every column
+        self._addr += zeros
+        self._flags += zeros[:add]
+        self._nbub += zeros[:add]
+        for col in (self._ip, self._port, self._rx, self._tx, self._used):
+            col.frombytes(zeros[: col.itemsize * add])
+        self._bub.frombytes(zeros)
+        del zeros
+        self._prev.frombytes(b"\xff" * (4 * add))  # _NONE (-1) in every new row
+        self._next.extend(range(old + 1, rows + 1))
+        self._next[rows - 1] = _NONE
+        self._free = old  # every old row is in use: the new ones are the free list
+        self._rows = rows
+        slots = _index_slots(rows)
+        if slots > self._mask + 1:
+            self._rehash(slots)
+        return True
+
+    def _rehash(self, slots: int) -> None:
+        """Rebuild the index with `slots` slots (every row in use is indexed again)."""
+        mask = slots - 1
+        index = array("i", [0]) * slots
+        keys = self._addr
+        flags = self._flags
+        for r in range(self._rows):
+            if flags[r] & _F_USED:
+                o = r << 4
+                i = hash(bytes(keys[o : o + 16])) & mask
+                while index[i]:
+                    i = (i + 1) & mask
+                index[i] = r + 1
+        self._index = index
+        self._mask = mask
 
     # --- time ---------------------------------------------------------------------------------
 
@@ -295,6 +362,11 @@ class PeerTable:
 
     def __len__(self) -> int:
         return self._count[0] + self._count[1]
+
+    @property
+    def allocated(self) -> int:
+        """Rows allocated so far (the columns grow with the peers, up to `capacity`)."""
+        return self._rows
 
     def address(self, row: int) -> bytes:
         """The IPv6 address of the peer in `row`."""
@@ -412,6 +484,8 @@ class PeerTable:
     def _insert(self, addr: bytes, t: int, trusted: bool) -> int | None:
         """`insert` for an address known to be absent, at tick `t`."""
         row = self._free
+        if row == _NONE and self._grow():
+            row = self._free
         if row == _NONE:
             row = self._tail[_UNTRUSTED]
             if row == _NONE:
@@ -498,7 +572,7 @@ class PeerTable:
 
     def clear(self) -> None:
         """Forget every peer (Miredo empties the list when the client's address changes): the
-        columns are made anew, O(capacity) at C speed. Counters are kept."""
+        columns are made anew at their initial size. Counters are kept."""
         self._allocate()
 
     # --- fields -------------------------------------------------------------------------------
@@ -858,4 +932,5 @@ class PeerTable:
             expired=self._stat_expired,
             queue_drops=self._stat_queue_drops,
             nbytes=self.nbytes(),
+            allocated=self._rows,
         )

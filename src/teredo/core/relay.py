@@ -7,12 +7,22 @@ Teredo clients (one UDP socket). It keeps a peer list shaped like a client's (co
   Case 1, a valid trusted peer: the packet goes straight to its mapping (the hot path). Case 3
   (always used, as Miredo does: cone peers, case 2, are not believed): an untrusted entry, the
   packet queued (bounded), an *indirect* bubble through the client's server (embedded server
-  IPv4, port 3544) and, for the deprecated "restricted" relay, a *direct* bubble too; repeated
-  every 2 s, at most 3 times, then the entry is deleted and the sender gets an ICMPv6 address
-  unreachable (rate-limited).
+  IPv4, port 3544) and, for the deprecated "restricted" relay, a *direct* bubble too. Bubbles
+  answer native packets, never more than one per packet (Miredo does the same): a bubble is
+  repeated 2 s later, at most 3 times, only when a native packet for the peer arrived since the
+  last one; 2 s after the 4th (or 6 s after the last, with no packet since) the peer is given up:
+  its queue goes and the sender gets an ICMPv6 address unreachable (rate-limited). The entry
+  stays, untrusted, until it expires, so that its section 5.2.6 bubble count (4 in 300 s)
+  outlives the give-up. Bubbles toward one server IPv4 are rate-limited as well (a token bucket
+  per server address, `RelayParams.server_bubble_rate`): native packets to Teredo addresses
+  that embed a victim's IPv4 as "server" cannot make the relay a reflector (section 7.4).
 * client -> native (section 5.4.2): a valid IPv6 packet whose Teredo source embeds the UDP
-  source IPv4 and port (or a known peer's recorded mapping); bubbles make the peer trusted and
-  flush its queue, and are never forwarded; other packets go to the TUN only when their
+  source IPv4 and port (or a known peer's recorded mapping), from a peer in the list (the MAY
+  drop of section 5.4.2, as Miredo: a flood of made-up sources creates no state and gets nothing
+  forwarded); bubbles make the peer trusted and flush its queue, and are never forwarded. A
+  valid trusted peer is heard only at its recorded mapping: a packet from another IPv4:port
+  claiming its address (even one that would pass the checks for a new peer) is dropped, so one
+  spoofed packet cannot move its traffic. Other packets go to the TUN only when their
   destination is one the relay serves: for a relay, a global non-Teredo address; for a
   host-specific relay (section 5.4, "local relay" of section 3.4, section 7.3.1), one of this
   host's own addresses (the driver learns them through netlink and passes them in).
@@ -23,10 +33,10 @@ that its server forwarded with an origin indication by a direct bubble to that o
 to that link-local source; the relay recognises the hash even when the answer comes from another
 port of the same IPv4 (a port-symmetric NAT) and then records the port it really came from.
 
-Bubble retries are driven by a FIFO ring of (deadline, row) preallocated with the peer table:
+Bubble retries are driven by a FIFO ring of (deadline, row) that grows with the rows it holds:
 every retry is due exactly 2 s after the bubble that scheduled it, so the ring stays sorted
 without a heap, and each row sits in it at most once (one byte per row says so), which bounds
-it whatever arrives.
+it by the peer table whatever arrives.
 """
 
 from __future__ import annotations
@@ -51,7 +61,7 @@ from teredo.core.ipv6 import (
     build_unreachable,
 )
 from teredo.core.peers import MIREDO_MAX_PEERS, PEER_VALIDITY, PeerTable
-from teredo.core.ratelimit import TokenBucket
+from teredo.core.ratelimit import BucketTable, TokenBucket
 from teredo.core.wire import TeredoPacket, parse_payload
 
 Address = tuple[str, int]
@@ -59,6 +69,17 @@ Address = tuple[str, int]
 #: Section 5.4.1: the bubble is repeated after 2 s, at most 3 times, then the entry goes.
 BUBBLE_RETRY = 2.0
 BUBBLE_REPEATS = 3
+#: A peer that asked for no bubble since its last one is given up this long after it.
+GIVE_UP_IDLE = BUBBLE_RETRY * BUBBLE_REPEATS
+#: Indirect bubbles per second toward one server IPv4 (section 7.4: no amplification toward an
+#: address named in a packet), with a burst of `SERVER_BUBBLE_BURST` seconds' worth. A real
+#: server sees one bubble per new conversation of one of its clients with a native host.
+SERVER_BUBBLE_RATE = 200.0
+SERVER_BUBBLE_BURST = 2.0
+#: Server addresses tracked by the bubble limit (fixed memory; addresses share slots by hash).
+#: The key is the address's 4 bytes, whose hash (SipHash, keyed per process) an attacker cannot
+#: aim at a chosen server's slot; an int would hash to itself (its low 12 bits).
+SERVER_BUBBLE_SLOTS = 4096
 #: Miredo answers at most 10 ICMPv6 errors per second (TEREDO-SPEC 7, "Amplification").
 ICMPV6_ERROR_RATE = 10.0
 #: The longest `RelayParams.idle_timeout` (one day).
@@ -69,7 +90,7 @@ EXPIRE_BUDGET = 256
 RETRY_BUDGET = 1024
 #: Socket addresses converted (int <-> dotted quad) and remembered, at most: the conversion
 #: costs more than the rest of the hot path's bookkeeping; the caches are emptied when full.
-ADDRESS_CACHE = 4096
+ADDRESS_CACHE = 1024
 
 _HEADER = 40
 _NH_NONE = 59
@@ -104,10 +125,12 @@ class RelayParams:
     queue_bytes_per_peer: int = 1280
     total_queue_bytes: int = 16 * 1024 * 1024
     icmpv6_error_rate: float = ICMPV6_ERROR_RATE
+    #: Indirect bubbles a second toward one server IPv4 (burst: twice as many).
+    server_bubble_rate: float = SERVER_BUBBLE_RATE
     mtu: int = IPV6_MIN_MTU
     #: How long a trusted peer's entry stays after its last use. Its validity (section 5.2.4,
     #: sending case 1) is 30 s whatever this says; keeping the entry longer only spares a new
-    #: bubble exchange's state and costs no memory (the table is preallocated). Miredo keeps
+    #: bubble exchange's state, at the cost of rows kept in memory longer. Miredo keeps
     #: entries 30 to 60 s (two 30 s generations). Untrusted entries always go after 30 s.
     idle_timeout: float = PEER_VALIDITY
 
@@ -121,6 +144,8 @@ class RelayParams:
             return "the MTU must be between 1280 and 65535"
         if self.icmpv6_error_rate <= 0:
             return "the ICMPv6 error rate must be positive"
+        if not 0 < self.server_bubble_rate <= 1e9:
+            return "the bubble rate per server must be positive"
         if not PEER_VALIDITY <= self.idle_timeout <= MAX_PEER_TIMEOUT:
             return f"the peer timeout must be between {PEER_VALIDITY:g} and {MAX_PEER_TIMEOUT:g} s"
         return None
@@ -155,18 +180,19 @@ def _global_ipv6_kind(addr: bytes) -> DropReason | None:
 
 
 class _RetryRing:
-    """A FIFO of (deadline, row), each row at most once; memory fixed at construction."""
+    """A FIFO of (deadline, row), each row at most once; it grows (by doubling) with the rows
+    it holds, never beyond one slot per row of the peer table."""
 
     __slots__ = ("_head", "_mask", "_queued", "_rows", "_size", "_when")
 
-    def __init__(self, capacity: int) -> None:
-        slots = 1
-        while slots < capacity:
-            slots <<= 1
-        self._mask = slots - 1
-        self._when = array("d", bytes(8 * slots))
-        self._rows = array("i", bytes(4 * slots))
-        self._queued = bytearray(capacity)
+    def __init__(self, slots: int = 64) -> None:
+        size = 1
+        while size < slots:
+            size <<= 1
+        self._mask = size - 1
+        self._when = array("d", bytes(8 * size))
+        self._rows = array("i", bytes(4 * size))
+        self._queued = bytearray(size)  # one byte per peer-table row: queued here or not
         self._head = 0
         self._size = 0
 
@@ -177,17 +203,32 @@ class _RetryRing:
         return len(self._when) * 8 + len(self._rows) * 4 + len(self._queued)
 
     def push(self, row: int, when: float) -> None:
-        if self._queued[row]:
+        queued = self._queued
+        if row >= len(queued):
+            queued += bytes(max(row + 1, 2 * len(queued)) - len(queued))
+        if queued[row]:
             return
         if self._size:
             # Keep the ring sorted: a deadline never goes before the one at the tail.
             tail = self._when[(self._head + self._size - 1) & self._mask]
             when = max(when, tail)
+        if self._size > self._mask:
+            self._grow()
         i = (self._head + self._size) & self._mask
         self._when[i] = when
         self._rows[i] = row
         self._size += 1
-        self._queued[row] = 1
+        queued[row] = 1
+
+    def _grow(self) -> None:
+        """Twice the slots, the entries kept in order from slot 0 (each row is queued at most
+        once, so the ring never holds more entries than the peer table has rows)."""
+        n = self._mask + 1
+        h = self._head
+        self._when = self._when[h:] + self._when[:h] + array("d", bytes(8 * n))
+        self._rows = self._rows[h:] + self._rows[:h] + array("i", bytes(4 * n))
+        self._head = 0
+        self._mask = 2 * n - 1
 
     def first(self) -> float | None:
         return self._when[self._head] if self._size else None
@@ -238,8 +279,15 @@ class RelayMachine:
             total_queue_bytes=params.total_queue_bytes,
             max_nonces=0,
         )
-        self._ring = _RetryRing(params.peers)
+        self._ring = _RetryRing()
         self._errors = TokenBucket(params.icmpv6_error_rate, params.icmpv6_error_rate)
+        rate = params.server_bubble_rate
+        self._server_bubbles = BucketTable(
+            rate, max(1.0, rate * SERVER_BUBBLE_BURST), SERVER_BUBBLE_SLOTS
+        )
+        # Untrusted peers (rows) for which a native packet arrived since their last bubble:
+        # only they get a repeat (one bubble per native packet at most). Each is in the ring.
+        self._wanted: set[int] = set()
         self._to_sockaddr: dict[int, Address] = {}
         self._from_host: dict[str, int] = {}
 
@@ -268,7 +316,7 @@ class RelayMachine:
         self._direct = direct
 
     def nbytes(self) -> int:
-        """Memory held by the preallocated columns (peer table and retry ring)."""
+        """Memory held by the columns (peer table and retry ring), which grow with the peers."""
         return self.peers.nbytes() + self._ring.nbytes()
 
     def bubble_source(self, peer: bytes) -> bytes:
@@ -325,10 +373,14 @@ class RelayMachine:
         peers = self.peers
         if found == -1:
             # A new peer (case 3): its entry, its packet queued, a first bubble now (always
-            # allowed for a new entry, section 5.2.6).
+            # allowed for a new entry, section 5.2.6), unless its server had its share of
+            # bubbles: then no state either.
+            if not self._server_bubbles.allow(dst[4:8], now):
+                return DropReason.RELAY_BUBBLE_LIMIT
             row = peers.insert_bubbled(dst, mapping[0], mapping[1], now)
             if row is None:
                 return DropReason.RELAY_PEER_TABLE_FULL
+            self._wanted.discard(row)  # a reused row: the last holder's demand is not ours
             queued = peers.enqueue(row, packet)
             self._send_bubbles(row, dst, server)
             self._ring.push(row, now + BUBBLE_RETRY)
@@ -339,8 +391,12 @@ class RelayMachine:
                 # again.
                 peers.set_trusted(row, False)
             queued = peers.enqueue(row, packet)
-            if peers.may_send_bubble(row, now):
+            if peers.may_send_bubble(row, now) and self._server_bubbles.allow(dst[4:8], now):
                 self._bubble(row, dst, server, now)
+                self._wanted.discard(row)
+            else:
+                # Within 2 s of the last bubble (or over a limit): the timer may repeat it.
+                self._wanted.add(row)
             self._ring.push(row, now + BUBBLE_RETRY)
         if queued:
             self.stats.queued += 1
@@ -471,30 +527,31 @@ class RelayMachine:
         peers = self.peers
         row = peers.lookup(src)
         embedded = embedded_mapping(src)
-        if embedded != (ipv4, port):
+        remap = embedded != (ipv4, port)
+        if remap and not (
             # ...whose embedded mapping is the UDP source; Miredo also takes a bubble from
             # another port of the same IPv4 when it answers our own bubble (its destination is
             # the keyed link-local we used for this peer): a port-symmetric NAT's answer.
-            if not (
-                bubble
-                and row is not None
-                and embedded[0] == ipv4
-                and packet.dst == self.bubble_source(src)
-            ):
-                return DropReason.MAPPING_MISMATCH
-            self.stats.remapped += 1
+            bubble
+            and row is not None
+            and embedded[0] == ipv4
+            and packet.dst == self.bubble_source(src)
+        ):
+            return DropReason.MAPPING_MISMATCH
         if row is None:
-            if bubble:
-                return DropReason.UNKNOWN_PEER_BUBBLE
-            # Section 5.4.2 MAY drop clients not in the list; we serve them (a client whose
-            # entry expired here still believes us valid) and keep an entry for the way back.
-            row = peers.insert(src, now, trusted=True)
-            if row is None:
-                return DropReason.RELAY_PEER_TABLE_FULL
-            peers.set_mapping(row, ipv4, port)
-            peers.touch_rx(row, now)
-            self.stats.trusted += 1
-            return row
+            # Section 5.4.2 MAY drop clients not in the list (Miredo does): only peers that
+            # the relay bubbled, and that answered, are served. Serving unknown sources would
+            # let a flood of made-up ones reach the native side and fill the table with
+            # trusted entries that lock out real clients for 30 s.
+            return DropReason.UNKNOWN_PEER_BUBBLE if bubble else DropReason.RELAY_UNKNOWN_PEER
+        if peers.is_trusted(row) and peers.is_valid(row, now):
+            # Not from the recorded mapping of a valid trusted peer (the fast path said so): a
+            # valid entry's mapping never moves on one packet, which anyone may spoof. It may
+            # move once the entry is no longer valid (30 s without reception from it), by the
+            # rules above: a packet from the embedded mapping, or an answer to our bubble.
+            return DropReason.RELAY_MAPPING_CHANGE
+        if remap:
+            self.stats.remapped += 1
         # A direct answer: the peer is trusted at this mapping, its queue flushed (5.4.1).
         was_trusted = peers.is_trusted(row)
         queued = peers.trust(row, ipv4, port, now)
@@ -523,6 +580,7 @@ class RelayMachine:
         """Repeat bubbles, give up on silent peers (section 5.4.1), expire idle entries."""
         ring = self._ring
         peers = self.peers
+        wanted = self._wanted
         for _ in range(RETRY_BUDGET):
             due = ring.first()
             if due is None or due > now:
@@ -532,24 +590,40 @@ class RelayMachine:
             # whoever holds it now is judged on its own dates.
             addr = peers.address(row)
             if peers.lookup(addr) != row or peers.is_trusted(row):
+                wanted.discard(row)
                 continue
+            since = now - peers.last_tx(row)
             if peers.bubble_count(row, now) >= 1 + BUBBLE_REPEATS:
-                if now - peers.last_tx(row) >= BUBBLE_RETRY:
+                if since >= BUBBLE_RETRY:
                     self._give_up(row, addr, now)
                 else:
                     ring.push(row, peers.last_tx(row) + BUBBLE_RETRY)
+            elif row not in wanted:
+                # No native packet since the last bubble: no repeat (one bubble per packet at
+                # most); the peer is given up once nobody has asked for GIVE_UP_IDLE.
+                if since >= GIVE_UP_IDLE:
+                    self._give_up(row, addr, now)
+                else:
+                    ring.push(row, now + BUBBLE_RETRY)
             elif peers.may_send_bubble(row, now):
-                self._bubble(row, addr, int.from_bytes(addr[4:8], "big"), now)
+                server = int.from_bytes(addr[4:8], "big")
+                if self._server_bubbles.allow(addr[4:8], now):
+                    self._bubble(row, addr, server, now)
+                    wanted.discard(row)
+                else:
+                    self.drops.count(DropReason.RELAY_BUBBLE_LIMIT)
                 ring.push(row, now + BUBBLE_RETRY)
             else:
                 ring.push(row, peers.last_tx(row) + BUBBLE_RETRY)
         peers.expire(now, EXPIRE_BUDGET)
 
     def _give_up(self, row: int, addr: bytes, now: float) -> None:
-        """Section 5.4.1: delete the entry; its queued packets are answered with ICMPv6
-        destination (address) unreachable, at most `icmpv6_error_rate` a second."""
+        """Section 5.4.1: the queue goes and its packets are answered with ICMPv6 destination
+        (address) unreachable, at most `icmpv6_error_rate` a second. The entry itself stays
+        (untrusted, it expires 30 s after its last bubble) so that its bubble count, 4 in 300 s
+        at most (section 5.2.6), is not reset by the next native packet."""
         queued = self.peers.drain(row)
-        self.peers.remove(row)
+        self._wanted.discard(row)
         self.stats.given_up += 1
         if queued:
             self.drops.count(DropReason.RELAY_PEER_UNREACHABLE, len(queued))
@@ -568,6 +642,7 @@ class RelayMachine:
         """Forget every peer (e.g. when the service port changes)."""
         self.peers.clear()
         self._ring.clear()
+        self._wanted.clear()
 
     def summary(self) -> str:
         """One line of counters for the log (SIGUSR1) and benchmarks."""

@@ -39,6 +39,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from teredo.core.relay import Address, RelayMachine, RelayParams
 from teredo.io.loop import DaemonLoop
+from teredo.io.memory import release_free_memory
 from teredo.io.netlink import InterfaceConfig, NetlinkConfigError
 from teredo.io.tun import MAX_PACKET, TunDevice, TunError
 from teredo.io.udp import RECEIVE_SIZE, open_udp_socket
@@ -140,11 +141,12 @@ class _Output:
 class _Guarded:
     """The machine's timer side, as the loop sees it, under the data path's lock."""
 
-    __slots__ = ("_lock", "_machine")
+    __slots__ = ("_lock", "_machine", "_rows")
 
     def __init__(self, machine: RelayMachine, lock: threading.Lock) -> None:
         self._machine = machine
         self._lock = lock
+        self._rows = machine.peers.allocated
 
     def next_deadline(self) -> float | None:
         with self._lock:
@@ -153,6 +155,12 @@ class _Guarded:
     def handle_timer(self, now: float) -> None:
         with self._lock:
             self._machine.handle_timer(now)
+            rows = self._machine.peers.allocated
+        if rows != self._rows:
+            # The peer table grew: its old columns are free heap now (issue 8: memory that
+            # grows with the load, and no more).
+            self._rows = rows
+            release_free_memory()
 
 
 def _fault_site(exc: BaseException) -> str:
@@ -464,6 +472,7 @@ class RelayDaemon:
             "host_specific": host_specific,
             "peers": t.size,
             "capacity": t.capacity,
+            "allocated_rows": t.allocated,
             "trusted_peers": t.trusted,
             "pending_peers": t.untrusted,
             "queued_bytes": t.queued_bytes,
