@@ -5,7 +5,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 
-apt_packages=(miredo miredo-server nftables iproute2 iputils-ping conntrack iperf3 tcpdump procps python3-venv)
+apt_packages=(miredo miredo-server nftables iproute2 iputils-ping conntrack iperf3 tcpdump procps python3-venv bird2)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

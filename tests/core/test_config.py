@@ -190,6 +190,10 @@ def test_all_directives_are_covered_by_these_tests() -> None:
         "ServerBindAddress",
         "ServerBindAddress2",
         "RefreshInterval",
+        # anycast (issue 11): tests/core/test_config_announce.py
+        "AnnounceTable",
+        "AnnounceDrain",
+        "AnycastIPv4",
     }
 
 

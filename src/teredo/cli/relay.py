@@ -25,7 +25,13 @@ from teredo.cli.options import (
 from teredo.core.config import ConfigError, RelaySettings, RelayType, Role
 from teredo.core.peers import MIREDO_MAX_PEERS, PEER_VALIDITY
 from teredo.core.relay import MAX_PEER_TIMEOUT, RelayParams
-from teredo.io.loop import DaemonLoop
+from teredo.io.announce import (
+    AnnounceError,
+    Announcement,
+    announce_while_serving,
+    relay_prefixes,
+)
+from teredo.io.loop import Daemon, DaemonLoop
 from teredo.io.relay_driver import (
     RelayDaemon,
     RelayEndpoint,
@@ -141,6 +147,10 @@ def run(args: argparse.Namespace) -> int:
         log = configure_logging(args, settings)
     except ConfigError as err:
         return report_config_error(err)
+    if settings.host_specific and settings.announce_table is not None:
+        # RFC 4380 section 5.4: a host-specific relay serves only its own host.
+        print("command line: --announce-table: a host-specific relay announces nothing")
+        return EXIT_CONFIG
     loop = DaemonLoop()
     try:
         with PidFile(args.pidfile):
@@ -166,6 +176,18 @@ def run(args: argparse.Namespace) -> int:
                 daemon.alloc_seconds,
             )
             _advise(log, settings, daemon)
+            served: Daemon = daemon
+            if settings.announce_table is not None:
+                # Ready to serve (UDP bound, TUN up, data thread running): announce now.
+                prefixes = relay_prefixes(str(settings.prefix), settings.anycast_ipv4)
+                announcement = Announcement(settings.announce_table, prefixes)
+                try:
+                    served = announce_while_serving(
+                        loop, daemon, announcement, settings.announce_drain
+                    )
+                except AnnounceError:
+                    daemon.close()
+                    raise
 
             def reload() -> None:
                 try:
@@ -181,8 +203,8 @@ def run(args: argparse.Namespace) -> int:
 
             interface = settings.interface_name
             control = control_identity(args, "relay", interface)
-            return loop.serve(daemon, log, reload, control=control)
-    except (RelayStartError, PidFileError) as err:
+            return loop.serve(served, log, reload, control=control)
+    except (RelayStartError, PidFileError, AnnounceError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED
     finally:

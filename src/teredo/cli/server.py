@@ -22,8 +22,14 @@ from teredo.cli.options import (
 )
 from teredo.core.config import ConfigError, Role, ServerSettings
 from teredo.core.server import ServerLimits, ServerParams
+from teredo.io.announce import (
+    AnnounceError,
+    Announcement,
+    announce_while_serving,
+    server_prefixes,
+)
 from teredo.io.control import ControlIdentity
-from teredo.io.loop import DaemonLoop
+from teredo.io.loop import Daemon, DaemonLoop
 from teredo.io.server_driver import (
     ServerDaemon,
     ServerSockets,
@@ -104,6 +110,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"command line: --workers: must be 1..{MAX_WORKERS}", file=sys.stderr)
         return EXIT_CONFIG
     params = params_from(settings, args)
+    announcement = None
+    if settings.announce_table is not None:
+        prefixes = server_prefixes(settings.server_bind_address, settings.server_bind_address2)
+        announcement = Announcement(settings.announce_table, prefixes)
+    drain = settings.announce_drain
     try:
         with PidFile(args.pidfile):
             # All sockets are opened before any fork, so that a start failure is one line
@@ -124,9 +135,10 @@ def run(args: argparse.Namespace) -> int:
                 args.workers,
             )
             if args.workers == 1:
-                return _serve(args, params, sets[0], control_identity(args, "server"))
-            return _supervise(args, params, sets)
-    except (ServerStartError, PidFileError) as err:
+                control = control_identity(args, "server")
+                return _serve(args, params, sets[0], control, announcement, drain=drain)
+            return _supervise(args, params, sets, announcement, drain)
+    except (ServerStartError, PidFileError, AnnounceError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED
 
@@ -136,12 +148,25 @@ def _serve(
     params: ServerParams,
     sockets: ServerSockets,
     control: ControlIdentity | None,
+    announcement: Announcement | None = None,
+    *,
+    drain: float = 0.0,
 ) -> int:
-    """One server process on `sockets` until SIGTERM or SIGINT; SIGHUP re-reads the file."""
+    """One server process on `sockets` until SIGTERM or SIGINT; SIGHUP re-reads the file.
+
+    With `announcement` (single process), it is made once the sockets are served and withdrawn
+    first on SIGTERM, `drain` seconds before the exit."""
     log = logging.getLogger("teredo")
     loop = DaemonLoop()
     try:
         daemon = ServerDaemon(params, loop, sockets)
+        served: Daemon = daemon
+        if announcement is not None:
+            try:
+                served = announce_while_serving(loop, daemon, announcement, drain)
+            except AnnounceError:
+                daemon.close()
+                raise
 
         def reload() -> None:
             try:
@@ -154,13 +179,22 @@ def _serve(
             else:
                 log.error("configuration not reloaded: new addresses need a restart")
 
-        return loop.serve(daemon, log, reload, control=control)
+        return loop.serve(served, log, reload, control=control)
     finally:
         loop.close()
 
 
-def _supervise(args: argparse.Namespace, params: ServerParams, sets: list[ServerSockets]) -> int:
+def _supervise(
+    args: argparse.Namespace,
+    params: ServerParams,
+    sets: list[ServerSockets],
+    announcement: Announcement | None = None,
+    drain: float = 0.0,
+) -> int:
     """Fork one worker per socket set; pass signals on; stop all when one dies.
+
+    The parent holds the anycast announcement (made after the forks, so that no worker holds
+    its anchor): on SIGTERM it withdraws, waits `drain` seconds (SIGALRM), then stops them.
 
     The server keeps no state across datagrams except its rate-limit buckets, so workers need
     not share anything: the kernel spreads datagrams over them by address and port hash
@@ -174,6 +208,14 @@ def _supervise(args: argparse.Namespace, params: ServerParams, sets: list[Server
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
         if signum in (signal.SIGTERM, signal.SIGINT):
+            if not stopping and announcement is not None and announcement.withdraw() and drain:
+                log.info("draining for %g s before stopping", drain)
+                signal.signal(signal.SIGALRM, forward)
+                signal.setitimer(signal.ITIMER_REAL, drain)
+                return
+            stopping = True
+            signum = signal.SIGTERM
+        elif signum == signal.SIGALRM:  # the drain is over
             stopping = True
             signum = signal.SIGTERM
         for pid in list(children):
@@ -210,6 +252,14 @@ def _supervise(args: argparse.Namespace, params: ServerParams, sets: list[Server
         for sock in sockets:
             sock.close()
     status = 0
+    if announcement is not None and not stopping:
+        try:
+            announcement.announce()
+        except AnnounceError as err:
+            log.error("%s", err)
+            stopping = True
+            status = EXIT_START_FAILED
+            forward(signal.SIGTERM, None)
     while children:
         pid, wait_status = os.wait()
         index = children.pop(pid, -1)
@@ -223,4 +273,6 @@ def _supervise(args: argparse.Namespace, params: ServerParams, sets: list[Server
             forward(signal.SIGTERM, None)
         elif code != 0:
             status = EXIT_START_FAILED
+    if announcement is not None:
+        announcement.withdraw()
     return status

@@ -20,7 +20,9 @@ than Miredo (literal IPv4 bind addresses, MTU range, /32 prefixes, words after t
 difference is listed in docs/configuration.md.
 
 Our own directives (not understood by Miredo): RefreshInterval (client) and `RelayType host`
-(host-specific relay, RFC 4380 section 5.4 / section 7.3.1 "local relay").
+(host-specific relay, RFC 4380 section 5.4 / section 7.3.1 "local relay"); AnnounceTable,
+AnnounceDrain (relay, server) and AnycastIPv4 (relay): anycast announcements (issue 11,
+docs/scale.md).
 """
 
 from __future__ import annotations
@@ -98,6 +100,14 @@ DEFAULT_SYSLOG_FACILITY: Final = "daemon"  # miredo.c openlog(..., LOG_DAEMON)
 DEFAULT_REFRESH_INTERVAL: Final = 30.0  # RFC 4380 section 5.2.5; RFC 6081 section 5.1.1 MUST
 MIN_REFRESH_INTERVAL: Final = 1.0
 MAX_REFRESH_INTERVAL: Final = 3600.0
+# Anycast (docs/scale.md): seconds between the withdraw and the exit on SIGTERM, long enough for
+# BGP to move traffic elsewhere (milliseconds in a LAN; a WAN's BGP takes longer).
+DEFAULT_ANNOUNCE_DRAIN: Final = 2.0
+MAX_ANNOUNCE_DRAIN: Final = 600.0
+# Routing tables 253-255 are the kernel's default, main and local ones, 0 means "unspecified":
+# an announcement there would route real traffic (table N is only read by the routing daemon).
+_RESERVED_TABLES: Final = frozenset({0, 253, 254, 255})
+MAX_TABLE: Final = 0xFFFFFFFF
 MIN_MTU: Final = 1280  # IPv6 minimum link MTU (RFC 8200 section 5)
 MAX_MTU: Final = 65535
 
@@ -145,6 +155,9 @@ DIRECTIVES: Final[Mapping[str, frozenset[Role]]] = {
     "ServerBindAddress": _SERVER_ONLY,
     "ServerBindAddress2": _SERVER_ONLY,
     "RefreshInterval": _CLIENT_ONLY,  # ours
+    "AnnounceTable": frozenset({Role.RELAY, Role.SERVER}),  # ours: anycast (issue 11)
+    "AnnounceDrain": frozenset({Role.RELAY, Role.SERVER}),  # ours
+    "AnycastIPv4": frozenset({Role.RELAY}),  # ours
 }
 _CANONICAL: Final = {name.lower(): name for name in DIRECTIVES}
 
@@ -253,6 +266,8 @@ class ServerSettings:
     prefix: IPv6Network = DEFAULT_PREFIX
     mtu: int = DEFAULT_MTU  # advertised in the RA's MTU option (RFC 4380 section 5.1.2)
     syslog_facility: str = DEFAULT_SYSLOG_FACILITY
+    announce_table: int | None = None  # ours: kernel table of the anycast routes (issue 11)
+    announce_drain: float = DEFAULT_ANNOUNCE_DRAIN
 
     @property
     def role(self) -> Role:
@@ -270,6 +285,9 @@ class RelaySettings:
     bind_address: IPv4Address = ANY_IPV4
     bind_port: int = 0
     syslog_facility: str = DEFAULT_SYSLOG_FACILITY
+    announce_table: int | None = None  # ours: kernel table of the anycast routes (issue 11)
+    announce_drain: float = DEFAULT_ANNOUNCE_DRAIN
+    anycast_ipv4: IPv4Address | None = None  # ours: announced as a /32 with the prefix
 
     @property
     def role(self) -> Role:
@@ -451,6 +469,29 @@ def _refresh(d: Directive) -> float:
     return seconds
 
 
+def _table(d: Directive) -> int:
+    table = _uint(d, 1, MAX_TABLE, "routing table")
+    if table in _RESERVED_TABLES:
+        raise d.error(f"table {table} is the kernel's own (default, main or local): pick another")
+    return table
+
+
+def _drain(d: Directive) -> float:
+    if not _SECONDS.fullmatch(d.value):
+        raise d.error(f"invalid drain time {_show(d.value)} (expected seconds, e.g. 2)")
+    seconds = float(d.value)
+    if seconds > MAX_ANNOUNCE_DRAIN:
+        raise d.error(f"drain time {_show(d.value)} above {MAX_ANNOUNCE_DRAIN:g} seconds")
+    return seconds
+
+
+def _anycast(d: Directive) -> IPv4Address:
+    address = _bind_address(d)
+    if address == ANY_IPV4:
+        raise d.error("0.0.0.0 cannot be announced")
+    return address
+
+
 # --------------------------------------------------------------------------- settings
 
 
@@ -526,6 +567,9 @@ _PARSERS: Final[Mapping[str, Callable[[Directive], object]]] = {
     "ServerBindAddress": _server_bind_address,
     "ServerBindAddress2": _server_bind_address,
     "RefreshInterval": _refresh,
+    "AnnounceTable": _table,
+    "AnnounceDrain": _drain,
+    "AnycastIPv4": _anycast,
 }
 
 
@@ -577,6 +621,9 @@ def _relay(layers: _Layers) -> RelaySettings:
         bind_address=v.get("BindAddress", ANY_IPV4),
         bind_port=v.get("BindPort", 0),
         syslog_facility=v.get("SyslogFacility", DEFAULT_SYSLOG_FACILITY),
+        announce_table=v.get("AnnounceTable", None),
+        announce_drain=v.get("AnnounceDrain", DEFAULT_ANNOUNCE_DRAIN),
+        anycast_ipv4=v.get("AnycastIPv4", None),
     )
 
 
@@ -598,6 +645,8 @@ def _server(layers: _Layers) -> ServerSettings:
         prefix=v.get("Prefix", DEFAULT_PREFIX),
         mtu=v.get("InterfaceMTU", DEFAULT_MTU),
         syslog_facility=v.get("SyslogFacility", DEFAULT_SYSLOG_FACILITY),
+        announce_table=v.get("AnnounceTable", None),
+        announce_drain=v.get("AnnounceDrain", DEFAULT_ANNOUNCE_DRAIN),
     )
 
 
