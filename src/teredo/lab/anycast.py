@@ -23,7 +23,12 @@ not started, and the server's addresses are taken off its interface.
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -45,12 +50,14 @@ from teredo.lab.bird import (
 from teredo.lab.roles import RELAY_PORT, TUN_NAME, Impl, Role
 from teredo.lab.system import LabError, ProcRecord
 from teredo.lab.topology import (
+    NATIVE_V6,
     SERVER_V4,
     SERVER_V4_2,
     TEREDO_PREFIX,
     WAN_V4_SERVERS,
     WAN_V6_SERVERS,
     Lab,
+    ping_counts,
 )
 
 MAX_RELAYS = 8
@@ -433,6 +440,90 @@ def server_for(lab: Lab, source: str, destination: str) -> str | None:
         if host.startswith("server") and f"via {addresses[2]} " in out:
             return host
     return None
+
+
+# --- failover ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failover:
+    """What a stream of echoes from the native host to a client saw while one relay stopped."""
+
+    relay: str
+    how: str  # "SIGKILL" or "SIGTERM"
+    withdraw_seconds: float  # signal -> up6's kernel route without that relay
+    sent: int
+    received: int
+    max_rtt_ms: float  # echoes held in the new relay's queue while it bubbles the client
+    interval: float
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.received
+
+    @property
+    def outage_seconds(self) -> float:
+        """How long the client was unreachable: lost echoes at `interval` each, plus the
+        longest wait of a delivered one (a queued echo arrives late, not never)."""
+        return self.lost * self.interval + self.max_rtt_ms / 1000
+
+    def line(self) -> str:
+        return (
+            f"{self.how} {self.relay}: withdrawn in {self.withdraw_seconds * 1000:.0f} ms, "
+            f"{self.received}/{self.sent} echoes ({self.lost} lost), longest round trip "
+            f"{self.max_rtt_ms:.1f} ms: client unreachable for {self.outage_seconds:.3f} s"
+        )
+
+
+_RTT = re.compile(r"time=([\d.]+) ms")
+
+
+def stop_relay_under_ping(
+    lab: Lab,
+    target: str,
+    how: signal.Signals,
+    *,
+    relay: str | None = None,
+    interval: float = 0.02,
+    seconds: float = 4.0,
+    lead: float = 1.0,
+) -> Failover:
+    """Ping `target` from the native host every `interval` for `seconds`; `lead` seconds in,
+    send `how` to the relay carrying that traffic (or `relay`), and measure."""
+    spec = load_spec(lab)
+    if spec is None:
+        raise LabError("not an anycast lab")
+    victim = relay or relay_for(lab, NATIVE_V6, target)
+    record = daemon_record(lab, victim) if victim else None
+    if record is None or not record.alive():
+        raise LabError(f"no running relay carries {target} ({victim})")
+    paths = len(kernel_nexthops(lab, "up6", TEREDO_PREFIX))
+    count = int(seconds / interval)
+    argv = ["ping", "-6", "-n", "-i", f"{interval:g}", "-c", str(count)]
+    argv += ["-w", str(int(seconds + 15)), target]
+    result: list[subprocess.CompletedProcess[str]] = []
+
+    def ping() -> None:
+        result.append(lab.exec("native", argv, timeout=seconds + 20, check=False))
+
+    thread = threading.Thread(target=ping, name="failover-ping", daemon=True)
+    thread.start()
+    time.sleep(lead)
+    os.kill(record.pid, how)
+    withdraw = wait_paths(lab, "up6", TEREDO_PREFIX, paths - 1, timeout=15.0)
+    thread.join(seconds + 25)
+    output = result[0].stdout if result else ""
+    counts = ping_counts(output) or (count, 0)
+    rtts = [float(t) for t in _RTT.findall(output)]
+    return Failover(
+        relay=str(victim),
+        how=how.name,
+        withdraw_seconds=withdraw,
+        sent=counts[0],
+        received=counts[1],
+        max_rtt_ms=max(rtts, default=0.0),
+        interval=interval,
+    )
 
 
 # --- state ------------------------------------------------------------------------------------
