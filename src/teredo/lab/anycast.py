@@ -50,7 +50,6 @@ from teredo.lab.bird import (
 from teredo.lab.roles import RELAY_PORT, TUN_NAME, Impl, Role
 from teredo.lab.system import LabError, ProcRecord
 from teredo.lab.topology import (
-    NATIVE_V6,
     SERVER_V4,
     SERVER_V4_2,
     TEREDO_PREFIX,
@@ -232,6 +231,8 @@ def _wire(lab: Lab, spec: AnycastSpec) -> None:
             "link set up0 up",
             f"route add ::/0 via {router_side}",
             f"route add default via {WAN_V4_SERVERS}",
+            # While the relay is down, what up6 still sends here is refused, not looped back.
+            f"route add unreachable {TEREDO_PREFIX} metric 4000",
         ]
         if spec.servers:
             # On the same segment as up4: reach the servers' addresses through it directly.
@@ -418,21 +419,42 @@ def speaker_view(lab: Lab, host: str) -> dict[str, Any]:
     }
 
 
-def relay_for(lab: Lab, source: str, destination: str) -> str | None:
-    """The relay up6 sends `source` -> `destination` to now (the kernel's ECMP choice)."""
-    out = lab.exec(
-        "up6",
-        ["ip", "-6", "route", "get", destination, "from", source, "iif", "eth0"],
+def _link_tx(lab: Lab, router: str, links: list[str]) -> dict[str, int]:
+    out = lab.exec(router, ["ip", "-j", "-s", "link", "show"], check=False).stdout
+    try:
+        found = {str(d["ifname"]): int(d["stats64"]["tx"]["packets"]) for d in json.loads(out)}
+    except (ValueError, KeyError, TypeError):
+        found = {}
+    return {link: found.get(link, 0) for link in links}
+
+
+def carrying_relay(lab: Lab, target: str, *, count: int = 20) -> str | None:
+    """The relay that carries native traffic to `target` now: up6's ECMP choice, seen on its
+    links' counters while the native host pings `target` (`ip route get` cannot tell: for
+    IPv6 it hashes without a packet, and may pick another path than forwarding does)."""
+    spec = load_spec(lab)
+    if spec is None:
+        return None
+    links = [f"r{i}" for i in range(1, spec.relays + 1)]
+    before = _link_tx(lab, "up6", links)
+    lab.exec(
+        "native",
+        ["ping", "-6", "-n", "-q", "-i", "0.01", "-c", str(count), "-W", "1", target],
         check=False,
-    ).stdout
-    for host, addresses in lab.extra_addresses.items():
-        if host.startswith("relay") and f"via {addresses[1]} " in out:
-            return host
-    return None
+        timeout=20,
+    )
+    after = _link_tx(lab, "up6", links)
+    delta = {link: after[link] - before[link] for link in links}
+    best = max(links, key=lambda link: delta[link])
+    # Each link also carries BFD (10 packets a second): the winner must carry every echo.
+    if delta[best] < count:
+        return None
+    return relay_host(int(best.removeprefix("r")))
 
 
 def server_for(lab: Lab, source: str, destination: str) -> str | None:
-    """The server up4 sends `source` -> `destination` to now (the kernel's ECMP choice)."""
+    """The server up4 sends `source` -> `destination` to now (the kernel's ECMP choice: for
+    IPv4, `ip route get ... iif` builds a packet and takes the forwarding path)."""
     out = lab.exec(
         "up4", ["ip", "route", "get", destination, "from", source, "iif", "eth0"], check=False
     ).stdout
@@ -440,6 +462,27 @@ def server_for(lab: Lab, source: str, destination: str) -> str | None:
         if host.startswith("server") and f"via {addresses[2]} " in out:
             return host
     return None
+
+
+# --- a relay host cut off without a word -------------------------------------------------------
+
+_CUT = "teredo_lab_cut"
+
+
+def cut_relay(lab: Lab, i: int) -> None:
+    """Drop everything on relay i's upstream link, as a dead host or a dead link would: no
+    BGP goodbye, only BFD (and, much later, the BGP hold timer) can tell."""
+    ruleset = (
+        f"table inet {_CUT} {{\n"
+        '  chain pre { type filter hook prerouting priority -300; iifname "up0" drop; }\n'
+        '  chain post { type filter hook postrouting priority -300; oifname "up0" drop; }\n'
+        "}\n"
+    )
+    lab.exec(relay_host(i), ["nft", "-f", "-"], input_text=ruleset)
+
+
+def heal_relay(lab: Lab, i: int) -> None:
+    lab.exec(relay_host(i), ["nft", "delete", "table", "inet", _CUT])
 
 
 # --- failover ---------------------------------------------------------------------------------
@@ -493,7 +536,7 @@ def stop_relay_under_ping(
     spec = load_spec(lab)
     if spec is None:
         raise LabError("not an anycast lab")
-    victim = relay or relay_for(lab, NATIVE_V6, target)
+    victim = relay or carrying_relay(lab, target)
     record = daemon_record(lab, victim) if victim else None
     if record is None or not record.alive():
         raise LabError(f"no running relay carries {target} ({victim})")
