@@ -96,7 +96,7 @@ print("echoed", lines, flush=True)
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     lab = Lab(
-        prefix_for("a"),
+        prefix_for("u"),
         [kind for kind, _ in SITES],
         server_impl=None,
         relay_impl=None,

@@ -8,6 +8,9 @@ import sys
 from typing import Any
 
 from teredo.lab import anycast
+from teredo.lab.anycast_demo import DEFAULT_CLIENTS as ANYCAST_DEMO_CLIENTS
+from teredo.lab.anycast_demo import DEFAULT_NATS as ANYCAST_DEMO_NATS
+from teredo.lab.anycast_demo import run_anycast_demo
 from teredo.lab.demo import DEFAULT_NATS, run_demo
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import Impl
@@ -115,6 +118,7 @@ def register(subparsers: Any) -> None:
     common(demo)
     roles(demo, none_ok=False)
     demo.add_argument("--count", type=int, default=3, help="echo requests per ping (default 3)")
+    _anycast_options(demo)
     demo.set_defaults(run=_demo)
 
 
@@ -262,6 +266,8 @@ def _print_status(status: dict[str, Any]) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     # No --client: the demo's own mix; a given list must name an implementation for each.
+    if args.relays or args.servers:
+        return _anycast_demo(args)
     clients = args.client if isinstance(args.client, list) else [args.client or Impl.TEREDO]
     if args.server is None or args.relay is None or None in clients:
         return _fail(LabError("the demo needs every role (miredo or teredo)"))
@@ -272,6 +278,29 @@ def _demo(args: argparse.Namespace) -> int:
             server_impl=args.server,
             relay_impl=args.relay,
             client_impl=args.client,
+            count=args.count,
+        )
+    except LabError as exc:
+        return _fail(exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _anycast_demo(args: argparse.Namespace) -> int:
+    nats = args.nats or list(ANYCAST_DEMO_NATS)
+    clients = args.client if isinstance(args.client, list) else None
+    if clients is None:
+        clients = [args.client] * len(nats) if args.client else list(ANYCAST_DEMO_CLIENTS)
+    if None in clients:
+        return _fail(LabError("the demo needs an implementation for every client"))
+    try:
+        return run_anycast_demo(
+            args.prefix,
+            args.relays,
+            args.servers,
+            nats,
+            [c for c in clients if c is not None],
+            server_impl=args.server or Impl.TEREDO,
             count=args.count,
         )
     except LabError as exc:

@@ -591,7 +591,11 @@ def status(lab: Lab) -> dict[str, Any] | None:
     if spec is None:
         return None
     existing = set(system.namespaces_with_prefix(lab.prefix))
-    routers = [router_view(lab, r) for r in ("up6", "up4") if lab.ns(r) in existing]
+    routers = [
+        router_view(lab, r)
+        for r in ("up6", "up4")
+        if r in lab.extra_hosts and lab.ns(r) in existing
+    ]
     speakers = [
         speaker_view(lab, h)
         for h in [relay_host(i) for i in range(1, spec.relays + 1)]
