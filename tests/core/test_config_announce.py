@@ -8,6 +8,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from teredo.cli.main import main
 from teredo.cli.options import add_daemon_arguments, flags_for, load_settings
 from teredo.core.config import (
     DEFAULT_ANNOUNCE_DRAIN,
@@ -114,3 +115,9 @@ def test_flags_override_and_are_named_in_errors() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(args, Role.SERVER)
     assert str(info.value).startswith("command line: --announce-table: table 255 is the kernel")
+
+
+def test_host_specific_relay_refuses_to_announce(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["relay", "--host-specific", "--announce-table", "100"])
+    assert status == 2
+    assert "a host-specific relay announces nothing" in capsys.readouterr().err

@@ -296,7 +296,8 @@ def test_server_kill9_clients_keep_refreshing(lab: Lab) -> None:
     record = anycast.daemon_record(lab, victim)
     assert record is not None
     os.kill(record.pid, signal.SIGKILL)
-    anycast.wait_paths(lab, "up4", f"{SERVER_V4}/32", SPEC.servers - 1, timeout=15)
+    took = anycast.wait_paths(lab, "up4", f"{SERVER_V4}/32", SPEC.servers - 1, timeout=15)
+    print(f"\nSIGKILL {victim}: withdrawn in {took * 1000:.0f} ms")
     survivor = anycast.server_for(lab, site.public_ip, SERVER_V4)
     assert survivor not in (None, victim)
     start = _ras(lab)[str(survivor)]

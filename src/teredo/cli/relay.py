@@ -149,7 +149,10 @@ def run(args: argparse.Namespace) -> int:
         return report_config_error(err)
     if settings.host_specific and settings.announce_table is not None:
         # RFC 4380 section 5.4: a host-specific relay serves only its own host.
-        print("command line: --announce-table: a host-specific relay announces nothing")
+        print(
+            "command line: --announce-table: a host-specific relay announces nothing",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     loop = DaemonLoop()
     try:
