@@ -4,11 +4,12 @@ and AnycastIPv4 (relay); their values, defaults, flags and every error with its 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from ipaddress import IPv4Address
 
 import pytest
 
-from teredo.cli.main import main
 from teredo.cli.options import add_daemon_arguments, flags_for, load_settings
 from teredo.core.config import (
     DEFAULT_ANNOUNCE_DRAIN,
@@ -117,7 +118,14 @@ def test_flags_override_and_are_named_in_errors() -> None:
     assert str(info.value).startswith("command line: --announce-table: table 255 is the kernel")
 
 
-def test_host_specific_relay_refuses_to_announce(capsys: pytest.CaptureFixture[str]) -> None:
-    status = main(["relay", "--host-specific", "--announce-table", "100"])
-    assert status == 2
-    assert "a host-specific relay announces nothing" in capsys.readouterr().err
+def test_host_specific_relay_refuses_to_announce() -> None:
+    # A process of its own: the verb configures the "teredo" logger.
+    proc = subprocess.run(
+        [sys.executable, "-m", "teredo", "relay", "--host-specific", "--announce-table", "100"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "a host-specific relay announces nothing" in proc.stderr
