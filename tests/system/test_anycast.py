@@ -122,7 +122,13 @@ def address(lab: Lab, index: int) -> str:
 
 
 def status_of(lab: Lab, host: str) -> dict[str, Any]:
+    """`teredo status` of our daemon on `host`, asked again for a while: under load one
+    answer may miss its one-second timeout."""
+    deadline = time.monotonic() + 15
     docs = lab.daemon_status(host)
+    while not docs and time.monotonic() < deadline:
+        time.sleep(0.5)
+        docs = lab.daemon_status(host)
     assert docs, f"{host}: no status\n{lab.log_tail(host)}"
     status = docs[0].get("status")
     assert isinstance(status, dict)

@@ -66,7 +66,7 @@ UP4_V4 = "198.51.100.5"
 UP4_V6 = "2001:db8:2::6"  # servers send their clients' ping tests out natively (section 5.3.1)
 UP6_ROUTER_ID = "198.51.100.6"  # a BGP identifier only: up6 has no IPv4
 #: Seconds a relay or server keeps serving after withdrawing on SIGTERM (its --announce-drain).
-LAB_DRAIN = 1.0
+LAB_DRAIN = 2.0
 #: Peer table of each lab relay: the lab has a handful of clients (the default is a million).
 LAB_RELAY_PEERS = 4096
 STATE_FILE = "anycast.json"
@@ -189,12 +189,15 @@ def _on_bs(lab: Lab, host: str, wan_if: str, addrs: list[str]) -> None:
 def _router_hashing(lab: Lab, host: str) -> None:
     # Addresses only: IPv4 policy 0 is source and destination; IPv6 policy 3 with fields 0x3
     # is the same (policy 0 would add the flow label, which differs per socket).
+    # Kernels before 5.12 have no policy 3: they keep policy 0 (tests find the carrying relay
+    # from traffic, not from the hash), and before 6.11 no seed (the split check then adapts).
+    _sysctl(lab, host, "net.ipv4.fib_multipath_hash_policy=0")
     _sysctl(
         lab,
         host,
-        "net.ipv4.fib_multipath_hash_policy=0",
         "net.ipv6.fib_multipath_hash_policy=3",
         "net.ipv6.fib_multipath_hash_fields=0x0003",
+        check=False,
     )
     _sysctl(lab, host, f"net.ipv4.fib_multipath_hash_seed={HASH_SEED}", check=False)
 
