@@ -66,7 +66,7 @@ def test_server_directives_and_large_table() -> None:
         (
             "RelayType cone\nAnnounceDrain 601\n",
             None,
-            't.conf:2: AnnounceDrain: drain time "601" above 600 seconds',
+            't.conf:2: AnnounceDrain: drain time "601" out of range 0..600 seconds',
         ),
         (
             "RelayType cone\nAnnounceDrain -1\n",

@@ -390,12 +390,16 @@ def _bind_address(d: Directive) -> IPv4Address:
     return address
 
 
-def _server_bind_address(d: Directive) -> IPv4Address:
+def _specific_address(d: Directive, role: str) -> IPv4Address:
     address = _bind_address(d)
-    # serverd.c: INADDR_ANY means "Server address not specified"; a server needs a real one.
     if address == ANY_IPV4:
-        raise d.error("0.0.0.0 cannot be a server address")
+        raise d.error(f"0.0.0.0 cannot be {role}")
     return address
+
+
+def _server_bind_address(d: Directive) -> IPv4Address:
+    # serverd.c: INADDR_ANY means "Server address not specified"; a server needs a real one.
+    return _specific_address(d, "a server address")
 
 
 def _host(d: Directive) -> str:
@@ -457,16 +461,17 @@ def _facility(d: Directive) -> str:
     return name
 
 
-def _refresh(d: Directive) -> float:
+def _seconds(d: Directive, what: str, example: str, low: float, high: float) -> float:
     if not _SECONDS.fullmatch(d.value):
-        raise d.error(f"invalid interval {_show(d.value)} (expected seconds, e.g. 30)")
+        raise d.error(f"invalid {what} {_show(d.value)} (expected seconds, e.g. {example})")
     seconds = float(d.value)
-    if not MIN_REFRESH_INTERVAL <= seconds <= MAX_REFRESH_INTERVAL:
-        raise d.error(
-            f"interval {_show(d.value)} out of range "
-            f"{MIN_REFRESH_INTERVAL:g}..{MAX_REFRESH_INTERVAL:g} seconds"
-        )
+    if not low <= seconds <= high:
+        raise d.error(f"{what} {_show(d.value)} out of range {low:g}..{high:g} seconds")
     return seconds
+
+
+def _refresh(d: Directive) -> float:
+    return _seconds(d, "interval", "30", MIN_REFRESH_INTERVAL, MAX_REFRESH_INTERVAL)
 
 
 def _table(d: Directive) -> int:
@@ -477,19 +482,11 @@ def _table(d: Directive) -> int:
 
 
 def _drain(d: Directive) -> float:
-    if not _SECONDS.fullmatch(d.value):
-        raise d.error(f"invalid drain time {_show(d.value)} (expected seconds, e.g. 2)")
-    seconds = float(d.value)
-    if seconds > MAX_ANNOUNCE_DRAIN:
-        raise d.error(f"drain time {_show(d.value)} above {MAX_ANNOUNCE_DRAIN:g} seconds")
-    return seconds
+    return _seconds(d, "drain time", "2", 0.0, MAX_ANNOUNCE_DRAIN)
 
 
 def _anycast(d: Directive) -> IPv4Address:
-    address = _bind_address(d)
-    if address == ANY_IPV4:
-        raise d.error("0.0.0.0 cannot be announced")
-    return address
+    return _specific_address(d, "announced")
 
 
 # --------------------------------------------------------------------------- settings

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from teredo.lab import anycast
+from teredo.lab.demo import raise_interrupt, summarize, tear_down
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import Impl
 from teredo.lab.system import LabError
@@ -17,10 +18,6 @@ DEFAULT_NATS = (NatKind.PORT_RESTRICTED, NatKind.PORT_RESTRICTED)
 DEFAULT_CLIENTS = (Impl.MIREDO, Impl.TEREDO)
 
 Result = tuple[str, bool, str]
-
-
-def _raise_interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _routers(lab: Lab, out: Callable[[str], None]) -> None:
@@ -51,7 +48,7 @@ def run_anycast_demo(
     spec.check()
     clients = list(client_impl)[: len(nats)]
     clients += [Impl.TEREDO] * (len(nats) - len(clients))
-    old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    old_term = signal.signal(signal.SIGTERM, raise_interrupt)
     lab = Lab(
         prefix,
         nats,
@@ -126,17 +123,10 @@ def run_anycast_demo(
             out(f"    {relays} paths again after {took:.1f} s")
             results.append(("relays back", True, f"{took:.1f} s"))
             _routers(lab, out)
-        out("")
-        out("== summary ==")
-        width = max((len(name) for name, _, _ in results), default=10)
-        for name, ok, detail in results:
-            out(f"  {'PASS' if ok else 'FAIL'}  {name.ljust(width)}  {detail}")
-        return 0 if results and all(ok for _, ok, _ in results) else 1
+        return summarize(results, out)
     except KeyboardInterrupt:
         out("interrupted")
         return 130
     finally:
-        out("tearing down ...")
-        leftovers = lab.down()
-        out("    nothing left behind" if not leftovers else f"    LEFT: {', '.join(leftovers)}")
+        tear_down(lab, out)
         signal.signal(signal.SIGTERM, old_term)
