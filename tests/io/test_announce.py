@@ -40,13 +40,16 @@ def table_routes(ns: str) -> list[str]:
     """`ip route show table TABLE`, both families, one route a line."""
     lines = []
     for family in ("-4", "-6"):
-        out = subprocess.run(
+        proc = subprocess.run(
             ["ip", "-n", ns, family, "route", "show", "table", str(TABLE)],
             capture_output=True,
             text=True,
-            check=True,
-        ).stdout
-        lines += [line.strip() for line in out.splitlines() if line.strip()]
+            check=False,
+        )
+        if proc.returncode != 0:  # "FIB table does not exist": nothing announced yet
+            assert "does not exist" in proc.stderr, proc.stderr
+            continue
+        lines += [line.strip() for line in proc.stdout.splitlines() if line.strip()]
     return lines
 
 
@@ -203,3 +206,45 @@ def test_withdraw_twice_is_harmless() -> None:
         "prefixes": ["2001::/32"],
         "announced": False,
     }
+
+
+def _daemon(ns: str, *argv: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "teredo", *argv, "--no-control"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _alive(proc: subprocess.Popen[str]) -> bool:
+    return proc.poll() is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("relay", "--interface", "tra0", "--peers", "64", "--anycast-ipv4", "198.51.100.40"),
+        ("server", "--bind", "198.51.100.10"),
+        ("server", "--bind", "198.51.100.10", "--workers", "2"),
+    ],
+    ids=["relay", "server", "server-workers"],
+)
+def test_daemon_announces_when_ready_withdraws_then_drains(netns: str, argv: tuple[str]) -> None:
+    for address in ("198.51.100.10/32", "198.51.100.11/32"):
+        subprocess.run(["ip", "-n", netns, "addr", "add", address, "dev", "lo"], check=True)
+    proc = _daemon(netns, *argv, "--announce-table", str(TABLE), "--announce-drain", "2")
+    try:
+        wait_for(lambda: len(table_routes(netns)) == 2 or not _alive(proc))
+        assert _alive(proc), proc.communicate(timeout=10)[1]
+        proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: table_routes(netns) == [], timeout=10)
+        # Withdrawn, and still serving for the drain time.
+        assert _alive(proc)
+        assert proc.wait(timeout=30) == 0
+        log = proc.communicate(timeout=10)[1]
+        assert log.index("withdrawn") < log.index("draining for 2 s") < log.index("stopping")
+    finally:
+        if _alive(proc):
+            proc.kill()
+            proc.wait(timeout=10)
