@@ -61,3 +61,36 @@ def test_address_plan_is_in_lab_ranges() -> None:
     flat = [a for pair in links for a in pair]
     assert len(set(flat)) == len(flat)
     assert all(a.startswith("198.51.100.") and int(a.rsplit(".", 1)[1]) < 255 for a in flat)
+
+
+def test_failover_outage_counts_lost_echoes_and_the_longest_wait() -> None:
+    f = anycast.Failover(
+        "relay2", "SIGKILL", 0.07, sent=270, received=200, max_rtt_ms=1983.0, interval=0.02
+    )
+    assert f.lost == 70
+    assert abs(f.outage_seconds - (70 * 0.02 + 1.983)) < 1e-9
+    assert f.line().startswith("SIGKILL relay2: withdrawn in 70 ms, 200/270 echoes (70 lost)")
+
+
+def test_status_lines_show_sessions_routes_and_next_hops() -> None:
+    view = {
+        "relays": 2,
+        "servers": 0,
+        "routers": [
+            {
+                "router": "up6",
+                "established": ["relay1", "relay2"],
+                "routes": {"2001::/32": ["relay1", "relay2"]},
+                "kernel": {"2001::/32": ["2001:db8:10:1::2", "2001:db8:10:2::2"]},
+            }
+        ],
+        "speakers": [
+            {"host": "relay1", "established": ["upstream"], "announces": ["2001::/32"]},
+            {"host": "relay2", "established": [], "announces": []},
+        ],
+    }
+    lines = anycast.status_lines(view)
+    assert lines[1] == "  up6: sessions up: relay1, relay2"
+    assert "kernel ECMP via 2001:db8:10:1::2, 2001:db8:10:2::2" in lines[2]
+    assert lines[3].split() == ["relay1", "BGP", "up", "announces", "2001::/32"]
+    assert lines[4].split() == ["relay2", "BGP", "DOWN", "announces"]
