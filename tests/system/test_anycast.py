@@ -168,6 +168,8 @@ def test_clients_qualify_through_split_servers_with_the_right_nat_type(lab: Lab)
         if to_primary != to_secondary:
             split.append(index)
     assert split, "no client's RS were split between the servers: change anycast.HASH_SEED"
+    # Both servers answered: the clients' RS did reach both.
+    assert all(count > 0 for count in _ras(lab).values()), _ras(lab)
     assert status_of(lab, "client1")["nat"] == "restricted"
     # Ours sends no cone-flagged RS (RFC 5991: C=0): a full-cone NAT reports as restricted.
     assert status_of(lab, "client3")["nat"] == "restricted"
