@@ -248,3 +248,47 @@ def test_daemon_announces_when_ready_withdraws_then_drains(netns: str, argv: tup
         if _alive(proc):
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_relay_withdraws_while_its_server_does_not_answer(netns: str) -> None:
+    for address in ("198.51.100.10/32", "198.51.100.11/32", "198.51.100.30/32"):
+        subprocess.run(["ip", "-n", netns, "addr", "add", address, "dev", "lo"], check=True)
+    server = _daemon(netns, "server", "--bind", "198.51.100.10")
+    relay = _daemon(
+        netns,
+        *("relay", "--interface", "trh0", "--peers", "64", "--bind-address", "198.51.100.30"),
+        *("--announce-table", str(TABLE), "--announce-drain", "0"),
+        *("--health-server", "198.51.100.10", "--health-interval", "0.3"),
+    )
+    try:
+        wait_for(lambda: len(table_routes(netns)) == 1 or not _alive(relay))
+        assert _alive(relay), relay.communicate(timeout=10)[1]
+        server.kill()
+        server.wait(timeout=10)
+        # 3 checks without an answer (0.3 s apart, 0.3 s each) withdraw; the relay lives on.
+        wait_for(lambda: table_routes(netns) == [] or not _alive(relay))
+        assert _alive(relay)
+        server = _daemon(netns, "server", "--bind", "198.51.100.10")
+        wait_for(lambda: len(table_routes(netns)) == 1 or not _alive(relay))
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(timeout=30) == 0
+        log = relay.communicate(timeout=10)[1]
+        assert "Teredo server 198.51.100.10 does not answer: announcement withdrawn" in log
+        assert "Teredo server 198.51.100.10 answers again: announced" in log
+    finally:
+        for proc in (relay, server):
+            if _alive(proc):
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def test_health_server_needs_an_announce_table() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "teredo", "relay", "--health-server", "198.51.100.10"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "--health-server: needs --announce-table" in proc.stderr

@@ -21,6 +21,7 @@ from teredo.cli.options import (
     control_identity,
     load_settings,
     report_config_error,
+    resolve_ipv4,
 )
 from teredo.core.config import ConfigError, RelaySettings, RelayType, Role
 from teredo.core.peers import MIREDO_MAX_PEERS, PEER_VALIDITY
@@ -31,6 +32,7 @@ from teredo.io.announce import (
     announce_while_serving,
     relay_prefixes,
 )
+from teredo.io.health import DEFAULT_INTERVAL, announce_while_server_answers
 from teredo.io.loop import Daemon, DaemonLoop
 from teredo.io.relay_driver import (
     RelayDaemon,
@@ -70,6 +72,19 @@ def register(subparsers: Any) -> None:
             "keep a trusted peer's entry this long after its last use (default "
             f"{PEER_VALIDITY:g}; Miredo keeps them 30 to 60 s); its validity stays 30 s"
         ),
+    )
+    parser.add_argument(
+        "--health-server",
+        metavar="HOST",
+        help="with --announce-table: withdraw while this Teredo server does not answer an RS "
+        "(one every --health-interval seconds; 3 misses, or the first, withdraw)",
+    )
+    parser.add_argument(
+        "--health-interval",
+        type=float,
+        default=DEFAULT_INTERVAL,
+        metavar="SECONDS",
+        help=f"seconds between two health checks (default {DEFAULT_INTERVAL:g})",
     )
     parser.set_defaults(run=run)
 
@@ -131,6 +146,26 @@ def _advise(log: logging.Logger, settings: RelaySettings, daemon: RelayDaemon) -
     )
 
 
+def _watch_server(
+    loop: DaemonLoop, announcement: Announcement, args: argparse.Namespace, bind_address: str
+) -> None:
+    try:
+        server = int(resolve_ipv4(args.health_server))
+    except (OSError, ValueError) as exc:
+        raise RelayStartError(f"--health-server {args.health_server}: {exc}") from None
+    try:
+        announce_while_server_answers(
+            loop,
+            announcement,
+            server,
+            args.health_server,
+            bind_address=bind_address,
+            interval=args.health_interval,
+        )
+    except (OSError, ValueError) as exc:
+        raise RelayStartError(f"--health-server {args.health_server}: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     if not 1 <= args.peers < (1 << 30):
         print("command line: --peers: must be between 1 and 2**30 - 1", file=sys.stderr)
@@ -147,6 +182,12 @@ def run(args: argparse.Namespace) -> int:
         log = configure_logging(args, settings)
     except ConfigError as err:
         return report_config_error(err)
+    if args.health_server is not None and settings.announce_table is None:
+        print("command line: --health-server: needs --announce-table", file=sys.stderr)
+        return EXIT_CONFIG
+    if not 0.1 <= args.health_interval <= 3600:
+        print("command line: --health-interval: must be 0.1..3600 seconds", file=sys.stderr)
+        return EXIT_CONFIG
     if settings.host_specific and settings.announce_table is not None:
         # RFC 4380 section 5.4: a host-specific relay serves only its own host.
         print(
@@ -191,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
                 except AnnounceError:
                     daemon.close()
                     raise
+                if args.health_server is not None:
+                    _watch_server(loop, announcement, args, str(settings.bind_address))
 
             def reload() -> None:
                 try:

@@ -82,14 +82,17 @@ class Announcement:
         self.prefixes = tuple(prefixes)
         self.name = name or anchor_name()
         self._anchor: TunDevice | None = None
+        self._final = False  # withdrawn for good: the daemon is stopping
 
     @property
     def announced(self) -> bool:
         return self._anchor is not None
 
     def announce(self) -> None:
-        """Create the anchor and its routes. Raises AnnounceError (nothing is left behind)."""
-        if self._anchor is not None:
+        """Create the anchor and its routes. Raises AnnounceError (nothing is left behind).
+        Does nothing once withdrawn with `final` (a health check must not announce a daemon
+        that is draining)."""
+        if self._anchor is not None or self._final:
             return
         try:
             anchor = TunDevice.open(self.name)
@@ -133,8 +136,10 @@ class Announcement:
                     route.update(family=AF_INET, scope=RT_SCOPE_LINK)
                 ipr.route("replace", **route)
 
-    def withdraw(self) -> bool:
-        """Remove the routes (the kernel does, with the anchor); True if they were there."""
+    def withdraw(self, *, final: bool = False) -> bool:
+        """Remove the routes (the kernel does, with the anchor); True if they were there.
+        `final`: for good (the daemon stops), `announce` will not bring them back."""
+        self._final = self._final or final
         anchor, self._anchor = self._anchor, None
         if anchor is None:
             return False
@@ -176,7 +181,7 @@ class _Announcing:
         return {**self._daemon.status(), "announce": self._announcement.status()}
 
     def close(self) -> None:
-        self._announcement.withdraw()
+        self._announcement.withdraw(final=True)
         self._daemon.close()
 
 
@@ -190,7 +195,7 @@ def announce_while_serving(
     announcement.announce()
 
     def withdraw() -> float:
-        if announcement.withdraw():
+        if announcement.withdraw(final=True):
             log.info("draining for %g s before stopping", drain)
         return drain
 
