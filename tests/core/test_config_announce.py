@@ -118,14 +118,22 @@ def test_flags_override_and_are_named_in_errors() -> None:
     assert str(info.value).startswith("command line: --announce-table: table 255 is the kernel")
 
 
-def test_host_specific_relay_refuses_to_announce() -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--host-specific", "--announce-table", "100"], "a host-specific relay announces nothing"),
+        (["--health-server", "198.51.100.10"], "--health-server: needs --announce-table"),
+        (["--announce-table", "100", "--health-interval", "0"], "--health-interval: must be"),
+    ],
+)
+def test_relay_command_line_errors(argv: list[str], message: str) -> None:
     # A process of its own: the verb configures the "teredo" logger.
     proc = subprocess.run(
-        [sys.executable, "-m", "teredo", "relay", "--host-specific", "--announce-table", "100"],
+        [sys.executable, "-m", "teredo", "relay", *argv],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert proc.returncode == 2
-    assert "a host-specific relay announces nothing" in proc.stderr
+    assert message in proc.stderr

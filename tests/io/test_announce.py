@@ -280,15 +280,3 @@ def test_relay_withdraws_while_its_server_does_not_answer(netns: str) -> None:
             if _alive(proc):
                 proc.kill()
                 proc.wait(timeout=10)
-
-
-def test_health_server_needs_an_announce_table() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "teredo", "relay", "--health-server", "198.51.100.10"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 2
-    assert "--health-server: needs --announce-table" in proc.stderr
