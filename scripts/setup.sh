@@ -9,6 +9,8 @@ apt_packages=(miredo miredo-server nftables iproute2 iputils-ping conntrack iper
 # systemd: systemd-analyze checks the units of systemd/; systemd-container: systemd-nspawn runs
 # them under a real systemd in a throw-away container (tests/system/test_systemd.py).
 apt_packages+=(systemd systemd-container)
+# bird2: the anycast lab's routers and each relay's and server's BGP speaker (lab/bird.py).
+apt_packages+=(bird2)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -262,3 +262,17 @@ def test_server_workers_get_one_name_each() -> None:
     assert (
         control_identity(parser.parse_args(["server", "--no-control"]), "server", worker=0) is None
     )
+
+
+def test_announcement_line(capsys: pytest.CaptureFixture[str]) -> None:
+    name = unique("server")
+    announce = {"table": 100, "interface": "announce42", "prefixes": ["198.51.100.10/32"]}
+    server_status: dict[str, object] = {"drops": {}, "announce": {**announce, "announced": True}}
+    with serving((ControlIdentity(name, "server", None), lambda: server_status)):
+        assert main(["status", name]) == 0
+    out = capsys.readouterr().out
+    assert "  announce   198.51.100.10/32 in table 100 (announce42): announced" in out
+    server_status["announce"] = {**announce, "announced": False}
+    with serving((ControlIdentity(name, "server", None), lambda: server_status)):
+        assert main(["status", name]) == 0
+    assert "(announce42): WITHDRAWN" in capsys.readouterr().out

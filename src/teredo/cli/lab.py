@@ -7,6 +7,10 @@ import json
 import sys
 from typing import Any
 
+from teredo.lab import anycast
+from teredo.lab.anycast_demo import DEFAULT_CLIENTS as ANYCAST_DEMO_CLIENTS
+from teredo.lab.anycast_demo import DEFAULT_NATS as ANYCAST_DEMO_NATS
+from teredo.lab.anycast_demo import run_anycast_demo
 from teredo.lab.demo import DEFAULT_NATS, run_demo
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import Impl
@@ -96,6 +100,7 @@ def register(subparsers: Any) -> None:
         metavar="SECONDS",
         help="wait this long for each client to qualify (0: do not wait)",
     )
+    _anycast_options(up)
     up.set_defaults(run=_up)
 
     down = verbs.add_parser("down", help="stop the lab's processes and delete its namespaces")
@@ -113,7 +118,32 @@ def register(subparsers: Any) -> None:
     common(demo)
     roles(demo, none_ok=False)
     demo.add_argument("--count", type=int, default=3, help="echo requests per ping (default 3)")
+    _anycast_options(demo)
     demo.set_defaults(run=_demo)
+
+
+def _anycast_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("anycast (issue 11, docs/scale.md)")
+    group.add_argument(
+        "--relays",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N relays of ours behind a BIRD router (BGP, ECMP, BFD) instead of the one relay",
+    )
+    group.add_argument(
+        "--servers",
+        type=int,
+        default=0,
+        metavar="M",
+        help="M servers of ours on the same two addresses behind a BIRD router (ECMP)",
+    )
+
+
+def _client_impls(lab: Lab, client: Impl | list[Impl | None] | None) -> list[Impl | None]:
+    if isinstance(client, list):
+        return client
+    return [client] * len(lab.sites)
 
 
 def _fail(exc: BaseException) -> int:
@@ -123,11 +153,28 @@ def _fail(exc: BaseException) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     nats = args.nats or [NatKind.PORT_RESTRICTED, NatKind.PORT_RESTRICTED, NatKind.FULL_CONE]
-    lab = Lab(
-        args.prefix, nats, server_impl=args.server, relay_impl=args.relay, client_impl=args.client
-    )
+    spec = anycast.AnycastSpec(args.relays, args.servers)
+    if spec.relays or spec.servers:
+        lab = Lab(
+            args.prefix,
+            nats,
+            server_impl=None if spec.servers else args.server,
+            relay_impl=None if spec.relays else args.relay,
+            client_impl=None,
+        )
+    else:
+        lab = Lab(
+            args.prefix,
+            nats,
+            server_impl=args.server,
+            relay_impl=args.relay,
+            client_impl=args.client,
+        )
     try:
-        lab.up()
+        if spec.relays or spec.servers:
+            anycast.up(lab, spec, _client_impls(lab, args.client))
+        else:
+            lab.up()
         if args.wait > 0 and args.client is not None and args.server is not None:
             for site in lab.sites:
                 lab.wait_qualified(site.index, timeout=args.wait)
@@ -137,7 +184,7 @@ def _up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         lab.down()
         return 130
-    _print_status(lab.status())
+    _print_status(_with_anycast(lab))
     print(f"\nlab {args.prefix!r} is up; `teredo lab down --prefix {args.prefix}` removes it")
     return 0
 
@@ -158,7 +205,7 @@ def _down(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     try:
         lab = Lab.load(args.prefix)
-        status = lab.status()
+        status = _with_anycast(lab)
     except LabError as exc:
         try:
             stray = namespaces_with_prefix(args.prefix)
@@ -172,6 +219,15 @@ def _status(args: argparse.Namespace) -> int:
     else:
         _print_status(status)
     return 0
+
+
+def _with_anycast(lab: Lab) -> dict[str, Any]:
+    """The lab's status, with what its BIRD routers announce and select when it has some."""
+    status = lab.status()
+    view = anycast.status(lab)
+    if view is not None:
+        status["anycast"] = view
+    return status
 
 
 def _print_status(status: dict[str, Any]) -> None:
@@ -202,12 +258,16 @@ def _print_status(status: dict[str, Any]) -> None:
         print("our daemons (teredo status):")
         for daemon in daemons:
             print(f"  {daemon['host']:<9} {daemon['summary']}")
+    if "anycast" in status:
+        print("\n".join(anycast.status_lines(status["anycast"])))
     if status["stray_namespaces"]:
         print(f"stray namespaces of this prefix: {', '.join(status['stray_namespaces'])}")
 
 
 def _demo(args: argparse.Namespace) -> int:
     # No --client: the demo's own mix; a given list must name an implementation for each.
+    if args.relays or args.servers:
+        return _anycast_demo(args)
     clients = args.client if isinstance(args.client, list) else [args.client or Impl.TEREDO]
     if args.server is None or args.relay is None or None in clients:
         return _fail(LabError("the demo needs every role (miredo or teredo)"))
@@ -218,6 +278,29 @@ def _demo(args: argparse.Namespace) -> int:
             server_impl=args.server,
             relay_impl=args.relay,
             client_impl=args.client,
+            count=args.count,
+        )
+    except LabError as exc:
+        return _fail(exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _anycast_demo(args: argparse.Namespace) -> int:
+    nats = args.nats or list(ANYCAST_DEMO_NATS)
+    clients = args.client if isinstance(args.client, list) else None
+    if clients is None:
+        clients = [args.client] * len(nats) if args.client else list(ANYCAST_DEMO_CLIENTS)
+    if None in clients:
+        return _fail(LabError("the demo needs an implementation for every client"))
+    try:
+        return run_anycast_demo(
+            args.prefix,
+            args.relays,
+            args.servers,
+            nats,
+            [c for c in clients if c is not None],
+            server_impl=args.server or Impl.TEREDO,
             count=args.count,
         )
     except LabError as exc:

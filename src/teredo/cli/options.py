@@ -109,11 +109,17 @@ _CLIENT_FLAGS: Final = (
     _Flag("--refresh", "RefreshInterval", "SECONDS", "refresh interval (RefreshInterval)"),
     _Flag("--prefix", "Prefix", "PREFIX", "expected Teredo /32 prefix (default 2001::)"),
 )
+# Ours (issue 11, docs/scale.md): the relay and the server announce through kernel table N.
+_ANNOUNCE_FLAGS: Final = (
+    _Flag("--announce-table", "AnnounceTable", "N", "announce in kernel table N (AnnounceTable)"),
+    _Flag("--announce-drain", "AnnounceDrain", "SECONDS", "withdraw-to-exit time (AnnounceDrain)"),
+)
 _SERVER_FLAGS: Final = (
     _Flag("--bind", "ServerBindAddress", "ADDR", "primary server IPv4 (ServerBindAddress)"),
     _Flag("--bind2", "ServerBindAddress2", "ADDR", "secondary IPv4 (ServerBindAddress2)"),
     _Flag("--prefix", "Prefix", "PREFIX", "advertised Teredo /32 prefix (Prefix)"),
     _Flag("--mtu", "InterfaceMTU", "BYTES", "advertised MTU, 1280..65535 (InterfaceMTU)"),
+    *_ANNOUNCE_FLAGS,
 )
 _RELAY_FLAGS: Final = (
     _Flag("--interface", "InterfaceName", "NAME", "tunnel interface name (InterfaceName)"),
@@ -121,6 +127,8 @@ _RELAY_FLAGS: Final = (
     _Flag("--bind-port", "BindPort", "PORT", "local UDP port, 0 = random (BindPort)"),
     _Flag("--prefix", "Prefix", "PREFIX", "served Teredo /32 prefix (Prefix)"),
     _Flag("--mtu", "InterfaceMTU", "BYTES", "tunnel MTU, 1280..65535 (InterfaceMTU)"),
+    *_ANNOUNCE_FLAGS,
+    _Flag("--anycast-ipv4", "AnycastIPv4", "ADDR", "IPv4 /32 announced too (AnycastIPv4)"),
 )
 _FLAGS: Final = {Role.CLIENT: _CLIENT_FLAGS, Role.SERVER: _SERVER_FLAGS, Role.RELAY: _RELAY_FLAGS}
 _RELAY_TYPES: Final = tuple(t.value for t in RelayType if t.role is Role.RELAY)

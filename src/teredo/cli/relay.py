@@ -22,11 +22,19 @@ from teredo.cli.options import (
     load_settings,
     metrics_endpoint,
     report_config_error,
+    resolve_ipv4,
 )
 from teredo.core.config import ConfigError, RelaySettings, RelayType, Role
 from teredo.core.peers import MIREDO_MAX_PEERS, PEER_VALIDITY
 from teredo.core.relay import MAX_PEER_TIMEOUT, SERVER_BUBBLE_RATE, RelayParams
-from teredo.io.loop import DaemonLoop
+from teredo.io.announce import (
+    AnnounceError,
+    Announcement,
+    announce_while_serving,
+    relay_prefixes,
+)
+from teredo.io.health import DEFAULT_INTERVAL, announce_while_server_answers
+from teredo.io.loop import Daemon, DaemonLoop
 from teredo.io.relay_driver import (
     RelayDaemon,
     RelayEndpoint,
@@ -79,6 +87,19 @@ def register(subparsers: Any) -> None:
             f"(default {SERVER_BUBBLE_RATE:g}): the relay cannot be made to flood an address "
             "named as the server of made-up Teredo destinations"
         ),
+    )
+    parser.add_argument(
+        "--health-server",
+        metavar="HOST",
+        help="with --announce-table: withdraw while this Teredo server does not answer an RS "
+        "(one every --health-interval seconds; 3 misses, or the first, withdraw)",
+    )
+    parser.add_argument(
+        "--health-interval",
+        type=float,
+        default=DEFAULT_INTERVAL,
+        metavar="SECONDS",
+        help=f"seconds between two health checks (default {DEFAULT_INTERVAL:g})",
     )
     parser.set_defaults(run=run)
 
@@ -141,6 +162,26 @@ def _advise(log: logging.Logger, settings: RelaySettings, daemon: RelayDaemon) -
     )
 
 
+def _watch_server(
+    loop: DaemonLoop, announcement: Announcement, args: argparse.Namespace, bind_address: str
+) -> None:
+    try:
+        server = int(resolve_ipv4(args.health_server))
+    except (OSError, ValueError) as exc:
+        raise RelayStartError(f"--health-server {args.health_server}: {exc}") from None
+    try:
+        announce_while_server_answers(
+            loop,
+            announcement,
+            server,
+            args.health_server,
+            bind_address=bind_address,
+            interval=args.health_interval,
+        )
+    except (OSError, ValueError) as exc:
+        raise RelayStartError(f"--health-server {args.health_server}: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     if not 1 <= args.peers < (1 << 30):
         print("command line: --peers: must be between 1 and 2**30 - 1", file=sys.stderr)
@@ -160,6 +201,19 @@ def run(args: argparse.Namespace) -> int:
         log = configure_logging(args, settings)
     except ConfigError as err:
         return report_config_error(err)
+    if args.health_server is not None and settings.announce_table is None:
+        print("command line: --health-server: needs --announce-table", file=sys.stderr)
+        return EXIT_CONFIG
+    if not 0.1 <= args.health_interval <= 3600:
+        print("command line: --health-interval: must be 0.1..3600 seconds", file=sys.stderr)
+        return EXIT_CONFIG
+    if settings.host_specific and settings.announce_table is not None:
+        # RFC 4380 section 5.4: a host-specific relay serves only its own host.
+        print(
+            "command line: --announce-table: a host-specific relay announces nothing",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     loop = DaemonLoop()
     try:
         with PidFile(args.pidfile):
@@ -183,6 +237,20 @@ def run(args: argparse.Namespace) -> int:
                 daemon.machine.nbytes() / 1000,
             )
             _advise(log, settings, daemon)
+            served: Daemon = daemon
+            if settings.announce_table is not None:
+                # Ready to serve (UDP bound, TUN up, data thread running): announce now.
+                prefixes = relay_prefixes(str(settings.prefix), settings.anycast_ipv4)
+                announcement = Announcement(settings.announce_table, prefixes)
+                try:
+                    served = announce_while_serving(
+                        loop, daemon, announcement, settings.announce_drain
+                    )
+                except AnnounceError:
+                    daemon.close()
+                    raise
+                if args.health_server is not None:
+                    _watch_server(loop, announcement, args, str(settings.bind_address))
 
             def reload() -> None:
                 try:
@@ -200,8 +268,8 @@ def run(args: argparse.Namespace) -> int:
             control = control_identity(args, "relay", interface)
             metrics = metrics_endpoint(args, settings, "relay", interface)
             ready = f"relaying on UDP {daemon.local[0]}:{daemon.local[1]}, {daemon.tun.name}"
-            return loop.serve(daemon, log, reload, control=control, metrics=metrics, ready=ready)
-    except (RelayStartError, PidFileError) as err:
+            return loop.serve(served, log, reload, control=control, metrics=metrics, ready=ready)
+    except (RelayStartError, PidFileError, AnnounceError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED
     finally:

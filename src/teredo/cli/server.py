@@ -24,8 +24,14 @@ from teredo.cli.options import (
 )
 from teredo.core.config import ConfigError, Role, ServerSettings
 from teredo.core.server import ServerLimits, ServerParams
+from teredo.io.announce import (
+    AnnounceError,
+    Announcement,
+    announce_while_serving,
+    server_prefixes,
+)
 from teredo.io.control import ControlIdentity
-from teredo.io.loop import DaemonLoop
+from teredo.io.loop import Daemon, DaemonLoop
 from teredo.io.sdnotify import Notifier
 from teredo.io.server_driver import (
     ServerDaemon,
@@ -114,6 +120,11 @@ def run(args: argparse.Namespace) -> int:
         print("command line: --metrics with --workers needs the status sockets", file=sys.stderr)
         return EXIT_CONFIG
     params = params_from(settings, args)
+    announcement = None
+    if settings.announce_table is not None:
+        prefixes = server_prefixes(settings.server_bind_address, settings.server_bind_address2)
+        announcement = Announcement(settings.announce_table, prefixes)
+    drain = settings.announce_drain
     try:
         with PidFile(args.pidfile):
             # All sockets are opened before any fork, so that a start failure is one line
@@ -135,9 +146,17 @@ def run(args: argparse.Namespace) -> int:
             )
             if args.workers == 1:
                 control = control_identity(args, "server")
-                return _serve(args, params, sets[0], control, settings)
-            return _supervise(args, params, sets, settings)
-    except (ServerStartError, PidFileError) as err:
+                return _serve(
+                    args,
+                    params,
+                    sets[0],
+                    control,
+                    settings=settings,
+                    announcement=announcement,
+                    drain=drain,
+                )
+            return _supervise(args, params, sets, settings, announcement=announcement, drain=drain)
+    except (ServerStartError, PidFileError, AnnounceError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED
 
@@ -147,13 +166,26 @@ def _serve(
     params: ServerParams,
     sockets: ServerSockets,
     control: ControlIdentity | None,
+    *,
     settings: ServerSettings | None = None,
+    announcement: Announcement | None = None,
+    drain: float = 0.0,
 ) -> int:
-    """One server process on `sockets` until SIGTERM or SIGINT; SIGHUP re-reads the file."""
+    """One server process on `sockets` until SIGTERM or SIGINT; SIGHUP re-reads the file.
+
+    With `announcement` (single process), it is made once the sockets are served and withdrawn
+    first on SIGTERM, `drain` seconds before the exit."""
     log = logging.getLogger("teredo")
     loop = DaemonLoop()
     try:
         daemon = ServerDaemon(params, loop, sockets)
+        served: Daemon = daemon
+        if announcement is not None:
+            try:
+                served = announce_while_serving(loop, daemon, announcement, drain)
+            except AnnounceError:
+                daemon.close()
+                raise
 
         def reload() -> None:
             try:
@@ -170,7 +202,7 @@ def _serve(
         # supervisor, whose notifier took $NOTIFY_SOCKET out of their environment.
         metrics = metrics_endpoint(args, settings, "server") if settings is not None else None
         ready = f"serving on {_addresses(params)}"
-        return loop.serve(daemon, log, reload, control=control, metrics=metrics, ready=ready)
+        return loop.serve(served, log, reload, control=control, metrics=metrics, ready=ready)
     finally:
         loop.close()
 
@@ -184,8 +216,14 @@ def _supervise(
     params: ServerParams,
     sets: list[ServerSockets],
     settings: ServerSettings,
+    *,
+    announcement: Announcement | None = None,
+    drain: float = 0.0,
 ) -> int:
     """Fork one worker per socket set; pass signals on; stop all when one dies.
+
+    The parent holds the anycast announcement (made after the forks, so that no worker holds
+    its anchor): on SIGTERM it withdraws, waits `drain` seconds (SIGALRM), then stops them.
 
     The server keeps no state across datagrams except its rate-limit buckets, so workers need
     not share anything: the kernel spreads datagrams over them by address and port hash
@@ -200,6 +238,14 @@ def _supervise(
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
         if signum in (signal.SIGTERM, signal.SIGINT):
+            if not stopping and announcement is not None and announcement.withdraw() and drain:
+                log.info("draining for %g s before stopping", drain)
+                signal.signal(signal.SIGALRM, forward)
+                signal.setitimer(signal.ITIMER_REAL, drain)
+                return
+            stopping = True
+            signum = signal.SIGTERM
+        elif signum == signal.SIGALRM:  # the drain is over
             stopping = True
             signum = signal.SIGTERM
         for pid in list(children):
@@ -239,9 +285,17 @@ def _supervise(
     if problem is not None:
         log.error("%s: stopping", problem)
         forward(signal.SIGTERM, None)
+    status = 0
+    if announcement is not None and not stopping:
+        try:
+            announcement.announce()
+        except AnnounceError as err:
+            log.error("%s", err)
+            stopping = True
+            status = EXIT_START_FAILED
+            forward(signal.SIGTERM, None)
     if not stopping:
         notifier.notify_ready(f"serving on {_addresses(params)}, {len(children)} workers")
-    status = 0
     while children:
         pid, wait_status = os.wait()
         index = children.pop(pid, -1)
@@ -258,6 +312,8 @@ def _supervise(
     notifier.notify_stopping()
     if exporter is not None:
         exporter.close()
+    if announcement is not None:
+        announcement.withdraw()
     return EXIT_START_FAILED if problem is not None else status
 
 

@@ -215,6 +215,15 @@ def render_one(doc: Mapping[str, object]) -> list[str]:
     role_lines = _ROLE_LINES.get(role)
     if role_lines is not None:
         body += role_lines(st)
+    announce = _map(st.get("announce"))
+    if announce:  # --announce-table (docs/scale.md)
+        state = "announced" if announce.get("announced") else "WITHDRAWN"
+        raw = announce.get("prefixes")
+        prefixes = ", ".join(map(str, raw)) if isinstance(raw, list) else ""
+        body.append(
+            f"announce   {prefixes} in table {_text(announce.get('table'))} "
+            f"({_text(announce.get('interface'))}): {state}"
+        )
     faults = _fault_line(st)
     if faults:
         body.append(f"faults     {faults}")

@@ -20,8 +20,10 @@ than Miredo (literal IPv4 bind addresses, MTU range, /32 prefixes, words after t
 difference is listed in docs/configuration.md.
 
 Our own directives (not understood by Miredo): RefreshInterval (client), `RelayType host`
-(host-specific relay, RFC 4380 section 5.4 / section 7.3.1 "local relay") and MetricsAddress
-(every daemon: where Prometheus metrics are served, off when absent).
+(host-specific relay, RFC 4380 section 5.4 / section 7.3.1 "local relay"), MetricsAddress
+(every daemon: where Prometheus metrics are served, off when absent); AnnounceTable,
+AnnounceDrain (relay, server) and AnycastIPv4 (relay): anycast announcements (issue 11,
+docs/scale.md).
 """
 
 from __future__ import annotations
@@ -101,6 +103,14 @@ DEFAULT_SYSLOG_FACILITY: Final = "daemon"  # miredo.c openlog(..., LOG_DAEMON)
 DEFAULT_REFRESH_INTERVAL: Final = 30.0  # RFC 4380 section 5.2.5; RFC 6081 section 5.1.1 MUST
 MIN_REFRESH_INTERVAL: Final = 1.0
 MAX_REFRESH_INTERVAL: Final = 3600.0
+# Anycast (docs/scale.md): seconds between the withdraw and the exit on SIGTERM, long enough for
+# BGP to move traffic elsewhere (milliseconds in a LAN; a WAN's BGP takes longer).
+DEFAULT_ANNOUNCE_DRAIN: Final = 2.0
+MAX_ANNOUNCE_DRAIN: Final = 600.0
+# Routing tables 253-255 are the kernel's default, main and local ones, 0 means "unspecified":
+# an announcement there would route real traffic (table N is only read by the routing daemon).
+_RESERVED_TABLES: Final = frozenset({0, 253, 254, 255})
+MAX_TABLE: Final = 0xFFFFFFFF
 MIN_MTU: Final = 1280  # IPv6 minimum link MTU (RFC 8200 section 5)
 MAX_MTU: Final = 65535
 
@@ -149,6 +159,9 @@ DIRECTIVES: Final[Mapping[str, frozenset[Role]]] = {
     "ServerBindAddress2": _SERVER_ONLY,
     "RefreshInterval": _CLIENT_ONLY,  # ours
     "MetricsAddress": _ALL,  # ours: ADDRESS:PORT of the Prometheus metrics (io/metrics.py)
+    "AnnounceTable": frozenset({Role.RELAY, Role.SERVER}),  # ours: anycast (issue 11)
+    "AnnounceDrain": frozenset({Role.RELAY, Role.SERVER}),  # ours
+    "AnycastIPv4": frozenset({Role.RELAY}),  # ours
 }
 _CANONICAL: Final = {name.lower(): name for name in DIRECTIVES}
 
@@ -273,6 +286,8 @@ class ServerSettings:
     mtu: int = DEFAULT_MTU  # advertised in the RA's MTU option (RFC 4380 section 5.1.2)
     syslog_facility: str = DEFAULT_SYSLOG_FACILITY
     metrics_address: MetricsAddress | None = None  # ours: no metrics by default
+    announce_table: int | None = None  # ours: kernel table of the anycast routes (issue 11)
+    announce_drain: float = DEFAULT_ANNOUNCE_DRAIN
 
     @property
     def role(self) -> Role:
@@ -291,6 +306,9 @@ class RelaySettings:
     bind_port: int = 0
     syslog_facility: str = DEFAULT_SYSLOG_FACILITY
     metrics_address: MetricsAddress | None = None  # ours: no metrics by default
+    announce_table: int | None = None  # ours: kernel table of the anycast routes (issue 11)
+    announce_drain: float = DEFAULT_ANNOUNCE_DRAIN
+    anycast_ipv4: IPv4Address | None = None  # ours: announced as a /32 with the prefix
 
     @property
     def role(self) -> Role:
@@ -400,12 +418,16 @@ def _bind_address(d: Directive) -> IPv4Address:
     return address
 
 
-def _server_bind_address(d: Directive) -> IPv4Address:
+def _specific_address(d: Directive, role: str) -> IPv4Address:
     address = _bind_address(d)
-    # serverd.c: INADDR_ANY means "Server address not specified"; a server needs a real one.
     if address == ANY_IPV4:
-        raise d.error("0.0.0.0 cannot be a server address")
+        raise d.error(f"0.0.0.0 cannot be {role}")
     return address
+
+
+def _server_bind_address(d: Directive) -> IPv4Address:
+    # serverd.c: INADDR_ANY means "Server address not specified"; a server needs a real one.
+    return _specific_address(d, "a server address")
 
 
 def _host(d: Directive) -> str:
@@ -467,15 +489,12 @@ def _facility(d: Directive) -> str:
     return name
 
 
-def _refresh(d: Directive) -> float:
+def _seconds(d: Directive, what: str, example: str, low: float, high: float) -> float:
     if not _SECONDS.fullmatch(d.value):
-        raise d.error(f"invalid interval {_show(d.value)} (expected seconds, e.g. 30)")
+        raise d.error(f"invalid {what} {_show(d.value)} (expected seconds, e.g. {example})")
     seconds = float(d.value)
-    if not MIN_REFRESH_INTERVAL <= seconds <= MAX_REFRESH_INTERVAL:
-        raise d.error(
-            f"interval {_show(d.value)} out of range "
-            f"{MIN_REFRESH_INTERVAL:g}..{MAX_REFRESH_INTERVAL:g} seconds"
-        )
+    if not low <= seconds <= high:
+        raise d.error(f"{what} {_show(d.value)} out of range {low:g}..{high:g} seconds")
     return seconds
 
 
@@ -500,6 +519,25 @@ def _metrics_address(d: Directive) -> MetricsAddress:
     if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise d.error(f"invalid port {_show(port_text)} (expected 1..65535)")
     return MetricsAddress(str(address), int(port_text))
+
+
+def _refresh(d: Directive) -> float:
+    return _seconds(d, "interval", "30", MIN_REFRESH_INTERVAL, MAX_REFRESH_INTERVAL)
+
+
+def _table(d: Directive) -> int:
+    table = _uint(d, 1, MAX_TABLE, "routing table")
+    if table in _RESERVED_TABLES:
+        raise d.error(f"table {table} is the kernel's own (default, main or local): pick another")
+    return table
+
+
+def _drain(d: Directive) -> float:
+    return _seconds(d, "drain time", "2", 0.0, MAX_ANNOUNCE_DRAIN)
+
+
+def _anycast(d: Directive) -> IPv4Address:
+    return _specific_address(d, "announced")
 
 
 # --------------------------------------------------------------------------- settings
@@ -590,6 +628,9 @@ _PARSERS: Final[Mapping[str, Callable[[Directive], object]]] = {
     "ServerBindAddress2": _server_bind_address,
     "RefreshInterval": _refresh,
     "MetricsAddress": _metrics_address,
+    "AnnounceTable": _table,
+    "AnnounceDrain": _drain,
+    "AnycastIPv4": _anycast,
 }
 
 
@@ -648,6 +689,9 @@ def _relay(layers: _Layers) -> RelaySettings:
         bind_port=v.get("BindPort", 0),
         syslog_facility=v.get("SyslogFacility", DEFAULT_SYSLOG_FACILITY),
         metrics_address=v.get("MetricsAddress", None),
+        announce_table=v.get("AnnounceTable", None),
+        announce_drain=v.get("AnnounceDrain", DEFAULT_ANNOUNCE_DRAIN),
+        anycast_ipv4=v.get("AnycastIPv4", None),
     )
 
 
@@ -670,6 +714,8 @@ def _server(layers: _Layers) -> ServerSettings:
         mtu=v.get("InterfaceMTU", DEFAULT_MTU),
         syslog_facility=v.get("SyslogFacility", DEFAULT_SYSLOG_FACILITY),
         metrics_address=v.get("MetricsAddress", None),
+        announce_table=v.get("AnnounceTable", None),
+        announce_drain=v.get("AnnounceDrain", DEFAULT_ANNOUNCE_DRAIN),
     )
 
 

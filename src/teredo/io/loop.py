@@ -69,6 +69,8 @@ class DaemonLoop:
         # systemd's readiness protocol (no-op outside a Type=notify unit): READY=1 comes from
         # serve() once started, or from the daemon through ready() (the client, when qualified).
         self.notifier = Notifier.from_environment()
+        self._drain: Callable[[], float] | None = None
+        self._draining = False
 
     def add_socket(self, sock: socket.socket, handler: DatagramHandler) -> None:
         self.loop.add_reader(sock.fileno(), drain, sock, handler)
@@ -103,6 +105,24 @@ class DaemonLoop:
                 machine.handle_timer(now)
         self.rearm()
 
+    def set_drain(self, drain: Callable[[], float]) -> None:
+        """On the first SIGTERM or SIGINT, call `drain` (it withdraws the daemon's anycast
+        announcement) and keep serving for the seconds it returns, then stop: traffic already
+        on its way still arrives while the routers move the rest elsewhere. A second signal
+        stops at once."""
+        self._drain = drain
+
+    def _on_stop_signal(self) -> None:
+        if self._drain is None or self._draining:
+            self.stop()
+            return
+        self._draining = True
+        delay = self._drain()
+        if delay > 0:
+            self.loop.call_later(delay, self.stop)
+        else:
+            self.stop()
+
     def stop(self, status: int = 0) -> None:
         self.notifier.notify_stopping()
         self._exit_status = status
@@ -121,8 +141,8 @@ class DaemonLoop:
 
     def run(self, on_reload: Callable[[], None] | None = None) -> int:
         """Runs until SIGTERM or SIGINT; SIGHUP calls on_reload. Returns the exit status."""
-        self.loop.add_signal_handler(signal.SIGTERM, self.stop)
-        self.loop.add_signal_handler(signal.SIGINT, self.stop)
+        self.loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal)
+        self.loop.add_signal_handler(signal.SIGINT, self._on_stop_signal)
         if on_reload is not None:
             self.loop.add_signal_handler(signal.SIGHUP, self._reload, on_reload)
         try:

@@ -68,7 +68,7 @@ def _wait_for_log(lab: Lab, host: str, word: str, *, timeout: float) -> str | No
         time.sleep(0.2)
 
 
-def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
+def raise_interrupt(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -90,7 +90,7 @@ def run_demo(
             DEFAULT_CLIENTS[: len(nats)] if len(nats) <= len(DEFAULT_CLIENTS) else Impl.TEREDO
         )
     clients = [client_impl] * len(nats) if isinstance(client_impl, Impl) else list(client_impl)
-    old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    old_term = signal.signal(signal.SIGTERM, raise_interrupt)
     lab = Lab(prefix, nats, server_impl=server_impl, relay_impl=relay_impl, client_impl=clients)
     results: list[tuple[str, bool, str]] = []
     try:
@@ -202,20 +202,29 @@ def run_demo(
             out=out,
         )
         _show_probe(lab, results, out)
-        out("")
-        out("== summary ==")
-        width = max(len(name) for name, _, _ in results) if results else 10
-        for name, ok, detail in results:
-            out(f"  {'PASS' if ok else 'FAIL'}  {name.ljust(width)}  {detail}")
-        return 0 if results and all(ok for _, ok, _ in results) else 1
+        return summarize(results, out)
     except KeyboardInterrupt:
         out("interrupted")
         return 130
     finally:
-        out("tearing down ...")
-        leftovers = lab.down()
-        out("    nothing left behind" if not leftovers else f"    LEFT: {', '.join(leftovers)}")
+        tear_down(lab, out)
         signal.signal(signal.SIGTERM, old_term)
+
+
+def summarize(results: Sequence[tuple[str, bool, str]], out: Callable[[str], None]) -> int:
+    """The PASS/FAIL table of a demo; 0 when there are results and all passed."""
+    out("")
+    out("== summary ==")
+    width = max(len(name) for name, _, _ in results) if results else 10
+    for name, ok, detail in results:
+        out(f"  {'PASS' if ok else 'FAIL'}  {name.ljust(width)}  {detail}")
+    return 0 if results and all(ok for _, ok, _ in results) else 1
+
+
+def tear_down(lab: Lab, out: Callable[[str], None]) -> None:
+    out("tearing down ...")
+    leftovers = lab.down()
+    out("    nothing left behind" if not leftovers else f"    LEFT: {', '.join(leftovers)}")
 
 
 def _teredo(lab: Lab, host: str, *args: str) -> tuple[int, list[str]]:

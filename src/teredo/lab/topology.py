@@ -144,6 +144,10 @@ class Lab:
             if len(self.client_impls) != len(kinds):
                 raise LabError("client_impl: give one implementation, or one per NAT")
         self.native_ipv4 = native_ipv4
+        # Hosts added by lab/anycast.py (routers, relays, servers): name -> namespace suffix,
+        # and their addresses. Registered before `up()`, they are built like the fixed ones.
+        self.extra_hosts: dict[str, str] = {}
+        self.extra_addresses: dict[str, list[str]] = {}
         self.state_dir = state_root / prefix.rstrip("-")
         self.procs: list[ProcRecord] = []
         self._popens: list[subprocess.Popen[bytes]] = []
@@ -157,12 +161,14 @@ class Lab:
             if site.nat_host:
                 names.append(site.nat_host)
             names.append(site.client_host)
-        return names
+        return names + list(self.extra_hosts)
 
     def ns(self, host: str) -> str:
         """The namespace of a host ("server", "relay", "native", "wan", "nat1", "client1", ...)."""
         if host in _FIXED:
             return self.prefix + _FIXED[host]
+        if host in self.extra_hosts:
+            return self.prefix + self.extra_hosts[host]
         for site in self.sites:
             if host == site.client_host:
                 return f"{self.prefix}c{site.index}"
@@ -187,7 +193,7 @@ class Lab:
             if site.nat_host:
                 result[site.nat_host] = [site.public_ip, site.nat_inside_ip]
             result[site.client_host] = [site.client_ip]
-        return result
+        return {**result, **self.extra_addresses}
 
     # --- building ---------------------------------------------------------------------------
 
@@ -533,6 +539,8 @@ class Lab:
             "client_impl": [_impl_name(i) for i in self.client_impls],
             "namespaces": [self.ns(h) for h in self.hosts()],
             "procs": [r.to_json() for r in self.procs],
+            "extra_hosts": self.extra_hosts,
+            "extra_addresses": self.extra_addresses,
         }
         self.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_dir / "state.json.tmp"
@@ -558,6 +566,8 @@ class Lab:
                 state_root=state_root,
             )
             lab.procs = [ProcRecord.from_json(r) for r in state.get("procs", [])]
+            lab.extra_hosts = dict(state.get("extra_hosts", {}))
+            lab.extra_addresses = dict(state.get("extra_addresses", {}))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise LabError(f"{path}: unreadable lab state: {exc}") from exc
         return lab

@@ -1,0 +1,228 @@
+"""Anycast relays (issue 11): `python -m bench.bench_anycast [--relays 1,2,3]` (root).
+
+Namespaces: `tda-` by default (`--prefix`).
+
+For each relay count N, an anycast lab (teredo.lab.anycast: N relays of ours behind the BIRD
+router up6, ECMP on 2001::/32; our server) with `--clients K` Miredo clients (no NAT: the relays,
+not the clients or NATs, should be the bottleneck) is built, then the native host sends to every
+client at once:
+
+- UDP: 64-byte iperf3 datagrams offered at `--udp-pps` in all (split evenly over the clients):
+  aggregate packets per second received, and the relays' CPU per packet (all relays' CPU time,
+  softirq of their threads included as /proc counts it, over the packets that crossed);
+- TCP: one iperf3 stream per client: aggregate Mbit/s.
+
+Which relay carries which client is up6's ECMP choice (a hash of the addresses): the report
+shows how many clients each relay got. With `--failover` (default on), the lab of the largest N
+also measures a relay killed (-9) and one drained (SIGTERM) under a stream of echoes
+(lab.anycast.stop_relay_under_ping), and a relay cut off silently (BFD).
+
+The machine has 2 cores: 3 relays cannot scale 3x here; the CPU per packet is the figure the
+scaling model of docs/scale.md uses. The last line is one JSON record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from bench.lab_bench import (
+    BenchError,
+    cpu_seconds,
+    format_table,
+    interrupt_on_sigterm,
+    json_line,
+    load_average,
+    parse_iperf3_tcp,
+    parse_iperf3_udp,
+    require_root,
+    tree_pids,
+    wait_tcp_listen,
+)
+from teredo.lab import anycast
+from teredo.lab.nat import NatKind
+from teredo.lab.roles import Impl
+from teredo.lab.topology import TEREDO_PREFIX, Lab
+
+PREFIX = "tda-"
+BASE_PORT = 5301
+PAYLOAD = 64
+
+
+def _relay_pids(lab: Lab, relays: int) -> list[int]:
+    pids: list[int] = []
+    for i in range(1, relays + 1):
+        record = anycast.daemon_record(lab, anycast.relay_host(i))
+        if record is None or not record.alive():
+            raise BenchError(f"relay{i} is not running\n{lab.log_tail(f'relay{i}')}")
+        pids += tree_pids(record.pid)
+    return pids
+
+
+def _concurrent_iperf3(
+    lab: Lab, targets: Sequence[tuple[str, str]], args: Sequence[str], seconds: float
+) -> list[str]:
+    """One iperf3 server per (client host, address), one client each in the native host, all
+    at once; their JSON outputs."""
+    servers = []
+    for k, (host, address) in enumerate(targets):
+        port = BASE_PORT + k
+        servers.append(
+            lab.popen(
+                host,
+                ["iperf3", "-s", "-1", "-B", address, "-p", str(port)],
+                name=f"iperf3-s-{host}",
+            )
+        )
+        wait_tcp_listen(lab, host, port)
+    clients = [
+        lab.popen(
+            "native",
+            [
+                *("iperf3", "-c", address, "-p", str(BASE_PORT + k), "-t", f"{seconds:g}"),
+                *("-J", "--connect-timeout", "5000", *args),
+            ],
+            name=f"iperf3-c-{k}",
+            stdout=subprocess.PIPE,
+        )
+        for k, (_, address) in enumerate(targets)
+    ]
+    outputs = []
+    try:
+        for proc in clients:
+            out, _ = proc.communicate(timeout=seconds + 30)
+            outputs.append(out.decode(errors="replace"))
+    finally:
+        for proc in [*clients, *servers]:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
+    return outputs
+
+
+def measure(lab: Lab, relays: int, clients: int, seconds: float, udp_pps: int) -> dict[str, object]:
+    addresses = [str(lab.wait_qualified(i, timeout=30).address) for i in range(1, clients + 1)]
+    carriers = [anycast.carrying_relay(lab, a) for a in addresses]
+    targets = [(f"client{i}", a) for i, a in enumerate(addresses, start=1)]
+    pids = _relay_pids(lab, relays)
+    per_client_bits = udp_pps // clients * PAYLOAD * 8
+    cpu0, t0 = cpu_seconds(pids), time.monotonic()
+    udp = _concurrent_iperf3(
+        lab, targets, ["-u", "-l", str(PAYLOAD), "-b", str(per_client_bits)], seconds
+    )
+    cpu, wall = cpu_seconds(pids) - cpu0, time.monotonic() - t0
+    received = sum(parse_iperf3_udp(text, PAYLOAD).received for text in udp)
+    udp_seconds = max(parse_iperf3_udp(text, PAYLOAD).seconds for text in udp)
+    tcp = _concurrent_iperf3(lab, targets, [], seconds)
+    mbps = sum(parse_iperf3_tcp(text).receiver_bps for text in tcp) / 1e6
+    return {
+        "relays": relays,
+        "clients_per_relay": {
+            anycast.relay_host(i): carriers.count(anycast.relay_host(i))
+            for i in range(1, relays + 1)
+        },
+        "udp_pps": received / udp_seconds if udp_seconds else None,
+        "udp_offered_pps": udp_pps,
+        "relay_cpu_pct": 100.0 * cpu / wall,
+        "relay_us_per_pkt": 1e6 * cpu / received if received else None,
+        "tcp_mbps": mbps,
+    }
+
+
+def failover(lab: Lab, spec: anycast.AnycastSpec, address: str) -> dict[str, object]:
+    relays = spec.relays
+    results: dict[str, object] = {}
+    killed = anycast.stop_relay_under_ping(lab, address, signal.SIGKILL)
+    print(f"  {killed.line()}")
+    results["kill9"] = killed.__dict__ | {"outage_seconds": killed.outage_seconds}
+    anycast.start_relay(lab, int(killed.relay.removeprefix("relay")), spec)
+    anycast.wait_paths(lab, "up6", TEREDO_PREFIX, relays, timeout=30)
+    drained = anycast.stop_relay_under_ping(lab, address, signal.SIGTERM, seconds=3.0)
+    print(f"  {drained.line()}")
+    results["sigterm"] = drained.__dict__ | {"outage_seconds": drained.outage_seconds}
+    anycast.start_relay(lab, int(drained.relay.removeprefix("relay")), spec)
+    anycast.wait_paths(lab, "up6", TEREDO_PREFIX, relays, timeout=30)
+    victim = anycast.carrying_relay(lab, address)
+    if victim is not None:
+        index = int(victim.removeprefix("relay"))
+        anycast.cut_relay(lab, index)
+        try:
+            took = anycast.wait_paths(lab, "up6", TEREDO_PREFIX, relays - 1, timeout=30)
+        finally:
+            anycast.heal_relay(lab, index)
+        print(f"  {victim} cut off: withdrawn by BFD in {took * 1000:.0f} ms")
+        results["bfd_withdraw_seconds"] = took
+    return results
+
+
+def run(relays: int, args: argparse.Namespace, with_failover: bool) -> dict[str, object]:
+    spec = anycast.AnycastSpec(relays, 0)
+    lab = Lab(
+        args.prefix,
+        [NatKind.NONE] * args.clients,
+        server_impl=Impl.TEREDO,
+        relay_impl=None,
+        client_impl=None,
+    )
+    try:
+        anycast.up(lab, spec, [Impl.MIREDO] * args.clients)
+        result = measure(lab, relays, args.clients, args.seconds, args.udp_pps)
+        if with_failover and relays >= 2:
+            address = str(lab.wait_qualified(1, timeout=30).address)
+            result["failover"] = failover(lab, spec, address)
+        return result
+    finally:
+        lab.down()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.bench_anycast", description=__doc__)
+    parser.add_argument("--relays", default="1,2,3", help="relay counts (default 1,2,3)")
+    parser.add_argument("--clients", type=int, default=6, help="Miredo clients (default 6)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="per iperf3 run (default 4)")
+    parser.add_argument("--udp-pps", type=int, default=120000, help="offered in all")
+    parser.add_argument("--no-failover", action="store_true", help="throughput only")
+    parser.add_argument("--prefix", default=PREFIX, help=f"namespace prefix (default {PREFIX})")
+    args = parser.parse_args(argv)
+    require_root()
+    interrupt_on_sigterm()
+    counts = [int(n) for n in args.relays.split(",")]
+    rows, results = [], []
+    for n in counts:
+        print(f"-- {n} relay(s) ...", flush=True)
+        result = run(n, args, with_failover=not args.no_failover and n == max(counts))
+        results.append(result)
+        rows.append(
+            [
+                n,
+                result["clients_per_relay"],
+                result["udp_pps"],
+                result["relay_cpu_pct"],
+                result["relay_us_per_pkt"],
+                result["tcp_mbps"],
+            ]
+        )
+    print(f"\n== anycast relays  (load {load_average()})")
+    headers = [
+        "relays",
+        "clients per relay",
+        "UDP 64 B pkt/s",
+        "relays CPU %",
+        "us/pkt",
+        "TCP Mbit/s",
+    ]
+    print(format_table(headers, rows))
+    print(json_line("anycast", {"clients": args.clients, "seconds": args.seconds, "runs": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (BenchError, KeyboardInterrupt) as exc:
+        print(f"bench_anycast: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,96 @@
+"""lab/bird.py and lab/anycast.py without namespaces: the BIRD configurations, the parsing of
+`birdc` output (captured from BIRD 2.0.12) and the lab's address plan."""
+
+from __future__ import annotations
+
+from teredo.lab import anycast
+from teredo.lab.bird import Peer, established, router_config, selected, speaker_config
+
+SHOW_PROTOCOLS = """\
+BIRD 2.0.12 ready.
+Name       Proto      Table      State  Since         Info
+device1    Device     ---        up     18:00:19.415
+bfd1       BFD        ---        up     18:00:19.415
+kernel_ipv6 Kernel     master6    up     18:00:19.415
+relay1     BGP        ---        up     18:00:20.193  Established
+relay2     BGP        ---        start  18:00:20.182  Connect
+relay3     BGP        ---        up     18:00:20.312  Established
+"""
+
+SHOW_ROUTE = """\
+BIRD 2.0.12 ready.
+Table master6:
+2001::/32            unicast [relay1 18:01:11.198] * (100) [AS65101i]
+\tvia 2001:db8:10:1::2 on r1
+                     unicast [relay2 18:01:05.736] (100) [AS65102i]
+\tvia 2001:db8:10:2::2 on r2
+"""
+
+
+def test_established_sessions_only() -> None:
+    assert established(SHOW_PROTOCOLS) == {"relay1", "relay3"}
+
+
+def test_selected_routes_best_first() -> None:
+    assert selected(SHOW_ROUTE) == {"2001::/32": ["relay1", "relay2"]}
+    assert selected("BIRD 2.0.12 ready.\nTable master6:\n") == {}
+
+
+def test_router_merges_paths_and_runs_bfd() -> None:
+    text = router_config("198.51.100.6", [Peer("2001:db8:10:1::2", 65101, "relay1")])
+    assert "merge paths on;" in text
+    assert "protocol kernel kernel_ipv6" in text
+    assert "neighbor 2001:db8:10:1::2 as 65101;" in text
+    assert "bfd on;" in text
+    assert "ipv4" not in text
+
+
+def test_speaker_exports_the_announce_table_only() -> None:
+    text = speaker_config("198.51.100.21", 65101, Peer("2001:db8:10:1::1", 65000, "up"), 100)
+    assert "kernel table 100;" in text
+    assert "learn;" in text
+    assert 'export where proto = "announced";' in text
+    assert "local as 65101;" in text
+
+
+def test_address_plan_is_in_lab_ranges() -> None:
+    for i in range(1, anycast.MAX_RELAYS + 1):
+        assert anycast.relay_v4(i).startswith("198.51.100.")
+        assert all(a.startswith("2001:db8:") for a in anycast.relay_link(i))
+    links = [anycast.server_link(j) for j in range(1, anycast.MAX_SERVERS + 1)]
+    flat = [a for pair in links for a in pair]
+    assert len(set(flat)) == len(flat)
+    assert all(a.startswith("198.51.100.") and int(a.rsplit(".", 1)[1]) < 255 for a in flat)
+
+
+def test_failover_outage_counts_lost_echoes_and_the_longest_wait() -> None:
+    f = anycast.Failover(
+        "relay2", "SIGKILL", 0.07, sent=270, received=200, max_rtt_ms=1983.0, interval=0.02
+    )
+    assert f.lost == 70
+    assert abs(f.outage_seconds - (70 * 0.02 + 1.983)) < 1e-9
+    assert f.line().startswith("SIGKILL relay2: withdrawn in 70 ms, 200/270 echoes (70 lost)")
+
+
+def test_status_lines_show_sessions_routes_and_next_hops() -> None:
+    view = {
+        "relays": 2,
+        "servers": 0,
+        "routers": [
+            {
+                "router": "up6",
+                "established": ["relay1", "relay2"],
+                "routes": {"2001::/32": ["relay1", "relay2"]},
+                "kernel": {"2001::/32": ["2001:db8:10:1::2", "2001:db8:10:2::2"]},
+            }
+        ],
+        "speakers": [
+            {"host": "relay1", "established": ["upstream"], "announces": ["2001::/32"]},
+            {"host": "relay2", "established": [], "announces": []},
+        ],
+    }
+    lines = anycast.status_lines(view)
+    assert lines[1] == "  up6: sessions up: relay1, relay2"
+    assert "kernel ECMP via 2001:db8:10:1::2, 2001:db8:10:2::2" in lines[2]
+    assert lines[3].split() == ["relay1", "BGP", "up", "announces", "2001::/32"]
+    assert lines[4].split() == ["relay2", "BGP", "DOWN", "announces"]
