@@ -50,6 +50,13 @@ fi
 # start-up). Stale files are harmless: Python checks each against its source.
 .venv/bin/python -m compileall -q src
 
+# The unprivileged user the daemons become after set-up with --user teredo / "User teredo"
+# (io/privileges.py; the systemd units use DynamicUser= instead).
+if [[ $(id -u) -eq 0 ]] && ! getent passwd teredo >/dev/null; then
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin teredo
+fi
+
 # The daemons' systemd units (systemd/), installed for the operator, never enabled or started.
 if [[ $(id -u) -eq 0 ]]; then
     bash scripts/install-units.sh

@@ -191,6 +191,7 @@ def test_all_directives_are_covered_by_these_tests() -> None:
         "ServerBindAddress2",
         "RefreshInterval",
         "MetricsAddress",
+        "User",  # tests/io/test_privileges.py too
         # anycast (issue 11): tests/core/test_config_announce.py
         "AnnounceTable",
         "AnnounceDrain",

@@ -15,6 +15,7 @@ from teredo.cli.options import (
     control_identity,
     load_settings,
     metrics_endpoint,
+    privilege_target,
     report_config_error,
 )
 from teredo.core.config import ClientSettings, ConfigError, Role
@@ -86,6 +87,7 @@ def _check_hook(path: str | None) -> ConfigError | None:
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args, Role.CLIENT)
+        user = privilege_target(args, settings)
         options = options_from(settings, args)
         problem = _check_hook(options.hook)
         if problem is not None:
@@ -111,7 +113,14 @@ def run(args: argparse.Namespace) -> int:
             # Ready for systemd once qualified (or the first attempt failed): ClientDaemon.
             start = daemon.start
             return loop.serve(
-                daemon, log, reload, start=start, control=control, metrics=metrics, ready=None
+                daemon,
+                log,
+                reload,
+                start=start,
+                control=control,
+                metrics=metrics,
+                ready=None,
+                user=user,
             )
     except (ClientStartError, PidFileError) as err:
         logging.getLogger("teredo").error("%s", err)

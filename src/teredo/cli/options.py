@@ -10,7 +10,7 @@ Fixed early so that tests, benchmarks and the lab can drive any daemon the same 
                   [--mtu N]
     common:       [-c|--conf|--config FILE] [--pidfile FILE] [-f|--foreground]
                   [--syslog [FACILITY]] [-v|--verbose] [--control NAME | --no-control]
-                  [--metrics ADDRESS:PORT]
+                  [--metrics ADDRESS:PORT] [--user USER]
 
 The file is Miredo's, unchanged (core/config.py); each flag stands for one directive and
 overrides the file. Without -c no file is read (unlike Miredo, which reads
@@ -57,6 +57,7 @@ from teredo.core.config import (
 if TYPE_CHECKING:
     from teredo.io.control import ControlIdentity
     from teredo.io.metrics import MetricsEndpoint
+    from teredo.io.privileges import Target
 
 __all__ = [
     "EXIT_CONFIG",
@@ -142,6 +143,7 @@ def flags_for(role: Role | str) -> dict[str, str]:
         table["--host-specific"] = "RelayType"
     table["--syslog"] = "SyslogFacility"
     table["--metrics"] = "MetricsAddress"
+    table["--user"] = "User"
     return table
 
 
@@ -192,6 +194,12 @@ def add_daemon_arguments(parser: argparse.ArgumentParser, role: Role | str) -> N
         metavar="ADDRESS:PORT",
         help="serve Prometheus metrics over HTTP on ADDRESS:PORT, e.g. 127.0.0.1:9544 or "
         "[::1]:9544 (MetricsAddress; off by default)",
+    )
+    common.add_argument(
+        "--user",
+        metavar="USER",
+        help="after set-up run as USER keeping only CAP_NET_ADMIN (User; e.g. teredo, which "
+        "scripts/setup.sh creates; root kept by default)",
     )
     own = parser.add_argument_group(f"{role.value} options (each overrides its directive)")
     if role is Role.RELAY:
@@ -252,6 +260,21 @@ def control_identity(
     return ControlIdentity(name, role, interface, worker)
 
 
+def privilege_target(args: argparse.Namespace, settings: Settings) -> Target | None:
+    """Whom the daemon becomes after set-up (--user, User); None: it stays as started.
+    An unknown user is a configuration error, reported before anything is set up."""
+    if settings.user is None:
+        return None
+    from teredo.io.privileges import PrivilegeError, resolve  # noqa: PLC0415
+
+    try:
+        return resolve(settings.user)
+    except PrivilegeError as err:
+        if getattr(args, "user", None) is not None:
+            raise ConfigError("command line", 0, "--user", str(err)) from None
+        raise ConfigError(args.conf or "configuration", 0, "User", str(err)) from None
+
+
 def metrics_endpoint(
     args: argparse.Namespace, settings: Settings, role: str, interface: str | None = None
 ) -> MetricsEndpoint | None:
@@ -280,6 +303,8 @@ def _overrides(args: argparse.Namespace, role: Role) -> list[Directive]:
         out.append(Directive.flag("SyslogFacility", args.syslog, "--syslog"))
     if getattr(args, "metrics", None) is not None:
         out.append(Directive.flag("MetricsAddress", args.metrics, "--metrics"))
+    if getattr(args, "user", None) is not None:
+        out.append(Directive.flag("User", args.user, "--user"))
     return out
 
 
@@ -449,7 +474,9 @@ class PidFile:
         if self._fd is None or self.path is None:
             return
         # Unlink while still holding the lock, so no other daemon's fresh file is removed.
-        with contextlib.suppress(FileNotFoundError):
+        # After a drop to --user the directory (/run) may refuse: the stale file is harmless,
+        # the lock (released with the descriptor) is what keeps a second daemon out.
+        with contextlib.suppress(FileNotFoundError, PermissionError):
             os.unlink(self.path)
         os.close(self._fd)
         self._fd = None

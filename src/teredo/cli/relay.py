@@ -21,6 +21,7 @@ from teredo.cli.options import (
     control_identity,
     load_settings,
     metrics_endpoint,
+    privilege_target,
     report_config_error,
     resolve_ipv4,
 )
@@ -198,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         settings = load_settings(args, Role.RELAY)
+        user = privilege_target(args, settings)
         log = configure_logging(args, settings)
     except ConfigError as err:
         return report_config_error(err)
@@ -268,7 +270,9 @@ def run(args: argparse.Namespace) -> int:
             control = control_identity(args, "relay", interface)
             metrics = metrics_endpoint(args, settings, "relay", interface)
             ready = f"relaying on UDP {daemon.local[0]}:{daemon.local[1]}, {daemon.tun.name}"
-            return loop.serve(served, log, reload, control=control, metrics=metrics, ready=ready)
+            return loop.serve(
+                served, log, reload, control=control, metrics=metrics, ready=ready, user=user
+            )
     except (RelayStartError, PidFileError, AnnounceError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED

@@ -20,6 +20,7 @@ from teredo.cli.options import (
     control_identity,
     load_settings,
     metrics_endpoint,
+    privilege_target,
     report_config_error,
 )
 from teredo.core.config import ConfigError, Role, ServerSettings
@@ -42,6 +43,7 @@ from teredo.io.server_driver import (
 
 if TYPE_CHECKING:
     from teredo.io.metrics import MetricsExporter
+    from teredo.io.privileges import Target
 
 EXIT_START_FAILED = 1
 MAX_WORKERS = 64
@@ -105,6 +107,7 @@ def params_from(settings: ServerSettings, args: argparse.Namespace) -> ServerPar
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args, Role.SERVER)
+        user = privilege_target(args, settings)
         log = configure_logging(args, settings)
     except ConfigError as err:
         return report_config_error(err)
@@ -154,8 +157,11 @@ def run(args: argparse.Namespace) -> int:
                     settings=settings,
                     announcement=announcement,
                     drain=drain,
+                    user=user,
                 )
-            return _supervise(args, params, sets, settings, announcement=announcement, drain=drain)
+            return _supervise(
+                args, params, sets, settings, announcement=announcement, drain=drain, user=user
+            )
     except (ServerStartError, PidFileError, AnnounceError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED
@@ -170,6 +176,7 @@ def _serve(
     settings: ServerSettings | None = None,
     announcement: Announcement | None = None,
     drain: float = 0.0,
+    user: Target | None = None,
 ) -> int:
     """One server process on `sockets` until SIGTERM or SIGINT; SIGHUP re-reads the file.
 
@@ -202,7 +209,9 @@ def _serve(
         # supervisor, whose notifier took $NOTIFY_SOCKET out of their environment.
         metrics = metrics_endpoint(args, settings, "server") if settings is not None else None
         ready = f"serving on {_addresses(params)}"
-        return loop.serve(served, log, reload, control=control, metrics=metrics, ready=ready)
+        return loop.serve(
+            served, log, reload, control=control, metrics=metrics, ready=ready, user=user
+        )
     finally:
         loop.close()
 
@@ -219,6 +228,7 @@ def _supervise(
     *,
     announcement: Announcement | None = None,
     drain: float = 0.0,
+    user: Target | None = None,
 ) -> int:
     """Fork one worker per socket set; pass signals on; stop all when one dies.
 
@@ -270,7 +280,11 @@ def _supervise(
                         for sock in other:
                             sock.close()
                 status = _serve(
-                    args, params, sockets, control_identity(args, "server", worker=index)
+                    args,
+                    params,
+                    sockets,
+                    control_identity(args, "server", worker=index),
+                    user=user,
                 )
             except BaseException:
                 log.exception("worker %d failed", index)

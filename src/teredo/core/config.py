@@ -21,7 +21,8 @@ difference is listed in docs/configuration.md.
 
 Our own directives (not understood by Miredo): RefreshInterval (client), `RelayType host`
 (host-specific relay, RFC 4380 section 5.4 / section 7.3.1 "local relay"), MetricsAddress
-(every daemon: where Prometheus metrics are served, off when absent); AnnounceTable,
+(every daemon: where Prometheus metrics are served, off when absent), User (every daemon:
+whom it becomes after set-up, root kept when absent); AnnounceTable,
 AnnounceDrain (relay, server) and AnycastIPv4 (relay): anycast announcements (issue 11,
 docs/scale.md).
 """
@@ -159,6 +160,7 @@ DIRECTIVES: Final[Mapping[str, frozenset[Role]]] = {
     "ServerBindAddress2": _SERVER_ONLY,
     "RefreshInterval": _CLIENT_ONLY,  # ours
     "MetricsAddress": _ALL,  # ours: ADDRESS:PORT of the Prometheus metrics (io/metrics.py)
+    "User": _ALL,  # ours: the unprivileged user a daemon becomes after set-up (io/privileges.py)
     "AnnounceTable": frozenset({Role.RELAY, Role.SERVER}),  # ours: anycast (issue 11)
     "AnnounceDrain": frozenset({Role.RELAY, Role.SERVER}),  # ours
     "AnycastIPv4": frozenset({Role.RELAY}),  # ours
@@ -270,6 +272,7 @@ class ClientSettings:
     # ServerAddress2 belongs to the first; each of these uses its own address + 1.
     more_servers: tuple[str, ...] = ()
     metrics_address: MetricsAddress | None = None  # ours: no metrics by default
+    user: str | None = None  # ours: stays root when None (io/privileges.py)
 
     @property
     def role(self) -> Role:
@@ -286,6 +289,7 @@ class ServerSettings:
     mtu: int = DEFAULT_MTU  # advertised in the RA's MTU option (RFC 4380 section 5.1.2)
     syslog_facility: str = DEFAULT_SYSLOG_FACILITY
     metrics_address: MetricsAddress | None = None  # ours: no metrics by default
+    user: str | None = None  # ours: stays root when None (io/privileges.py)
     announce_table: int | None = None  # ours: kernel table of the anycast routes (issue 11)
     announce_drain: float = DEFAULT_ANNOUNCE_DRAIN
 
@@ -306,6 +310,7 @@ class RelaySettings:
     bind_port: int = 0
     syslog_facility: str = DEFAULT_SYSLOG_FACILITY
     metrics_address: MetricsAddress | None = None  # ours: no metrics by default
+    user: str | None = None  # ours: stays root when None (io/privileges.py)
     announce_table: int | None = None  # ours: kernel table of the anycast routes (issue 11)
     announce_drain: float = DEFAULT_ANNOUNCE_DRAIN
     anycast_ipv4: IPv4Address | None = None  # ours: announced as a /32 with the prefix
@@ -521,6 +526,17 @@ def _metrics_address(d: Directive) -> MetricsAddress:
     return MetricsAddress(str(address), int(port_text))
 
 
+_USER_NAME: Final = re.compile(r"[a-z_][a-z0-9_-]{0,31}\$?|[0-9]{1,10}")
+
+
+def _user(d: Directive) -> str:
+    # useradd's portable names (and a numeric uid); whether the user exists is checked at
+    # start (io/privileges.py), where the daemon would become it.
+    if not _USER_NAME.fullmatch(d.value) or d.value in ("root", "0"):
+        raise d.error(f"invalid user {_show(d.value)} (an unprivileged user name or uid)")
+    return d.value
+
+
 def _refresh(d: Directive) -> float:
     return _seconds(d, "interval", "30", MIN_REFRESH_INTERVAL, MAX_REFRESH_INTERVAL)
 
@@ -628,6 +644,7 @@ _PARSERS: Final[Mapping[str, Callable[[Directive], object]]] = {
     "ServerBindAddress2": _server_bind_address,
     "RefreshInterval": _refresh,
     "MetricsAddress": _metrics_address,
+    "User": _user,
     "AnnounceTable": _table,
     "AnnounceDrain": _drain,
     "AnycastIPv4": _anycast,
@@ -675,6 +692,7 @@ def _client(layers: _Layers) -> ClientSettings:
         refresh_interval=v.get("RefreshInterval", DEFAULT_REFRESH_INTERVAL),
         syslog_facility=v.get("SyslogFacility", DEFAULT_SYSLOG_FACILITY),
         metrics_address=v.get("MetricsAddress", None),
+        user=v.get("User", None),
     )
 
 
@@ -689,6 +707,7 @@ def _relay(layers: _Layers) -> RelaySettings:
         bind_port=v.get("BindPort", 0),
         syslog_facility=v.get("SyslogFacility", DEFAULT_SYSLOG_FACILITY),
         metrics_address=v.get("MetricsAddress", None),
+        user=v.get("User", None),
         announce_table=v.get("AnnounceTable", None),
         announce_drain=v.get("AnnounceDrain", DEFAULT_ANNOUNCE_DRAIN),
         anycast_ipv4=v.get("AnycastIPv4", None),
@@ -714,6 +733,7 @@ def _server(layers: _Layers) -> ServerSettings:
         mtu=v.get("InterfaceMTU", DEFAULT_MTU),
         syslog_facility=v.get("SyslogFacility", DEFAULT_SYSLOG_FACILITY),
         metrics_address=v.get("MetricsAddress", None),
+        user=v.get("User", None),
         announce_table=v.get("AnnounceTable", None),
         announce_drain=v.get("AnnounceDrain", DEFAULT_ANNOUNCE_DRAIN),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import time
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from teredo.io.control import ControlIdentity, ControlServer
+from teredo.io.privileges import PrivilegeError, Target, drop
 from teredo.io.sdnotify import Notifier
 from teredo.io.udp import DatagramHandler, drain
 
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from teredo.io.metrics import MetricsEndpoint, MetricsExporter
 
 EXIT_METRICS_FAILED = 1  # the metrics endpoint asked for cannot be opened
+EXIT_PRIVILEGES_FAILED = 1  # --user given and the drop failed: never go on as root
 
 
 def boottime() -> float:
@@ -166,6 +169,7 @@ class DaemonLoop:
         *,
         metrics: MetricsEndpoint | None = None,
         ready: str | None = "running",
+        user: Target | None = None,
     ) -> int:
         """The life of every daemon verb: `start`, then `run` with SIGUSR1 logging the
         daemon's summary, then (however it ends) a last summary and `daemon.close()`.
@@ -176,13 +180,17 @@ class DaemonLoop:
         an address that cannot be opened stops the daemon (it was asked for explicitly).
         `ready` is the status systemd shows once started; None when the daemon calls
         `ready()` itself later.
+        With `user`, the daemon becomes that user (CAP_NET_ADMIN kept, io/privileges.py) once
+        `start` has made its interface, sockets and kernel programs; its status socket answers
+        root and that user.
         """
         self.loop.add_signal_handler(signal.SIGUSR1, lambda: log.info(daemon.summary()))
         server: ControlServer | None = None
         exporter: MetricsExporter | None = None
         try:
             if control is not None:
-                server = ControlServer(control, daemon.status, self.loop)
+                allowed = frozenset({0, os.getuid()} | ({user.uid} if user else set()))
+                server = ControlServer(control, daemon.status, self.loop, allowed_uids=allowed)
                 problem = server.start()
                 if problem is not None:
                     log.warning("%s: running without a status socket", problem)
@@ -197,6 +205,14 @@ class DaemonLoop:
                     return EXIT_METRICS_FAILED
             if start is not None:
                 start()
+            if user is not None:
+                # The notify socket is connected first: its path may be root's alone.
+                self.notifier.connect()
+                try:
+                    drop(user)
+                except PrivilegeError as err:
+                    log.error("%s", err)
+                    return EXIT_PRIVILEGES_FAILED
             if ready is not None:
                 self.ready(ready)
             return self.run(on_reload=on_reload)

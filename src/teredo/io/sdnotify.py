@@ -32,6 +32,7 @@ class Notifier:
         self.address = address
         self.ready = False
         self._failed = False
+        self._sock: socket.socket | None = None  # connected by connect(), before a drop
 
     @classmethod
     def from_environment(cls, environ: MutableMapping[str, str] | None = None) -> Notifier:
@@ -49,15 +50,41 @@ class Notifier:
     def enabled(self) -> bool:
         return self.address is not None
 
+    def _target(self) -> str:
+        address = self.address or ""
+        return "\0" + address[1:] if address.startswith("@") else address
+
+    def connect(self) -> None:
+        """Connects a socket to systemd's now, while the daemon may still reach its path: after
+        the drop to an unprivileged user (io/privileges.py) a path in a root-only directory
+        could no longer be opened, a connected socket still sends. No-op outside systemd."""
+        if self.address is None or self._sock is not None:
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(self._target())
+        except OSError as exc:
+            sock.close()
+            log.warning("cannot connect to systemd's %s: %s", self.address, exc)
+            return
+        self._sock = sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
     def send(self, *fields: str) -> bool:
         """Sends one datagram of KEY=VALUE `fields`; False when it could not be sent."""
         if self.address is None:
             return False
-        target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
         payload = "\n".join(fields).encode("utf-8", "replace")
         try:
+            if self._sock is not None:
+                self._sock.send(payload)
+                return True
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto(payload, target)
+                sock.sendto(payload, self._target())
         except OSError as exc:
             if not self._failed:  # said once, not at every status change
                 log.warning("cannot notify systemd on %s: %s", self.address, exc)
