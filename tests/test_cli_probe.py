@@ -206,7 +206,7 @@ def test_table_rows_and_best_line() -> None:
     best, why = choose(RESULTS)
     assert best is RESULTS[0]
     assert best_line(best, why) == (
-        "best: 198.51.100.10 (median RTT 3.0 ms, loss 0%, lowest of 2 usable, 2 unusable)"
+        "best: 198.51.100.10 (median RTT 3.0 ms, loss 0%, lowest of 3 usable, 1 unusable)"
     )
     assert best_line(None, "no server answered") == "best: none (no server answered)"
 
@@ -220,8 +220,8 @@ def test_json_document_shape() -> None:
     first = doc["servers"][0]
     assert set(first) == {
         "name", "server", "server2", "reachable", "usable", "rs_sent", "rtt_ms", "loss", "late",
-        "prefix", "mtu", "mapping", "secondary_mapping", "local", "nat", "cone", "secondary",
-        "errors", "drops",
+        "prefix", "mtu", "mapping", "secondary_mapping", "local", "nat", "nat_behaviour", "cone",
+        "secondary", "errors", "drops",
     }  # fmt: skip
     assert first["rtt_ms"] == {"min": 2.0, "median": 3.0, "max": 4.0, "samples": [4.0, 2.0, 3.0]}
     assert first["mapping"] == "203.0.113.14:40000"
@@ -232,4 +232,4 @@ def test_json_document_shape() -> None:
     assert dead["loss"] == 1.0
     assert dead["rtt_ms"]["median"] is None
     assert dead["secondary"] is None
-    assert doc["servers"][2]["usable"] is False  # symmetric
+    assert doc["servers"][2]["usable"] is True  # symmetric: qualifies (RFC 6081), ranked last

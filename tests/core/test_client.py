@@ -276,17 +276,53 @@ def test_no_nat_when_the_mapping_is_the_local_address() -> None:
     assert [d for _p, d in out.udp] == [SRV]  # no secondary test needed
 
 
-def test_symmetric_nat_is_reported_not_qualified() -> None:
-    client, out = make_client()
+def test_symmetric_nat_is_refused_when_strict() -> None:
+    # SymmetricNat refuse: RFC 4380 section 5.2.1 strictly, no address.
+    client, out = make_client(refuse_symmetric=True)
     client.start(T0)
     client.receive_udp(ra_payload(rs_nonce(out.udp[-1][0])), SRV, T0 + 0.1)
     other = (MAPPING[0], MAPPING[1] + 1)
     client.receive_udp(ra_payload(rs_nonce(out.udp[-1][0]), other), SRV2, T0 + 0.2)
-    assert events(client) == [SymmetricNat(MAPPING, other)]
+    assert events(client) == [
+        SymmetricNat(MAPPING, other, qualified=False, behaviour="symmetric, sequential ports +1")
+    ]
     assert client.state is ClientState.OFFLINE
     assert client.address is None
     assert client.nat_type is NatType.SYMMETRIC
     assert client.next_deadline() == pytest.approx(T0 + 0.2 + 4.0)
+    assert client.status()["nat_behaviour"] == {
+        "symmetric": True,
+        "ports": "sequential",
+        "step": 1,
+        "same_ipv4": True,
+        "text": "symmetric, sequential ports +1",
+    }
+
+
+def test_symmetric_nat_qualifies_with_the_primary_mapping() -> None:
+    # RFC 6081 Symmetric NAT Support (the default): the primary server's mapping is kept.
+    client, out = make_client(local_address=(ipv4_to_int(LOCAL[0]), LOCAL[1]))
+    client.start(T0)
+    client.receive_udp(ra_payload(rs_nonce(out.udp[-1][0])), SRV, T0 + 0.1)
+    other = (MAPPING[0], 7)
+    client.receive_udp(ra_payload(rs_nonce(out.udp[-1][0]), other), SRV2, T0 + 0.2)
+    found = events(client)
+    assert found[0] == SymmetricNat(
+        MAPPING, other, qualified=True, behaviour="symmetric, random ports"
+    )
+    assert isinstance(found[1], Qualified)
+    assert found[1].nat is NatType.SYMMETRIC
+    assert found[1].mapping == MAPPING  # the primary's, not the secondary's
+    assert client.state is ClientState.QUALIFIED
+    assert client.address == found[1].address
+    assert client.nat_type is NatType.SYMMETRIC
+    assert client.status()["nat"] == "symmetric"
+    # Maintenance asks the primary only: its mapping stays the address's.
+    deadline = client.next_deadline()
+    assert deadline is not None
+    sent = len(out.udp)
+    client.handle_timer(deadline)
+    assert [d for _p, d in out.udp[sent:]] == [SRV]
 
 
 def test_secondary_silence_qualifies_with_unknown_nat() -> None:

@@ -190,6 +190,7 @@ def test_all_directives_are_covered_by_these_tests() -> None:
         "ServerBindAddress",
         "ServerBindAddress2",
         "RefreshInterval",
+        "SymmetricNat",
         "MetricsAddress",
         "User",  # tests/io/test_privileges.py too
         # anycast (issue 11): tests/core/test_config_announce.py

@@ -185,7 +185,16 @@ class RelayNode:
             return
         ip, port = embedded_mapping(src)
         if (int_to_ipv4(ip), port) != source:
-            return
+            # Miredo's relay and ours (core/relay.py, "remapped") accept the answer to their
+            # bubble from another port of the same IPv4: a client behind a symmetric NAT.
+            # Once re-mapped, that port is the peer's mapping.
+            known = self.peers.get(src)
+            if int_to_ipv4(ip) != source[0] or known is None:
+                return
+            if known.trusted and known.mapping != source:
+                return
+            if not known.trusted and not known.bubbles:
+                return
         peer = self.peers.setdefault(src, _RelayPeer(source))
         peer.mapping = source
         peer.trusted = True
@@ -314,6 +323,7 @@ class ClientNode:
         seed: int = 7,
         peer_capacity: int = 256,
         refresh_interval: float = 30.0,
+        refuse_symmetric: bool = False,
     ) -> None:
         self.sim = sim
         self.inside = inside
@@ -329,6 +339,7 @@ class ClientNode:
             peer_capacity=peer_capacity,
             local_discovery=local_discovery,
             refresh_interval=refresh_interval,
+            refuse_symmetric=refuse_symmetric,
         )
         self.machine = ClientMachine(params, self, self.rng.randbytes)
         if nat is not None:

@@ -42,9 +42,17 @@ def qualified_event(node: ClientNode) -> Qualified:
     return found[-1]
 
 
-def behind(sim: Sim, kind: NatKind, n: int, *, seed: int | None = None) -> ClientNode:
+def behind(
+    sim: Sim, kind: NatKind, n: int, *, seed: int | None = None, refuse_symmetric: bool = False
+) -> ClientNode:
     nat = Nat(sim, f"203.0.113.{10 + n}", kind, first_port=20000 + 100 * n)
-    return ClientNode(sim, (f"192.168.{n}.2", 3544 + n), nat=nat, seed=n if seed is None else seed)
+    return ClientNode(
+        sim,
+        (f"192.168.{n}.2", 3544 + n),
+        nat=nat,
+        seed=n if seed is None else seed,
+        refuse_symmetric=refuse_symmetric,
+    )
 
 
 # --- qualification per NAT kind (RFC 4380 5.2.1) -----------------------------------------------
@@ -85,14 +93,21 @@ def test_public_address_qualifies_as_no_nat_without_the_secondary_test() -> None
     assert [dest for _t, _p, dest in node.sent_udp] == [(SERVER, 3544)]
 
 
-def test_symmetric_nat_is_reported_and_not_qualified() -> None:
+def test_symmetric_nat_is_refused_when_strict() -> None:
     sim = Sim()
     ServerNode(sim)
-    node = behind(sim, NatKind.SYMMETRIC, 1)
+    node = behind(sim, NatKind.SYMMETRIC, 1, refuse_symmetric=True)
     node.start()
     sim.run_for(1.0)
     found = [e for _t, e in node.events if isinstance(e, SymmetricNat)]
-    assert found == [SymmetricNat(("203.0.113.11", 20100), ("203.0.113.11", 20101))]
+    assert found == [
+        SymmetricNat(
+            ("203.0.113.11", 20100),
+            ("203.0.113.11", 20101),
+            qualified=False,
+            behaviour="symmetric, sequential ports +1",
+        )
+    ]
     assert node.machine.state is ClientState.OFFLINE
     assert node.address is None
     assert node.machine.nat_type is NatType.SYMMETRIC
@@ -101,6 +116,36 @@ def test_symmetric_nat_is_reported_and_not_qualified() -> None:
     sim.run_for(60.0)
     assert len([e for _t, e in node.events if isinstance(e, SymmetricNat)]) >= 2
     assert node.address is None
+
+
+def test_symmetric_nat_qualifies_and_reaches_a_native_host_through_the_relay() -> None:
+    # RFC 6081 Symmetric NAT Support (the default): the primary mapping, then case 2 through
+    # the relay, which answers at the mapping our packets came from (a new port per peer).
+    sim = Sim()
+    ServerNode(sim)
+    relay = RelayNode(sim)
+    host = NativeHost(sim)
+    a = behind(sim, NatKind.SYMMETRIC, 1)
+    a.start()
+    sim.run_for(1.0)
+    event = qualified_event(a)
+    assert event.nat is NatType.SYMMETRIC
+    assert event.mapping == ("203.0.113.11", 20100)
+    assert a.address is not None
+    a.send(build_echo(a.address, NATIVE, 9, 1, b"native data"))
+    sim.run_for(3.0)
+    assert relay.forwarded_native == 1
+    assert len(a.inbox) == 1, a.machine.drops.snapshot()
+    assert relay.peers[a.address].mapping != event.mapping  # the NAT's port toward the relay
+    reply = parse_echo(a.inbox[0])
+    assert not isinstance(reply, DropReason)
+    assert reply.reply
+    assert reply.data == b"native data"
+    # And the other way: the host starts, the packet comes back to the local stack.
+    hello = build_echo(NATIVE, a.address, 3, 3, b"from native", reply=True)
+    host.send(hello)
+    sim.run_for(3.0)
+    assert a.inbox[-1] == hello
 
 
 def test_silent_secondary_address_qualifies_with_nat_unknown() -> None:

@@ -5,8 +5,9 @@ Three labs, each shared by a group of tests:
 - `lab` (Miredo server and relay): our client behind no NAT, full-cone, address-restricted and
   port-restricted NATs (qualification, mapping checked against the NAT's conntrack table), a
   Miredo client and a second client of ours behind port-restricted NATs (direct pings), and one
-  of ours behind a symmetric NAT (reported, not qualified). The native host is reached through
-  Miredo's relay, by ping and by TCP in both directions.
+  of ours behind a symmetric NAT (reported, qualified with the primary mapping, the native host
+  pinged both ways; and with `--symmetric-nat refuse` not qualified). The native host is reached
+  through Miredo's relay, by ping and by TCP in both directions.
 - `own_lab` (our server, Miredo relay): qualification and a ping to the native host; the daemon
   contract (pidfile, hook calls, SIGHUP, SIGUSR1, SIGTERM cleanup); two of our clients behind
   the same NAT meet through local discovery.
@@ -178,13 +179,48 @@ def test_qualifies_behind_cone_nat(lab: Lab, index: int) -> None:
     assert "fe80::ffff:ffff:ffff/64" in links, links
 
 
-def test_symmetric_nat_is_reported_and_not_qualified(lab: Lab) -> None:
+def test_symmetric_nat_is_reported_and_qualified(lab: Lab) -> None:
+    # RFC 6081 Symmetric NAT Support (the default): the primary server's mapping is kept.
+    info = lab.wait_qualified(SYMMETRIC_SITE, timeout=QUALIFY_TIMEOUT)
+    site = lab.site(SYMMETRIC_SITE)
+    host = site.client_host
+    assert str(info.mapped_ip) == site.public_ip
+    log = log_text(lab, host)
+    assert log.count("symmetric NAT (symmetric, ") == 1, log  # said once
+    assert "qualifying with the primary server's mapping" in log, log
+    assert "NAT symmetric" in log, log
+    assert global_addresses(lab, host) == [str(info.address)]
+
+
+def test_symmetric_nat_pings_native_host_both_ways_through_relay(lab: Lab) -> None:
+    info = lab.wait_qualified(SYMMETRIC_SITE, timeout=QUALIFY_TIMEOUT)
     host = lab.site(SYMMETRIC_SITE).client_host
-    wait_for("symmetric NAT report", lambda: "symmetric NAT" in log_text(lab, host), 20, lab, host)
-    assert global_addresses(lab, host) == [], "a client behind a symmetric NAT has no address"
-    assert "qualified: address" not in log_text(lab, host)
-    routes = lab.exec(host, ["ip", "-6", "route", "show", "dev", "teredo"]).stdout
-    assert "default" not in routes, routes
+    out = lab.ping(host, NATIVE_V6, count=4, deadline=15)
+    assert received(out.stdout) >= 3, out.stdout
+    back = lab.ping("native", str(info.address), count=4, deadline=15)
+    assert received(back.stdout) >= 3, back.stdout
+
+
+def test_symmetric_nat_refused_when_strict(lab: Lab) -> None:
+    # SymmetricNat refuse: RFC 4380 section 5.2.1 strictly. A second client on the same site
+    # (another port, so another mapping) with the flag.
+    host = lab.site(SYMMETRIC_SITE).client_host
+    conf = lab.state_dir / f"{host}-strict.conf"
+    conf.write_text(config_text(Role.CLIENT, server=SERVER_V4, relay=RELAY_V4), encoding="ascii")
+    argv = [sys.executable, "-m", "teredo", "client", "-c", str(conf)]
+    argv += ["--symmetric-nat", "refuse", "--interface", "teredo-strict", "--no-control"]
+    argv += ["--no-local-discovery"]
+    lab.popen(host, argv, name=f"{host}-strict", role="client", impl="teredo")
+    record = lab.procs[-1]
+    try:
+        log = Path(record.log)
+        said = lambda: "not qualified (RFC 4380" in log.read_text(errors="replace")  # noqa: E731
+        wait_for("refusal", said, 20, lab, host)
+        assert "qualified: address" not in log.read_text(errors="replace")
+        out = lab.exec(host, ["ip", "-6", "addr", "show", "dev", "teredo-strict"]).stdout
+        assert "scope global" not in out, out
+    finally:
+        assert system.kill_pids({record.pid: record.start_time}) == []
 
 
 @pytest.mark.parametrize(("a", "b"), [(4, 5), (4, 6)], ids=["ours-miredo", "ours-ours"])

@@ -75,6 +75,7 @@ def options_from(settings: ClientSettings, args: argparse.Namespace) -> ClientOp
         local_discovery=args.local_discovery,
         hook=hook,
         default_route=args.default_route,
+        refuse_symmetric=settings.refuse_symmetric,
     )
 
 

@@ -4,6 +4,7 @@ Fixed early so that tests, benchmarks and the lab can drive any daemon the same 
 
     teredo client -c miredo.conf [--server HOST] [--server2 HOST] [--interface NAME]
                   [--bind-address ADDR] [--bind-port PORT] [--refresh SECONDS] [--prefix P]
+                  [--symmetric-nat accept|refuse]
     teredo server -c miredo-server.conf [--bind ADDR] [--bind2 ADDR] [--prefix P] [--mtu N]
     teredo relay  -c miredo.conf [--type relay|cone|restricted|host | --host-specific]
                   [--interface NAME] [--bind-address ADDR] [--bind-port PORT] [--prefix P]
@@ -109,6 +110,13 @@ _CLIENT_FLAGS: Final = (
     _Flag("--bind-port", "BindPort", "PORT", "local UDP port, 0 = random (BindPort)"),
     _Flag("--refresh", "RefreshInterval", "SECONDS", "refresh interval (RefreshInterval)"),
     _Flag("--prefix", "Prefix", "PREFIX", "expected Teredo /32 prefix (default 2001::)"),
+    _Flag(
+        "--symmetric-nat",
+        "SymmetricNat",
+        "accept|refuse",
+        "behind a symmetric NAT: qualify with the primary server's mapping (accept, default) "
+        "or refuse as RFC 4380 5.2.1 does (SymmetricNat)",
+    ),
 )
 # Ours (issue 11, docs/scale.md): the relay and the server announce through kernel table N.
 _ANNOUNCE_FLAGS: Final = (

@@ -19,6 +19,7 @@ from teredo.cli.options import read_config_text
 from teredo.core.addr import TEREDO_PREFIX
 from teredo.core.client import NatType
 from teredo.core.config import ConfigError, parse_client
+from teredo.core.natbehaviour import PortAllocation
 from teredo.core.probe import (
     DEFAULT_ROUNDS,
     DEFAULT_TIMEOUT,
@@ -172,9 +173,17 @@ def format_table(results: Sequence[ProbeResult]) -> str:
         if n:
             result = results[n - 1]
             lines.extend(f"  ! {error}" for error in result.errors)
+            behaviour = result.behaviour
             if result.nat is NatType.SYMMETRIC and result.secondary_mapping is not None:
                 host, port = result.secondary_mapping
                 lines.append(f"  ! the secondary address saw {host}:{port}: symmetric NAT")
+                what = behaviour.describe() if behaviour is not None else "symmetric"
+                lines.append(
+                    f"  ! NAT {what}: a client qualifies with the primary mapping "
+                    "(RFC 6081; relays work, peers behind port-restricted NATs may not)"
+                )
+            elif behaviour is not None and behaviour.ports is PortAllocation.PRESERVED:
+                lines.append(f"  ! NAT {behaviour.describe()}")
     return "\n".join(lines)
 
 

@@ -137,6 +137,20 @@ def _client_lines(st: Mapping[str, object]) -> list[str]:
         lines[0] += f" ({st['offline_reason']})"
     lines.append(f"address    {_text(st.get('address'))}")
     lines.append(f"NAT        {_text(st.get('nat'))}, mapping {_text(st.get('mapping'))}")
+    behaviour = _map(st.get("nat_behaviour"))
+    if behaviour.get("text"):
+        # What qualification saw of the NAT (core/natbehaviour.py), also when refused.
+        lines[-1] += f" ({behaviour['text']})"
+    if st.get("nat") == "symmetric":
+        lines.append(
+            "           symmetric NAT: "
+            + (
+                "qualified with the primary server's mapping (RFC 6081); relays work, "
+                "peers behind port-restricted or symmetric NATs may not"
+                if st.get("state") == "qualified"
+                else "not qualified (SymmetricNat refuse, RFC 4380 5.2.1)"
+            )
+        )
     server = _text(st.get("server"))
     if st.get("server2"):
         server += f" / {st['server2']}"

@@ -12,7 +12,9 @@ Life cycle (section 5.2.1, 5.2.5):
         valid RA, mapping M1 == local address -> QUALIFIED (NatType.NONE)
         valid RA otherwise: RS to the secondary address (T = 4 s, N = 3)
             RA with M2 == M1 -> QUALIFIED (RESTRICTED)
-            RA with M2 != M1 -> SymmetricNat event, OFFLINE, retry after the back-off
+            RA with M2 != M1 -> SymmetricNat event, then QUALIFIED with M1 (SYMMETRIC, RFC 6081
+                                Symmetric NAT Support); with refuse_symmetric (RFC 4380
+                                strict) OFFLINE instead, retry after the back-off
             no answer        -> QUALIFIED with the primary mapping (NatType.UNKNOWN)
         no RA after 3 RS -> Offline + ResolveServer events, retry after the back-off
     QUALIFIED: refresh RS when the server was silent for the randomized interval
@@ -60,6 +62,7 @@ from teredo.core.ipv6 import (
     parse_echo,
     parse_ra,
 )
+from teredo.core.natbehaviour import NatBehaviour, classify
 from teredo.core.peers import PeerTable
 from teredo.core.ratelimit import BucketTable, TokenBucket
 from teredo.core.wire import TeredoPacket, build_auth, parse_payload
@@ -137,6 +140,9 @@ class ClientParams:
     local_address: tuple[int, int] | None = None  # socket's local IPv4/port when known
     peer_capacity: int = 65536
     local_discovery: bool = True
+    # RFC 4380 section 5.2.1 strictly: no address behind a symmetric NAT. Off by default: the
+    # primary server's mapping serves relays and cone peers (RFC 6081, Symmetric NAT Support).
+    refuse_symmetric: bool = False
 
 
 class ClientTransmit(Protocol):
@@ -182,6 +188,8 @@ class Offline:
 class SymmetricNat:
     primary_mapping: Address
     secondary_mapping: Address
+    qualified: bool = True  # False: refused (ClientParams.refuse_symmetric)
+    behaviour: str = "symmetric"  # NatBehaviour.describe()
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +334,7 @@ class ClientMachine:
         self.state = ClientState.OFFLINE
         self.address: bytes | None = None
         self.nat_type = NatType.UNKNOWN
+        self.nat_behaviour: NatBehaviour | None = None  # of the last qualification
         self.mtu = IPV6_MIN_MTU
         self._set_servers(params.server, params.server2)
         self._local = params.local_address
@@ -538,6 +547,7 @@ class ClientMachine:
                 # No answer from the secondary address (RFC 4380 has no rule; Miredo never
                 # asks it): qualify with the primary mapping, NAT type unknown.
                 if self._mapping1 is not None:
+                    self.nat_behaviour = classify(self._mapping1, None, self._local)
                     self._qualify(self._mapping1, self._mtu1, NatType.UNKNOWN, now)
             elif self._last_contact > self._refresh_contact:
                 # No RA, but the server did send us something: the path is alive. Check again
@@ -642,6 +652,7 @@ class ClientMachine:
         self._last_contact = now
         if phase is _Phase.PRIMARY:
             if self._local is not None and origin == self._local:
+                self.nat_behaviour = classify(origin, origin, self._local)
                 self._qualify(origin, mtu, NatType.NONE, now)
                 return None
             # Section 5.2.1: ask the secondary address whether the NAT keeps the mapping.
@@ -653,17 +664,29 @@ class ClientMachine:
             self._send_rs(now)
         elif phase is _Phase.SECONDARY:
             first = self._mapping1
-            if first is None or origin == first:
+            if first is None:
                 first = origin
+            behaviour = self.nat_behaviour = classify(first, origin, self._local)
+            if origin == first:
                 self._qualify(first, self._mtu1, NatType.RESTRICTED, now)
-            else:
-                # RFC 4380 has no address for a client behind a symmetric NAT; RFC 6081's
-                # extension is not implemented: report and stay offline.
+            elif self.params.refuse_symmetric:
+                # RFC 4380 section 5.2.1: no address behind a symmetric NAT; report, stay
+                # offline and try again after the back-off (the NAT may change).
                 self.nat_type = NatType.SYMMETRIC
                 self.state = ClientState.OFFLINE
                 self._phase = _Phase.WAIT
                 self._deadline = now + self._restart_delay()
-                self._emit(SymmetricNat(_sockaddr(first), _sockaddr(origin)))
+                self._emit(
+                    SymmetricNat(_sockaddr(first), _sockaddr(origin), False, behaviour.describe())
+                )
+            else:
+                # RFC 6081 Symmetric NAT Support: keep the primary server's mapping. The server
+                # and relays answer at the mapping our packets came from (the relay re-maps a
+                # port-symmetric peer, as Miredo's does), so native IPv6 works both ways.
+                self._emit(
+                    SymmetricNat(_sockaddr(first), _sockaddr(origin), True, behaviour.describe())
+                )
+                self._qualify(first, self._mtu1, NatType.SYMMETRIC, now)
         else:
             self._maintenance_ra(origin, mtu, now)
         return None
@@ -1213,6 +1236,7 @@ class ClientMachine:
             "state": str(self.state),
             "address": None if self.address is None else _format6(self.address),
             "nat": str(self.nat_type),
+            "nat_behaviour": None if self.nat_behaviour is None else self.nat_behaviour.as_dict(),
             "mtu": self.mtu,
             "mapping": None if mapping is None else _format4(mapping),
             "server": self._server_addr[0],

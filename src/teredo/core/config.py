@@ -19,12 +19,11 @@ miredo-checkconf then fails; here each of these is an error. Where this parser i
 than Miredo (literal IPv4 bind addresses, MTU range, /32 prefixes, words after the value) the
 difference is listed in docs/configuration.md.
 
-Our own directives (not understood by Miredo): RefreshInterval (client), `RelayType host`
-(host-specific relay, RFC 4380 section 5.4 / section 7.3.1 "local relay"), MetricsAddress
-(every daemon: where Prometheus metrics are served, off when absent), User (every daemon:
-whom it becomes after set-up, root kept when absent); AnnounceTable,
-AnnounceDrain (relay, server) and AnycastIPv4 (relay): anycast announcements (issue 11,
-docs/scale.md).
+Our own directives (not understood by Miredo): RefreshInterval and SymmetricNat (client),
+`RelayType host` (host-specific relay, RFC 4380 section 5.4 / section 7.3.1 "local relay"),
+MetricsAddress (every daemon: where Prometheus metrics are served, off when absent), User (every
+daemon: whom it becomes after set-up, root kept when absent); AnnounceTable, AnnounceDrain
+(relay, server) and AnycastIPv4 (relay): anycast announcements (issue 11, docs/scale.md).
 """
 
 from __future__ import annotations
@@ -159,6 +158,7 @@ DIRECTIVES: Final[Mapping[str, frozenset[Role]]] = {
     "ServerBindAddress": _SERVER_ONLY,
     "ServerBindAddress2": _SERVER_ONLY,
     "RefreshInterval": _CLIENT_ONLY,  # ours
+    "SymmetricNat": _CLIENT_ONLY,  # ours: accept (RFC 6081) | refuse (RFC 4380 5.2.1)
     "MetricsAddress": _ALL,  # ours: ADDRESS:PORT of the Prometheus metrics (io/metrics.py)
     "User": _ALL,  # ours: the unprivileged user a daemon becomes after set-up (io/privileges.py)
     "AnnounceTable": frozenset({Role.RELAY, Role.SERVER}),  # ours: anycast (issue 11)
@@ -273,6 +273,8 @@ class ClientSettings:
     more_servers: tuple[str, ...] = ()
     metrics_address: MetricsAddress | None = None  # ours: no metrics by default
     user: str | None = None  # ours: stays root when None (io/privileges.py)
+    # ours: SymmetricNat refuse = no address behind a symmetric NAT (RFC 4380 5.2.1 strictly)
+    refuse_symmetric: bool = False
 
     @property
     def role(self) -> Role:
@@ -541,6 +543,14 @@ def _refresh(d: Directive) -> float:
     return _seconds(d, "interval", "30", MIN_REFRESH_INTERVAL, MAX_REFRESH_INTERVAL)
 
 
+def _symmetric_nat(d: Directive) -> bool:
+    """SymmetricNat accept|refuse -> True when refused (RFC 4380 section 5.2.1 strictly)."""
+    value = d.value.lower()
+    if value not in ("accept", "refuse"):
+        raise d.error(f"invalid policy {_show(d.value)} (expected accept|refuse)")
+    return value == "refuse"
+
+
 def _table(d: Directive) -> int:
     table = _uint(d, 1, MAX_TABLE, "routing table")
     if table in _RESERVED_TABLES:
@@ -643,6 +653,7 @@ _PARSERS: Final[Mapping[str, Callable[[Directive], object]]] = {
     "ServerBindAddress": _server_bind_address,
     "ServerBindAddress2": _server_bind_address,
     "RefreshInterval": _refresh,
+    "SymmetricNat": _symmetric_nat,
     "MetricsAddress": _metrics_address,
     "User": _user,
     "AnnounceTable": _table,
@@ -693,6 +704,7 @@ def _client(layers: _Layers) -> ClientSettings:
         syslog_facility=v.get("SyslogFacility", DEFAULT_SYSLOG_FACILITY),
         metrics_address=v.get("MetricsAddress", None),
         user=v.get("User", None),
+        refuse_symmetric=v.get("SymmetricNat", False),
     )
 
 

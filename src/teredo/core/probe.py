@@ -45,6 +45,7 @@ from teredo.core.addr import (
 from teredo.core.client import NatType, RaInfo, check_ra, default_secondary
 from teredo.core.counters import DropCounters, DropReason
 from teredo.core.ipv6 import build_rs
+from teredo.core.natbehaviour import NatBehaviour, classify
 from teredo.core.wire import build_auth, parse_payload
 
 Address = tuple[str, int]
@@ -114,6 +115,7 @@ class ProbeResult:
     mapping: Address | None = None  # our public IPv4:port as the primary address saw it
     secondary_mapping: Address | None = None
     nat: NatType = NatType.UNKNOWN
+    behaviour: NatBehaviour | None = None  # ports and mapping as the two answers showed them
     cone: bool | None = None  # None: not tried
     secondary: bool | None = None  # the secondary address answered; None: not tried
     local: Address | None = None
@@ -142,9 +144,10 @@ class ProbeResult:
 
     @property
     def usable(self) -> bool:
-        """A client could qualify with it: reachable, and not behind a symmetric NAT (RFC 4380
-        section 5.2.1: no address for a client whose mapping differs per destination)."""
-        return self.reachable and self.nat is not NatType.SYMMETRIC
+        """A client could qualify with it: reachable. Behind a symmetric NAT too: our client
+        keeps the primary server's mapping (RFC 6081 Symmetric NAT Support) unless told to
+        refuse as RFC 4380 section 5.2.1 does (SymmetricNat refuse)."""
+        return self.reachable
 
     def to_json(self) -> dict[str, object]:
         def ms(v: float | None) -> float | None:
@@ -174,6 +177,7 @@ class ProbeResult:
             "secondary_mapping": sock(self.secondary_mapping),
             "local": sock(self.local),
             "nat": str(self.nat),
+            "nat_behaviour": None if self.behaviour is None else self.behaviour.as_dict(),
             "cone": self.cone,
             "secondary": self.secondary,
             "errors": list(self.errors),
@@ -429,6 +433,9 @@ class ProbeMachine:
             mapping=None if info is None else _sockaddr(info.mapping),
             secondary_mapping=None if self._mapping2 is None else _sockaddr(self._mapping2),
             nat=self.nat_type(),
+            behaviour=None
+            if info is None
+            else classify(info.mapping, self._mapping2, self.params.local_address),
             cone=self._cone,
             secondary=self._secondary,
             local=None if local is None else _sockaddr(local),
@@ -450,16 +457,23 @@ def _format64(prefix: bytes) -> str:
 
 
 def choose(results: Sequence[ProbeResult]) -> tuple[ProbeResult | None, str]:
-    """The best server and why: among usable ones (reachable, NAT not symmetric), the lowest
+    """The best server and why: among usable (reachable) ones, those that do not see a
+    symmetric NAT first (RFC 4380 5.2.1 peers can reach the client there), then the lowest
     median RTT, ties broken by loss, then by command-line order."""
     usable = [(i, r) for i, r in enumerate(results) if r.usable]
     if not usable:
         if not results:
             return None, "no server probed"
-        if any(r.reachable for r in results):
-            return None, "every reachable server sees a symmetric NAT (RFC 4380 5.2.1)"
         return None, "no server answered"
-    _i, best = min(usable, key=lambda ir: (ir[1].rtt_median or 0.0, ir[1].loss, ir[0]))
+    _i, best = min(
+        usable,
+        key=lambda ir: (
+            ir[1].nat is NatType.SYMMETRIC,
+            ir[1].rtt_median or 0.0,
+            ir[1].loss,
+            ir[0],
+        ),
+    )
     median = best.rtt_median or 0.0
     why = [f"median RTT {median * 1000.0:.1f} ms", f"loss {best.loss:.0%}"]
     others = len(usable) - 1
@@ -470,4 +484,7 @@ def choose(results: Sequence[ProbeResult]) -> tuple[ProbeResult | None, str]:
     skipped = len(results) - len(usable)
     if skipped:
         why.append(f"{skipped} unusable")
+    if best.nat is NatType.SYMMETRIC:
+        # Said in the choice too: relays work from behind it, many peers do not (RFC 6081).
+        why.append("symmetric NAT: our client qualifies with its primary mapping")
     return best, ", ".join(why)

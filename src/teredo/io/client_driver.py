@@ -601,6 +601,7 @@ class ClientOptions:
     local_discovery: bool = True
     hook: str | None = None
     default_route: bool = True
+    refuse_symmetric: bool = False  # SymmetricNat refuse: RFC 4380 5.2.1 strictly
     # sendmmsg when the C library has it. Off: at the rates measured (docs/benchmarks.md,
     # "Client") a wake-up carries one or two datagrams, and filling the batch costs more
     # Python time than the system calls it saves (as the server found).
@@ -754,6 +755,7 @@ class ClientDaemon:
             refresh_interval=opts.refresh_interval,
             local_address=local,
             local_discovery=self.discovery is not None,
+            refuse_symmetric=opts.refuse_symmetric,
         )
 
     def _resolved(self, resolution: Resolution) -> None:
@@ -881,14 +883,28 @@ class ClientDaemon:
             # Said once as a warning; the machine's later retries only at debug level.
             first = not self._symmetric_reported
             self._symmetric_reported = True
-            log.log(
-                logging.WARNING if first else logging.DEBUG,
-                "symmetric NAT: the server saw mapping %s:%d, its second address %s:%d; "
-                "not qualified (RFC 4380 section 5.2.1)",
-                *event.primary_mapping,
-                *event.secondary_mapping,
-            )
-            self.loop.ready("not qualified: symmetric NAT")
+            level = logging.WARNING if first else logging.DEBUG
+            if event.qualified:
+                log.log(
+                    level,
+                    "symmetric NAT (%s): the server saw mapping %s:%d, its second address "
+                    "%s:%d; qualifying with the primary server's mapping (RFC 6081 Symmetric "
+                    "NAT Support: relays work both ways, peers behind port-restricted or "
+                    "symmetric NATs may not)",
+                    event.behaviour,
+                    *event.primary_mapping,
+                    *event.secondary_mapping,
+                )
+            else:
+                log.log(
+                    level,
+                    "symmetric NAT (%s): the server saw mapping %s:%d, its second address "
+                    "%s:%d; not qualified (RFC 4380 section 5.2.1, SymmetricNat refuse)",
+                    event.behaviour,
+                    *event.primary_mapping,
+                    *event.secondary_mapping,
+                )
+                self.loop.ready("not qualified: symmetric NAT")
         elif isinstance(event, ResolveServer) and self.failover is not None:
             self._server_failed()
         elif isinstance(event, ResolveServer):
@@ -916,7 +932,13 @@ class ClientDaemon:
         if options.default_route != old.default_route:
             self.tunnel.set_default_route(options.default_route)
             notes.append("default route " + ("on" if options.default_route else "off"))
-        if options.socket_key != old.socket_key or options.prefix != old.prefix:
+        if options.refuse_symmetric != old.refuse_symmetric:
+            notes.append("SymmetricNat " + ("refuse" if options.refuse_symmetric else "accept"))
+        if (
+            options.socket_key != old.socket_key
+            or options.prefix != old.prefix
+            or options.refuse_symmetric != old.refuse_symmetric
+        ):
             # A new socket (a new mapping) or prefix means a new address anyway.
             try:
                 self._restart_machine()
@@ -925,7 +947,12 @@ class ClientDaemon:
                 log.error("%s", err)
                 self.loop.stop(EXIT_FAILED)
                 return "failed: the new socket cannot be opened"
-            return "reloaded: new socket or prefix, qualifying again" + _joined(notes)
+            what = (
+                "new socket or prefix"
+                if options.socket_key != old.socket_key or options.prefix != old.prefix
+                else "new symmetric NAT policy"
+            )
+            return f"reloaded: {what}, qualifying again" + _joined(notes)
         if options.refresh_interval != old.refresh_interval:
             with self._lock:
                 if self.machine is not None:
