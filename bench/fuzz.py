@@ -270,6 +270,30 @@ def _config_seeds() -> list[bytes]:
     ]
 
 
+def _server_input(data: bytes) -> None:
+    from bench import fuzz_machines
+
+    fuzz_machines.server_input(data)
+
+
+def _relay_input(data: bytes) -> None:
+    from bench import fuzz_machines
+
+    fuzz_machines.relay_input(data)
+
+
+def _client_input(data: bytes) -> None:
+    from bench import fuzz_machines
+
+    fuzz_machines.client_input(data)
+
+
+def _machine_seeds() -> list[bytes]:
+    from bench import fuzz_machines
+
+    return fuzz_machines.machine_seeds()
+
+
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
@@ -287,6 +311,19 @@ TARGETS: dict[str, Target] = {
             _ipv6_seeds,
         ),
         Target("ra", "RA options through the client's RA checks (check_ra)", _ra_input, _ra_seeds),
+        Target("server", "datagrams through the server machine", _server_input, _machine_seeds),
+        Target(
+            "relay",
+            "datagrams and TUN packets through the relay machine",
+            _relay_input,
+            _machine_seeds,
+        ),
+        Target(
+            "client",
+            "datagrams and TUN packets through a qualified client",
+            _client_input,
+            _machine_seeds,
+        ),
         Target(
             "config",
             "configuration files, every role (core/config.py)",
@@ -398,6 +435,10 @@ def _run_atheris(target: str, runs: int, seed: int, out: Path, extra: list[str])
         import teredo.core.client
         import teredo.core.config
         import teredo.core.ipv6
+        import teredo.core.peers
+        import teredo.core.ratelimit
+        import teredo.core.relay
+        import teredo.core.server
         import teredo.core.wire  # noqa: F401
 
     one = TARGETS[target].one_input
