@@ -1,8 +1,9 @@
 """Each lab NAT kind is checked, not assumed: UDP probes show its mapping and filtering behaviour.
 
-One lab (no Teredo processes) holds a client behind every kind; reflectors on the server host
-(198.51.100.10 and .11) and the relay host (198.51.100.20) tell each probe which public address
-and port it came from. The third host for unsolicited packets is the wan router (198.51.100.1).
+One lab (no Teredo processes) holds a client behind every kind (the RFC 6081 symmetric kinds
+too); reflectors on the server host (198.51.100.10 and .11) and the relay host (198.51.100.20)
+tell each probe which public address and port it came from. The third host for unsolicited
+packets is the wan router (198.51.100.1).
 """
 
 from __future__ import annotations
@@ -131,4 +132,53 @@ def test_symmetric(lab: Lab, probe: tuple[Site, ProbeAgent]) -> None:
     assert to_server.split(":")[0] == to_relay.split(":")[0] == site.public_ip
     assert to_server != to_relay, "a symmetric NAT maps each destination to a new port"
     assert agent.send(SERVER_A) == to_server, "an existing flow keeps its mapping"
+    assert to_server is not None
+    assert not _unsolicited(lab, agent, "server", SERVER_A_OTHER_PORT, to_server)
+
+
+def _port(mapped: str | None) -> int:
+    assert mapped is not None, "no answer from the reflector"
+    return int(mapped.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize("probe", [NatKind.SYMMETRIC_PORT_PRESERVING], indirect=True)
+def test_symmetric_port_preserving(lab: Lab, probe: tuple[Site, ProbeAgent]) -> None:
+    site, agent = probe
+    local_port = int(agent.bind.rsplit(":", 1)[1])
+    to_server = agent.send(SERVER_A)
+    assert to_server == f"{site.public_ip}:{local_port}", "the inside port is kept"
+    assert agent.send(RELAY) == to_server, "both destinations see the local port"
+    assert not _unsolicited(lab, agent, "server", SERVER_A_OTHER_PORT, to_server)
+    # A second inside socket on the same port (another inside address): toward the server's
+    # first address the port is taken, so it gets another one; toward its second address (which
+    # the first socket never contacted) the port is free, so it keeps it. One socket, two public
+    # ports: the mapping depends on the destination (symmetric).
+    second_ip = f"192.168.{site.index}.3"
+    lab.exec(site.client_host, ["ip", "addr", "add", f"{second_ip}/24", "dev", "eth0"])
+    other = ProbeAgent(lab, site.client_host, f"{second_ip}:{local_port}")
+    try:
+        clash = other.send(SERVER_A)
+        assert clash is not None
+        assert _port(clash) != local_port, "the port is taken toward the server"
+        kept = other.send(SERVER_B)
+        assert kept == f"{site.public_ip}:{local_port}", "free toward the second address"
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("probe", [NatKind.SYMMETRIC_SEQUENTIAL], indirect=True)
+def test_symmetric_sequential(lab: Lab, probe: tuple[Site, ProbeAgent]) -> None:
+    site, agent = probe
+    to_server = agent.send(SERVER_A)
+    to_server2 = agent.send(SERVER_B)
+    to_relay = agent.send(RELAY)
+    for mapped in (to_server, to_server2, to_relay):
+        assert mapped is not None
+        assert mapped.split(":")[0] == site.public_ip
+    first = _port(to_server)
+    assert first != int(agent.bind.rsplit(":", 1)[1]), "the inside port is not kept"
+    # Each new destination: the next port (nothing else crosses this NAT meanwhile).
+    assert [_port(to_server2), _port(to_relay)] == [first + 1, first + 2]
+    assert agent.send(SERVER_A) == to_server, "an existing flow keeps its mapping"
+    assert to_server is not None
     assert not _unsolicited(lab, agent, "server", SERVER_A_OTHER_PORT, to_server)

@@ -70,7 +70,8 @@ def register(subparsers: Any) -> None:
             action="append",
             metavar="KIND",
             help="add a client behind a NAT of this kind (none, full-cone, "
-            "address-restricted, port-restricted, symmetric); repeatable",
+            "address-restricted, port-restricted, symmetric, symmetric-port-preserving, "
+            "symmetric-sequential); repeatable",
         )
         kinds = "miredo, teredo" + (" or none" if none_ok else "")
         # The demo shows our daemons (with a Miredo client among ours); `up` defaults to Miredo.

@@ -1,8 +1,10 @@
 """NAT kinds of the lab and the nftables rulesets that build them.
 
 The kinds are the four classic ones RFC 4380 section 2 (terminology) and section 5.2.1 (cone flag,
-qualification) reason about, plus "none" for a client with a global address. Each ruleset is loaded
-into the NAT's own namespace, so table names cannot clash with anything else.
+qualification) reason about, plus "none" for a client with a global address, plus the symmetric
+NATs RFC 6081 tells apart (its Port-Preserving and Sequential Port-Symmetric extensions): one that
+keeps the inside port where it can, and one that hands out public ports in sequence. Each ruleset
+is loaded into the NAT's own namespace, so table names cannot clash with anything else.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ class NatKind(enum.Enum):
     FULL_CONE = "full-cone"
     ADDRESS_RESTRICTED = "address-restricted"
     PORT_RESTRICTED = "port-restricted"
-    SYMMETRIC = "symmetric"
+    SYMMETRIC = "symmetric"  # a new random port per destination
+    SYMMETRIC_PORT_PRESERVING = "symmetric-port-preserving"  # the inside port where it is free
+    SYMMETRIC_SEQUENTIAL = "symmetric-sequential"  # a new port per destination, the next one
 
     @classmethod
     def parse(cls, text: str) -> NatKind:
@@ -27,6 +31,9 @@ class NatKind(enum.Enum):
             "cone": "full-cone",
             "restricted": "address-restricted",
             "port": "port-restricted",
+            "symmetric-random": "symmetric",
+            "port-preserving": "symmetric-port-preserving",
+            "sequential": "symmetric-sequential",
         }
         key = aliases.get(key, key)
         for kind in cls:
@@ -50,22 +57,64 @@ _LEARN_PRIO = 200
 _MAP_TIMEOUT = "10m"
 _MAP_SIZE = 4096
 
+# The sequential NAT's public ports: each new UDP flow takes the next one of this range, then it
+# starts again (nft `numgen inc`, evaluated once per flow: the nat chain sees only a flow's first
+# packet). Through a map, because numgen yields a host-order integer and a port is big-endian.
+SEQUENTIAL_FIRST_PORT = 20000
+SEQUENTIAL_PORTS = 256
+
+# The port-preserving symmetric NAT's conntrack zones (one per remote address, by hash).
+_ZONES = 60000
+_ZONE_SEED = "0x7e4ed0"
+
 
 def nft_ruleset(kind: NatKind, outside: str) -> str:
     """The nftables ruleset (for `nft -f -`) of a NAT whose public interface is `outside`."""
     if kind is NatKind.NONE:
         return ""
     table = "table ip tlab_nat"
-    if kind in (NatKind.PORT_RESTRICTED, NatKind.SYMMETRIC):
-        # Linux masquerade keeps the inside source port when it can, so the mapping is endpoint
-        # independent (the same public port for every destination). "fully-random" picks a new
-        # random port for every new flow: a symmetric NAT, which Teredo cannot traverse
-        # (RFC 4380 section 5.2.1 and RFC 6081 section 1).
-        random = " fully-random" if kind is NatKind.SYMMETRIC else ""
-        return f"""{table} {{
+    if kind in (
+        NatKind.PORT_RESTRICTED,
+        NatKind.SYMMETRIC,
+        NatKind.SYMMETRIC_PORT_PRESERVING,
+        NatKind.SYMMETRIC_SEQUENTIAL,
+    ):
+        # Linux masquerade keeps the inside source port when it is free toward that
+        # destination, so one client socket sees the same public port everywhere: a
+        # port-restricted NAT to RFC 4380. It is a mapping per destination all the same: the
+        # port-preserving symmetric kind is that very rule, told apart only when two inside
+        # sockets share a port (tests/system/test_nat_kinds.py shows it). "fully-random"
+        # picks a new random port for every new flow: a symmetric NAT, which RFC 4380
+        # cannot traverse (section 5.2.1, RFC 6081 section 1). The sequential kind gives every
+        # new UDP flow the next port of its range (other protocols: plain masquerade).
+        if kind is NatKind.SYMMETRIC:
+            snat = f'oifname "{outside}" masquerade fully-random'
+        elif kind is NatKind.SYMMETRIC_SEQUENTIAL:
+            ports = ", ".join(f"{n} : {SEQUENTIAL_FIRST_PORT + n}" for n in range(SEQUENTIAL_PORTS))
+            snat = (
+                f'oifname "{outside}" meta l4proto udp masquerade to '
+                f":numgen inc mod {SEQUENTIAL_PORTS} map {{ {ports} }}\n"
+                f'    oifname "{outside}" masquerade'
+            )
+        else:
+            snat = f'oifname "{outside}" masquerade'
+        zones = ""
+        if kind is NatKind.SYMMETRIC_PORT_PRESERVING:
+            # A conntrack zone per remote address (a hash of it, both ways the same): Linux
+            # reuses a socket's existing public port for a new flow of the same zone only, so
+            # the port is kept where it is free toward that address and chosen afresh where
+            # another inside socket holds it, independently per destination.
+            zone = f"mod {_ZONES} seed {_ZONE_SEED} offset 1"
+            zones = f"""
+  chain t_zone {{
+    type filter hook prerouting priority raw; policy accept;
+    iifname != "{outside}" ct zone set jhash ip daddr {zone}
+    iifname "{outside}" ct zone set jhash ip saddr {zone}
+  }}"""
+        return f"""{table} {{{zones}
   chain t_snat {{
     type nat hook postrouting priority srcnat; policy accept;
-    oifname "{outside}" masquerade{random}
+    {snat}
   }}
   chain t_admit {{
     type filter hook prerouting priority {_FILTER_PRIO}; policy accept;

@@ -138,6 +138,7 @@ class ProbeAgent:
     """An `agent` running in a lab host; its PID is recorded by the lab, so `down` stops it."""
 
     def __init__(self, lab: Lab, host: str, bind: str, lifetime: float = 60.0) -> None:
+        self.bind = bind  # "IP:PORT" of the agent's socket
         self.proc = lab.popen(
             host,
             [
