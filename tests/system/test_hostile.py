@@ -1,0 +1,168 @@
+"""Issue 12, hostile traffic at each running daemon of ours (the relay's own attacks are in
+test_relay_hostile.py): a bounded mix of malformed, truncated, oversize, spoofed and replayed
+datagrams (teredo.lab.hostile, each kind from its own forged source and checked through the core
+by tests/test_lab_hostile.py), while a regular client is served; then the drop counters of
+`teredo status --json` must account for every datagram sent, kind by kind, and the daemon's
+resident memory must stay within its bound.
+
+Figures (one JSON line per test, `pytest -s`) go to docs/robustness.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from teredo.core.counters import DropReason
+from teredo.core.ipv6 import build_rs
+from teredo.lab.hostile import SEND, server_kinds, to_json
+from teredo.lab.nat import NatKind
+from teredo.lab.roles import Impl
+from teredo.lab.topology import SERVER_V4, Lab
+
+from .conftest import prefix_for
+
+pytestmark = pytest.mark.system
+
+ATTACKER_V4 = "203.0.113.102"  # site 2: NatKind.NONE, no client of its own
+RSS_BOUND_KIB = 200 * 1024  # what a server may use at all (ours idles near 40 MiB)
+RSS_GROWTH_KIB = 16 * 1024  # what the attack may add (the tables are bounded; nothing is kept)
+
+# A regular client's RS, one every 0.3 s from the attacker's site (its real address), during
+# the attack; prints how many were answered by an RA with its nonce.
+GOOD_RS = """
+import socket, sys, time
+server, n = sys.argv[1], int(sys.argv[2])
+rs = bytes.fromhex(sys.argv[3])
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("0.0.0.0", 45000))
+sock.settimeout(0.3)
+print("ready", flush=True)
+answered = 0
+for i in range(n):
+    nonce = (0x1000 + i).to_bytes(8, "big")
+    sock.sendto(bytes((0, 1, 0, 0)) + nonce + bytes(1) + rs, (server, 3544))
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(2048)
+        except TimeoutError:
+            continue
+        if data[4:12] == nonce:
+            answered += 1
+            break
+    time.sleep(0.2)
+print(answered, flush=True)
+"""
+
+
+def _status(lab: Lab, host: str, role: str) -> dict[str, Any]:
+    proc = lab.exec(host, [sys.executable, "-m", "teredo", "status", "--json"], timeout=20)
+    docs = json.loads(proc.stdout)
+    [doc] = [d for d in docs if d["role"] == role]
+    assert "error" not in doc, doc
+    return dict(doc)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _popen(lab: Lab, host: str, script: str, *args: str) -> subprocess.Popen[str]:
+    argv = ["ip", "netns", "exec", lab.ns(host), sys.executable, "-c", script, *args]
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float) -> str:
+    out = ""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    return out
+
+
+def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
+def test_hostile_traffic_at_our_server(lab_factory: list[Lab]) -> None:
+    lab = Lab(
+        prefix_for("s"),
+        [NatKind.PORT_RESTRICTED, NatKind.NONE],
+        server_impl=Impl.TEREDO,
+        relay_impl=None,
+        client_impl=[Impl.TEREDO, None],
+    )
+    lab_factory.append(lab)
+    lab.up()
+    info = lab.wait_qualified(1, timeout=30)
+    before = _status(lab, "server", "server")
+    pid = int(before["pid"])
+    rss_before = _rss_kib(pid)
+
+    kinds = server_kinds(SERVER_V4, ATTACKER_V4)
+    good = _popen(lab, "client2", GOOD_RS, SERVER_V4, "10", build_rs().hex())
+    try:
+        assert good.stdout is not None
+        assert good.stdout.readline().strip() == "ready"
+        sent = lab.exec(
+            "client2",
+            [sys.executable, "-c", SEND, SERVER_V4, "3544"],
+            input_text=to_json(kinds),
+            timeout=120,
+        )
+        answered = int(_finish(good, 30).strip())
+    finally:
+        _finish(good, 1)
+    time.sleep(1.0)  # the last datagrams are read and counted
+    after = _status(lab, "server", "server")
+    rss_after = _rss_kib(pid)
+
+    total = sum(k.count for k in kinds)
+    assert int(sent.stdout.strip()) == total
+    drops = _delta(after["status"]["drops"], before["status"]["drops"])
+    ras = after["status"]["router_advertisements"] - before["status"]["router_advertisements"]
+    expected: dict[str, int] = {}
+    for k in kinds:
+        if k.reason is not None:
+            expected[k.reason.name.lower()] = expected.get(k.reason.name.lower(), 0) + k.count
+    [replayed] = [k for k in kinds if k.reason is None]
+    limited = drops.pop(DropReason.RS_RATE_LIMITED.name.lower(), 0)
+    figures = {
+        "daemon": "server",
+        "datagrams": total,
+        "kinds": len(kinds),
+        "drops": drops,
+        "rs_rate_limited": limited,
+        "router_advertisements": ras,
+        "regular_rs_answered": f"{answered}/10",
+        "rss_kib": [rss_before, rss_after],
+    }
+    print(json.dumps(figures), flush=True)
+    # Every datagram of a dropped kind is counted under its reason, and nothing else dropped.
+    assert drops == expected, figures
+    # The replayed RS: answered up to the per-source burst, the rest counted as limited; the
+    # other RAs are the regular client's (10) and our client's refreshes (a few).
+    assert limited > 0, figures
+    assert replayed.count <= ras + limited <= replayed.count + 10 + 6, figures
+    assert answered == 10, figures
+    assert rss_after <= RSS_BOUND_KIB, figures
+    assert rss_after - rss_before <= RSS_GROWTH_KIB, figures
+    # Our client behind its NAT was never disturbed: still qualified at the same address.
+    client = _status(lab, "client1", "client")
+    assert client["status"]["state"] == "qualified", client
+    assert client["status"]["address"] == str(info.address), client
