@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from teredo.core.addr import ipv4_to_int
+from teredo.core.addr import LINK_LOCAL_RESTRICTED, TEREDO_PREFIX, ipv4_to_int, server_link_local
+from teredo.core.client import ClientMachine, ClientParams, ClientState
 from teredo.core.counters import DropReason
+from teredo.core.ipv6 import build_ra
 from teredo.core.server import ServerMachine, ServerParams
-from teredo.lab.hostile import server_kinds, to_json
+from teredo.core.wire import TeredoPacket, build_auth, build_origin, parse_payload
+from teredo.lab.hostile import client_kinds, server_kinds, to_json
 from teredo.lab.topology import SERVER_V4, SERVER_V4_2
 
 ATTACKER = "203.0.113.102"
@@ -25,6 +28,21 @@ class Sink:
 
     def send_ipv6(self, packet: bytes) -> None:
         self.native.append(packet)
+
+
+@dataclass
+class Sink2:
+    udp: list[tuple[bytes, tuple[str, int]]] = field(default_factory=list)
+    tun: list[bytes] = field(default_factory=list)
+
+    def send_udp(self, payload: bytes, destination: tuple[str, int]) -> None:
+        self.udp.append((payload, destination))
+
+    def send_discovery(self, payload: bytes) -> None:
+        self.udp.append((payload, ("224.0.0.253", 3544)))
+
+    def write_tun(self, packet: bytes) -> None:
+        self.tun.append(packet)
 
 
 def test_every_server_kind_is_dropped_for_its_reason() -> None:
@@ -52,3 +70,39 @@ def test_every_server_kind_is_dropped_for_its_reason() -> None:
 def test_kinds_travel_as_json() -> None:
     kinds = server_kinds(SERVER_V4, ATTACKER, count=3)
     assert f'"{kinds[0].payload.hex()}"' in to_json(kinds)
+
+
+def _qualified_client() -> tuple[ClientMachine, Sink2]:
+    """A client qualified by answering its two RS as the lab's server would (section 5.2.1)."""
+    out = Sink2()
+    server = ipv4_to_int(SERVER_V4)
+    counter = iter(range(1, 1 << 30))
+    client = ClientMachine(ClientParams(server), out, lambda n: next(counter).to_bytes(n, "big"))
+    client.start(1000.0)
+    prefix = TEREDO_PREFIX + server.to_bytes(4, "big") + bytes(8)
+    for i, source in enumerate([(SERVER_V4, 3544), (SERVER_V4_2, 3544)]):
+        rs = parse_payload(out.udp[-1][0])
+        assert isinstance(rs, TeredoPacket)
+        assert rs.nonce is not None
+        ra = build_ra(server_link_local(server), LINK_LOCAL_RESTRICTED, prefix)
+        answer = build_auth(rs.nonce) + build_origin(ipv4_to_int("203.0.113.11"), 51000) + ra
+        client.receive_udp(answer, source, 1000.05 + 0.05 * i)
+    assert client.state is ClientState.QUALIFIED
+    out.udp.clear()
+    return client, out
+
+
+def test_every_client_kind_is_dropped_for_its_reason() -> None:
+    probe, _ = _qualified_client()
+    assert probe.address is not None
+    for kind in client_kinds(probe.address, SERVER_V4):
+        client, out = _qualified_client()
+        address = client.address
+        for i in range(kind.count):
+            client.receive_udp(kind.payload, kind.source, 1001.0 + 0.01 * i)
+        assert kind.reason is not None, kind.name
+        assert client.drops.snapshot() == {kind.reason.name.lower(): kind.count}, kind.name
+        assert out.udp == [], kind.name
+        assert out.tun == [], kind.name
+        assert client.state is ClientState.QUALIFIED, kind.name
+        assert client.address == address, kind.name

@@ -21,10 +21,10 @@ import pytest
 
 from teredo.core.counters import DropReason
 from teredo.core.ipv6 import build_rs
-from teredo.lab.hostile import SEND, server_kinds, to_json
+from teredo.lab.hostile import SEND, client_kinds, server_kinds, to_json
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import Impl
-from teredo.lab.topology import SERVER_V4, Lab
+from teredo.lab.topology import NATIVE_V6, SERVER_V4, Lab, ping_counts
 
 from .conftest import prefix_for
 
@@ -83,16 +83,14 @@ def _popen(lab: Lab, host: str, script: str, *args: str) -> subprocess.Popen[str
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float) -> str:
-    out = ""
+    """What `proc` printed, once it exits (killed after `timeout`: then "")."""
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        pass
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-    return out
+        proc.kill()
+        proc.wait(5)
+        return ""
+    return proc.stdout.read() if proc.stdout is not None else ""
 
 
 def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
@@ -166,3 +164,62 @@ def test_hostile_traffic_at_our_server(lab_factory: list[Lab]) -> None:
     client = _status(lab, "client1", "client")
     assert client["status"]["state"] == "qualified", client
     assert client["status"]["address"] == str(info.address), client
+
+
+def test_hostile_traffic_at_our_client(lab_factory: list[Lab]) -> None:
+    """Our client behind a full-cone NAT (anyone reaches its mapping) under forged datagrams,
+    fake RAs from the server's own address among them, while it pings the native host through
+    our relay. It keeps its address and qualification; every datagram is counted by reason."""
+    lab = Lab(
+        prefix_for("c"),
+        [NatKind.FULL_CONE, NatKind.NONE],
+        server_impl=Impl.TEREDO,
+        relay_impl=Impl.TEREDO,
+        client_impl=[Impl.TEREDO, None],
+    )
+    lab_factory.append(lab)
+    lab.up()
+    info = lab.wait_qualified(1, timeout=30)
+    warm = lab.ping("client1", NATIVE_V6, count=3, deadline=15)
+    assert (ping_counts(warm.stdout) or (0, 0))[1] >= 1, warm.stdout
+    before = _status(lab, "client1", "client")
+    pid = int(before["pid"])
+    rss_before = _rss_kib(pid)
+
+    kinds = client_kinds(info.address.packed, SERVER_V4)
+    sender = _popen(lab, "client2", SEND, str(info.mapped_ip), str(info.mapped_port))
+    try:
+        assert sender.stdin is not None
+        sender.stdin.write(to_json(kinds))
+        sender.stdin.close()
+        ping = lab.ping("client1", NATIVE_V6, count=10, deadline=20)
+        sent = _finish(sender, 120).strip()
+    finally:
+        _finish(sender, 1)
+    time.sleep(1.0)
+    after = _status(lab, "client1", "client")
+    rss_after = _rss_kib(pid)
+
+    total = sum(k.count for k in kinds)
+    drops = _delta(after["status"]["drops"], before["status"]["drops"])
+    expected: dict[str, int] = {}
+    for k in kinds:
+        assert k.reason is not None
+        expected[k.reason.name.lower()] = expected.get(k.reason.name.lower(), 0) + k.count
+    counts = ping_counts(ping.stdout) or (0, 0)
+    figures = {
+        "daemon": "client",
+        "datagrams": total,
+        "kinds": len(kinds),
+        "drops": drops,
+        "pings_answered": f"{counts[1]}/10",
+        "rss_kib": [rss_before, rss_after],
+    }
+    print(json.dumps(figures), flush=True)
+    assert sent == str(total), figures
+    assert drops == expected, figures
+    assert counts[1] >= 8, figures
+    assert after["status"]["state"] == "qualified", after
+    assert after["status"]["address"] == str(info.address), "a forged RA changed the address"
+    assert rss_after <= RSS_BOUND_KIB, figures
+    assert rss_after - rss_before <= RSS_GROWTH_KIB, figures

@@ -21,12 +21,13 @@ from teredo.core.addr import (
     ipv4_to_int,
     make_flags,
     pack_address,
+    server_link_local,
 )
 from teredo.core.counters import DropReason
-from teredo.core.ipv6 import build_bubble, build_echo, build_rs, pack_header
+from teredo.core.ipv6 import build_bubble, build_echo, build_ra, build_rs, pack_header
 from teredo.core.wire import build_auth, build_origin
 
-__all__ = ["SEND", "Kind", "server_kinds", "to_json"]
+__all__ = ["SEND", "Kind", "client_kinds", "server_kinds", "to_json"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,70 @@ def server_kinds(server: str, attacker: str, count: int = 40) -> list[Kind]:
         Kind(
             "oversize datagram", (attacker, 40001), bytes(3000), 10, DropReason.OVERSIZED, raw=False
         )
+    )
+    return kinds
+
+
+def client_kinds(address: bytes, server: str, count: int = 40) -> list[Kind]:
+    """What a qualified client of Teredo address `address` (16 bytes) served by `server` must
+    drop (RFC 4380 sections 5.2.1-5.2.3), kind by kind, from forged sources. The fake RAs come
+    from the server's own address and port: an off-path attacker can forge those."""
+    kinds: list[Kind] = []
+
+    def add(
+        name: str, payload: bytes, reason: DropReason, source: tuple[str, int] | None = None
+    ) -> None:
+        kinds.append(Kind(name, source or (_spoof(len(kinds)), 40000), payload, count, reason))
+
+    def own() -> bytes:
+        return teredo(_spoof(len(kinds)), 40000, server)
+
+    server_ipv4 = ipv4_to_int(server)
+    prefix = TEREDO_PREFIX + server_ipv4.to_bytes(4, "big") + bytes(8)
+    ra = build_ra(server_link_local(server_ipv4), LINK_LOCAL_RESTRICTED, prefix)
+    fake_mapping = build_origin(ipv4_to_int("203.0.113.200"), 1000)
+    add("truncated auth", b"\x00\x01\x00\x00\x01\x02\x03", DropReason.TRUNCATED_AUTH)
+    add("too short", b"\x60" * 20, DropReason.TOO_SHORT)
+    add("not IPv6", b"\x45" + bytes(59), DropReason.NOT_IPV6)
+    add(
+        "payload length past the end",
+        pack_header(own(), address, 300, 59, 64),
+        DropReason.BAD_PAYLOAD_LENGTH,
+    )
+    # An RA forged from the server's address with a made-up nonce and a new mapping: no RS is
+    # pending (section 5.2.2), so it cannot change the client's address.
+    add(
+        "RA from the server's address, wrong nonce",
+        build_auth(b"\x66" * 8) + fake_mapping + ra,
+        DropReason.RA_UNEXPECTED,
+        (server, 3544),
+    )
+    add(
+        "RA from a stranger",
+        build_auth(b"\x67" * 8) + fake_mapping + ra,
+        DropReason.NOT_OUR_ADDRESS,
+    )
+    add(
+        "Teredo source not matching the outer address",
+        build_echo(teredo("198.51.100.99", 999, server), address, 1, 1, b"x"),
+        DropReason.MAPPING_MISMATCH,
+    )
+    add(
+        "link-local source",
+        build_echo(LINK_LOCAL, address, 1, 1, b"x"),
+        DropReason.LINK_LOCAL_SOURCE,
+    )
+    add(
+        "multicast destination",
+        build_echo(own(), SITE_MULTICAST, 1, 1, b"x"),
+        DropReason.MULTICAST_DESTINATION,
+    )
+    add("bubble to all-nodes", build_bubble(own(), ALL_NODES), DropReason.MULTICAST_DESTINATION)
+    add("not our address", build_echo(own(), NATIVE_A, 1, 1, b"x"), DropReason.NOT_OUR_ADDRESS)
+    add(
+        "spoofed origin indication from a stranger",
+        fake_mapping + build_bubble(teredo("203.0.113.200", 1000, server), address),
+        DropReason.UNKNOWN_BUBBLE,
     )
     return kinds
 
