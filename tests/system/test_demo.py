@@ -33,8 +33,9 @@ def test_demo_passes_every_step_and_cleans_up() -> None:
     verdicts = [line.split()[0] for line in summary.splitlines() if line.startswith("  ")]
     # 9 steps of Teredo at work (client4 behind the symmetric NAT qualifies and reaches the
     # native host both ways), 3 status views (client1, relay, server), 2 probes; client4 to the
-    # full-cone client is counted only once it works (RFC 6081's port rule on the cone side).
-    assert verdicts.count("PASS") in (14, 15), output
+    # full-cone client and back are counted only where they work (RFC 6081's port rule on the
+    # receiving side, issue 9).
+    assert verdicts.count("PASS") in (14, 15, 16), output
     assert "FAIL" not in verdicts, output
     assert "client4 reports symmetric NAT" in summary
     assert "PASS  client4 qualifies (symmetric)" in summary
@@ -42,5 +43,30 @@ def test_demo_passes_every_step_and_cleans_up() -> None:
     assert "(miredo) behind a port-restricted NAT" in output
     assert "probe from behind symmetric" in summary
     assert "client1 status" in summary
+    assert "nothing left behind" in output
+    assert_nothing_left(prefix, [])
+
+
+def test_demo_behind_a_symmetric_nat() -> None:
+    """`teredo lab demo --nat symmetric`: a cone-NAT client is added (Miredo's, the demo's second
+    client); ours behind the symmetric NAT qualifies, pings the native host both ways, and the
+    two clients are tried both ways."""
+    prefix = prefix_for("h")
+    argv = [sys.executable, "-m", "teredo.cli.lab", "demo", "--prefix", prefix, "--count", "2"]
+    try:
+        proc = subprocess.run(
+            [*argv, "--nat", "symmetric"], capture_output=True, text=True, timeout=180, check=False
+        )
+    finally:
+        cleanup(prefix)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    summary = output.split("== summary ==", 1)[1]
+    assert "PASS  client1 qualifies (symmetric)" in summary, output
+    assert "PASS  client1 (symmetric) <-> native" in summary, output
+    assert "client2 (miredo) behind a full-cone NAT" in output
+    # Miredo's cone client accepts our symmetric client's new port: measured to work.
+    assert "PASS  client2 -> client1 (full-cone to symmetric)" in summary, output
+    assert "[5c] client1 -> client2 (symmetric to full-cone)" in output
     assert "nothing left behind" in output
     assert_nothing_left(prefix, [])

@@ -30,6 +30,10 @@ DEFAULT_NATS = (
     NatKind.FULL_CONE,
     NatKind.SYMMETRIC,
 )
+# NATs that the secondary server address shows as symmetric, and those a symmetric client's
+# peer may sit behind (RFC 6081 Symmetric NAT Support: cone or address-restricted).
+_SYMMETRIC = (NatKind.SYMMETRIC, NatKind.SYMMETRIC_SEQUENTIAL)
+_CONE = (NatKind.FULL_CONE, NatKind.ADDRESS_RESTRICTED)
 # Our daemons in every role, with one Miredo client among ours to show them talking.
 DEFAULT_CLIENTS = (Impl.TEREDO, Impl.MIREDO, Impl.TEREDO, Impl.TEREDO)
 
@@ -83,6 +87,9 @@ def run_demo(
     out: Callable[[str], None] = print,
 ) -> int:
     """Run the demo; 0 when every step worked. The lab is torn down however it ends."""
+    if any(k in _SYMMETRIC for k in nats) and not any(k in _CONE for k in nats):
+        # `--nat symmetric` alone: a cone-NAT client too, for the symmetric one to reach.
+        nats = [*nats, NatKind.FULL_CONE]
     if len(nats) < 2:
         raise LabError("the demo needs at least two clients")
     if client_impl is None:
@@ -113,7 +120,7 @@ def run_demo(
         out("[2] qualification (RFC 4380 section 5.2.1): each client learns its Teredo address")
         infos: dict[int, TeredoInfo] = {}
         for site, impl in zip(lab.sites, clients, strict=True):
-            if site.nat is NatKind.SYMMETRIC:
+            if site.nat in _SYMMETRIC:
                 # RFC 4380 has no answer behind a symmetric NAT; our client finds it out with
                 # the secondary server address, says so once and qualifies with the primary
                 # server's mapping (RFC 6081 Symmetric NAT Support), as Miredo does.
@@ -152,7 +159,9 @@ def run_demo(
             )
 
         pr = [s.index for s in lab.sites if s.nat is NatKind.PORT_RESTRICTED and s.index in infos]
-        pair = pr[:2] if len(pr) >= 2 else sorted(infos)[:2]
+        # RFC 4380 pair: two clients not behind a symmetric NAT ([5c] shows that case).
+        plain = sorted(i for i in infos if lab.site(i).nat not in _SYMMETRIC)
+        pair = pr[:2] if len(pr) >= 2 else plain[:2]
         if len(pair) == 2:
             a, b = pair
             before = watch.read(lab)
@@ -220,9 +229,7 @@ def _show_symmetric(
 ) -> None:
     """The client behind a symmetric NAT: native IPv6 both ways through the relay (what RFC
     6081's Symmetric NAT Support gives at once), then a client behind a cone NAT."""
-    sym = next(
-        (s.index for s in lab.sites if s.nat is NatKind.SYMMETRIC and s.index in infos), None
-    )
+    sym = next((s.index for s in lab.sites if s.nat in _SYMMETRIC and s.index in infos), None)
     if sym is None:
         return
     out(f"[5s] client{sym} behind a symmetric NAT <-> native host {NATIVE_V6} through the relay:")
@@ -238,22 +245,25 @@ def _show_symmetric(
             f"{got}/{sent}, {back_got}/{back_sent}",
         )
     )
-    cone = next(
-        (s.index for s in lab.sites if s.nat is NatKind.FULL_CONE and s.index in infos), None
-    )
+    cone = next((s.index for s in lab.sites if s.nat in _CONE and s.index in infos), None)
     if cone is None:
         return
-    out(f"[5c] client{sym} (symmetric) -> client{cone} (full cone), Teredo to Teredo:")
-    sent, got, rtt = _ping_summary(
-        lab.ping(f"client{sym}", str(infos[cone].address), count=count).stdout
-    )
-    out(f"    {got}/{sent} replies, {rtt}")
-    if not got:
-        # The peer must accept the symmetric side's new port (RFC 6081's rule on the receiving
-        # side, issue 9); shown, not counted, until both sides have it.
-        out("    (needs RFC 6081's port rule on the cone side: not counted in the summary)")
-    else:
-        results.append((f"client{sym} (symmetric) -> client{cone}", True, f"{got}/{sent}"))
+    cone_kind = lab.site(cone).nat.value
+    for a, b in ((sym, cone), (cone, sym)):
+        kinds = (
+            f"{'symmetric' if a == sym else cone_kind} to {'symmetric' if b == sym else cone_kind}"
+        )
+        out(f"[5c] client{a} -> client{b} ({kinds}), Teredo to Teredo:")
+        sent, got, rtt = _ping_summary(
+            lab.ping(f"client{a}", str(infos[b].address), count=count).stdout
+        )
+        out(f"    {got}/{sent} replies, {rtt}")
+        if got:
+            results.append((f"client{a} -> client{b} ({kinds})", True, f"{got}/{sent}"))
+        else:
+            # The cone side must accept the symmetric side's new port (RFC 6081's rule on the
+            # receiving side, issue 9): shown, not counted, until the receiving side has it.
+            out("    (needs RFC 6081's port rule on the receiving side: not counted)")
 
 
 def summarize(results: Sequence[tuple[str, bool, str]], out: Callable[[str], None]) -> int:
