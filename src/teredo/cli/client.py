@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     loop = DaemonLoop()
     try:
         with PidFile(args.pidfile):
+            if not loop.drop_privileges(user, log):
+                return EXIT_START_FAILED
             daemon = ClientDaemon(options, loop)
 
             def reload() -> None:

@@ -219,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
     loop = DaemonLoop()
     try:
         with PidFile(args.pidfile):
+            if not loop.drop_privileges(user, log):
+                return EXIT_START_FAILED
             daemon = RelayDaemon(
                 params_from(settings, args), endpoint_from(settings), loop, secret=os.urandom(32)
             )

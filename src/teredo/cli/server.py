@@ -185,6 +185,8 @@ def _serve(
     log = logging.getLogger("teredo")
     loop = DaemonLoop()
     try:
+        if not loop.drop_privileges(user, log):
+            return EXIT_START_FAILED
         daemon = ServerDaemon(params, loop, sockets)
         served: Daemon = daemon
         if announcement is not None:

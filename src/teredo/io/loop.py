@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from teredo.io.control import ControlIdentity, ControlServer
-from teredo.io.privileges import PrivilegeError, Target, drop
+from teredo.io.privileges import PrivilegeError, Target, drop, preload
 from teredo.io.sdnotify import Notifier
 from teredo.io.udp import DatagramHandler, drain
 
@@ -180,9 +180,8 @@ class DaemonLoop:
         an address that cannot be opened stops the daemon (it was asked for explicitly).
         `ready` is the status systemd shows once started; None when the daemon calls
         `ready()` itself later.
-        With `user`, the daemon becomes that user (CAP_NET_ADMIN kept, io/privileges.py) once
-        `start` has made its interface, sockets and kernel programs; its status socket answers
-        root and that user.
+        `user` is whom `drop_privileges` made the daemon: its status socket answers root and
+        that user.
         """
         self.loop.add_signal_handler(signal.SIGUSR1, lambda: log.info(daemon.summary()))
         server: ControlServer | None = None
@@ -205,14 +204,6 @@ class DaemonLoop:
                     return EXIT_METRICS_FAILED
             if start is not None:
                 start()
-            if user is not None:
-                # The notify socket is connected first: its path may be root's alone.
-                self.notifier.connect()
-                try:
-                    drop(user)
-                except PrivilegeError as err:
-                    log.error("%s", err)
-                    return EXIT_PRIVILEGES_FAILED
             if ready is not None:
                 self.ready(ready)
             return self.run(on_reload=on_reload)
@@ -224,6 +215,22 @@ class DaemonLoop:
             self.loop.remove_signal_handler(signal.SIGUSR1)
             log.info("stopping: %s", daemon.summary())
             daemon.close()
+
+    def drop_privileges(self, user: Target | None, log: logging.Logger) -> bool:
+        """Becomes `user` (io/privileges.py), before the daemon makes any thread: capabilities
+        belong to each thread, so threads started later inherit the reduced set and none keeps
+        root's. False (logged) when the drop failed: the daemon must stop, never go on as root.
+        The notify socket is connected first: its path may be root's alone."""
+        if user is None:
+            return True
+        preload()
+        self.notifier.connect()
+        try:
+            drop(user)
+        except PrivilegeError as err:
+            log.error("%s", err)
+            return False
+        return True
 
     def start_metrics(self, metrics: MetricsEndpoint, daemon: Daemon) -> MetricsExporter:
         """Serves `daemon`'s status as Prometheus metrics; raises MetricsError."""

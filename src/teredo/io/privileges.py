@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import ctypes
 import grp
+import importlib
 import logging
 import os
 import pwd
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
@@ -130,6 +132,28 @@ def status_sets(path: str = "/proc/self/status") -> dict[str, str]:
     return out
 
 
+# Modules the daemons import lazily (after the drop), loaded while the interpreter's own files
+# can still be read: a Python installed under a root-only home (/root/.pyenv, as on the lab
+# machine) could no longer import them as the user. A Debian python3 is world-readable.
+PRELOAD: Final = (
+    "multiprocessing",
+    "concurrent.futures.thread",
+    "encodings.idna",
+    "pyroute2",
+    "teredo.io.netlink",
+    "teredo.io.hook",
+    "teredo.io.metrics",
+)
+
+
+def preload(modules: Iterable[str] = PRELOAD) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:  # an optional part missing here: it fails later, as before
+            log.debug("not preloaded: %s: %s", name, exc)
+
+
 def mask(caps: Iterable[int]) -> int:
     return sum(1 << cap for cap in set(caps))
 
@@ -140,6 +164,11 @@ def drop(target: Target, keep: frozenset[int] = DEFAULT_KEEP) -> bool:
     if os.getuid() != 0 and os.geteuid() != 0:
         log.info("not root: running as uid %d with the capabilities given", os.getuid())
         return False
+    if threading.active_count() > 1:
+        # capset(2) and prctl(2) change the calling thread only: another thread would keep
+        # root's capabilities (and glibc's setresuid, applied to every thread, would leave
+        # it with none of those it needs).
+        raise PrivilegeError(f"{threading.active_count()} threads running: drop before any starts")
     try:
         for cap in range(last_cap() + 1):
             if cap not in keep:

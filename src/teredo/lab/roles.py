@@ -52,11 +52,15 @@ def config_text(role: Role, *, server: str, relay: str) -> str:
     return f"RelayType client\nInterfaceName {TUN_NAME}\nServerAddress {server}\n"
 
 
-def command(role: Role, impl: Impl, config: Path, pidfile: Path) -> list[str]:
-    """The command line that runs `role` with `impl` in the foreground."""
+def command(
+    role: Role, impl: Impl, config: Path, pidfile: Path, user: str | None = None
+) -> list[str]:
+    """The command line that runs `role` with `impl` in the foreground; ours becomes `user`
+    after set-up when given (--user; Miredo's user is fixed when it is built)."""
     if impl is Impl.MIREDO:
         # -f: stay in the foreground, so the PID we record is the daemon's own and its log goes to
         # stderr (our log file); -p: a pidfile per instance, so several run at once.
         program = "miredo-server" if role is Role.SERVER else "miredo"
         return [program, "-f", "-c", str(config), "-p", str(pidfile)]
-    return [sys.executable, "-m", "teredo", role.value, "-c", str(config)]
+    argv = [sys.executable, "-m", "teredo", role.value, "-c", str(config)]
+    return [*argv, "--user", user] if user else argv

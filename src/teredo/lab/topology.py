@@ -129,8 +129,12 @@ class Lab:
         client_impl: Impl | str | Sequence[Impl | str | None] | None = Impl.MIREDO,
         state_root: Path = STATE_ROOT,
         native_ipv4: bool = False,
+        user: str | None = None,
     ) -> None:
         self.prefix = system.check_prefix(prefix)
+        # Our daemons become this user after set-up (--user; docs/robustness.md); None: the
+        # lab's default, $TEREDO_LAB_USER when set (the whole suite can run them dropped).
+        self.user = user if user is not None else os.environ.get("TEREDO_LAB_USER") or None
         kinds = [k if isinstance(k, NatKind) else NatKind.parse(k) for k in nats]
         if len(kinds) > MAX_SITES:
             raise LabError(f"at most {MAX_SITES} NAT + client pairs, not {len(kinds)}")
@@ -418,7 +422,11 @@ class Lab:
         return str(role.value)
 
     def start(
-        self, role: Role | str, impl: Impl | str = Impl.MIREDO, index: int | None = None
+        self,
+        role: Role | str,
+        impl: Impl | str = Impl.MIREDO,
+        index: int | None = None,
+        extra: Sequence[str] = (),
     ) -> ProcRecord:
         """Start `role` (client `index`) with `impl`; its config file goes to the state dir."""
         role = role if isinstance(role, Role) else Role(role)
@@ -429,7 +437,7 @@ class Lab:
         conf = self.state_dir / f"{host}.conf"
         conf.write_text(config_text(role, server=SERVER_V4, relay=RELAY_V4), encoding="ascii")
         pidfile = self.state_dir / f"{host}.pid"
-        argv = command(role, impl_value, conf, pidfile)
+        argv = command(role, impl_value, conf, pidfile, self.user) + list(extra)
         self.popen(host, argv, name=host, role=role.value, impl=impl_value.value)
         return self.procs[-1]
 
