@@ -175,7 +175,9 @@ def test_repeated_rs_still_gets_the_ipv4_source_checks(
 
 
 def test_repeated_rs_is_rate_limited_like_a_first_one() -> None:
-    server, out = make_server(ServerLimits(rs_rate=1.0, rs_burst=2.0))
+    server, out = make_server(
+        ServerLimits(rs_rate=1.0, rs_burst=2.0, rs_ipv4_rate=1.0, rs_ipv4_burst=2.0)
+    )
     for port in range(10):
         server.receive(rs_payload(), (CLIENT[0], 1000 + port), False, 3.0)
     assert len(out.udp) == 2
@@ -366,7 +368,7 @@ def test_large_icmpv6_is_not_relayed() -> None:
 
 
 def test_rs_flood_from_many_ports_is_limited_per_source() -> None:
-    limits = ServerLimits(rs_rate=5.0, rs_burst=10.0)
+    limits = ServerLimits(rs_rate=5.0, rs_burst=10.0, rs_ipv4_rate=5.0, rs_ipv4_burst=10.0)
     server, out = make_server(limits)
     for port in range(1024, 1024 + 5000):
         server.receive(rs_payload(), ("203.0.113.66", port), False, 0.0)
@@ -426,3 +428,28 @@ def test_any_datagram_is_handled_or_dropped_with_a_reason(
     assert handled + server.drops.total() == 2
     assert len(server._rs_known) <= 32
     assert len(server._source_cache) <= 4096
+
+
+def test_thousands_of_clients_behind_one_nat_keep_refreshing() -> None:
+    """Issue 12: a carrier-grade NAT puts thousands of clients behind one IPv4 address, each
+    refreshing every 30 s (RFC 4380 section 5.2.7). Limits are per client socket first: all
+    5,000 get every RA, for three rounds, with the default limits."""
+    server, out = make_server()
+    clients = 5000
+    for round_ in range(3):
+        for i in range(clients):
+            now = 30.0 * round_ + 30.0 * i / clients
+            server.receive(rs_payload(), ("203.0.113.66", 1024 + i), False, now)
+    assert len(out.udp) == 3 * clients
+    assert server.drops.get(DropReason.RS_RATE_LIMITED) == 0
+
+
+def test_one_client_socket_is_still_limited_on_its_own() -> None:
+    limits = ServerLimits()
+    server, out = make_server()
+    for _ in range(1000):
+        server.receive(rs_payload(), CLIENT, False, 0.0)
+    assert len(out.udp) == limits.rs_burst
+    # Its neighbours behind the same NAT are not held back by it.
+    server.receive(rs_payload(), (CLIENT[0], CLIENT[1] + 1), False, 0.0)
+    assert out.udp[-1][1] == (CLIENT[0], CLIENT[1] + 1)

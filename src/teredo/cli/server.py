@@ -50,8 +50,10 @@ MAX_WORKERS = 64
 
 _DEFAULT_LIMITS = ServerLimits()
 _LIMIT_FLAGS = (
-    ("--rs-rate", "rs_rate", "Router Solicitations answered per second per source IPv4"),
-    ("--rs-burst", "rs_burst", "Router Solicitations a source may send at once"),
+    ("--rs-rate", "rs_rate", "Router Solicitations answered per second per source IPv4:port"),
+    ("--rs-burst", "rs_burst", "Router Solicitations a source IPv4:port may send at once"),
+    ("--rs-ipv4-rate", "rs_ipv4_rate", "Router Solicitations per second per source IPv4 (a NAT)"),
+    ("--rs-ipv4-burst", "rs_ipv4_burst", "Router Solicitations a source IPv4 may send at once"),
     ("--rs-total-rate", "rs_total_rate", "Router Advertisements per second in all"),
     ("--forward-rate", "forward_rate", "packets relayed per second per source IPv4"),
     ("--forward-burst", "forward_burst", "packets a source may have relayed at once"),

@@ -54,12 +54,17 @@ _CONF_ORIGIN = struct.Struct("!BHHI")
 class ServerLimits:
     """Abuse limits; the defaults are documented in docs/server.md.
 
-    Rates are per second and per source IPv4 address (all ports together: a flood from many
-    ports of one host counts once), plus an overall cap on answers whatever their source.
+    Rates are per second. Router Solicitations are limited per source IPv4:port (one client),
+    then per source IPv4 with all its ports together (a flood from many ports of one host, or
+    the thousands of clients behind one carrier-grade NAT: the IPv4 limit is sized so that
+    6,000 of them refreshing every 30 s, RFC 4380 section 5.2.7, all get their RAs), then
+    overall. Forwarding is limited per source IPv4 and overall.
     """
 
     rs_rate: float = 5.0
     rs_burst: float = 20.0
+    rs_ipv4_rate: float = 200.0
+    rs_ipv4_burst: float = 400.0
     rs_total_rate: float = 20000.0
     forward_rate: float = 50.0
     forward_burst: float = 200.0
@@ -145,7 +150,9 @@ class ServerMachine:
         self._rs_known: dict[bytes, tuple[bytes, bool]] = {}
         self._source_cache: dict[str, int] = {}
         limits = params.limits
+        # Keyed by (IPv4, port): one client; and by the IPv4 alone: one NAT or one host.
         self._rs_buckets = BucketTable(limits.rs_rate, limits.rs_burst, limits.bucket_slots)
+        self._rs_ipv4 = BucketTable(limits.rs_ipv4_rate, limits.rs_ipv4_burst, limits.bucket_slots)
         self._rs_total = TokenBucket(limits.rs_total_rate, limits.rs_total_rate)
         self._fwd_buckets = BucketTable(
             limits.forward_rate, limits.forward_burst, limits.bucket_slots
@@ -169,7 +176,7 @@ class ServerMachine:
                     self.drops.count(DropReason.NOT_GLOBAL_IPV4)  # check 3
                 elif port == TEREDO_PORT and source_ipv4 in self._own:
                     self.drops.count(DropReason.LOOP)
-                elif not (self._rs_buckets.allow(host, now) and self._rs_total.allow(now)):
+                elif not (self._rs_allowed(source, now)):
                     self.drops.count(DropReason.RS_RATE_LIMITED)
                 else:
                     ra, cone = known
@@ -182,6 +189,16 @@ class ServerMachine:
         reason = self._receive(data, source, on_secondary, now)
         if reason is not None:
             self.drops.count(reason)
+
+    def _rs_allowed(self, source: Address, now: float) -> bool:
+        """The RS limits (RFC 4380 section 7.4: no amplifier): per client socket, per IPv4,
+        overall. Never keyed on the IPv4 alone for one client: behind a carrier-grade NAT
+        thousands of clients share it and must all keep refreshing."""
+        return (
+            self._rs_buckets.allow(source, now)
+            and self._rs_ipv4.allow(source[0], now)
+            and self._rs_total.allow(now)
+        )
 
     def _global_ipv4(self, host: str) -> int:
         """The source address as an int, or -1 when it is not global unicast (check 3).
@@ -291,7 +308,7 @@ class ServerMachine:
             return DropReason.NOT_FOR_SERVER
         if d[o + 7] != 255 or not icmpv6_checksum_ok(src, d[o + 24 : o + 40], message):
             return DropReason.BAD_ROUTER_SOLICITATION
-        if not (self._rs_buckets.allow(source[0], now) and self._rs_total.allow(now)):
+        if not (self._rs_allowed(source, now)):
             return DropReason.RS_RATE_LIMITED
         ra = self._ra_cache.get(src)
         if ra is None:
