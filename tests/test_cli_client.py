@@ -16,7 +16,7 @@ import pytest
 from teredo.cli.client import options_from
 from teredo.cli.main import build_parser, main
 from teredo.cli.options import EXIT_CONFIG, load_settings
-from teredo.core.config import Role
+from teredo.core.config import ConfigError, Role
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -58,6 +58,22 @@ def test_defaults_from_flags_only() -> None:
     assert options.local_discovery
     assert options.default_route
     assert options.hook is None
+    assert not options.refuse_symmetric  # RFC 6081 Symmetric NAT Support by default
+
+
+def test_symmetric_nat_policy_from_file_and_flag(tmp_path: Path) -> None:
+    conf = tmp_path / "miredo.conf"
+    conf.write_text("ServerAddress 198.51.100.10\nSymmetricNat REFUSE\n")
+    args = parse("-c", str(conf))
+    assert options_from(load_settings(args, Role.CLIENT), args).refuse_symmetric
+    args = parse("-c", str(conf), "--symmetric-nat", "accept")  # the flag wins
+    assert not options_from(load_settings(args, Role.CLIENT), args).refuse_symmetric
+    conf.write_text("ServerAddress 198.51.100.10\nSymmetricNat maybe\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(parse("-c", str(conf)), Role.CLIENT)
+    assert str(caught.value) == (
+        f'{conf}:2: SymmetricNat: invalid policy "maybe" (expected accept|refuse)'
+    )
 
 
 def test_file_then_flags(tmp_path: Path) -> None:

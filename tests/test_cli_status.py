@@ -82,6 +82,29 @@ def test_human_view_of_a_client(capsys: pytest.CaptureFixture[str]) -> None:
     assert "udp 0" not in out
 
 
+@pytest.mark.parametrize(
+    ("state", "said"),
+    [
+        ("qualified", "qualified with the primary server's mapping (RFC 6081)"),
+        ("offline", "not qualified (SymmetricNat refuse, RFC 4380 5.2.1)"),
+    ],
+)
+def test_human_view_behind_a_symmetric_nat(
+    capsys: pytest.CaptureFixture[str], state: str, said: str
+) -> None:
+    name = unique("symmetric")
+    behaviour = {"symmetric": True, "ports": "sequential", "step": 1, "same_ipv4": True}
+    doc = dict(CLIENT_STATUS, state=state, nat="symmetric")
+    doc["nat_behaviour"] = dict(behaviour, text="symmetric, sequential ports +1")
+    with serving((ControlIdentity(name, "client", "teredo"), lambda: doc)):
+        assert main(["status", name]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    nat = "  NAT        symmetric, mapping 203.0.113.11:3339 (symmetric, sequential ports +1)"
+    assert nat in lines
+    [line] = [x for x in lines if "symmetric NAT:" in x]
+    assert said in line
+
+
 def test_human_view_of_a_client_with_several_servers(capsys: pytest.CaptureFixture[str]) -> None:
     name = unique("failover")
     status = {
