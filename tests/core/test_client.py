@@ -1186,3 +1186,53 @@ def test_refresh_now_keeps_the_address_unless_the_mapping_changed() -> None:
     [changed] = events(client)
     assert isinstance(changed, AddressChanged)
     assert changed.mapping == moved
+
+
+def test_a_flood_of_new_peers_never_evicts_an_active_trusted_peer() -> None:
+    """Issue 12, peer-table exhaustion: 5,000 new Teredo peers (each from its own port, so the
+    mapping check passes) flood the client while one trusted peer keeps talking. The table
+    stays within its capacity and the active peer is never evicted: its packets keep reaching
+    the TUN and ours keep reaching it directly."""
+    client, out, event = qualified_client(peer_capacity=64)
+    friend = teredo_address(PEER_MAPPING)
+    client.receive_udp(build_bubble(friend, event.address), PEER_MAPPING, T0 + 1.0)
+    out.clear()
+    delivered = 0
+    for i in range(5000):
+        now = T0 + 2.0 + i * 0.002
+        port = 10000 + i
+        flooder = teredo_address(("203.0.113.50", port))
+        client.receive_udp(build_echo(flooder, event.address, 1, 1), ("203.0.113.50", port), now)
+        if i % 500 == 0:
+            ping = build_echo(friend, event.address, 7, i, b"friend")
+            client.receive_udp(ping, PEER_MAPPING, now)
+            delivered += out.tun.count(ping)
+            reply = build_echo(event.address, friend, 7, i, b"ours", reply=True)
+            client.receive_tun(reply, now)
+            assert (reply, PEER_MAPPING) in out.udp, i
+            client.handle_timer(now)
+        peers = client.status()["peers"]
+        assert isinstance(peers, int)
+        assert peers <= 64
+    assert delivered == 10
+
+
+def test_an_off_path_attacker_cannot_make_a_fake_relay_trusted() -> None:
+    """Issue 12, spoofing: native traffic from a relay the client never tested is held until
+    the section 5.2.9 ping test answers with our nonce through that relay. An attacker that
+    did not see the ping (off path) forges Echo Replies with other nonces: the fake relay is
+    never trusted, nothing of its reaches the TUN, and the client's address is unchanged."""
+    client, out, event = qualified_client()
+    fake_relay = ("203.0.113.66", 3544)
+    packet = build_echo(NATIVE, event.address, 9, 1, b"from the fake relay")
+    client.receive_udp(packet, fake_relay, T0 + 1.0)
+    assert out.tun == []
+    for i in range(50):
+        guess = build_echo(NATIVE, event.address, 0, i, (i * 7919).to_bytes(8, "big"), reply=True)
+        client.receive_udp(guess, fake_relay, T0 + 1.1 + i * 0.01)
+        client.receive_udp(packet, fake_relay, T0 + 1.1 + i * 0.01)
+    assert out.tun == []
+    assert client.drops.get(DropReason.PING_NONCE_MISMATCH) == 50
+    assert client.drops.get(DropReason.QUEUE_FULL) > 0  # its queue stays bounded meanwhile
+    assert client.address == event.address
+    assert client.state is ClientState.QUALIFIED
