@@ -453,3 +453,33 @@ def test_one_client_socket_is_still_limited_on_its_own() -> None:
     # Its neighbours behind the same NAT are not held back by it.
     server.receive(rs_payload(), (CLIENT[0], CLIENT[1] + 1), False, 0.0)
     assert out.udp[-1][1] == (CLIENT[0], CLIENT[1] + 1)
+
+
+def test_reflection_is_bounded_per_packet_per_source_and_per_target() -> None:
+    """Issue 12, reflection and amplification: what the server sends without state, per
+    packet in, and the bounds per source and per target. An RS gets one RA (117 bytes for 61:
+    the only growth, bounded per source IPv4:port and IPv4); a bubble gets one bubble (8 bytes
+    of origin indication more, to the embedded mapping). 5,000 forged sources, each under its
+    own limit, aiming bubbles at one client get target_burst through, not 5,000."""
+    limits = ServerLimits()
+    server, out = make_server()
+    rs = rs_payload()
+    server.receive(rs, CLIENT, False, 0.0)
+    [(ra, _dest, _secondary)] = out.udp
+    assert (len(rs), len(ra)) == (61, 117)
+    out.udp.clear()
+    victim = teredo_address(CLIENT)
+    bubble_in = 0
+    for i in range(5000):
+        source = (f"203.0.{113 + i // 250}.{i % 250 + 1}", 40000)
+        packet = build_bubble(teredo_address(source), victim)
+        bubble_in = len(packet)
+        server.receive(packet, source, False, 0.0)
+    assert len(out.udp) == limits.target_burst
+    assert {dest for _p, dest, _s in out.udp} == {CLIENT}
+    assert all(len(p) == bubble_in + 8 for p, _d, _s in out.udp)  # + origin indication
+    assert server.drops.get(DropReason.FORWARD_RATE_LIMITED) == 5000 - limits.target_burst
+    # Another client of the same server is not held back by the flood at the first.
+    other = teredo_address(OTHER_CLIENT)
+    server.receive(build_bubble(teredo_address(RELAY), other), RELAY, False, 0.0)
+    assert out.udp[-1][1] == OTHER_CLIENT

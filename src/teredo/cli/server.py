@@ -58,6 +58,10 @@ _LIMIT_FLAGS = (
     ("--forward-rate", "forward_rate", "packets relayed per second per source IPv4"),
     ("--forward-burst", "forward_burst", "packets a source may have relayed at once"),
     ("--forward-total-rate", "forward_total_rate", "packets relayed per second in all"),
+    ("--target-rate", "target_rate", "packets relayed per second to one client IPv4:port"),
+    ("--target-burst", "target_burst", "packets one client IPv4:port may be sent at once"),
+    ("--target-ipv4-rate", "target_ipv4_rate", "packets relayed per second to one IPv4"),
+    ("--target-ipv4-burst", "target_ipv4_burst", "packets one IPv4 may be sent at once"),
     ("--icmpv6-max", "icmpv6_max_payload", "largest relayed ICMPv6 message, bytes"),
 )
 

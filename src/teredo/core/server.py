@@ -69,6 +69,12 @@ class ServerLimits:
     forward_rate: float = 50.0
     forward_burst: float = 200.0
     forward_total_rate: float = 50000.0
+    # Per target (issue 12, reflection): what one client (the embedded IPv4:port) and one
+    # IPv4 (a NAT, maybe carrier-grade) may be sent, whoever the (perhaps spoofed) sources are.
+    target_rate: float = 50.0
+    target_burst: float = 200.0
+    target_ipv4_rate: float = 1000.0
+    target_ipv4_burst: float = 2000.0
     bucket_slots: int = 65536
     icmpv6_max_payload: int = 88
 
@@ -158,6 +164,10 @@ class ServerMachine:
             limits.forward_rate, limits.forward_burst, limits.bucket_slots
         )
         self._fwd_total = TokenBucket(limits.forward_total_rate, limits.forward_total_rate)
+        self._target = BucketTable(limits.target_rate, limits.target_burst, limits.bucket_slots)
+        self._target_ipv4 = BucketTable(
+            limits.target_ipv4_rate, limits.target_ipv4_burst, limits.bucket_slots
+        )
         self._icmp_cap = limits.icmpv6_max_payload
 
     def receive(self, data: bytes, source: Address, on_secondary: bool, now: float) -> None:
@@ -274,6 +284,12 @@ class ServerMachine:
         destination = embedded_sockaddr(dst)
         if not is_global_ipv4(embedded_mapping(dst)[0]):
             return DropReason.DESTINATION_NOT_GLOBAL_IPV4
+        # Per target: spoofed sources, each under its own limit, must not aim the forwarded
+        # bubbles at one victim (RFC 4380 section 7.4: no amplifier or reflector).
+        if not (
+            self._target.allow(destination, now) and self._target_ipv4.allow(destination[0], now)
+        ):
+            return DropReason.FORWARD_RATE_LIMITED
         # The IPv6 packet travels on with whatever RFC 6081 trailers followed it; an origin
         # indication tells our own client who sent it (section 5.3.1, last paragraph).
         payload = d[o:]
