@@ -10,9 +10,10 @@ from teredo.core.addr import LINK_LOCAL_RESTRICTED, TEREDO_PREFIX, ipv4_to_int, 
 from teredo.core.client import ClientMachine, ClientParams, ClientState
 from teredo.core.counters import DropReason
 from teredo.core.ipv6 import build_ra
+from teredo.core.relay import RelayMachine, RelayParams
 from teredo.core.server import ServerMachine, ServerParams
 from teredo.core.wire import TeredoPacket, build_auth, build_origin, parse_payload
-from teredo.lab.hostile import client_kinds, server_kinds, to_json
+from teredo.lab.hostile import client_kinds, relay_kinds, server_kinds, to_json
 from teredo.lab.topology import SERVER_V4, SERVER_V4_2
 
 ATTACKER = "203.0.113.102"
@@ -106,3 +107,28 @@ def test_every_client_kind_is_dropped_for_its_reason() -> None:
         assert out.tun == [], kind.name
         assert client.state is ClientState.QUALIFIED, kind.name
         assert client.address == address, kind.name
+
+
+@dataclass
+class Sink3:
+    udp: list[tuple[bytes, tuple[str, int]]] = field(default_factory=list)
+    tun: list[bytes] = field(default_factory=list)
+
+    def send_udp(self, payload: bytes | memoryview, destination: tuple[str, int]) -> None:
+        self.udp.append((bytes(payload), destination))
+
+    def write_tun(self, packet: bytes | memoryview) -> None:
+        self.tun.append(bytes(packet))
+
+
+def test_every_relay_kind_is_dropped_for_its_reason() -> None:
+    for kind in relay_kinds(SERVER_V4):
+        out = Sink3()
+        relay = RelayMachine(RelayParams(peers=64), out, bytes(range(32)), 1000.0)
+        for i in range(kind.count):
+            relay.receive_udp(kind.payload, kind.source, 1000.0 + 0.01 * i)
+        assert kind.reason is not None
+        assert relay.drops.snapshot() == {kind.reason.name.lower(): kind.count}, kind.name
+        assert out.udp == [], kind.name
+        assert out.tun == [], kind.name
+        assert relay.peers.stats().size == 0, kind.name  # no state for any of it

@@ -21,10 +21,10 @@ import pytest
 
 from teredo.core.counters import DropReason
 from teredo.core.ipv6 import build_rs
-from teredo.lab.hostile import SEND, client_kinds, server_kinds, to_json
+from teredo.lab.hostile import SEND, client_kinds, relay_kinds, server_kinds, to_json
 from teredo.lab.nat import NatKind
-from teredo.lab.roles import Impl
-from teredo.lab.topology import NATIVE_V6, SERVER_V4, Lab, ping_counts
+from teredo.lab.roles import RELAY_PORT, Impl
+from teredo.lab.topology import NATIVE_V6, RELAY_V4, SERVER_V4, Lab, ping_counts
 
 from .conftest import prefix_for
 
@@ -221,5 +221,70 @@ def test_hostile_traffic_at_our_client(lab_factory: list[Lab]) -> None:
     assert counts[1] >= 8, figures
     assert after["status"]["state"] == "qualified", after
     assert after["status"]["address"] == str(info.address), "a forged RA changed the address"
+    assert rss_after <= RSS_BOUND_KIB, figures
+    assert rss_after - rss_before <= RSS_GROWTH_KIB, figures
+
+
+def test_hostile_traffic_at_our_relay_is_counted_by_reason(lab_factory: list[Lab]) -> None:
+    """The per-reason accounting at our relay (its flood, hijack and reflection attacks are in
+    test_relay_hostile.py): forged datagrams of every kind while our client pings the native
+    host through it; no peer entry is made for any of them."""
+    lab = Lab(
+        prefix_for("r"),
+        [NatKind.PORT_RESTRICTED, NatKind.NONE],
+        server_impl=Impl.TEREDO,
+        relay_impl=Impl.TEREDO,
+        client_impl=[Impl.TEREDO, None],
+    )
+    lab_factory.append(lab)
+    lab.up()
+    lab.wait_qualified(1, timeout=30)
+    warm = lab.ping("client1", NATIVE_V6, count=3, deadline=15)
+    assert (ping_counts(warm.stdout) or (0, 0))[1] >= 1, warm.stdout
+    before = _status(lab, "relay", "relay")
+    pid = int(before["pid"])
+    rss_before = _rss_kib(pid)
+
+    kinds = relay_kinds(SERVER_V4)
+    sender = _popen(lab, "client2", SEND, RELAY_V4, str(RELAY_PORT))
+    try:
+        assert sender.stdin is not None
+        sender.stdin.write(to_json(kinds))
+        sender.stdin.close()
+        ping = lab.ping("client1", NATIVE_V6, count=10, deadline=20)
+        sent = _finish(sender, 120).strip()
+    finally:
+        _finish(sender, 1)
+    time.sleep(1.0)
+    after = _status(lab, "relay", "relay")
+    rss_after = _rss_kib(pid)
+
+    total = sum(k.count for k in kinds)
+    drops = _delta(after["status"]["drops"], before["status"]["drops"])
+    expected: dict[str, int] = {}
+    for k in kinds:
+        assert k.reason is not None
+        expected[k.reason.name.lower()] = expected.get(k.reason.name.lower(), 0) + k.count
+    counts = ping_counts(ping.stdout) or (0, 0)
+    figures = {
+        "daemon": "relay",
+        "datagrams": total,
+        "kinds": len(kinds),
+        "drops": drops,
+        "pings_answered": f"{counts[1]}/10",
+        "peers": [before["status"]["peers"], after["status"]["peers"]],
+        "rss_kib": [rss_before, rss_after],
+    }
+    print(json.dumps(figures), flush=True)
+    assert sent == str(total), figures
+    # Every attacking datagram under its reason, exactly; besides, the relay's TUN sees the
+    # lab's own background (a router solicitation or MLD report of a namespace: at most a few
+    # `not_teredo_destination`), which is no part of the attack.
+    assert {r: drops.get(r, 0) for r in expected} == expected, figures
+    others = {r: n for r, n in drops.items() if r not in expected}
+    assert set(others) <= {"not_teredo_destination"}, figures
+    assert sum(others.values()) <= 5, figures
+    assert counts[1] >= 8, figures
+    assert after["status"]["peers"] <= before["status"]["peers"] + 1, figures
     assert rss_after <= RSS_BOUND_KIB, figures
     assert rss_after - rss_before <= RSS_GROWTH_KIB, figures

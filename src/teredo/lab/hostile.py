@@ -27,7 +27,7 @@ from teredo.core.counters import DropReason
 from teredo.core.ipv6 import build_bubble, build_echo, build_ra, build_rs, pack_header
 from teredo.core.wire import build_auth, build_origin
 
-__all__ = ["SEND", "Kind", "client_kinds", "server_kinds", "to_json"]
+__all__ = ["SEND", "Kind", "client_kinds", "relay_kinds", "server_kinds", "to_json"]
 
 
 @dataclass(frozen=True)
@@ -212,6 +212,58 @@ def client_kinds(address: bytes, server: str, count: int = 40) -> list[Kind]:
         fake_mapping + build_bubble(teredo("203.0.113.200", 1000, server), address),
         DropReason.UNKNOWN_BUBBLE,
     )
+    return kinds
+
+
+def relay_kinds(server: str, count: int = 40) -> list[Kind]:
+    """What a relay must drop (RFC 4380 section 5.4.2; issue 14: a Teredo source it never
+    bubbled is dropped without state, whatever the packet's destination), kind by kind."""
+    kinds: list[Kind] = []
+
+    def add(name: str, payload: bytes, reason: DropReason) -> None:
+        kinds.append(Kind(name, (_spoof(len(kinds)), 40000), payload, count, reason))
+
+    def own() -> bytes:
+        return teredo(_spoof(len(kinds)), 40000, server)
+
+    add("truncated auth", b"\x00\x01\x00\x00\x01\x02\x03", DropReason.TRUNCATED_AUTH)
+    add("too short", b"\x60" * 20, DropReason.TOO_SHORT)
+    add("not IPv6", b"\x45" + bytes(59), DropReason.NOT_IPV6)
+    add("payload length", pack_header(own(), NATIVE_A, 300, 59, 64), DropReason.BAD_PAYLOAD_LENGTH)
+    unknown = DropReason.RELAY_UNKNOWN_PEER
+    add(
+        "never-bubbled Teredo source to a native host",
+        build_echo(own(), NATIVE_A, 1, 1, b"x"),
+        unknown,
+    )
+    add(
+        "never-bubbled source, multicast destination",
+        build_echo(own(), SITE_MULTICAST, 1, 1, b"x"),
+        unknown,
+    )
+    add(
+        "never-bubbled source, link-local destination",
+        build_echo(own(), LINK_LOCAL, 1, 1, b"x"),
+        unknown,
+    )
+    add(
+        "never-bubbled source, spoofed origin indication",
+        build_origin(1, 2) + build_echo(own(), NATIVE_A, 1, 1, b"x"),
+        unknown,
+    )
+    add("bubble from a stranger", build_bubble(own(), NATIVE_A), DropReason.UNKNOWN_PEER_BUBBLE)
+    add(
+        "Teredo source not matching the outer address",
+        build_echo(teredo("198.51.100.99", 999, server), NATIVE_A, 1, 1, b"x"),
+        DropReason.MAPPING_MISMATCH,
+    )
+    add("native source", build_echo(NATIVE_A, NATIVE_B, 1, 1, b"x"), DropReason.NOT_TEREDO_SOURCE)
+    add(
+        "link-local source",
+        build_echo(LINK_LOCAL, NATIVE_A, 1, 1, b"x"),
+        DropReason.NOT_TEREDO_SOURCE,
+    )
+    add("RS to a relay", build_auth(bytes(8)) + build_rs(), DropReason.NOT_TEREDO_SOURCE)
     return kinds
 
 
