@@ -814,6 +814,38 @@ def test_ping_test_binds_the_native_peer_to_the_replying_relay() -> None:
     assert client.drops.total() == 0
 
 
+def test_a_stale_relay_is_tested_again_at_once_without_the_bubble_gap() -> None:
+    # A relay killed mid-stream: we keep sending, nothing comes back, and 30 s after the last
+    # reception the peer is no longer valid (section 5.2.4). The new connectivity test (a
+    # ping, section 5.2.9) goes out at once: the 2 s gap of section 5.2.6 is for bubbles, and
+    # our last transmission to the destination was less than 2 s ago.
+    client, out, event = qualified_client()
+    _data, nonce = start_ping(client, out, event.address, T0 + 1.0)
+    client.receive_udp(build_echo(NATIVE, event.address, 5, 5, nonce, reply=True), RELAY, T0 + 1.2)
+    now = T0 + 1.2
+    for seq in range(2, 31):
+        now += 1.0
+        client.receive_tun(build_echo(event.address, NATIVE, 77, seq, b"x"), now)
+    assert {d for _p, d in out.udp} == {RELAY}
+    out.clear()
+    late = build_echo(event.address, NATIVE, 77, 99, b"late")
+    client.receive_tun(late, now + 1.0)  # 30 s since the relay's last packet, 1 s since ours
+    [(payload, dest)] = out.udp
+    assert dest == SRV
+    echo = parse_echo(payload)
+    assert not isinstance(echo, DropReason)
+    assert echo.dst == NATIVE
+    # Another relay answers: the held packet goes there, nothing lost.
+    other = ("198.51.100.21", 3545)
+    out.clear()
+    client.receive_udp(
+        build_echo(NATIVE, event.address, 5, 6, echo.data, reply=True), other, now + 1.1
+    )
+    assert out.udp == [(late, other)]
+    # Pings are not bubbles: repeated relay failures never hit the 4-per-300 s bubble limit.
+    assert client.drops.get(DropReason.BUBBLE_LIMIT) == 0
+
+
 def test_ping_reply_with_another_nonce_is_dropped() -> None:
     client, out, event = qualified_client()
     _data, nonce = start_ping(client, out, event.address, T0 + 1.0)

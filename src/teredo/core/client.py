@@ -1129,7 +1129,12 @@ class ClientMachine:
                 # destination must not stay black-holed for 300 s).
                 peers.remove(row)
             return None
-        if not peers.may_send_bubble(row, now):
+        ping = probe.kind == _PING
+        # The 2 s / 4-per-300 s limit of section 5.2.6 is about bubbles. A ping (the
+        # connectivity test of section 5.2.9, sent through our own server) is not a bubble:
+        # gating it would delay the move to a new relay by up to 2 s after traffic to the
+        # destination stopped being answered (a relay killed mid-stream), and then block it.
+        if not ping and not peers.may_send_bubble(row, now):
             if peers.bubble_count(row, now) >= 4:
                 # Section 5.2.6 MUST: 4 bubbles in 300 s without answer, no more.
                 self._give_up(row, addr, DropReason.BUBBLE_LIMIT, now)
@@ -1141,7 +1146,10 @@ class ClientMachine:
         if address is None:
             self._give_up(row, addr, DropReason.NOT_QUALIFIED, now)
             return None
-        peers.record_bubble(row, now)  # last tx and the count (5.2.6 MUST)
+        if ping:
+            peers.touch_tx(row, now)  # last tx only: a ping is not counted as a bubble
+        else:
+            peers.record_bubble(row, now)  # last tx and the count (5.2.6 MUST)
         probe.sends += 1
         kind = probe.kind
         if kind == _BUBBLE:
