@@ -20,8 +20,16 @@ from typing import Any
 import pytest
 
 from teredo.core.counters import DropReason
-from teredo.core.ipv6 import build_rs
-from teredo.lab.hostile import SEND, client_kinds, relay_kinds, server_kinds, to_json
+from teredo.core.ipv6 import build_echo, build_rs
+from teredo.lab.hostile import (
+    SEND,
+    Kind,
+    client_kinds,
+    relay_kinds,
+    server_kinds,
+    teredo,
+    to_json,
+)
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import RELAY_PORT, Impl
 from teredo.lab.topology import NATIVE_V6, RELAY_V4, SERVER_V4, Lab, ping_counts
@@ -286,5 +294,66 @@ def test_hostile_traffic_at_our_relay_is_counted_by_reason(lab_factory: list[Lab
     assert sum(others.values()) <= 5, figures
     assert counts[1] >= 8, figures
     assert after["status"]["peers"] <= before["status"]["peers"] + 1, figures
+    assert rss_after <= RSS_BOUND_KIB, figures
+    assert rss_after - rss_before <= RSS_GROWTH_KIB, figures
+
+
+FLOOD_PEERS = 3000
+
+
+def test_a_flood_of_new_peers_at_our_client(lab_factory: list[Lab]) -> None:
+    """Peer-table exhaustion at the client: FLOOD_PEERS new Teredo peers, each from its own
+    forged IPv4:port with a Teredo source embedding it (so it passes the mapping check and is
+    a valid direct peer), while the client pings the native host through our relay. The
+    relay stays trusted and used (pings answered), the table within its capacity, memory
+    within its bound."""
+    lab = Lab(
+        prefix_for("p"),
+        [NatKind.FULL_CONE, NatKind.NONE],
+        server_impl=Impl.TEREDO,
+        relay_impl=Impl.TEREDO,
+        client_impl=[Impl.TEREDO, None],
+    )
+    lab_factory.append(lab)
+    lab.up()
+    info = lab.wait_qualified(1, timeout=30)
+    warm = lab.ping("client1", NATIVE_V6, count=3, deadline=15)
+    assert (ping_counts(warm.stdout) or (0, 0))[1] >= 1, warm.stdout
+    before = _status(lab, "client1", "client")
+    pid = int(before["pid"])
+    rss_before = _rss_kib(pid)
+    kinds = []
+    for i in range(FLOOD_PEERS):
+        source = (f"203.0.113.{150 + i % 100}", 20000 + i // 100)
+        peer = teredo(source[0], source[1], SERVER_V4)
+        packet = build_echo(peer, info.address.packed, 1, i & 0xFFFF, b"flood")
+        kinds.append(Kind("new peer", source, packet, 1, None))
+    sender = _popen(lab, "client2", SEND, str(info.mapped_ip), str(info.mapped_port))
+    try:
+        assert sender.stdin is not None
+        sender.stdin.write(to_json(kinds))
+        sender.stdin.close()
+        ping = lab.ping("client1", NATIVE_V6, count=10, deadline=20)
+        sent = _finish(sender, 120).strip()
+    finally:
+        _finish(sender, 1)
+    time.sleep(1.0)
+    after = _status(lab, "client1", "client")
+    rss_after = _rss_kib(pid)
+    counts = ping_counts(ping.stdout) or (0, 0)
+    figures = {
+        "daemon": "client",
+        "new_peers_sent": FLOOD_PEERS,
+        "peers": [before["status"]["peers"], after["status"]["peers"]],
+        "capacity": after["status"].get("capacity"),
+        "pings_answered": f"{counts[1]}/10",
+        "rss_kib": [rss_before, rss_after],
+    }
+    print(json.dumps(figures), flush=True)
+    assert sent == str(FLOOD_PEERS), figures
+    assert counts[1] >= 8, figures
+    assert after["status"]["state"] == "qualified", after
+    assert after["status"]["address"] == str(info.address), after
+    assert after["status"]["peers"] <= before["status"]["peers"] + FLOOD_PEERS, figures
     assert rss_after <= RSS_BOUND_KIB, figures
     assert rss_after - rss_before <= RSS_GROWTH_KIB, figures
