@@ -1,0 +1,45 @@
+"""Loss on the wan (issue 12, "Faults"): qualification succeeds and a TCP transfer through the
+relay completes intact, with 10 % and 30 % of the UDP datagrams dropped in the wan.
+
+Lab: Miredo's server and relay, our client behind a port-restricted NAT; the loss is an
+nftables `numgen random` rule in the wan namespace (teredo.lab.wanfaults: no sch_netem here).
+The long versions and Miredo's figures: `python -m bench.wan_faults` (docs/robustness.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from teredo.lab import clientfaults, wanfaults
+from teredo.lab.nat import NatKind
+from teredo.lab.topology import NATIVE_V6, Lab
+
+from .conftest import prefix_for, tear_down
+
+pytestmark = pytest.mark.system
+
+QUALIFY_TIMEOUT = 90.0  # RFC 4380 5.2.1: RS retransmitted every 4 s, 3 tries, then again
+TRANSFER_BYTES = 256 * 1024
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    lab = Lab(prefix_for("w"), [NatKind.PORT_RESTRICTED], client_impl=None)
+    try:
+        lab.up()
+        yield lab
+    finally:
+        tear_down(lab)
+
+
+@pytest.mark.parametrize("percent", [10, 30])
+def test_qualifies_and_transfers_intact_under_loss(lab: Lab, percent: int) -> None:
+    wanfaults.set_loss(lab, percent)
+    clientfaults.start_client(lab, 1)
+    info = lab.wait_qualified(1, timeout=QUALIFY_TIMEOUT)
+    assert info.address is not None
+    result = wanfaults.tcp_transfer(lab, "client1", ("native", NATIVE_V6), TRANSFER_BYTES)
+    assert result.intact, (result, lab.log_tail("client1", 30))
+    assert wanfaults.dropped(lab) > 0, "the loss rule dropped nothing: not tested"
