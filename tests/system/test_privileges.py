@@ -14,6 +14,7 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,8 +118,14 @@ def test_client_hook_runs_as_the_user_with_net_admin(lab: Lab) -> None:
     record = lab.start("client", Impl.TEREDO, index=1, extra=["--hook", str(hook)])
     lab.wait_qualified(1, timeout=QUALIFY_TIMEOUT)
     user = resolve(USER)
-    lines = out.read_text(encoding="ascii").splitlines() if out.exists() else []
-    up = [line for line in lines if line.startswith("up ")]
+    # The hook runs after the address is in place (netlink worker): wait for its line.
+    deadline = time.monotonic() + QUALIFY_TIMEOUT
+    while True:
+        lines = out.read_text(encoding="ascii").splitlines() if out.exists() else []
+        up = [line for line in lines if line.startswith("up ")]
+        if up or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert up, f"hook never ran with STATE=up: {lines}; log: {lab.log_tail('client1')}"
     assert up[0].split()[1:] == [str(user.uid), NET_ADMIN], up
     routes = lab.exec("client1", ["ip", "-6", "route", "show", "2001:db8:77::/48"]).stdout
