@@ -11,6 +11,10 @@ apt_packages=(miredo miredo-server nftables iproute2 iputils-ping conntrack iper
 apt_packages+=(systemd systemd-container)
 # bird2: the anycast lab's routers and each relay's and server's BGP speaker (lab/bird.py).
 apt_packages+=(bird2)
+# The kernel data path (docs/kernel.md): clang/llvm and libbpf-dev build src/teredo/bpf/*.bpf.c
+# (scripts/build-bpf.sh, below); libbpf1 loads them at run time; bpftool shows maps and links;
+# linux-libc-dev has the uapi headers the programs include.
+apt_packages+=(clang llvm libbpf-dev libbpf1 bpftool linux-libc-dev)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -34,6 +38,9 @@ if ((${#missing[@]})); then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# Before the package is installed: the objects ship in it (pyproject.toml artifacts).
+bash scripts/build-bpf.sh
 
 python=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then

@@ -197,6 +197,7 @@ def test_all_directives_are_covered_by_these_tests() -> None:
         "AnnounceTable",
         "AnnounceDrain",
         "AnycastIPv4",
+        "Datapath",  # issue 8: tests/core/test_config_datapath.py
     }
 
 

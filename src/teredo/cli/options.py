@@ -11,7 +11,7 @@ Fixed early so that tests, benchmarks and the lab can drive any daemon the same 
                   [--mtu N]
     common:       [-c|--conf|--config FILE] [--pidfile FILE] [-f|--foreground]
                   [--syslog [FACILITY]] [-v|--verbose] [--control NAME | --no-control]
-                  [--metrics ADDRESS:PORT] [--user USER]
+                  [--metrics ADDRESS:PORT] [--user USER] [--datapath auto|kernel|user]
 
 The file is Miredo's, unchanged (core/config.py); each flag stands for one directive and
 overrides the file. Without -c no file is read (unlike Miredo, which reads
@@ -152,6 +152,7 @@ def flags_for(role: Role | str) -> dict[str, str]:
     table["--syslog"] = "SyslogFacility"
     table["--metrics"] = "MetricsAddress"
     table["--user"] = "User"
+    table["--datapath"] = "Datapath"
     return table
 
 
@@ -208,6 +209,12 @@ def add_daemon_arguments(parser: argparse.ArgumentParser, role: Role | str) -> N
         metavar="USER",
         help="after set-up run as USER keeping only CAP_NET_ADMIN (User; e.g. teredo, which "
         "scripts/setup.sh creates; root kept by default)",
+    )
+    common.add_argument(
+        "--datapath",
+        metavar="auto|kernel|user",  # checked by core/config.py, as the directive
+        help="forward trusted traffic in the kernel (eBPF) or in Python; auto (default): the "
+        "kernel where its programs load, else Python (Datapath; docs/kernel.md)",
     )
     own = parser.add_argument_group(f"{role.value} options (each overrides its directive)")
     if role is Role.RELAY:
@@ -313,6 +320,8 @@ def _overrides(args: argparse.Namespace, role: Role) -> list[Directive]:
         out.append(Directive.flag("MetricsAddress", args.metrics, "--metrics"))
     if getattr(args, "user", None) is not None:
         out.append(Directive.flag("User", args.user, "--user"))
+    if getattr(args, "datapath", None) is not None:
+        out.append(Directive.flag("Datapath", args.datapath, "--datapath"))
     return out
 
 

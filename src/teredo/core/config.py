@@ -88,6 +88,16 @@ class RelayType(enum.StrEnum):
         return Role.CLIENT if self in _CLIENT_TYPES else Role.RELAY
 
 
+class DatapathMode(enum.StrEnum):
+    """Where trusted traffic is forwarded (issue 8, docs/kernel.md): `auto` tries the kernel's
+    eBPF programs and falls back to Python with one log line; `kernel` insists; `user` never
+    loads a BPF program."""
+
+    AUTO = "auto"
+    KERNEL = "kernel"
+    USER = "user"
+
+
 _CLIENT_TYPES: Final = frozenset({RelayType.CLIENT, RelayType.AUTOCLIENT})
 
 # Defaults are Miredo's: miredo.conf(5) and relayd.c/serverd.c.
@@ -164,6 +174,7 @@ DIRECTIVES: Final[Mapping[str, frozenset[Role]]] = {
     "AnnounceTable": frozenset({Role.RELAY, Role.SERVER}),  # ours: anycast (issue 11)
     "AnnounceDrain": frozenset({Role.RELAY, Role.SERVER}),  # ours
     "AnycastIPv4": frozenset({Role.RELAY}),  # ours
+    "Datapath": _ALL,  # ours: auto|kernel|user (issue 8, docs/kernel.md)
 }
 _CANONICAL: Final = {name.lower(): name for name in DIRECTIVES}
 
@@ -275,6 +286,7 @@ class ClientSettings:
     user: str | None = None  # ours: stays root when None (io/privileges.py)
     # ours: SymmetricNat refuse = no address behind a symmetric NAT (RFC 4380 5.2.1 strictly)
     refuse_symmetric: bool = False
+    datapath: DatapathMode = DatapathMode.AUTO  # ours: kernel (eBPF) or user (Python)
 
     @property
     def role(self) -> Role:
@@ -292,6 +304,7 @@ class ServerSettings:
     syslog_facility: str = DEFAULT_SYSLOG_FACILITY
     metrics_address: MetricsAddress | None = None  # ours: no metrics by default
     user: str | None = None  # ours: stays root when None (io/privileges.py)
+    datapath: DatapathMode = DatapathMode.AUTO  # ours: kernel (eBPF) or user (Python)
     announce_table: int | None = None  # ours: kernel table of the anycast routes (issue 11)
     announce_drain: float = DEFAULT_ANNOUNCE_DRAIN
 
@@ -313,6 +326,7 @@ class RelaySettings:
     syslog_facility: str = DEFAULT_SYSLOG_FACILITY
     metrics_address: MetricsAddress | None = None  # ours: no metrics by default
     user: str | None = None  # ours: stays root when None (io/privileges.py)
+    datapath: DatapathMode = DatapathMode.AUTO  # ours: kernel (eBPF) or user (Python)
     announce_table: int | None = None  # ours: kernel table of the anycast routes (issue 11)
     announce_drain: float = DEFAULT_ANNOUNCE_DRAIN
     anycast_ipv4: IPv4Address | None = None  # ours: announced as a /32 with the prefix
@@ -566,6 +580,14 @@ def _anycast(d: Directive) -> IPv4Address:
     return _specific_address(d, "announced")
 
 
+def _datapath(d: Directive) -> DatapathMode:
+    try:
+        return DatapathMode(d.value.lower())
+    except ValueError:
+        choices = ", ".join(m.value for m in DatapathMode)
+        raise d.error(f"unknown data path {_show(d.value)} (expected {choices})") from None
+
+
 # --------------------------------------------------------------------------- settings
 
 
@@ -659,6 +681,7 @@ _PARSERS: Final[Mapping[str, Callable[[Directive], object]]] = {
     "AnnounceTable": _table,
     "AnnounceDrain": _drain,
     "AnycastIPv4": _anycast,
+    "Datapath": _datapath,
 }
 
 
@@ -705,6 +728,7 @@ def _client(layers: _Layers) -> ClientSettings:
         metrics_address=v.get("MetricsAddress", None),
         user=v.get("User", None),
         refuse_symmetric=v.get("SymmetricNat", False),
+        datapath=v.get("Datapath", DatapathMode.AUTO),
     )
 
 
@@ -720,6 +744,7 @@ def _relay(layers: _Layers) -> RelaySettings:
         syslog_facility=v.get("SyslogFacility", DEFAULT_SYSLOG_FACILITY),
         metrics_address=v.get("MetricsAddress", None),
         user=v.get("User", None),
+        datapath=v.get("Datapath", DatapathMode.AUTO),
         announce_table=v.get("AnnounceTable", None),
         announce_drain=v.get("AnnounceDrain", DEFAULT_ANNOUNCE_DRAIN),
         anycast_ipv4=v.get("AnycastIPv4", None),
@@ -746,6 +771,7 @@ def _server(layers: _Layers) -> ServerSettings:
         syslog_facility=v.get("SyslogFacility", DEFAULT_SYSLOG_FACILITY),
         metrics_address=v.get("MetricsAddress", None),
         user=v.get("User", None),
+        datapath=v.get("Datapath", DatapathMode.AUTO),
         announce_table=v.get("AnnounceTable", None),
         announce_drain=v.get("AnnounceDrain", DEFAULT_ANNOUNCE_DRAIN),
     )
