@@ -112,8 +112,9 @@ def _wire_input(data: bytes) -> None:
     pkt = parse_payload(data)
     if isinstance(pkt, TeredoPacket):
         assert pkt.ip6_offset + pkt.ip6_length <= len(data)
-        for value in (pkt.auth, pkt.nonce, pkt.confirmation, pkt.origin, pkt.trailers):
+        for value in (pkt.auth, pkt.nonce, pkt.confirmation, pkt.origin):
             assert not isinstance(value, DropReason)
+        assert isinstance(pkt.trailers, (tuple, DropReason))
         assert len(pkt.ipv6) == pkt.ip6_length
         assert len(pkt.src) == len(pkt.dst) == 16
         assert pkt.is_bubble in (True, False)
@@ -161,6 +162,48 @@ def _wire_seeds() -> list[bytes]:
         + origin
         + echo
         + trailers,
+    ]
+
+
+def _trailers_input(data: bytes) -> None:
+    """The bytes as an RFC 6081 trailer area: alone, then after a peer's bubble and after a
+    data packet through a qualified client (which drops malformed areas by reason)."""
+    from bench import fuzz_machines
+    from teredo.core.counters import DropReason
+    from teredo.core.wire import build_trailers, parse_trailers
+
+    got = parse_trailers(data)
+    if isinstance(got, DropReason):
+        assert got in (
+            DropReason.TRUNCATED_TRAILER,
+            DropReason.BAD_TRAILER,
+            DropReason.TOO_MANY_TRAILERS,
+        )
+    else:
+        # Reserved bytes are not kept, so the encoding may differ; the meaning may not.
+        assert parse_trailers(build_trailers(got)) == got
+    for packet in fuzz_machines.trailer_carriers():
+        fuzz_machines.client_input(bytes((7, 1)) + packet + data)
+
+
+def _trailers_seeds() -> list[bytes]:
+    from teredo.core.wire import (
+        AlternateAddressTrailer,
+        NeighborDiscoveryTrailer,
+        NonceTrailer,
+        RandomPortTrailer,
+        UnknownTrailer,
+        build_trailers,
+    )
+
+    return [
+        b"",
+        build_trailers([NonceTrailer(b"\x01\x02\x03\x04")]),
+        build_trailers([AlternateAddressTrailer(((0xC0A80102, 3544), (0xC0A80103, 3545)))]),
+        build_trailers([NeighborDiscoveryTrailer(0), RandomPortTrailer(40000)]),
+        build_trailers([UnknownTrailer(0x7F, b"abc"), RandomPortTrailer(1)]),
+        bytes((3, 8, 0, 0, 192, 168, 1, 2, 0, 0)),  # port 0
+        bytes((5, 2, 0x9C)),  # runs past the end
     ]
 
 
@@ -303,6 +346,12 @@ TARGETS: dict[str, Target] = {
             "UDP payloads: Auth, origin indication, IPv6 framing, trailers (core/wire.py)",
             _wire_input,
             _wire_seeds,
+        ),
+        Target(
+            "trailers",
+            "RFC 6081 trailer areas, alone and through a qualified client (core/wire.py)",
+            _trailers_input,
+            _trailers_seeds,
         ),
         Target(
             "ipv6",

@@ -171,6 +171,26 @@ def client_input(data: bytes) -> None:
         del _state["client"]
 
 
+def _teredo(ip: str, port: int) -> bytes:
+    from teredo.core.addr import TEREDO_PREFIX, ipv4_to_int, make_flags, pack_address
+
+    return pack_address(
+        TEREDO_PREFIX, ipv4_to_int(SERVER), make_flags(0x123), port, ipv4_to_int(ip)
+    )
+
+
+def trailer_carriers() -> list[bytes]:
+    """Packets from a peer to the fuzzed client that RFC 6081 trailers can follow."""
+    from teredo.core.ipv6 import build_bubble, build_echo
+
+    carriers = _state.get("carriers")
+    if carriers is None:
+        me = _qualified_client().address
+        peer = _teredo("203.0.113.90", 40000)
+        carriers = _state["carriers"] = [build_bubble(peer, me), build_echo(peer, me, 1, 1, b"x")]
+    return list(carriers)
+
+
 def machine_seeds() -> list[bytes]:
     """Datagrams every machine meets, each under a few selectors."""
     from teredo.core.addr import ALL_NODES, TEREDO_PREFIX, ipv4_to_int, make_flags, pack_address
@@ -196,5 +216,8 @@ def machine_seeds() -> list[bytes]:
         build_echo(peer, native, 1, 1, b"hello"),
         build_echo(native, peer, 2, 2, b"hello"),
         build_bubble(peer, ALL_NODES),
+        build_bubble(peer, me) + bytes((3, 8, 0, 0, 192, 168, 1, 2, 0x0D, 0xD8)),
+        build_bubble(peer, me) + bytes((5, 2, 0x9C, 0x40, 0x7F, 0)),
+        build_bubble(peer, me) + bytes((1, 4, 1, 2)),  # truncated nonce trailer
     ]
     return [bytes((sel, step)) + p for p in packets for sel, step in ((7, 1), (3, 0), (0x18, 20))]

@@ -98,12 +98,13 @@ router_advertisements = st.builds(
     u32,
     u32,
 )
-alt_pairs = st.lists(st.tuples(u32, u16), min_size=1, max_size=4).map(tuple)
+port_st = st.integers(1, 0xFFFF)  # RFC 6081 trailers never carry port 0 (MS-TERE 2.2.2)
+alt_pairs = st.lists(st.tuples(u32, port_st), min_size=1, max_size=4).map(tuple)
 trailers_st: st.SearchStrategy[Trailer] = st.one_of(
     st.builds(NonceTrailer, st.binary(min_size=4, max_size=4)),
     st.builds(AlternateAddressTrailer, alt_pairs),
     st.builds(NeighborDiscoveryTrailer, u8),
-    st.builds(RandomPortTrailer, u16),
+    st.builds(RandomPortTrailer, port_st),
     st.builds(UnknownTrailer, u8.filter(lambda t: t not in (1, 3, 4, 5)), st.binary(max_size=255)),
 )
 
@@ -272,8 +273,11 @@ def _exercise(data: bytes) -> None:
     pkt = parse_payload(data)
     if isinstance(pkt, TeredoPacket):
         assert pkt.ip6_offset + pkt.ip6_length <= len(data)
-        for value in (pkt.auth, pkt.nonce, pkt.confirmation, pkt.origin, pkt.trailers):
+        for value in (pkt.auth, pkt.nonce, pkt.confirmation, pkt.origin):
             assert not isinstance(value, DropReason)
+        trailers = pkt.trailers
+        assert isinstance(trailers, (tuple, DropReason))
+        assert (trailers == ()) is not pkt.has_trailers or isinstance(trailers, DropReason)
         assert len(pkt.ipv6) == pkt.ip6_length
         assert len(pkt.src) == len(pkt.dst) == 16
         assert pkt.next_header == pkt.ipv6[6]

@@ -181,23 +181,24 @@ def test_trailing_bytes_are_trailers_not_ipv6() -> None:
 
 
 @pytest.mark.parametrize(
-    "area",
+    ("area", "reason"),
     [
-        b"\x01",  # one lone byte
-        bytes((1, 4, 1, 2)),  # value runs past the end
-        bytes((1, 3, 1, 2, 3)),  # nonce of 3 bytes
-        bytes((3, 6, 0, 0, 1, 2, 3, 4)),  # alternate address of 6 bytes: no full pair
-        bytes((3, 32)) + bytes(32),  # more than 4 addresses
-        bytes((4, 2, 0, 0)),
-        bytes((5, 3, 0, 0, 0)),
-        bytes((0x7F, 0)) * 17,  # more records than anybody sends
+        (b"\x01", DropReason.TRUNCATED_TRAILER),  # one lone byte
+        (bytes((1, 4, 1, 2)), DropReason.TRUNCATED_TRAILER),  # value runs past the end
+        (bytes((1, 3, 1, 2, 3)), DropReason.BAD_TRAILER),  # nonce of 3 bytes
+        (bytes((3, 6, 0, 0, 1, 2, 3, 4)), DropReason.BAD_TRAILER),  # no full pair
+        (bytes((3, 32)) + bytes(32), DropReason.BAD_TRAILER),  # more than 4 addresses
+        (bytes((4, 2, 0, 0)), DropReason.BAD_TRAILER),
+        (bytes((5, 3, 0, 0, 0)), DropReason.BAD_TRAILER),
+        (bytes((0x7F, 0)) * 17, DropReason.TOO_MANY_TRAILERS),  # more than anybody sends
     ],
 )
-def test_malformed_trailer_area_is_ignored(area: bytes) -> None:
-    assert parse_trailers(area) is None
+def test_malformed_trailer_area_is_named(area: bytes, reason: DropReason) -> None:
+    assert parse_trailers(area) is reason
     pkt = parsed(BUBBLE + area)
-    assert pkt.ipv6 == BUBBLE  # the packet is kept
-    assert pkt.trailers == ()
+    assert pkt.ipv6 == BUBBLE  # the framing holds; the client drops it (test_trailers.py)
+    assert pkt.has_trailers
+    assert pkt.trailers is reason
 
 
 def test_trailer_builders_validate() -> None:

@@ -841,6 +841,11 @@ class ClientMachine:
         pkt = parse_payload(data)
         if isinstance(pkt, DropReason):
             return pkt
+        if pkt.has_trailers:
+            # RFC 6081 trailers: unknown ones are skipped, a malformed area drops the datagram.
+            trailers = pkt.trailers
+            if isinstance(trailers, DropReason):
+                return trailers
         host = source[0]
         ipv4 = self._ipv4_cache.get(host)
         if ipv4 is None:

@@ -30,7 +30,10 @@ class DropReason(enum.IntEnum):
     BAD_MTU_OPTION = 12  # MTU option outside 1280..65535 (Miredo teredo_parse_ra)
     NOT_TEREDO_PREFIX = 13  # address or advertised prefix outside the configured Teredo prefix
     BAD_ORIGIN_ORDER = 14  # Origin Indication before Authentication (RFC 4380 5.1.1)
-    # 15-49: more codec reasons
+    TRUNCATED_TRAILER = 15  # RFC 6081 trailer that runs past the end of the datagram
+    BAD_TRAILER = 16  # known RFC 6081 trailer with a wrong length or a zero port
+    TOO_MANY_TRAILERS = 17  # more trailers than MAX_TRAILERS (nobody sends more than a few)
+    # 18-49: more codec reasons
 
     # --- common receive checks (all roles): RFC 4380 5.2.3, 5.3.1, 5.4.2 ---
     NOT_GLOBAL_IPV4 = 50  # IPv4 source or embedded IPv4 is not global unicast (5.2.4)

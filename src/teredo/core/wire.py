@@ -3,17 +3,19 @@
     | Authentication (13 + ID + AU) |  optional, always first (RFC 4380 5.1.1)
     | Origin Indication (8)         |  optional, only servers add it
     | IPv6 packet (40 + plen)       |
-    | trailers (TLV ...)            |  optional, RFC 6081; tolerated by every receiver
+    | trailers (TLV ...)            |  optional, RFC 6081; the client drops malformed ones
 
 `parse_payload` is on the hot path of every role: it checks the structure (TEREDO-SPEC 2.4),
 allocates one small `TeredoPacket` holding offsets into the datagram, and leaves the rest
 (nonce, origin, trailers) to properties computed when asked. It never raises on any input.
+Trailers are checked only by the client (`TeredoPacket.trailers`), the role that uses them.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TypeVar
 
 from teredo.core.counters import DropReason
 
@@ -31,6 +33,7 @@ ND_ADVERTISEMENT = 1
 
 _ORIGIN = struct.Struct("!HHI")  # 00 00, port ^ 0xFFFF, IPv4 ^ 0xFFFFFFFF
 _OBF = struct.Struct("!HI")
+_T = TypeVar("_T")
 _ALT = struct.Struct("!IH")  # alternate address: IPv4 then port, in clear (MS-TERE 2.2.2)
 
 
@@ -125,11 +128,23 @@ def parse_origin(data: bytes | memoryview) -> tuple[int, int] | DropReason:
 
 
 # --- RFC 6081 trailers -------------------------------------------------------------------------
+# Type-length-value records after the IPv6 packet, inside the UDP payload (RFC 6081 section 4;
+# ../shared/spec/RFC6081-NOTES.md "Trailers"). The types and layouts below are marked [unsure]
+# in the notes except Alternate Address, which MS-TERE 2.2.2 confirms (length 8, 14, 20 or 26:
+# 2 reserved bytes, then 1-4 (IPv4, port) pairs in clear, port never 0). An RFC 4380 receiver
+# that honours the IPv6 payload length never sees them; ours parses them only in the client,
+# the one role that acts on them (relays and servers pass or ignore them).
+
+
+def _check_port(port: int, *, nonzero: bool = True) -> None:
+    if not (1 if nonzero else 0) <= port <= 0xFFFF:
+        raise ValueError(f"port {port} out of range")
 
 
 @dataclass(frozen=True, slots=True)
 class NonceTrailer:
-    """Type 0x01: a 4-byte nonce (hairpinning, RFC 6081 section 4.1)."""
+    """Type 0x01, length 4: a 32-bit nonce (Symmetric NAT Support ties a direct bubble to the
+    indirect one with it [unsure])."""
 
     nonce: bytes
 
@@ -141,47 +156,57 @@ class NonceTrailer:
 
 @dataclass(frozen=True, slots=True)
 class AlternateAddressTrailer:
-    """Type 0x03: 2 reserved bytes, then 1-4 (IPv4, port) pairs in clear (MS-TERE 2.2.2)."""
+    """Type 0x03: 2 reserved bytes, then 1-4 (IPv4, port) pairs in clear (MS-TERE 2.2.2;
+    Hairpinning: the sender's local addresses)."""
 
     addresses: tuple[tuple[int, int], ...]
 
     def pack(self) -> bytes:
-        if not 1 <= len(self.addresses) <= 4:
+        if not 1 <= len(self.addresses) <= MAX_ALTERNATE_ADDRESSES:
             raise ValueError("an alternate address trailer holds 1 to 4 addresses")
-        body = b"".join(
-            ip.to_bytes(4, "big") + port.to_bytes(2, "big") for ip, port in self.addresses
-        )
+        for ip, port in self.addresses:
+            if not 0 <= ip <= 0xFFFFFFFF:
+                raise ValueError(f"IPv4 {ip} out of range")
+            _check_port(port)
+        body = b"".join(_ALT.pack(ip, port) for ip, port in self.addresses)
         return bytes((TRAILER_ALTERNATE_ADDRESS, 2 + len(body), 0, 0)) + body
 
 
 @dataclass(frozen=True, slots=True)
 class NeighborDiscoveryTrailer:
-    """Type 0x04: DiscoveryType (0 solicitation, 1 advertisement) + 3 reserved bytes."""
+    """Type 0x04, length 4: DiscoveryType (0 solicitation, 1 advertisement) + 3 reserved
+    bytes (Server Load Reduction [unsure])."""
 
     discovery_type: int
 
     def pack(self) -> bytes:
+        if not 0 <= self.discovery_type <= 0xFF:
+            raise ValueError("the discovery type is one byte")
         return bytes((TRAILER_ND_OPTION, 4, self.discovery_type, 0, 0, 0))
 
 
 @dataclass(frozen=True, slots=True)
 class RandomPortTrailer:
-    """Type 0x05: the port of the extra random socket (port-preserving NATs)."""
+    """Type 0x05, length 2: the UDP port the sender will use (port-preserving and sequential
+    symmetric NATs [unsure])."""
 
     port: int
 
     def pack(self) -> bytes:
+        _check_port(self.port)
         return bytes((TRAILER_RANDOM_PORT, 2)) + self.port.to_bytes(2, "big")
 
 
 @dataclass(frozen=True, slots=True)
 class UnknownTrailer:
-    """A trailer of a type we do not know, kept as raw bytes."""
+    """A trailer of a type we do not know, kept as raw bytes (and otherwise skipped)."""
 
     type: int
     value: bytes
 
     def pack(self) -> bytes:
+        if not 0 <= self.type <= 0xFF or len(self.value) > 0xFF:
+            raise ValueError("a trailer has a one-byte type and at most 255 bytes of value")
         return bytes((self.type, len(self.value))) + self.value
 
 
@@ -193,46 +218,60 @@ Trailer = (
     | UnknownTrailer
 )
 
-# The trailer area of a datagram is at most 65507 - 40 bytes; 2 bytes at least per TLV bounds
-# the number of records, but keep the count small all the same: nobody sends more than a few.
+# 2 bytes at least per TLV already bound the work by the datagram's size; the count is kept
+# small all the same (nobody sends more than a few), so that a datagram of 1,400 empty TLVs
+# does not cost 700 objects.
 MAX_TRAILERS = 16
+MAX_ALTERNATE_ADDRESSES = 4
+_KNOWN_LENGTHS: dict[int, tuple[int, ...]] = {
+    TRAILER_NONCE: (4,),
+    TRAILER_ALTERNATE_ADDRESS: (8, 14, 20, 26),
+    TRAILER_ND_OPTION: (4,),
+    TRAILER_RANDOM_PORT: (2,),
+}
 
 
-def parse_trailers(data: bytes | memoryview) -> tuple[Trailer, ...] | None:
-    """All TLVs of a trailer area; None when the area is malformed (then the caller ignores
-    the trailers and keeps the packet, RFC 6081 section 4). Empty area -> ()."""
+def parse_trailers(data: bytes | memoryview) -> tuple[Trailer, ...] | DropReason:
+    """All TLVs of a trailer area (the bytes after the IPv6 packet); () when empty.
+
+    Unknown types are skipped by their length (kept as UnknownTrailer). A record that runs
+    past the end (TRUNCATED_TRAILER), a known type with another length or a zero port
+    (BAD_TRAILER), or more than MAX_TRAILERS records (TOO_MANY_TRAILERS) makes the whole
+    datagram malformed: the client drops and counts it (RFC6081-NOTES "Trailers").
+    """
     out: list[Trailer] = []
     off = 0
     n = len(data)
     while off < n:
-        if n - off < 2 or len(out) >= MAX_TRAILERS:
-            return None
+        if len(out) >= MAX_TRAILERS:
+            return DropReason.TOO_MANY_TRAILERS
+        if n - off < 2:
+            return DropReason.TRUNCATED_TRAILER
         ttype = data[off]
         tlen = data[off + 1]
         start = off + 2
         end = start + tlen
         if end > n:
-            return None
+            return DropReason.TRUNCATED_TRAILER
+        lengths = _KNOWN_LENGTHS.get(ttype)
+        if lengths is not None and tlen not in lengths:
+            return DropReason.BAD_TRAILER
         value = bytes(data[start:end])
         trailer: Trailer
         if ttype == TRAILER_NONCE:
-            if tlen != 4:
-                return None
             trailer = NonceTrailer(value)
         elif ttype == TRAILER_ALTERNATE_ADDRESS:
-            if tlen not in (8, 14, 20, 26):
-                return None
-            trailer = AlternateAddressTrailer(
-                tuple(_ALT.unpack_from(value, i) for i in range(2, tlen, 6))
-            )
+            pairs = tuple(_ALT.unpack_from(value, i) for i in range(2, tlen, 6))
+            if any(port == 0 for _ip, port in pairs):
+                return DropReason.BAD_TRAILER  # MS-TERE 2.2.2: the port MUST NOT be zero
+            trailer = AlternateAddressTrailer(pairs)
         elif ttype == TRAILER_ND_OPTION:
-            if tlen != 4:
-                return None
             trailer = NeighborDiscoveryTrailer(value[0])
         elif ttype == TRAILER_RANDOM_PORT:
-            if tlen != 2:
-                return None
-            trailer = RandomPortTrailer(int.from_bytes(value, "big"))
+            port = int.from_bytes(value, "big")
+            if port == 0:
+                return DropReason.BAD_TRAILER
+            trailer = RandomPortTrailer(port)
         else:
             trailer = UnknownTrailer(ttype, value)
         out.append(trailer)
@@ -241,7 +280,17 @@ def parse_trailers(data: bytes | memoryview) -> tuple[Trailer, ...] | None:
 
 
 def build_trailers(trailers: tuple[Trailer, ...] | list[Trailer]) -> bytes:
+    if len(trailers) > MAX_TRAILERS:
+        raise ValueError(f"at most {MAX_TRAILERS} trailers")
     return b"".join(t.pack() for t in trailers)
+
+
+def find_trailer(trailers: tuple[Trailer, ...], kind: type[_T]) -> _T | None:
+    """The first trailer of a kind (RFC 6081 gives each kind once per packet)."""
+    for t in trailers:
+        if isinstance(t, kind):
+            return t
+    return None
 
 
 # --- the datagram ------------------------------------------------------------------------------
@@ -348,12 +397,17 @@ class TeredoPacket:
         return self.data[self.ip6_offset + self.ip6_length :]
 
     @property
-    def trailers(self) -> tuple[Trailer, ...]:
-        """Parsed trailers; a malformed area gives () (ignored, packet kept: RFC 6081 4)."""
+    def has_trailers(self) -> bool:
+        return self.ip6_offset + self.ip6_length != len(self.data)
+
+    @property
+    def trailers(self) -> tuple[Trailer, ...] | DropReason:
+        """Parsed trailers, () when there are none; a DropReason when the area is malformed
+        (the client then drops the datagram: parse_trailers)."""
         end = self.ip6_offset + self.ip6_length
         if end == len(self.data):
             return ()
-        return parse_trailers(self.data[end:]) or ()
+        return parse_trailers(memoryview(self.data)[end:])
 
 
 def parse_payload(data: bytes) -> TeredoPacket | DropReason:
