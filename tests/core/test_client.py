@@ -970,8 +970,8 @@ def test_bubbles_repeat_every_2_s_then_an_error() -> None:
         (teredo_address(PEER_MAPPING, server="10.0.0.1"), DropReason.NOT_GLOBAL_IPV4),
         (ipaddress.IPv6Address("fe80::1").packed, DropReason.LINK_LOCAL_DESTINATION),
         (ipaddress.IPv6Address("ff02::1").packed, DropReason.MULTICAST_DESTINATION),
-        (ipaddress.IPv6Address("fc00::1").packed, DropReason.NON_GLOBAL_DESTINATION),
-        (ipaddress.IPv6Address("::1").packed, DropReason.NON_GLOBAL_DESTINATION),
+        (ipaddress.IPv6Address("fc00::1").packed, DropReason.NOT_GLOBAL_DESTINATION),
+        (ipaddress.IPv6Address("::1").packed, DropReason.NOT_GLOBAL_DESTINATION),
     ],
 )
 def test_forbidden_destinations_are_dropped_silently(dst: bytes, reason: DropReason) -> None:

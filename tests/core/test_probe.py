@@ -18,6 +18,7 @@ from teredo.core.addr import (
     LINK_LOCAL_CONE,
     LINK_LOCAL_RESTRICTED,
     TEREDO_PREFIX,
+    Address,
     ipv4_to_int,
     server_link_local,
 )
@@ -25,7 +26,6 @@ from teredo.core.client import NatType
 from teredo.core.counters import DropReason
 from teredo.core.ipv6 import build_ra, parse_rs
 from teredo.core.probe import (
-    Address,
     Datagram,
     Phase,
     ProbeMachine,

@@ -227,7 +227,7 @@ def test_unanswered_bubbles_repeat_three_times_then_the_sender_learns_unreachabl
     got = parse_unreachable(out.tun[0])
     assert not isinstance(got, DropReason)
     assert got.code == UNREACH_ADDRESS
-    assert dropped(relay, DropReason.RELAY_PEER_UNREACHABLE) >= 1
+    assert dropped(relay, DropReason.PEER_UNREACHABLE) >= 1
     # The entry kept its 4 bubbles: more native packets within 300 s get no 5th (5.2.6).
     out.clear()
     _run_timers(relay, T0 + 20, [T0 + 10, T0 + 11, T0 + 14], packet)
@@ -356,7 +356,7 @@ def test_queue_is_bounded_in_bytes() -> None:
     big = echo(NATIVE, peer, data=bytes(200))
     relay.receive_tun(big, T0)
     relay.receive_tun(big, T0 + 0.1)
-    assert dropped(relay, DropReason.RELAY_QUEUE_FULL) == 1
+    assert dropped(relay, DropReason.QUEUE_FULL) == 1
     out.clear()
     relay.receive_udp(build_bubble(peer, relay.bubble_source(peer)), CLIENT, T0 + 0.2)
     assert out.udp == [(big, CLIENT)]
@@ -380,13 +380,13 @@ def test_full_table_refuses_new_peers_and_keeps_serving_established_ones() -> No
             build_bubble(other, relay.bubble_source(other)), ("203.0.113.160", 100 + i), T0 + 6
         )
     relay.receive_tun(echo(NATIVE, teredo(OTHER)), T0 + 6)
-    assert dropped(relay, DropReason.RELAY_PEER_TABLE_FULL) == 1
+    assert dropped(relay, DropReason.PEER_TABLE_FULL) == 1
     assert relay.peers.lookup(peer) is not None
 
 
 _DESTINATION_REASONS = (
     DropReason.TEREDO_DESTINATION,
-    DropReason.RELAY_MULTICAST_DESTINATION,
+    DropReason.MULTICAST_DESTINATION,
     DropReason.NOT_GLOBAL_DESTINATION,
 )
 
@@ -398,6 +398,7 @@ _DESTINATION_REASONS = (
         (b"\x00\x00" + bytes(5), CLIENT, DropReason.TRUNCATED_ORIGIN),
         (echo(NATIVE2, NATIVE), CLIENT, DropReason.NOT_TEREDO_SOURCE),
         (echo(teredo(CLIENT), NATIVE), ("192.168.1.2", CLIENT[1]), DropReason.NOT_GLOBAL_IPV4),
+        (echo(teredo(CLIENT), NATIVE), ("not-an-ip", CLIENT[1]), DropReason.BAD_UDP_SOURCE),
         (echo(teredo(CLIENT), NATIVE), OTHER, DropReason.MAPPING_MISMATCH),
         (echo(teredo(CLIENT), NATIVE), (CLIENT[0], CLIENT[1] + 1), DropReason.MAPPING_MISMATCH),
         (build_bubble(teredo(CLIENT), NATIVE), CLIENT, DropReason.UNKNOWN_PEER_BUBBLE),
@@ -405,7 +406,7 @@ _DESTINATION_REASONS = (
         (
             echo(teredo(CLIENT), bytes.fromhex("ff0e0000000000000000000000000001")),
             CLIENT,
-            DropReason.RELAY_MULTICAST_DESTINATION,
+            DropReason.MULTICAST_DESTINATION,
         ),
         (
             echo(teredo(CLIENT), bytes.fromhex("fe800000000000000000000000000001")),
@@ -419,6 +420,7 @@ _DESTINATION_REASONS = (
         "origin",
         "native-source",
         "private-ipv4",
+        "not-an-ip",
         "other-mapping",
         "other-port",
         "unknown-bubble",
@@ -517,7 +519,7 @@ def test_client_to_native_fast_and_full_paths_agree() -> None:
         (build_bubble(peer, NATIVE), [], None),
         (echo(peer, teredo_dst), [], DropReason.TEREDO_DESTINATION),
         (echo(peer, link_local), [], DropReason.NOT_GLOBAL_DESTINATION),
-        (echo(peer, multicast), [], DropReason.RELAY_MULTICAST_DESTINATION),
+        (echo(peer, multicast), [], DropReason.MULTICAST_DESTINATION),
         (echo(peer, NATIVE)[:-1], [], DropReason.BAD_PAYLOAD_LENGTH),
     ]
     for datagram, forwarded, reason in cases:

@@ -161,7 +161,7 @@ def test_repeated_rs_gets_the_same_answer_as_a_first_one(source: bytes) -> None:
     ("source", "reason"),
     [
         (("192.168.1.5", 4000), DropReason.NOT_GLOBAL_IPV4),
-        (("not-an-ip", 4000), DropReason.NOT_GLOBAL_IPV4),
+        (("not-an-ip", 4000), DropReason.BAD_UDP_SOURCE),
         ((SECONDARY, 3544), DropReason.LOOP),
     ],
 )
@@ -342,7 +342,7 @@ def test_non_global_destinations_are_never_forwarded(destination: bytes) -> None
     server.receive(build_bubble(teredo_address(CLIENT), destination), CLIENT, False, 0.0)
     assert out.udp == []
     assert out.native == []
-    assert only_drop(server) is DropReason.NON_GLOBAL_DESTINATION
+    assert only_drop(server) is DropReason.NOT_GLOBAL_DESTINATION
 
 
 def test_teredo_destination_embedding_private_ipv4_dropped() -> None:

@@ -184,7 +184,7 @@ def test_relay_and_server_documents(exporters: list[MetricsExporter]) -> None:
     assert not [name for name, _ in got if "bad" in name and "name" in name]
     assert got["teredo_peer_capacity", ()] == 1024
     assert got["teredo_relay_peers_evicted_total", ()] == 2
-    assert got["teredo_drops_total", (("reason", "relay_queue_full"),)] == 0
+    assert got["teredo_drops_total", (("reason", "queue_full"),)] == 0
 
     server2 = {**server, "worker": 2, "status": {"router_advertisements": 6}}
     server_exporter = MetricsExporter(LOOPBACK, lambda: [server, server2])

@@ -129,7 +129,7 @@ def test_every_role_serves_metrics_and_the_client_is_ready_when_qualified(
     assert relay["teredo_relay_from_teredo_total", ()] >= 1
     assert relay["teredo_relay_to_teredo_total", ()] >= 1
     assert relay["teredo_peers", ()] >= 1
-    assert relay["teredo_drops_total", (("reason", "relay_queue_full"),)] == 0
+    assert relay["teredo_drops_total", (("reason", "queue_full"),)] == 0
 
     server = scrape(lab, "server")
     assert server["teredo_server_router_advertisements_total", ()] >= 1

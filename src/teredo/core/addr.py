@@ -21,6 +21,10 @@ import struct
 from dataclasses import dataclass
 from socket import inet_ntoa  # a pure conversion: no socket is created
 
+#: A UDP/IPv4 endpoint as the socket module gives and takes it: (dotted quad, port). The one
+#: endpoint type of every machine's UDP input and output (the I/O layer passes these through).
+Address = tuple[str, int]
+
 TEREDO_PORT = 3544  # RFC 4380 section 2.7: server UDP port
 TEREDO_PREFIX = b"\x20\x01\x00\x00"  # 2001:0000::/32, RFC 4380 section 2.6
 TEREDO_PREFIX_LEGACY = b"\x3f\xfe\x83\x1f"  # 3ffe:831f::/32, pre-RFC Windows XP/2003

@@ -39,6 +39,7 @@ from teredo.core.addr import (
     LINK_LOCAL_RESTRICTED,
     TEREDO_PORT,
     TEREDO_PREFIX,
+    Address,
     embedded_mapping,
     embedded_server,
     int_to_ipv4,
@@ -66,8 +67,6 @@ from teredo.core.natbehaviour import NatBehaviour, classify
 from teredo.core.peers import PeerTable
 from teredo.core.ratelimit import BucketTable, TokenBucket
 from teredo.core.wire import TeredoPacket, build_auth, parse_payload
-
-Address = tuple[str, int]
 
 # Section 5.2.1: RS timer T and repetitions N (the RFC 2461 values).
 RS_TIMEOUT = 4.0
@@ -211,20 +210,29 @@ class _Phase(enum.Enum):
     REFRESH = 5  # QUALIFIED, refresh RS pending
 
 
-class _Probe:
-    """A bubble or ping procedure in progress for one peer (sections 5.2.4, 5.2.9)."""
+class ProcedureKind(enum.Enum):
+    """How a peer is reached before it is trusted (section 5.2.4 cases 2-5)."""
+
+    BUBBLE = 0  # Teredo peer: direct + indirect bubble (case 5)
+    LOCAL = 1  # local peer: unicast bubble to its local address + discovery bubble (case 3)
+    PING = 2  # native peer: Echo Request through our server (case 2, section 5.2.9)
+
+
+class _Procedure:
+    """A bubble or ping procedure in progress for one peer (sections 5.2.4, 5.2.9); not to be
+    confused with core/probe.py's ProbeMachine, the `teredo probe` qualification check."""
 
     __slots__ = ("deadline", "kind", "sends")
 
-    def __init__(self, kind: int, deadline: float) -> None:
+    def __init__(self, kind: ProcedureKind, deadline: float) -> None:
         self.kind = kind
         self.sends = 0
         self.deadline = deadline
 
 
-_BUBBLE = 0  # Teredo peer: direct + indirect bubble (case 5)
-_LOCAL = 1  # local peer: unicast bubble to its local address + discovery bubble (case 3)
-_PING = 2  # native peer: Echo Request through our server (case 2, section 5.2.9)
+_BUBBLE = ProcedureKind.BUBBLE
+_LOCAL = ProcedureKind.LOCAL
+_PING = ProcedureKind.PING
 
 
 def _is_multicast(addr16: bytes) -> bool:
@@ -354,7 +362,7 @@ class ClientMachine:
         self._discovery_at: float | None = None
         self._events: deque[ClientEvent] = deque()
         self._peers = PeerTable(params.peer_capacity)
-        self._probes: dict[bytes, _Probe] = {}
+        self._probes: dict[bytes, _Procedure] = {}
         self._probe_heap: list[tuple[float, int, bytes]] = []
         self._probe_seq = 0
         self._max_probes = min(params.peer_capacity, 4096)
@@ -1088,14 +1096,14 @@ class ClientMachine:
         else:
             if _bad_source(dst) or dst[0] & 0xE0 != 0x20:
                 # Only global unicast (2000::/3) is reachable through relays.
-                return DropReason.NON_GLOBAL_DESTINATION
+                return DropReason.NOT_GLOBAL_DESTINATION
             kind = _PING  # case 2
         row = peers.lookup(dst)
         if row is None:
             row = peers.insert(dst, now)  # section 5.2.6: dated 30 s back, no bubbles
             if row is None:
                 return DropReason.PEER_TABLE_FULL
-        elif kind == _BUBBLE and peers.is_local(row) and peers.is_valid(row, now):
+        elif kind is _BUBBLE and peers.is_local(row) and peers.is_valid(row, now):
             kind = _LOCAL  # case 3: a local peer heard from within 600 s
         if not peers.enqueue(row, packet):
             return DropReason.QUEUE_FULL
@@ -1113,28 +1121,32 @@ class ClientMachine:
             dest = cache[mapping] = _sockaddr(mapping)
         return dest
 
-    def _start_probe(self, row: int, addr: bytes, kind: int, now: float) -> DropReason | None:
+    def _start_probe(
+        self, row: int, addr: bytes, kind: ProcedureKind, now: float
+    ) -> DropReason | None:
         if len(self._probes) >= self._max_probes:
             self._peers.drain(row)
             self._peers.drain(row, inbound=True)
             return DropReason.PROBES_FULL
-        probe = _Probe(kind, now)
+        probe = _Procedure(kind, now)
         self._probes[addr] = probe
         return self._probe_step(row, addr, probe, now)
 
-    def _probe_step(self, row: int, addr: bytes, probe: _Probe, now: float) -> DropReason | None:
+    def _probe_step(
+        self, row: int, addr: bytes, probe: _Procedure, now: float
+    ) -> DropReason | None:
         """One round of bubbles or one ping, or giving up (sections 5.2.4, 5.2.6, 5.2.9)."""
         peers = self._peers
         if probe.sends >= PROBE_SENDS:
             self._give_up(row, addr, DropReason.PEER_UNREACHABLE, now)
-            if probe.kind == _PING:
+            if probe.kind is _PING:
                 # The bubble limit of section 5.2.6 is about bubbles; a failed connectivity
                 # test (section 5.2.9) leaves no state, so the next packet for that
                 # destination runs a new test (under loss one test can fail, and a native
                 # destination must not stay black-holed for 300 s).
                 peers.remove(row)
             return None
-        ping = probe.kind == _PING
+        ping = probe.kind is _PING
         # The 2 s / 4-per-300 s limit of section 5.2.6 is about bubbles. A ping (the
         # connectivity test of section 5.2.9, sent through our own server) is not a bubble:
         # gating it would delay the move to a new relay by up to 2 s after traffic to the
@@ -1157,12 +1169,12 @@ class ClientMachine:
             peers.record_bubble(row, now)  # last tx and the count (5.2.6 MUST)
         probe.sends += 1
         kind = probe.kind
-        if kind == _BUBBLE:
+        if kind is _BUBBLE:
             bubble = build_bubble(address, addr)
             # Direct bubble to the peer's mapping, indirect one through its server.
             self.out.send_udp(bubble, _sockaddr(embedded_mapping(addr)))
             self.out.send_udp(bubble, (int_to_ipv4(embedded_server(addr)), _SERVER_PORT))
-        elif kind == _LOCAL:
+        elif kind is _LOCAL:
             self.out.send_udp(build_bubble(address, addr), _sockaddr(peers.mapping(row)))
             if self.params.local_discovery:
                 self.out.send_discovery(build_bubble(address, ALL_NODES, hop_limit=1))
@@ -1180,7 +1192,7 @@ class ClientMachine:
         self._arm(addr, probe, now + PROBE_INTERVAL)
         return None
 
-    def _arm(self, addr: bytes, probe: _Probe, when: float) -> None:
+    def _arm(self, addr: bytes, probe: _Procedure, when: float) -> None:
         probe.deadline = when
         self._probe_seq += 1
         heapq.heappush(self._probe_heap, (when, self._probe_seq, addr))

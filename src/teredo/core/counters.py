@@ -2,8 +2,10 @@
 
 Nothing is logged per packet (a flood would turn into a log flood); every drop names one
 `DropReason` and the I/O layer counts it in `DropCounters`, which metrics and `status` read.
-Members are grouped by the module that decides the drop; values are stable once released (they
-index the counter array), so new members are added inside the gaps left for each group.
+Members are grouped by the module that decides the drop; a value only indexes the counter array,
+the lower-case name is what status and metrics show. One kind of fault has one name in every
+role (the common and peer-table groups), so a dashboard reads the same for client and relay.
+Each group keeps gaps for new members; metrics (io/metrics.py) export a role's groups by range.
 """
 
 from __future__ import annotations
@@ -39,14 +41,17 @@ class DropReason(enum.IntEnum):
     NOT_GLOBAL_IPV4 = 50  # IPv4 source or embedded IPv4 is not global unicast (5.2.4)
     MAPPING_MISMATCH = 51  # Teredo source whose embedded mapping differs from the UDP source
     LOOP = 52  # from one of our own addresses with port 3544 (Miredo loop guard)
-    # 53-99: more common reasons
+    BAD_UDP_SOURCE = 53  # the UDP source is not an IPv4 socket address
+    NOT_GLOBAL_DESTINATION = 54  # 5.3.1, 5.2.4, 5.4.2: the IPv6 destination is not global unicast
+    MULTICAST_DESTINATION = 55  # multicast destination (client: outside local discovery; Miredo)
+    # 56-99: more common reasons
 
     # --- server machine (core/server.py): RFC 4380 5.3.1 acceptance, 5.3.2, abuse limits ---
     NOT_BUBBLE_OR_ICMPV6 = 100  # acceptance check 2: servers carry bubbles and ICMPv6 only
     NOT_ACCEPTED = 101  # acceptance check 7: none of checks 4-6 admitted the packet
     NOT_FOR_SERVER = 102  # sent to ff02::2 or our link-local address but not a valid RS
     BAD_ROUTER_SOLICITATION = 103  # RS failing RFC 4861 6.1.1 (hop limit, checksum, length)
-    NON_GLOBAL_DESTINATION = 104  # 5.3.1: never forward to a non-global IPv6 destination
+    # 104: merged into NOT_GLOBAL_DESTINATION
     DESTINATION_NOT_GLOBAL_IPV4 = 105  # 5.3.1: a Teredo destination embeds a non-global IPv4
     ICMPV6_TOO_LARGE = 106  # relayed ICMPv6 over the size cap (Miredo and Microsoft: 88 bytes)
     RS_RATE_LIMITED = 107  # per-source or overall Router Solicitation limit reached
@@ -55,7 +60,7 @@ class DropReason(enum.IntEnum):
     # 110-149: more server reasons
     # --- client machine (core/client.py): 150-199, RFC 4380 5.2 ---
     NOT_QUALIFIED = 150  # packet to send or receive before qualification (5.2: qualify first)
-    BAD_UDP_SOURCE = 151  # the UDP source is not an IPv4 socket address
+    # 151: BAD_UDP_SOURCE, now common
     RA_NOT_FROM_SERVER = 152  # RA from another IPv4/port than the server's 3544 (5.2.1)
     RA_WITHOUT_AUTH = 153  # RA without Authentication header (5.2.2; Miredo drops it too)
     RA_BAD_NONCE = 154  # RA nonce is not the one of our pending RS (5.2.2)
@@ -65,15 +70,14 @@ class DropReason(enum.IntEnum):
     RA_WRONG_PREFIX = 158  # PIO is not Teredo prefix + our server's IPv4 (5.2.1)
     RA_UNEXPECTED = 159  # RA while no RS is pending (qualification already done)
     NOT_OUR_ADDRESS = 160  # IPv6 destination is not our Teredo address (5.2.3)
-    MULTICAST_DESTINATION = 161  # multicast destination outside local discovery (Miredo)
+    # 161: MULTICAST_DESTINATION, now common
     LINK_LOCAL_SOURCE = 162  # link-local IPv6 source on the data path (forged RA/redirect guard)
     INVALID_SOURCE = 163  # multicast, unspecified or loopback IPv6 source
     UNKNOWN_BUBBLE = 164  # bubble from a peer that neither matches its mapping nor is local
     PING_NONCE_MISMATCH = 165  # Echo Reply whose data is not our ping-test nonce (5.2.9)
-    QUEUE_FULL = 166  # queue of a peer waiting for trust is full (5.2.4; Miredo 1280 B)
-    PEER_TABLE_FULL = 167  # no row for a new peer (the table refuses to evict valid peers)
+    # 166, 167: QUEUE_FULL, PEER_TABLE_FULL, now in the peer-table group
     BUBBLE_LIMIT = 168  # 4 bubbles or pings in 300 s without answer (5.2.6 MUST)
-    PEER_UNREACHABLE = 169  # bubbles/pings repeated 3 times unanswered: queue dropped (5.2.4)
+    # 169: PEER_UNREACHABLE, now in the peer-table group
     LINK_LOCAL_DESTINATION = 170  # packet from the local stack to a link-local destination
     WRONG_SOURCE = 171  # packet from the local stack whose source is not our address
     OWN_ADDRESS = 172  # to our own address, or our own discovery bubble looped back
@@ -91,17 +95,17 @@ class DropReason(enum.IntEnum):
     NOT_TEREDO_SOURCE = 201  # 5.4.2: a relay accepts only Teredo sources over UDP
     UNKNOWN_PEER_BUBBLE = 202  # a bubble from a client the relay never bubbled (nothing to do)
     TEREDO_DESTINATION = 203  # 5.4.2: a client's packet for a Teredo address (not served)
-    RELAY_MULTICAST_DESTINATION = 204  # 5.4.2 (Miredo): multicast from a client is never forwarded
-    NOT_GLOBAL_DESTINATION = 205  # 5.4.2: link-local, loopback or unspecified destination
+    # 204, 205: merged into MULTICAST_DESTINATION, NOT_GLOBAL_DESTINATION
     NOT_OWN_ADDRESS = 206  # 5.4 host-specific relay: destination is not one of our addresses
-    RELAY_PEER_TABLE_FULL = 207  # 7.3.5: no row for a new peer without displacing valid ones
-    RELAY_QUEUE_FULL = 208  # 5.4.1: the bounded queue of an untrusted peer is full
-    RELAY_PEER_UNREACHABLE = 209  # 5.4.1: 3 repeated bubbles unanswered; queued packets dropped
+    # 207-209: merged into PEER_TABLE_FULL, QUEUE_FULL, PEER_UNREACHABLE
     SERVER_NOT_GLOBAL_IPV4 = 210  # 5.4.1: the embedded server IPv4 is not global (no bubble)
     RELAY_UNKNOWN_PEER = 211  # 5.4.2 MAY: a client packet from a peer the relay never bubbled
     RELAY_BUBBLE_LIMIT = 212  # 5.2.6, 7.4: bubbles toward one server IPv4 over its rate limit
     RELAY_MAPPING_CHANGE = 213  # a valid trusted peer heard from another mapping (spoofed)
-    # --- peer table and queues (core/peers.py): 250-299 ---
+    # --- peer table and queues (core/peers.py; client and relay): 250-299 ---
+    PEER_TABLE_FULL = 250  # no row for a new peer without evicting a valid one (7.3.5)
+    QUEUE_FULL = 251  # the bounded queue of a peer waiting for trust is full (5.2.4, 5.4.1)
+    PEER_UNREACHABLE = 252  # bubbles/pings repeated 3 times unanswered: queue dropped (5.2.4)
 
 
 # The counters are indexed by value, so the array spans the largest member.

@@ -38,6 +38,7 @@ from teredo.core.addr import (
     LINK_LOCAL_RESTRICTED,
     TEREDO_PORT,
     TEREDO_PREFIX,
+    Address,
     int_to_ipv4,
     is_global_ipv4,
     server_link_local,
@@ -48,7 +49,6 @@ from teredo.core.ipv6 import build_rs
 from teredo.core.natbehaviour import NatBehaviour, classify
 from teredo.core.wire import build_auth, parse_payload
 
-Address = tuple[str, int]
 Datagram = tuple[bytes, Address]
 
 DEFAULT_ROUNDS = 3

@@ -50,6 +50,7 @@ from typing import Protocol
 from teredo.core.addr import (
     TEREDO_PORT,
     TEREDO_PREFIX,
+    Address,
     embedded_mapping,
     is_global_ipv4,
 )
@@ -63,8 +64,6 @@ from teredo.core.ipv6 import (
 from teredo.core.peers import MIREDO_MAX_PEERS, PEER_VALIDITY, PeerTable
 from teredo.core.ratelimit import BucketTable, TokenBucket
 from teredo.core.wire import TeredoPacket, parse_payload
-
-Address = tuple[str, int]
 
 #: Section 5.4.1: the bubble is repeated after 2 s, at most 3 times, then the entry goes.
 BUBBLE_RETRY = 2.0
@@ -171,7 +170,7 @@ def _global_ipv6_kind(addr: bytes) -> DropReason | None:
     """None for a global unicast IPv6 destination, else why not (RFC 4291 section 2.4)."""
     first = addr[0]
     if first == 0xFF:
-        return DropReason.RELAY_MULTICAST_DESTINATION
+        return DropReason.MULTICAST_DESTINATION
     if first == 0xFE and addr[1] & 0xC0 == 0x80:
         return DropReason.NOT_GLOBAL_DESTINATION
     if first == 0 and addr[:15] == bytes(15) and addr[15] in (0, 1):
@@ -379,7 +378,7 @@ class RelayMachine:
                 return DropReason.RELAY_BUBBLE_LIMIT
             row = peers.insert_bubbled(dst, mapping[0], mapping[1], now)
             if row is None:
-                return DropReason.RELAY_PEER_TABLE_FULL
+                return DropReason.PEER_TABLE_FULL
             self._wanted.discard(row)  # a reused row: the last holder's demand is not ours
             queued = peers.enqueue(row, packet)
             self._send_bubbles(row, dst, server)
@@ -401,7 +400,7 @@ class RelayMachine:
         if queued:
             self.stats.queued += 1
             return None
-        return DropReason.RELAY_QUEUE_FULL
+        return DropReason.QUEUE_FULL
 
     def _sockaddr(self, key: int) -> Address:
         """("a.b.c.d", port) for a mapping `(ipv4 << 16) | port`, remembered for the next
@@ -477,7 +476,7 @@ class RelayMachine:
             try:
                 ipv4 = int.from_bytes(inet_aton(host), "big")
             except OSError:
-                return DropReason.NOT_GLOBAL_IPV4
+                return DropReason.BAD_UDP_SOURCE
             if len(self._from_host) >= ADDRESS_CACHE:
                 self._from_host.clear()
             self._from_host[host] = ipv4
@@ -626,7 +625,7 @@ class RelayMachine:
         self._wanted.discard(row)
         self.stats.given_up += 1
         if queued:
-            self.drops.count(DropReason.RELAY_PEER_UNREACHABLE, len(queued))
+            self.drops.count(DropReason.PEER_UNREACHABLE, len(queued))
         for held in queued:
             # RFC 4443 section 2.4 (e): never an error about an error.
             if held[6] == NH_ICMPV6 and len(held) > _HEADER and held[_HEADER] < 128:

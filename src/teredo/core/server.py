@@ -21,6 +21,7 @@ from teredo.core.addr import (
     ALL_ROUTERS,
     TEREDO_PORT,
     TEREDO_PREFIX,
+    Address,
     embedded_mapping,
     embedded_sockaddr,
     is_global_ipv4,
@@ -37,10 +38,9 @@ from teredo.core.ipv6 import (
 from teredo.core.ratelimit import BucketTable, TokenBucket
 from teredo.core.wire import AUTH_MIN_LEN, TeredoPacket, build_origin, parse_payload
 
-Address = tuple[str, int]
-
 _AUTH_LEAD = b"\x00\x01\x00\x00"  # Authentication header, nonce-only: ID-len = AU-len = 0
 _CONFIRMATION_OK = b"\x00"
+_NOT_IPV4 = -2  # _global_ipv4: the source is not an IPv4 address (BAD_UDP_SOURCE)
 
 # Router Advertisements are cached by RS source address: clients use one of a handful of
 # link-local sources (TEREDO-SPEC 1.4), so the RA's IPv6 part, checksum included, is a constant.
@@ -182,8 +182,12 @@ class ServerMachine:
             if known is not None:
                 host, port = source
                 source_ipv4 = self._global_ipv4(host)
-                if source_ipv4 < 0:
-                    self.drops.count(DropReason.NOT_GLOBAL_IPV4)  # check 3
+                if source_ipv4 < 0:  # check 3
+                    self.drops.count(
+                        DropReason.BAD_UDP_SOURCE
+                        if source_ipv4 == _NOT_IPV4
+                        else DropReason.NOT_GLOBAL_IPV4
+                    )
                 elif port == TEREDO_PORT and source_ipv4 in self._own:
                     self.drops.count(DropReason.LOOP)
                 elif not (self._rs_allowed(source, now)):
@@ -211,7 +215,8 @@ class ServerMachine:
         )
 
     def _global_ipv4(self, host: str) -> int:
-        """The source address as an int, or -1 when it is not global unicast (check 3).
+        """The source address as an int, -1 when it is not global unicast (check 3), or
+        _NOT_IPV4 when it is not an IPv4 address at all.
 
         Remembered for the last few thousand sources: a flood or a busy NAT repeats them.
         """
@@ -221,7 +226,7 @@ class ServerMachine:
         try:
             ipv4 = int.from_bytes(inet_aton(host), "big")
         except OSError:
-            ipv4 = -1
+            ipv4 = _NOT_IPV4
         if ipv4 >= 0 and not is_global_ipv4(ipv4):
             ipv4 = -1
         if len(self._source_cache) >= _SOURCE_CACHE_LIMIT:
@@ -248,7 +253,7 @@ class ServerMachine:
         try:
             source_ipv4 = int.from_bytes(inet_aton(host), "big")
         except OSError:
-            return DropReason.NOT_GLOBAL_IPV4
+            return DropReason.BAD_UDP_SOURCE
         if not is_global_ipv4(source_ipv4):
             return DropReason.NOT_GLOBAL_IPV4
         src = d[o + 8 : o + 24]
@@ -271,7 +276,7 @@ class ServerMachine:
             return self._answer_rs(packet, source, source_ipv4, on_secondary, now)
         # Section 5.3.1: never forward to a non-global IPv6 destination.
         if not _is_global_ipv6(dst):
-            return DropReason.NON_GLOBAL_DESTINATION
+            return DropReason.NOT_GLOBAL_DESTINATION
         if not bubble and packet.ip6_length - 40 > self._icmp_cap:
             return DropReason.ICMPV6_TOO_LARGE
         if not (self._fwd_buckets.allow(host, now) and self._fwd_total.allow(now)):

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from teredo.core.addr import (
     TEREDO_PORT,
+    Address,
     format_prefix,
     int_to_ipv4,
     ipv4_to_int,
@@ -54,6 +55,7 @@ from teredo.core.client import (
     SymmetricNat,
 )
 from teredo.core.failover import Move, ServerFailover, rank
+from teredo.core.ipv6 import IPV6_MIN_MTU  # the tunnel MTU until an RA says otherwise
 from teredo.io.hook import HookError, HookRunner
 from teredo.io.loop import DaemonLoop, boottime
 from teredo.io.tun import TunDevice, TunError
@@ -83,7 +85,6 @@ __all__ = [
 ]
 
 DISCOVERY_GROUP = "224.0.0.253"  # RFC 4380 section 2.17 / 5.2.8: Teredo local discovery
-IPV6_MIN_MTU = 1280  # RFC 4380 section 5.1.2: the tunnel MTU until an RA says otherwise
 LINK_LOCAL_PREFIXLEN = 64
 DEFAULT_ROUTE = "::/0"
 
@@ -537,8 +538,9 @@ class ClientIO:
             from teredo.io.mmsg import BatchSender  # noqa: PLC0415 (ctypes: 10 ms at start)
 
             self._batch = BatchSender(sock, MMSG_BATCH)
-        # One Python call per datagram on the data path: the sender itself, not a wrapper.
-        self.send_udp = (  # type: ignore[method-assign]
+        # One Python call per datagram on the data path: the sender itself, not a wrapper
+        # method (ClientTransmit.send_udp is this attribute).
+        self.send_udp: Callable[[bytes, Address], None] = (
             self._batch.send if self._batch is not None else self._send
         )
         self._tun_fd = tun_fd
@@ -546,9 +548,6 @@ class ClientIO:
         self.discovery_addresses = list(discovery_addresses)
         self.tun_errors = 0
         self.discovery_errors = 0
-
-    def send_udp(self, payload: bytes, destination: tuple[str, int]) -> None:
-        self._send(payload, destination)
 
     def flush(self) -> None:
         """Sends what the batch queue holds (no-op without batching)."""

@@ -17,13 +17,14 @@ import os
 import socket
 from collections.abc import Callable
 
+from teredo.core.addr import Address
 from teredo.core.config import ANY_IPV4
 from teredo.core.probe import Datagram, Phase, ProbeMachine, ProbeParams
 from teredo.io.announce import AnnounceError, Announcement
 from teredo.io.loop import DaemonLoop
 from teredo.io.netlink import NetlinkConfigError
 from teredo.io.relay_driver import off_loop
-from teredo.io.udp import Address, open_udp_socket
+from teredo.io.udp import open_udp_socket
 
 log = logging.getLogger("teredo.health")
 

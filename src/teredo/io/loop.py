@@ -1,8 +1,11 @@
-"""The daemons' event loop: readers that drain sockets, one timer per machine, signals.
+"""The daemons' event loop: machine timers, signals, the status and metrics sockets, readers.
 
-asyncio serves timers, signals and control; the data path is `add_reader` callbacks that read
-until the descriptor is empty (teredo.io.udp.drain), which costs a fraction of the stock
-datagram protocol per packet.
+asyncio serves the control side of every daemon: timers, signals, the control socket, netlink
+watches and the rare sockets of the control path, drained by teredo.io.udp.drain (`add_socket`
+for the relay's health check; the client's local discovery through `add_reader`). The server's
+two UDP sockets are `add_reader` callbacks too (io/server_driver.py); the client's and the
+relay's data paths run in a thread of their own instead (io/client_driver.py,
+io/relay_driver.py), which feeds the machine under a lock and leaves the timers to this loop.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class DaemonLoop:
         self._draining = False
 
     def add_socket(self, sock: socket.socket, handler: DatagramHandler) -> None:
+        """Serves a control-path UDP socket: `handler` gets each datagram (bounded per wake-up)."""
         self.loop.add_reader(sock.fileno(), drain, sock, handler)
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:

@@ -20,7 +20,7 @@ from array import array
 from collections.abc import Callable
 from itertools import accumulate
 
-Address = tuple[str, int]
+from teredo.core.addr import Address
 
 _SOCKADDR_IN = struct.Struct("=H")  # sin_family, host order; then port and address, big-endian
 _PORT_ADDR = struct.Struct("!H4s8x")

@@ -37,7 +37,8 @@ from typing import TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from teredo.core.relay import Address, RelayMachine, RelayParams
+from teredo.core.addr import Address
+from teredo.core.relay import RelayMachine, RelayParams
 from teredo.io.loop import DaemonLoop
 from teredo.io.memory import release_free_memory
 from teredo.io.netlink import InterfaceConfig, NetlinkConfigError

@@ -11,9 +11,9 @@ import logging
 import socket
 from collections.abc import Callable
 
-from teredo.core.addr import TEREDO_PORT
+from teredo.core.addr import TEREDO_PORT, Address
 from teredo.core.counters import DropReason
-from teredo.core.server import Address, ServerMachine, ServerParams
+from teredo.core.server import ServerMachine, ServerParams
 from teredo.io.loop import DaemonLoop
 from teredo.io.udp import DRAIN_BUDGET, open_udp_socket
 

@@ -1,14 +1,19 @@
-"""UDP/IPv4 sockets for Teredo and the receive loop that drains them.
+"""UDP/IPv4 sockets for Teredo: opening them, draining one from an asyncio reader, sending.
 
-The stock asyncio datagram protocol costs several times more per packet than a reader callback
-that reads until the socket is empty (DESIGN.md, "The hot path"), so sockets are served by
-`loop.add_reader` and `drain`, which reads a bounded number of datagrams per wake-up.
+`open_udp_socket` makes every daemon's socket (no Don't Fragment bit, large buffers). `drain`
+serves the sockets read on the asyncio loop (the client's local discovery, the relay's health
+check through DaemonLoop.add_socket): the stock asyncio datagram protocol costs several times
+more per packet than a reader callback that reads a bounded number of datagrams per wake-up.
+The data paths read their sockets themselves (io/server_driver.py, io/client_driver.py,
+io/relay_driver.py). `UdpSender` counts refused sends instead of raising.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+
+from teredo.core.addr import Address
 
 # Linux socket options that the socket module does not name.
 IP_MTU_DISCOVER = 10
@@ -20,7 +25,6 @@ DRAIN_BUDGET = 256
 # Larger than any UDP payload over IPv4 (65507 bytes).
 RECEIVE_SIZE = 65536
 
-Address = tuple[str, int]
 DatagramHandler = Callable[[bytes, Address], None]
 
 

@@ -109,10 +109,10 @@ def server_kinds(server: str, attacker: str, count: int = 40) -> list[Kind]:
     add(
         "multicast destination",
         build_bubble(own(), SITE_MULTICAST),
-        DropReason.NON_GLOBAL_DESTINATION,
+        DropReason.NOT_GLOBAL_DESTINATION,
     )
     add(
-        "link-local destination", build_bubble(own(), LINK_LOCAL), DropReason.NON_GLOBAL_DESTINATION
+        "link-local destination", build_bubble(own(), LINK_LOCAL), DropReason.NOT_GLOBAL_DESTINATION
     )
     add(
         "RS with hop limit 64",
