@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 from ipaddress import IPv4Address
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from teredo.cli.options import (
     EXIT_CONFIG,
@@ -274,31 +274,12 @@ def _supervise(
     # workers already started instead of killing the parent alone.
     for sig in forwarded:
         signal.signal(sig, forward)
-    for index, sockets in enumerate(sets):
+    for index in range(len(sets)):
         if stopping:
             break
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
-            status = 1
-            try:
-                for sig in forwarded:
-                    signal.signal(sig, signal.SIG_DFL)  # the worker's loop installs its own
-                for other in sets:
-                    if other is not sockets:
-                        for sock in other:
-                            sock.close()
-                status = _serve(
-                    args,
-                    params,
-                    sockets,
-                    control_identity(args, "server", worker=index),
-                    user=user,
-                )
-            except BaseException:
-                log.exception("worker %d failed", index)
-            finally:
-                logging.shutdown()
-                os._exit(status)
+            _run_worker(args, params, sets, index, forwarded=forwarded, user=user)
         children[pid] = index
     for sockets in sets:
         for sock in sockets:
@@ -337,6 +318,36 @@ def _supervise(
     if announcement is not None:
         announcement.withdraw()
     return EXIT_START_FAILED if problem is not None else status
+
+
+def _run_worker(
+    args: argparse.Namespace,
+    params: ServerParams,
+    sets: list[ServerSockets],
+    index: int,
+    *,
+    forwarded: tuple[signal.Signals, ...],
+    user: Target | None,
+) -> NoReturn:  # pragma: no cover - runs in a forked child
+    """A worker, in the child of a fork: serves socket set `index` until stopped, then exits
+    (never returns into the supervisor's code)."""
+    status = 1
+    sockets = sets[index]
+    try:
+        for sig in forwarded:
+            signal.signal(sig, signal.SIG_DFL)  # the worker's loop installs its own
+        for other in sets:
+            if other is not sockets:
+                for sock in other:
+                    sock.close()
+        status = _serve(
+            args, params, sockets, control_identity(args, "server", worker=index), user=user
+        )
+    except BaseException:
+        logging.getLogger("teredo").exception("worker %d failed", index)
+    finally:
+        logging.shutdown()
+        os._exit(status)
 
 
 def _worker_metrics(

@@ -920,6 +920,18 @@ class ClientMachine:
             if not bubble:
                 self.out.write_tun(pkt.ipv6)
             return None
+        return self._receive_unknown(pkt, src, ipv4, port, now)
+
+    def _receive_unknown(
+        self, pkt: TeredoPacket, src: bytes, ipv4: int, port: int, now: float
+    ) -> DropReason | None:
+        """Section 5.2.3 cases 2-6: a packet for us that is not from a trusted peer's
+        recorded mapping (`ipv4:port` is its UDP source)."""
+        d = pkt.data
+        o = pkt.ip6_offset
+        next_header = d[o + 6]
+        bubble = next_header == NH_NONE and pkt.ip6_length == IPV6_HEADER_LEN
+        peers = self._peers
         row = peers.lookup(src)
         # Case 2: an Echo Reply carrying the nonce of our ping test (section 5.2.9), from
         # whatever relay is nearest the peer: that relay becomes the peer's mapping.

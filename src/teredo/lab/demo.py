@@ -76,6 +76,27 @@ def raise_interrupt(signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+Results = list[tuple[str, bool, str]]  # (what, passed, detail): one line of the summary
+
+
+def _demo_nats(nats: Sequence[NatKind]) -> Sequence[NatKind]:
+    """The NATs of the demo: `--nat symmetric` alone gets a cone-NAT client to reach too."""
+    if any(k in _SYMMETRIC for k in nats) and not any(k in _CONE for k in nats):
+        nats = [*nats, NatKind.FULL_CONE]
+    if len(nats) < 2:
+        raise LabError("the demo needs at least two clients")
+    return nats
+
+
+def _demo_clients(nats: Sequence[NatKind], client_impl: Impl | Sequence[Impl] | None) -> list[Impl]:
+    """The implementation of each client: by default ours with one Miredo among them."""
+    if client_impl is None:
+        client_impl = (
+            DEFAULT_CLIENTS[: len(nats)] if len(nats) <= len(DEFAULT_CLIENTS) else Impl.TEREDO
+        )
+    return [client_impl] * len(nats) if isinstance(client_impl, Impl) else list(client_impl)
+
+
 def run_demo(
     prefix: str,
     nats: Sequence[NatKind] = DEFAULT_NATS,
@@ -87,119 +108,16 @@ def run_demo(
     out: Callable[[str], None] = print,
 ) -> int:
     """Run the demo; 0 when every step worked. The lab is torn down however it ends."""
-    if any(k in _SYMMETRIC for k in nats) and not any(k in _CONE for k in nats):
-        # `--nat symmetric` alone: a cone-NAT client too, for the symmetric one to reach.
-        nats = [*nats, NatKind.FULL_CONE]
-    if len(nats) < 2:
-        raise LabError("the demo needs at least two clients")
-    if client_impl is None:
-        client_impl = (
-            DEFAULT_CLIENTS[: len(nats)] if len(nats) <= len(DEFAULT_CLIENTS) else Impl.TEREDO
-        )
-    clients = [client_impl] * len(nats) if isinstance(client_impl, Impl) else list(client_impl)
+    nats = _demo_nats(nats)
+    clients = _demo_clients(nats, client_impl)
     old_term = signal.signal(signal.SIGTERM, raise_interrupt)
     lab = Lab(prefix, nats, server_impl=server_impl, relay_impl=relay_impl, client_impl=clients)
-    results: list[tuple[str, bool, str]] = []
+    results: Results = []
     try:
-        out(f"== Teredo lab demo: prefix {prefix!r} ==")
-        out(
-            TOPOLOGY.format(
-                p=prefix, srv=SERVER_V4, srv2=SERVER_V4_2, relay=RELAY_V4, native=NATIVE_V6
-            )
-        )
-        out("")
-        kinds = ", ".join(
-            f"client{s.index}: {impl.value} behind {s.nat.value}"
-            for s, impl in zip(lab.sites, clients, strict=True)
-        )
-        out(f"[1] building: server={server_impl.value} relay={relay_impl.value} ({kinds})")
-        started = time.monotonic()
-        lab.up()
-        watch.install(lab)
-        out(f"    built and started in {time.monotonic() - started:.1f} s")
-        out("[2] qualification (RFC 4380 section 5.2.1): each client learns its Teredo address")
-        infos: dict[int, TeredoInfo] = {}
-        for site, impl in zip(lab.sites, clients, strict=True):
-            if site.nat in _SYMMETRIC:
-                # RFC 4380 has no answer behind a symmetric NAT; our client finds it out with
-                # the secondary server address, says so once and qualifies with the primary
-                # server's mapping (RFC 6081 Symmetric NAT Support), as Miredo does.
-                said = _wait_for_log(lab, site.client_host, "symmetric nat", timeout=15)
-                out(f"    client{site.index} ({impl.value}) behind a symmetric NAT:")
-                out(f"        {said or 'no report of a symmetric NAT in its log'}")
-                if impl is Impl.TEREDO:
-                    results.append(
-                        (
-                            f"client{site.index} reports symmetric NAT",
-                            bool(said),
-                            (said or "not reported").split(":")[0],
-                        )
-                    )
-            try:
-                info = lab.wait_qualified(site.index, timeout=30)
-            except LabError as exc:
-                out(f"    client{site.index}: NOT qualified: {exc}")
-                results.append((f"client{site.index} qualifies", False, str(exc).splitlines()[0]))
-                continue
-            infos[site.index] = info
-            ok = str(info.mapped_ip) == site.public_ip
-            where = "with no NAT" if site.nat is NatKind.NONE else f"behind a {site.nat.value} NAT"
-            out(f"    client{site.index} ({impl.value}) {where} (public {site.public_ip}):")
-            out(f"        {info.address}")
-            out(
-                f"        server {info.server}, mapped {info.mapped_ip}:{info.mapped_port}"
-                f" {'= the public address' if ok else '!= the public address ' + site.public_ip}"
-            )
-            results.append(
-                (
-                    f"client{site.index} qualifies ({site.nat.value})",
-                    ok,
-                    f"{info.mapped_ip}:{info.mapped_port}",
-                )
-            )
-
-        pr = [s.index for s in lab.sites if s.nat is NatKind.PORT_RESTRICTED and s.index in infos]
-        # RFC 4380 pair: two clients not behind a symmetric NAT ([5c] shows that case).
-        plain = sorted(i for i in infos if lab.site(i).nat not in _SYMMETRIC)
-        pair = pr[:2] if len(pr) >= 2 else plain[:2]
-        if len(pair) == 2:
-            a, b = pair
-            before = watch.read(lab)
-            out(
-                f"[3] client{a} -> client{b} ({lab.site(a).nat.value} to {lab.site(b).nat.value}),"
-                " directly after bubbles (RFC 4380 section 5.2.4):"
-            )
-            ping = lab.ping(f"client{a}", str(infos[b].address), count=count)
-            after = watch.read(lab)
-            sent, got, rtt = _ping_summary(ping.stdout)
-            echo = after["echo"] - before["echo"]
-            bubbles = after["bubbles"] - before["bubbles"]
-            out(
-                f"    {got}/{sent} replies, {rtt}; through the server: {bubbles} bubble(s), "
-                f"{echo} echo packet(s)"
-            )
-            results.append(
-                (
-                    f"client{a} <-> client{b} direct",
-                    got > 0 and echo == 0,
-                    f"{got}/{sent}, {echo} echo via server",
-                )
-            )
-        first = sorted(infos)[0] if infos else None
-        if first is not None:
-            out(f"[4] client{first} -> native host {NATIVE_V6} through the relay:")
-            sent, got, rtt = _ping_summary(
-                lab.ping(f"client{first}", NATIVE_V6, count=count).stdout
-            )
-            out(f"    {got}/{sent} replies, {rtt}")
-            results.append((f"client{first} -> native", got > 0, f"{got}/{sent}"))
-            last = sorted(infos)[-1]
-            out(f"[5] native host -> client{last} ({infos[last].address}) through the relay:")
-            sent, got, rtt = _ping_summary(
-                lab.ping("native", str(infos[last].address), count=count).stdout
-            )
-            out(f"    {got}/{sent} replies, {rtt}")
-            results.append((f"native -> client{last}", got > 0, f"{got}/{sent}"))
+        _build(lab, prefix, clients, (server_impl, relay_impl), out)
+        infos = _show_qualification(lab, clients, results, out)
+        _show_pair(lab, infos, count=count, results=results, out=out)
+        _show_native(lab, infos, count=count, results=results, out=out)
         _show_symmetric(lab, infos, count=count, results=results, out=out)
         _show_status(
             lab,
@@ -219,12 +137,147 @@ def run_demo(
         signal.signal(signal.SIGTERM, old_term)
 
 
+def _build(
+    lab: Lab,
+    prefix: str,
+    clients: Sequence[Impl],
+    impls: tuple[Impl, Impl],
+    out: Callable[[str], None],
+) -> None:
+    """[1]: the topology, then the lab built and its daemons started."""
+    server_impl, relay_impl = impls
+    out(f"== Teredo lab demo: prefix {prefix!r} ==")
+    out(
+        TOPOLOGY.format(p=prefix, srv=SERVER_V4, srv2=SERVER_V4_2, relay=RELAY_V4, native=NATIVE_V6)
+    )
+    out("")
+    kinds = ", ".join(
+        f"client{s.index}: {impl.value} behind {s.nat.value}"
+        for s, impl in zip(lab.sites, clients, strict=True)
+    )
+    out(f"[1] building: server={server_impl.value} relay={relay_impl.value} ({kinds})")
+    started = time.monotonic()
+    lab.up()
+    watch.install(lab)
+    out(f"    built and started in {time.monotonic() - started:.1f} s")
+
+
+def _show_qualification(
+    lab: Lab, clients: Sequence[Impl], results: Results, out: Callable[[str], None]
+) -> dict[int, TeredoInfo]:
+    """[2]: each client's Teredo address (RFC 4380 section 5.2.1), by site index."""
+    out("[2] qualification (RFC 4380 section 5.2.1): each client learns its Teredo address")
+    infos: dict[int, TeredoInfo] = {}
+    for site, impl in zip(lab.sites, clients, strict=True):
+        if site.nat in _SYMMETRIC:
+            # RFC 4380 has no answer behind a symmetric NAT; our client finds it out with
+            # the secondary server address, says so once and qualifies with the primary
+            # server's mapping (RFC 6081 Symmetric NAT Support), as Miredo does.
+            said = _wait_for_log(lab, site.client_host, "symmetric nat", timeout=15)
+            out(f"    client{site.index} ({impl.value}) behind a symmetric NAT:")
+            out(f"        {said or 'no report of a symmetric NAT in its log'}")
+            if impl is Impl.TEREDO:
+                results.append(
+                    (
+                        f"client{site.index} reports symmetric NAT",
+                        bool(said),
+                        (said or "not reported").split(":")[0],
+                    )
+                )
+        try:
+            info = lab.wait_qualified(site.index, timeout=30)
+        except LabError as exc:
+            out(f"    client{site.index}: NOT qualified: {exc}")
+            results.append((f"client{site.index} qualifies", False, str(exc).splitlines()[0]))
+            continue
+        infos[site.index] = info
+        ok = str(info.mapped_ip) == site.public_ip
+        where = "with no NAT" if site.nat is NatKind.NONE else f"behind a {site.nat.value} NAT"
+        out(f"    client{site.index} ({impl.value}) {where} (public {site.public_ip}):")
+        out(f"        {info.address}")
+        out(
+            f"        server {info.server}, mapped {info.mapped_ip}:{info.mapped_port}"
+            f" {'= the public address' if ok else '!= the public address ' + site.public_ip}"
+        )
+        results.append(
+            (
+                f"client{site.index} qualifies ({site.nat.value})",
+                ok,
+                f"{info.mapped_ip}:{info.mapped_port}",
+            )
+        )
+    return infos
+
+
+def _show_pair(
+    lab: Lab,
+    infos: dict[int, TeredoInfo],
+    *,
+    count: int,
+    results: Results,
+    out: Callable[[str], None],
+) -> None:
+    """[3]: two clients not behind a symmetric NAT talk directly after bubbles (5.2.4)."""
+    pr = [s.index for s in lab.sites if s.nat is NatKind.PORT_RESTRICTED and s.index in infos]
+    # RFC 4380 pair: two clients not behind a symmetric NAT ([5c] shows that case).
+    plain = sorted(i for i in infos if lab.site(i).nat not in _SYMMETRIC)
+    pair = pr[:2] if len(pr) >= 2 else plain[:2]
+    if len(pair) != 2:
+        return
+    a, b = pair
+    before = watch.read(lab)
+    out(
+        f"[3] client{a} -> client{b} ({lab.site(a).nat.value} to {lab.site(b).nat.value}),"
+        " directly after bubbles (RFC 4380 section 5.2.4):"
+    )
+    ping = lab.ping(f"client{a}", str(infos[b].address), count=count)
+    after = watch.read(lab)
+    sent, got, rtt = _ping_summary(ping.stdout)
+    echo = after["echo"] - before["echo"]
+    bubbles = after["bubbles"] - before["bubbles"]
+    out(
+        f"    {got}/{sent} replies, {rtt}; through the server: {bubbles} bubble(s), "
+        f"{echo} echo packet(s)"
+    )
+    results.append(
+        (
+            f"client{a} <-> client{b} direct",
+            got > 0 and echo == 0,
+            f"{got}/{sent}, {echo} echo via server",
+        )
+    )
+
+
+def _show_native(
+    lab: Lab,
+    infos: dict[int, TeredoInfo],
+    *,
+    count: int,
+    results: Results,
+    out: Callable[[str], None],
+) -> None:
+    """[4] and [5]: the first client to the native host and the native host to the last one,
+    both through the relay."""
+    if not infos:
+        return
+    first = sorted(infos)[0]
+    out(f"[4] client{first} -> native host {NATIVE_V6} through the relay:")
+    sent, got, rtt = _ping_summary(lab.ping(f"client{first}", NATIVE_V6, count=count).stdout)
+    out(f"    {got}/{sent} replies, {rtt}")
+    results.append((f"client{first} -> native", got > 0, f"{got}/{sent}"))
+    last = sorted(infos)[-1]
+    out(f"[5] native host -> client{last} ({infos[last].address}) through the relay:")
+    sent, got, rtt = _ping_summary(lab.ping("native", str(infos[last].address), count=count).stdout)
+    out(f"    {got}/{sent} replies, {rtt}")
+    results.append((f"native -> client{last}", got > 0, f"{got}/{sent}"))
+
+
 def _show_symmetric(
     lab: Lab,
     infos: dict[int, TeredoInfo],
     *,
     count: int,
-    results: list[tuple[str, bool, str]],
+    results: Results,
     out: Callable[[str], None],
 ) -> None:
     """The client behind a symmetric NAT: native IPv6 both ways through the relay (what RFC
@@ -294,7 +347,7 @@ def _show_status(
     *,
     clients: Sequence[Impl],
     impls: tuple[Impl, Impl],
-    results: list[tuple[str, bool, str]],
+    results: Results,
     out: Callable[[str], None],
 ) -> None:
     """`teredo status` in the namespaces of our daemons: what they say of themselves."""
@@ -324,7 +377,7 @@ def _show_status(
             results.append((f"{host} status", code == 0 and bool(docs), detail))
 
 
-def _show_probe(lab: Lab, results: list[tuple[str, bool, str]], out: Callable[[str], None]) -> None:
+def _show_probe(lab: Lab, results: Results, out: Callable[[str], None]) -> None:
     """`teredo probe` from behind a cone-type NAT and a symmetric one: reach, RTT, NAT type."""
     cone = next((s for s in lab.sites if s.nat is NatKind.PORT_RESTRICTED), None)
     cone = cone or next((s for s in lab.sites if s.nat is not NatKind.SYMMETRIC), None)
