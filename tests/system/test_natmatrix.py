@@ -1,6 +1,6 @@
 """`python -m teredo.lab.natmatrix`, the script behind docs/client.md's NAT table, on a short run:
-two NAT kinds, our client only. The cells that RFC 4380 alone settles are checked; the ones that
-RFC 6081's receiving-side rule will change (issue 9) are not."""
+two NAT kinds, our client only. Every cell is checked: full-cone <-> symmetric works both ways
+since the RFC 6081 receiving-side rule (core/symmetric.py); symmetric <-> symmetric does not."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def test_short_matrix() -> None:
     }
     assert set(rows) == {"full-cone", "symmetric"}, output
     # Columns: full-cone, symmetric, native host; each cell "Miredo / ours" (Miredo not run).
-    assert rows["full-cone"][0] == "- / yes", output
-    assert rows["full-cone"][2] == "- / yes", output
-    assert rows["symmetric"][2] == "- / yes", output  # RFC 6081 Symmetric NAT Support
+    assert rows["full-cone"] == ["- / yes", "- / yes", "- / yes"], output
+    # RFC 6081 Symmetric NAT Support: qualified, native both ways, and the cone peer both ways.
+    assert rows["symmetric"] == ["- / yes", "- / no", "- / yes"], output
     assert "LEFT BEHIND" not in output
     assert_nothing_left(prefix, [])

@@ -66,6 +66,7 @@ from teredo.core.ipv6 import (
 from teredo.core.natbehaviour import NatBehaviour, classify
 from teredo.core.peers import PeerTable
 from teredo.core.ratelimit import BucketTable, TokenBucket
+from teredo.core.symmetric import PortAdoption
 from teredo.core.wire import TeredoPacket, build_auth, parse_payload
 
 # Section 5.2.1: RS timer T and repetitions N (the RFC 2461 values).
@@ -362,6 +363,8 @@ class ClientMachine:
         self._discovery_at: float | None = None
         self._events: deque[ClientEvent] = deque()
         self._peers = PeerTable(params.peer_capacity)
+        # RFC 6081 Symmetric NAT Support, receiving side: our recent bubbles, per peer.
+        self._adoption = PortAdoption()
         self._probes: dict[bytes, _Procedure] = {}
         self._probe_heap: list[tuple[float, int, bytes]] = []
         self._probe_seq = 0
@@ -519,6 +522,7 @@ class ClientMachine:
             # Peer NAT bindings are gone after a long sleep: start the peer list afresh, and
             # check the mapping at once (section 5.2.5) instead of trusting an old contact.
             self._peers.clear()
+            self._adoption.clear()
             self._send_refresh(now)
         else:
             self._begin_qualification(now)
@@ -638,6 +642,7 @@ class ClientMachine:
         self._discovery_at = None
         self._clear_probes(DropReason.NOT_QUALIFIED)
         self._peers.clear()
+        self._adoption.clear()
 
     def _receive_ra(self, pkt: TeredoPacket, source_ipv4: int, now: float) -> DropReason | None:
         """Section 5.2.1 RA checks (TEREDO-SPEC 2.3), in qualification and maintenance."""
@@ -735,6 +740,7 @@ class ClientMachine:
         if old is not None and mapping != self._mapping:
             self._clear_probes(DropReason.NOT_QUALIFIED)
             self._peers.clear()  # peers knew the old address (Miredo empties its list too)
+            self._adoption.clear()
             address = self._make_address(mapping)
             self.address = address
             self._mapping = mapping
@@ -969,8 +975,11 @@ class ClientMachine:
                 if not bubble:
                     self.out.write_tun(pkt.ipv6)
                 return None
-            # A Teredo source from another mapping: spoofed or behind a symmetric NAT (the
-            # RFC 6081 extension is not implemented). Miredo drops it too.
+            # A Teredo source from another mapping: spoofed, or behind a symmetric NAT (RFC 6081
+            # Symmetric NAT Support: its bubble may come from another port of the same IPv4
+            # shortly after ours; core/symmetric.py). Anything else is dropped (RFC 4380).
+            if bubble and self._adopt_port(row, src, ipv4, port, now):
+                return None
             return DropReason.UNKNOWN_BUBBLE if bubble else DropReason.MAPPING_MISMATCH
         # Case 6: a native source through a relay we have not verified: queue the packet
         # and run the ping test; it is delivered if the reply comes from the same relay.
@@ -992,6 +1001,33 @@ class ClientMachine:
         if src not in self._probes:
             return self._start_probe(row, src, _PING, now)
         return None
+
+    def _adopt_port(self, row: int | None, src: bytes, ipv4: int, port: int, now: float) -> bool:
+        """RFC 6081 Symmetric NAT Support, receiving side (core/symmetric.py has the bounds):
+        a bubble from the IPv4 that `src` embeds but another port, for a peer that is new,
+        untrusted, or trusted but no longer valid and being bubbled again (never a valid
+        trusted peer, never a local one), within the window after our own bubble to it: the
+        port is the peer's real mapping. The peer is trusted there, what waited goes out, and
+        one bubble goes back to that port (the peer's own procedure waits for it)."""
+        address = self.address
+        if address is None or embedded_mapping(src)[0] != ipv4 or not is_global_ipv4(ipv4):
+            return False
+        peers = self._peers
+        if row is not None and (
+            peers.is_local(row)
+            or (peers.is_trusted(row) and (peers.is_valid(row, now) or src not in self._probes))
+        ):
+            return False
+        if not self._adoption.claim(src, ipv4, now):
+            return False
+        if row is None:
+            row = peers.insert(src, now, trusted=True)
+            if row is None:
+                return False
+        self._trust(row, src, ipv4, port, now)
+        self.out.send_udp(build_bubble(address, src), (int_to_ipv4(ipv4), port))
+        peers.touch_tx(row, now)
+        return True
 
     def _is_our_echo_reply(self, pkt: TeredoPacket, row: int) -> bool:
         nonce = self._peers.nonce(row)
@@ -1015,7 +1051,10 @@ class ClientMachine:
         ):
             self.drops.count(DropReason.ORIGIN_BUBBLE_LIMIT)
             return
-        self.out.send_udp(build_bubble(address, pkt.src), (int_to_ipv4(ipv4), port))
+        src = pkt.src
+        self.out.send_udp(build_bubble(address, src), (int_to_ipv4(ipv4), port))
+        if src[:4] == self._prefix:
+            self._adoption.bubbled(src, ipv4, now)  # RFC 6081: its answer may use a new port
 
     def _trust(self, row: int, addr: bytes, ipv4: int, port: int, now: float) -> None:
         """Trusted at (ipv4, port): flush what waited (sections 5.2.3 cases 2, 3, 5)."""
@@ -1184,8 +1223,10 @@ class ClientMachine:
         if kind is _BUBBLE:
             bubble = build_bubble(address, addr)
             # Direct bubble to the peer's mapping, indirect one through its server.
-            self.out.send_udp(bubble, _sockaddr(embedded_mapping(addr)))
+            mapping = embedded_mapping(addr)
+            self.out.send_udp(bubble, _sockaddr(mapping))
             self.out.send_udp(bubble, (int_to_ipv4(embedded_server(addr)), _SERVER_PORT))
+            self._adoption.bubbled(addr, mapping[0], now)  # RFC 6081 Symmetric NAT Support
         elif kind is _LOCAL:
             self.out.send_udp(build_bubble(address, addr), _sockaddr(peers.mapping(row)))
             if self.params.local_discovery:
@@ -1284,6 +1325,7 @@ class ClientMachine:
             "probes": len(self._probes),
             "queued_bytes": stats.queued_bytes,
             "suspends": self.suspends,
+            "symmetric_ports_adopted": self._adoption.adopted,
             "slow_inputs": self.slow_inputs,
             "drops": self.drops.snapshot(),
         }
