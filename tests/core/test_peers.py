@@ -32,9 +32,27 @@ def new_table(capacity: int = 16, **kw: object) -> PeerTable:
 
 
 def insert(table: PeerTable, addr: bytes, now: float, *, trusted: bool = False) -> int:
-    row = table.insert(addr, now, trusted=trusted)
+    """A new row (refused inserts fail the test); `trusted`: trusted at once, as a direct
+    reception from the mapping 0.0.0.0:0 at `now` would make it."""
+    row = table.insert(addr, now)
     assert row is not None, "insert was refused"
+    if trusted:
+        table.trust(row, 0, 0, now)
     return row
+
+
+def expiry_order(table: PeerTable, addrs: list[bytes], now: float) -> list[bytes]:
+    """The order in which `expire` takes the `addrs` present (least recently used first,
+    untrusted before trusted), seen from outside: empties the table of them."""
+    present = [a for a in addrs if a in table]
+    order: list[bytes] = []
+    while present:
+        assert table.expire(now, budget=1) == 1
+        gone = [a for a in present if a not in table]
+        assert len(gone) == 1
+        order.append(gone[0])
+        present.remove(gone[0])
+    return order
 
 
 # --- new entries, validity ----------------------------------------------------------------------
@@ -80,7 +98,7 @@ def test_mapping_and_address_round_trip() -> None:
     row = insert(table, teredo(7), T0)
     table.set_mapping(row, 0xC6336407, 40000)
     assert table.mapping(row) == (0xC6336407, 40000)
-    assert (table.ipv4(row), table.port(row)) == (0xC6336407, 40000)
+    assert table.mapping_key(row) == (0xC6336407 << 16) | 40000
     assert table.address(row) == teredo(7)
     with pytest.raises(ValueError, match="32 bits"):
         table.set_mapping(row, 1 << 32, 1)
@@ -166,10 +184,11 @@ def test_send_row_needs_a_valid_trusted_peer() -> None:
     table = new_table()
     row = insert(table, teredo(1), T0)
     assert table.send_row(teredo(1), T0) is None  # untrusted
-    table.set_trusted(row, True)
-    assert table.send_row(teredo(1), T0) is None  # trusted but not valid (new entry)
+    table.trust(row, 0, 0, T0)
+    assert table.send_row(teredo(1), T0 + 30.0) is None  # trusted but no longer valid
     table.touch_rx(row, T0)
     assert table.send_row(teredo(2), T0) is None  # unknown
+    assert table.send_row(b"short", T0) is None
     assert table.send_row(teredo(1), T0 + 5.0) == row
     assert table.last_tx(row) == pytest.approx(T0 + 5.0)
     assert table.send_row(teredo(1), T0 + 30.0) is None  # 30 s without reception
@@ -178,54 +197,62 @@ def test_send_row_needs_a_valid_trusted_peer() -> None:
     assert table.last_tx(row) == pytest.approx(T0 + 599.0)
 
 
-def test_route_says_sendable_unknown_or_known() -> None:
+def test_untrust_takes_a_peer_off_the_send_path_until_trusted_again() -> None:
     table = new_table()
-    assert table.route(teredo(1), T0) == -1
-    assert table.route(b"short", T0) == -1
-    row = insert(table, teredo(1), T0)
-    assert table.route(teredo(1), T0) == -2 - row  # untrusted
-    table.set_trusted(row, True)
-    assert table.route(teredo(1), T0) == -2 - row  # trusted, not valid
-    table.touch_rx(row, T0)
-    assert table.route(teredo(1), T0 + 5.0) == row
-    assert table.last_tx(row) == pytest.approx(T0 + 5.0)
-    assert table.route(teredo(1), T0 + 30.0) == -2 - row
-    # The same answers as send_row, which it replaces on the relay's path.
-    assert table.send_row(teredo(1), T0 + 30.0) is None
+    row = insert(table, teredo(1), T0, trusted=True)
+    assert table.send_row(teredo(1), T0 + 1.0) == row
+    table.untrust(row)
+    assert not table.is_trusted(row)
+    assert table.send_row(teredo(1), T0 + 2.0) is None
+    assert table.receive_row(teredo(1), 0, 0, T0 + 2.0) is None
+    table.untrust(row)  # already untrusted: nothing changes
+    assert table.stats().untrusted == 1
+    table.trust(row, 0, 0, T0 + 3.0)
+    assert table.send_row(teredo(1), T0 + 4.0) == row
+    table.remove(row)
+    with pytest.raises(ValueError, match="not in use"):
+        table.untrust(row)
 
 
-def test_insert_bubbled_is_insert_mapping_and_one_bubble() -> None:
+def test_insert_with_a_mapping_then_a_bubble() -> None:
     table = new_table()
-    row = table.insert_bubbled(teredo(1), 0xC6336401, 4000, T0)
+    row = table.insert(teredo(1), T0, mapping=(0xC6336401, 4000))
     assert row is not None
     assert table.lookup(teredo(1)) == row
     assert not table.is_trusted(row)
     assert table.mapping(row) == (0xC6336401, 4000)
     assert table.mapping_key(row) == (0xC6336401 << 16) | 4000
+    assert table.may_send_bubble(row, T0)  # a new entry: its first bubble at once (5.2.6)
+    table.record_bubble(row, T0)
     assert table.bubble_count(row, T0) == 1
     assert table.last_tx(row) == pytest.approx(T0)
     assert not table.may_send_bubble(row, T0 + 1.9)  # section 5.2.6: 2 s apart
     assert table.may_send_bubble(row, T0 + 2.0)
     with pytest.raises(ValueError, match="32 bits"):
-        table.insert_bubbled(teredo(2), 1 << 32, 1, T0)
+        table.insert(teredo(2), T0, mapping=(1 << 32, 1))
+    with pytest.raises(ValueError, match="32 bits"):
+        table.insert(teredo(2), T0, mapping=(1, 1 << 16))
+    assert teredo(2) not in table
     with pytest.raises(ValueError, match="16 bytes"):
-        table.insert_bubbled(b"short", 1, 1, T0)
+        table.insert(b"short", T0)
 
 
-def test_insert_bubbled_follows_the_full_table_policy() -> None:
+def test_insert_with_a_mapping_follows_the_full_table_policy() -> None:
     table = new_table(capacity=1)
-    row = table.insert_bubbled(teredo(1), 1, 1, T0)
+    row = table.insert(teredo(1), T0, mapping=(1, 1))
     assert row is not None
     table.trust(row, 1, 1, T0)
-    assert table.insert_bubbled(teredo(2), 2, 2, T0 + 1.0) is None  # valid trusted: kept
-    assert table.insert_bubbled(teredo(2), 2, 2, T0 + 31.0) == row  # no longer valid
+    assert table.insert(teredo(2), T0 + 1.0, mapping=(2, 2)) is None  # valid trusted: kept
+    assert table.insert(teredo(2), T0 + 31.0, mapping=(2, 2)) == row  # no longer valid
     assert table.lookup(teredo(1)) is None
+    assert table.mapping(row) == (2, 2)
 
 
 def test_trust_records_the_mapping_and_flushes_the_queue() -> None:
     table = new_table()
-    row = table.insert_bubbled(teredo(1), 0xC6336401, 4000, T0)
+    row = table.insert(teredo(1), T0, mapping=(0xC6336401, 4000))
     assert row is not None
+    table.set_nonce(row, b"n" * 8)
     assert table.enqueue(row, b"one")
     assert table.enqueue(row, b"two")
     assert table.enqueue(row, b"in", inbound=True)
@@ -234,7 +261,8 @@ def test_trust_records_the_mapping_and_flushes_the_queue() -> None:
     assert table.mapping(row) == (0xC6336401, 4001)
     assert table.last_rx(row) == pytest.approx(T0 + 1.0)
     assert table.last_tx(row) == pytest.approx(T0 + 1.0)
-    assert table.last_used(row) == pytest.approx(T0 + 1.0)
+    assert table.nonce(row) is None  # section 5.2.9: a trusted peer needs no ping test
+    assert table.next_expiry() == pytest.approx(T0 + 1.0 + 600.0)  # last use: now
     assert table.bubble_count(row, T0 + 1.0) == 0
     assert table.queued_bytes(row) == 2  # the inbound packet stays
     assert table.stats().trusted == 1
@@ -257,7 +285,8 @@ def test_receive_row_needs_trust_and_the_mapping() -> None:
     table.set_mapping(row, 0xC6336401, 4000)
     table.record_bubble(row, T0)
     assert table.receive_row(teredo(1), 0xC6336401, 4000, T0 + 1.0) is None  # untrusted
-    table.set_trusted(row, True)
+    table.trust(row, 0xC6336401, 4000, T0 + 0.5)
+    table.record_bubble(row, T0 + 0.5)
     assert table.receive_row(teredo(1), 0xC6336402, 4000, T0 + 1.0) is None
     assert table.receive_row(teredo(1), 0xC6336401, 4001, T0 + 1.0) is None
     assert table.bubble_count(row, T0 + 1.0) == 1
@@ -271,34 +300,36 @@ def test_receive_row_needs_trust_and_the_mapping() -> None:
 
 
 def test_touches_order_rows_most_recent_first() -> None:
-    table = new_table(8)
-    rows = [insert(table, teredo(i), T0 + i) for i in range(4)]
-    assert table.rows() == rows[::-1]
+    table = new_table(8, idle_timeout=30.0)
+    addrs = [teredo(i) for i in range(6)]
+    rows = [insert(table, addr, T0 + i) for i, addr in enumerate(addrs)]
     table.touch_tx(rows[0], T0 + 10)
     table.touch_rx(rows[2], T0 + 11)
-    assert table.rows() == [rows[2], rows[0], rows[3], rows[1]]
-    assert table.last_used(rows[2]) == pytest.approx(T0 + 11)
-    table.set_trusted(rows[1], True)  # trusted rows are listed first
-    assert table.rows() == [rows[1], rows[2], rows[0], rows[3]]
+    assert table.next_expiry() == pytest.approx(T0 + 1 + 30.0)  # teredo(1), the oldest now
+    for row in rows[4:]:
+        table.trust(row, 0, 0, T0 + 12)
+    table.touch_tx(rows[4], T0 + 13)
+    assert [a for a, _, _ in table.trusted_peers()] == [addrs[4], addrs[5]]  # recent first
+    # Untrusted rows expire first, each list from its least recently used end.
+    order = expiry_order(table, addrs, T0 + 100.0)
+    assert order == [addrs[1], addrs[3], addrs[0], addrs[2], addrs[5], addrs[4]]
 
 
 def test_recency_has_a_1_s_granularity() -> None:
-    table = new_table(8)
-    a, b = insert(table, teredo(1), T0), insert(table, teredo(2), T0 + 0.5)
+    table = new_table(8, idle_timeout=30.0)
+    a, _b = insert(table, teredo(1), T0), insert(table, teredo(2), T0 + 0.5)
     table.touch_tx(a, T0 + 0.99)  # moved less than 1 s ago: keeps its place and last use
-    assert table.rows() == [b, a]
-    assert table.last_used(a) == pytest.approx(T0)
+    assert table.next_expiry() == pytest.approx(T0 + 30.0)
     assert table.last_tx(a) == pytest.approx(T0 + 0.99)  # the dates stay exact
     table.touch_tx(a, T0 + 1.0)
-    assert table.rows() == [a, b]
-    assert table.last_used(a) == pytest.approx(T0 + 1.0)
+    assert table.next_expiry() == pytest.approx(T0 + 0.5 + 30.0)  # b is the oldest now
+    assert expiry_order(table, [teredo(1), teredo(2)], T0 + 100.0) == [teredo(2), teredo(1)]
 
 
 def test_full_table_evicts_least_recently_used_untrusted_first() -> None:
     table = new_table(4)
     a, b, _c, _d = (insert(table, teredo(i), T0) for i in range(4))
-    table.set_trusted(a, True)
-    table.touch_rx(a, T0)
+    table.trust(a, 0, 0, T0)
     table.touch_tx(b, T0 + 1)  # b is now more recent than c and d
     insert(table, teredo(10), T0 + 2)
     assert teredo(2) not in table  # c: least recently used untrusted
@@ -315,9 +346,7 @@ def test_flood_never_displaces_valid_trusted_peers() -> None:
     table = new_table(capacity)
     established = [teredo(i) for i in range(48)]
     for addr in established:
-        row = insert(table, addr, T0)
-        table.set_trusted(row, True)
-        table.touch_rx(row, T0)
+        insert(table, addr, T0, trusted=True)
     # A flood of 5000 new addresses within the validity window.
     accepted = 0
     for i in range(5000):
@@ -335,7 +364,7 @@ def test_full_of_valid_trusted_peers_refuses_newcomers() -> None:
         row = insert(table, teredo(i), T0, trusted=True)
         table.touch_rx(row, T0 + i)
     assert table.insert(teredo(9), T0 + 10) is None
-    assert table.insert(teredo(9), T0 + 10, trusted=True) is None
+    assert table.insert(teredo(9), T0 + 10, mapping=(1, 1)) is None
     assert table.stats().refused == 2
     # Once the least recently used one has gone quiet (no reception for 30 s) it may go.
     assert table.insert(teredo(9), T0 + 30.0) is not None
@@ -409,7 +438,8 @@ def test_expire_takes_untrusted_entries_first() -> None:
     untrusted = [insert(table, teredo(10 + i), T0 + 1) for i in range(3)]
     assert table.expire(T0 + 100.0, budget=4) == 4
     assert all(teredo(10 + i) not in table for i in range(3))
-    assert [table.address(r) for r in table.rows()] == [teredo(2), teredo(1)]
+    assert teredo(0) not in table  # then the least recently used trusted one
+    assert [a for a, _, _ in table.trusted_peers()] == [teredo(2), teredo(1)]
     assert set(trusted) | set(untrusted) == set(range(6))
 
 
@@ -501,7 +531,7 @@ def test_nonces_are_bounded_and_dropped_on_trust() -> None:
         table.set_nonce(row, bytes([k]) * 8)
     assert table.nonce(rows[0]) is None  # oldest forgotten
     assert table.nonce(rows[1]) == b"\x01" * 8
-    table.set_trusted(rows[1], True)
+    table.trust(rows[1], 0, 0, T0)
     assert table.nonce(rows[1]) is None
     table.clear_nonce(rows[2])
     assert table.stats().nonces == 0
@@ -549,9 +579,31 @@ class Peer:
     inb: list[bytes] = field(default_factory=list)
 
 
+class Mirror:
+    """A `PeerWatch` that keeps what a kernel map would: trusted address -> mapping."""
+
+    def __init__(self) -> None:
+        self.peers: dict[bytes, tuple[int, int]] = {}
+        self.calls = 0
+
+    def trusted(self, addr: bytes, ipv4: int, port: int) -> None:
+        assert self.peers.get(addr) != (ipv4, port), "an event that changes nothing"
+        self.peers[addr] = (ipv4, port)
+        self.calls += 1
+
+    def untrusted(self, addr: bytes) -> None:
+        del self.peers[addr]  # a KeyError: told of a peer that was not trusted
+        self.calls += 1
+
+    def cleared(self) -> None:
+        self.peers.clear()
+        self.calls += 1
+
+
 class PeerTableMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
+        self.mirror = Mirror()
         self.table = PeerTable(
             CAP,
             epoch=0.0,
@@ -560,6 +612,7 @@ class PeerTableMachine(RuleBasedStateMachine):
             queue_bytes_per_peer=PER_PEER,
             total_queue_bytes=TOTAL,
             max_nonces=MAX_NONCES,
+            watch=self.mirror,
         )
         self.now = 0
         self.peers: dict[bytes, Peer] = {}
@@ -602,11 +655,12 @@ class PeerTableMachine(RuleBasedStateMachine):
     def advance(self, dt: int) -> None:
         self.now += dt
 
-    @rule(addr=st.sampled_from(POOL), trusted=st.booleans())
-    def insert(self, addr: bytes, trusted: bool) -> None:
+    @rule(addr=st.sampled_from(POOL), mapped=st.booleans())
+    def insert(self, addr: bytes, mapped: bool) -> None:
+        mapping = (7, 7) if mapped else None
         if addr in self.peers:
             with pytest.raises(ValueError, match="already"):
-                self.table.insert(addr, self.t(), trusted=trusted)
+                self.table.insert(addr, self.t(), mapping=mapping)
             return
         expect_refused = False
         if len(self.peers) == CAP:
@@ -618,23 +672,25 @@ class PeerTableMachine(RuleBasedStateMachine):
                     expect_refused = True
                 else:
                     self.drop(oldest)
-        row = self.table.insert(addr, self.t(), trusted=trusted)
+        row = self.table.insert(addr, self.t(), mapping=mapping)
         assert (row is None) == expect_refused
         if row is None:
             return
         age = self.now - NEW_AGE
-        self.peers[addr] = Peer(used=self.now, rx=max(age, -360000), tx=age, trusted=trusted)
-        self.lru[trusted][addr] = None
+        ip, port = mapping or (0, 0)
+        peer = Peer(used=self.now, rx=max(age, -360000), tx=age, trusted=False, ip=ip, port=port)
+        self.peers[addr] = peer
+        self.lru[0][addr] = None
 
-    @rule(addr=st.sampled_from(POOL))
-    def establish(self, addr: bytes) -> None:
-        """A peer answers: insert (if absent), trust, reception; fills the table with valid
-        trusted peers, the state in which newcomers are refused."""
+    @rule(addr=st.sampled_from(POOL), moved=st.booleans())
+    def establish(self, addr: bytes, moved: bool) -> None:
+        """A peer answers: insert (if absent), then trust; fills the table with valid trusted
+        peers, the state in which newcomers are refused."""
         if addr not in self.peers:
-            self.insert(addr, trusted=True)
-        if addr in self.peers:
-            self.set_trusted(addr, trusted=True)
-            self.touch_rx(addr)
+            self.insert(addr, mapped=False)
+        p = self.peers.get(addr)
+        if p is not None:
+            self.trust(addr, p.ip, p.port ^ moved)
 
     @rule(addr=st.sampled_from(POOL))
     def remove(self, addr: bytes) -> None:
@@ -700,18 +756,48 @@ class PeerTableMachine(RuleBasedStateMachine):
             p.bubbles.clear()
             self.touch(addr)
 
-    @rule(addr=st.sampled_from(POOL), trusted=st.booleans())
-    def set_trusted(self, addr: bytes, trusted: bool) -> None:
+    @rule(addr=st.sampled_from(POOL), ip=st.sampled_from([0, 7]), port=st.sampled_from([0, 7]))
+    def trust(self, addr: bytes, ip: int, port: int) -> None:
         if addr not in self.peers:
             return
-        self.table.set_trusted(self.row(addr), trusted)
+        sent = self.table.trust(self.row(addr), ip, port, self.t())
         p = self.peers[addr]
-        if p.trusted != trusted:
-            del self.lru[p.trusted][addr]
-            self.lru[trusted][addr] = None
-            p.trusted = trusted
-        if trusted:
-            self.nonces.pop(addr, None)
+        if p.trusted:
+            self.touch(addr)
+        else:
+            del self.lru[0][addr]
+            self.lru[1][addr] = None
+            p.trusted = True
+            p.used = self.now
+        p.ip, p.port = ip, port
+        p.rx = self.now
+        p.bubbles.clear()
+        self.nonces.pop(addr, None)
+        assert sent == p.out
+        if p.out:
+            p.tx = self.now
+            p.queued -= sum(len(x) for x in p.out)
+            p.cost -= sum(len(x) + QUEUE_PACKET_OVERHEAD for x in p.out)
+            p.out = []
+
+    @rule(addr=st.sampled_from(POOL))
+    def untrust(self, addr: bytes) -> None:
+        if addr not in self.peers:
+            return
+        self.table.untrust(self.row(addr))
+        p = self.peers[addr]
+        if p.trusted:
+            del self.lru[1][addr]
+            self.lru[0][addr] = None
+            p.trusted = False
+
+    @rule()
+    def clear(self) -> None:
+        self.table.clear()
+        self.peers.clear()
+        self.lru[0].clear()
+        self.lru[1].clear()
+        self.nonces.clear()
 
     @rule(addr=st.sampled_from(POOL), local=st.booleans())
     def set_local(self, addr: bytes, local: bool) -> None:
@@ -799,14 +885,26 @@ class PeerTableMachine(RuleBasedStateMachine):
             assert table.mapping(row) == (p.ip, p.port)
             assert round(table.last_rx(row) * TICK) == max(p.rx, -360000)
             assert round(table.last_tx(row) * TICK) == max(p.tx, -360000)
-            assert round(table.last_used(row) * TICK) == p.used
             assert table.is_valid(row, self.t()) == self.valid(p)
             recent = sum(1 for b in p.bubbles if self.now - b < 30000)
             assert table.bubble_count(row, self.t()) == recent
             assert table.queued_bytes(row) == p.queued
             assert table.nonce(row) == self.nonces.get(addr)
-        order = [*reversed(self.lru[1]), *reversed(self.lru[0])]
-        assert [table.address(r) for r in table.rows()] == order
+        # The trusted list in order; the untrusted one is checked by eviction and expiry (which
+        # take its least recently used end) and here by its end's last use.
+        trusted = [(a, self.peers[a].ip, self.peers[a].port) for a in reversed(self.lru[1])]
+        assert table.trusted_peers() == trusted
+        ends = [
+            self.peers[next(iter(lru))].used + limit
+            for lru, limit in zip(self.lru, (UNTRUSTED_IDLE, IDLE), strict=True)
+            if lru
+        ]
+        expiry = table.next_expiry()
+        assert (expiry is None) == (not ends)
+        if expiry is not None:
+            assert round(expiry * TICK) == min(ends)
+        # The watch was told every change: its copy is the trusted set with the mappings.
+        assert self.mirror.peers == {a: (ip, port) for a, ip, port in trusted}
         stats = table.stats()
         assert stats.trusted == len(self.lru[1])
         assert stats.queued_bytes == sum(p.queued for p in self.peers.values())
@@ -886,7 +984,7 @@ def test_a_grown_table_agrees_with_a_dict_under_churn(monkeypatch: pytest.Monkey
     for addr, value in model.items():
         row = table.lookup(addr)
         assert row is not None
-        assert table.ipv4(row) == value
+        assert table.mapping(row) == (value, 0)
     assert len(model) <= table.stats().allocated <= 500
     table.clear()
     assert table.stats().allocated == 1

@@ -800,7 +800,7 @@ class ClientMachine:
             if row is None:
                 return DropReason.PEER_TABLE_FULL
         elif peers.mapping(row) != (ipv4, source[1]) or not peers.is_local(row):
-            peers.set_trusted(row, False)  # the local address is not proven yet
+            peers.untrust(row)  # the local address is not proven yet
         peers.set_local(row, True)
         peers.set_mapping(row, ipv4, source[1])
         peers.touch_rx(row, now)
@@ -960,7 +960,7 @@ class ClientMachine:
                 if not is_global_ipv4(ipv4):
                     return DropReason.NOT_GLOBAL_IPV4
                 if row is None:
-                    row = peers.insert(src, now, trusted=True)
+                    row = peers.insert(src, now)  # trusted just below
                     if row is None:
                         return DropReason.PEER_TABLE_FULL
                 elif peers.is_local(row):
@@ -1059,16 +1059,13 @@ class ClientMachine:
     def _trust(self, row: int, addr: bytes, ipv4: int, port: int, now: float) -> None:
         """Trusted at (ipv4, port): flush what waited (sections 5.2.3 cases 2, 3, 5)."""
         peers = self._peers
-        peers.set_mapping(row, ipv4, port)
-        peers.set_trusted(row, True)
-        peers.clear_nonce(row)
-        peers.touch_rx(row, now)
+        waiting = peers.trust(row, ipv4, port, now)
         self._probes.pop(addr, None)
-        if peers.queued_bytes(row):
+        if waiting:
             dest = (int_to_ipv4(ipv4), port)
-            for packet in peers.drain(row):
-                peers.touch_tx(row, now)
+            for packet in waiting:
                 self.out.send_udp(packet, dest)
+        if peers.queued_bytes(row):
             key = _sockkey(ipv4, port)
             for tagged in peers.drain(row, inbound=True):
                 if tagged[:6] == key:

@@ -49,6 +49,19 @@ columns); a row moves between them when its trusted flag changes. Recency has a 
 1 s: a row used again less than 1 s after it last moved to the front keeps its place and its
 "last use" time (a busy peer costs no list surgery per packet; expiry may come 1 s early).
 
+One API for every caller (the client's machine, the relay's, the kernel map's mirror):
+
+- the data path, one call a packet: `send_row` (sending case 1: a valid trusted peer, or None;
+  then `lookup` tells an unknown peer from a known one), `receive_row` (reception case 1);
+- entries: `lookup`, `insert` (untrusted, optionally with its mapping), `remove`, `expire`,
+  `next_expiry`, `clear`;
+- trust: `trust` (the only way in: a direct reception, its mapping, the queue to flush),
+  `untrust`, `is_trusted`, `is_valid`; `trusted_peers` and `watch` (a `PeerWatch`, told of
+  every change to the trusted set) for a copy kept elsewhere;
+- per-peer fields and rules: `mapping`/`mapping_key`/`set_mapping`, `set_local`, `last_rx`,
+  `last_tx`, `touch_rx`, `touch_tx`, bubbles (`may_send_bubble`, `record_bubble`,
+  `bubble_count`), the nonce, the queues; `stats`, `nbytes`, `allocated`.
+
 Time: every method that needs the time takes `now` (seconds, monotonic, from the driver) and
 never reads a clock. Times are stored as uint32 ticks of 10 ms from `epoch - 3600 s` (the hour
 of slack makes "now - 30 s" and "now - 600 s" representable from the first call). Rules are
@@ -64,6 +77,7 @@ from __future__ import annotations
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Protocol
 
 # --- RFC 4380 constants (TEREDO-SPEC.md section 9) -------------------------------------------
 
@@ -138,6 +152,25 @@ class PeerTableStats:
     allocated: int = 0
 
 
+class PeerWatch(Protocol):
+    """Told of every change to the set of trusted peers and their mappings, synchronously,
+    before the call that made the change returns (the kernel data path's map mirror: insert on
+    trust, update on a new mapping, delete before the entry can be served again by anyone).
+
+    A trusted peer still needs to be *valid* (a reception less than 30 s ago, section 5.2.4) to
+    be sent to; validity passes with time, without an event: a mirror keeps the last reception
+    date itself. The calls must not call back into the table."""
+
+    def trusted(self, addr: bytes, ipv4: int, port: int) -> None:
+        """`addr` became trusted at ipv4:port, or a trusted peer's mapping changed."""
+
+    def untrusted(self, addr: bytes) -> None:
+        """`addr` is no longer a trusted peer: distrusted, removed, evicted or expired."""
+
+    def cleared(self) -> None:
+        """Every peer was forgotten (`clear`): no per-peer calls are made."""
+
+
 class _Queue:
     """Packets held for one peer until it becomes trusted (or its entry goes)."""
 
@@ -198,6 +231,7 @@ class PeerTable:
         "_untrusted_ticks",
         "_used",
         "capacity",
+        "watch",
     )
 
     def __init__(
@@ -210,6 +244,7 @@ class PeerTable:
         queue_bytes_per_peer: int = QUEUE_BYTES_PER_PEER,
         total_queue_bytes: int = 16 * 1024 * 1024,
         max_nonces: int | None = None,
+        watch: PeerWatch | None = None,
     ) -> None:
         """An empty table for up to `capacity` peers; memory grows with the peers.
 
@@ -220,6 +255,9 @@ class PeerTable:
         the same for untrusted entries. `queue_bytes_per_peer` / `total_queue_bytes`: queue
         bounds (the total counts `QUEUE_PACKET_OVERHEAD` per packet). `max_nonces`: nonces kept
         at once (default min(capacity, 16384)); beyond it the oldest nonce is forgotten.
+        `watch`: told of changes to the trusted peers (`PeerWatch`); may be set later through
+        the `watch` attribute (before the first peer is trusted, or it misses the earlier ones:
+        `trusted_peers` lists them).
         """
         if not 1 <= capacity < (1 << 30):
             raise ValueError("capacity must be between 1 and 2**30 - 1")
@@ -235,6 +273,7 @@ class PeerTable:
         self._queue_per_peer = queue_bytes_per_peer
         self._queue_total = total_queue_bytes
         self._max_nonces = min(capacity, 16384) if max_nonces is None else max(0, max_nonces)
+        self.watch = watch
         self._allocate()
         self._stat_inserts = 0
         self._stat_evicted = [0, 0]
@@ -373,14 +412,16 @@ class PeerTable:
         o = row << 4
         return bytes(self._addr[o : o + 16])
 
-    def rows(self) -> list[int]:
-        """Every row in use, most recently used first, trusted before untrusted (O(size))."""
-        out: list[int] = []
-        for lst in (_TRUSTED, _UNTRUSTED):
-            r = self._head[lst]
-            while r != _NONE:
-                out.append(r)
-                r = self._next[r]
+    def trusted_peers(self) -> list[tuple[bytes, int, int]]:
+        """(address, IPv4, port) of every trusted peer, most recently used first (O(trusted)):
+        what a `PeerWatch` attached late, or rebuilding its copy, starts from."""
+        out: list[tuple[bytes, int, int]] = []
+        keys = self._addr
+        r = self._head[_TRUSTED]
+        while r != _NONE:
+            o = r << 4
+            out.append((bytes(keys[o : o + 16]), self._ip[r], self._port[r]))
+            r = self._next[r]
         return out
 
     def _index_delete(self, row: int) -> None:
@@ -468,24 +509,48 @@ class PeerTable:
 
     # --- insert, remove, expire ---------------------------------------------------------------
 
-    def insert(self, addr: bytes, now: float, *, trusted: bool = False) -> int | None:
-        """Add peer `addr` (absent, 16 bytes); its row, or None if the policy refuses it.
+    def insert(
+        self, addr: bytes, now: float, *, mapping: tuple[int, int] | None = None
+    ) -> int | None:
+        """Add peer `addr` (absent, 16 bytes), untrusted; its row, or None if the policy
+        refuses it. Trust comes later, from a direct reception (`trust`).
 
         New entries get last reception = last transmission = now - 30 s and no bubbles
-        (sections 5.2.3, 5.2.6), mapping 0.0.0.0:0, not local. When the table is full a victim
-        is chosen as the module docstring says; its queue and nonce go with it.
+        (sections 5.2.3, 5.2.6), `mapping` (IPv4 as an int, port; default 0.0.0.0:0), not
+        local. When the table is full a victim is chosen as the module docstring says; its
+        queue and nonce go with it.
         """
         if len(addr) != 16:
             raise ValueError("a peer address is 16 bytes")
-        if self.lookup(addr) is not None:
-            raise ValueError("peer already in the table")
-        return self._insert(addr, self._tick(now), trusted)
+        ipv4, port = (0, 0) if mapping is None else mapping
+        if not (0 <= ipv4 <= 0xFFFFFFFF and 0 <= port <= 0xFFFF):
+            raise ValueError("IPv4 is 32 bits and the port 16 bits")
+        # The duplicate check is the probe that finds the new entry's slot (one probe, not two).
+        index = self._index
+        mask = self._mask
+        keys = self._addr
+        i = hash(addr) & mask
+        while True:
+            r = index[i]
+            if not r:
+                break
+            if keys.startswith(addr, (r - 1) << 4):
+                raise ValueError("peer already in the table")
+            i = (i + 1) & mask
+        row = self._insert(addr, self._tick(now), i)
+        if row is not None:
+            self._ip[row] = ipv4
+            self._port[row] = port
+        return row
 
-    def _insert(self, addr: bytes, t: int, trusted: bool) -> int | None:
-        """`insert` for an address known to be absent, at tick `t`."""
+    def _insert(self, addr: bytes, t: int, slot: int) -> int | None:
+        """`insert` for an address known to be absent, at tick `t`; `slot`: the free index slot
+        that the probe for it ended on (found again when a growth or an eviction moves it)."""
         row = self._free
-        if row == _NONE and self._grow():
-            row = self._free
+        if row == _NONE:
+            slot = -1
+            if self._grow():
+                row = self._free
         if row == _NONE:
             row = self._tail[_UNTRUSTED]
             if row == _NONE:
@@ -501,22 +566,20 @@ class PeerTable:
         o = row << 4
         self._addr[o : o + 16] = addr
         index = self._index
-        mask = self._mask
-        i = hash(addr) & mask
-        while index[i]:
-            i = (i + 1) & mask
-        index[i] = row + 1
-        lst = _TRUSTED if trusted else _UNTRUSTED
-        self._flags[row] = _F_USED | (_F_TRUSTED if trusted else 0)
-        self._ip[row] = 0
-        self._port[row] = 0
+        if slot < 0:
+            mask = self._mask
+            slot = hash(addr) & mask
+            while index[slot]:
+                slot = (slot + 1) & mask
+        index[slot] = row + 1
+        self._flags[row] = _F_USED
         self._nbub[row] = 0
         old = t - _NEW_AGE_TICKS
         self._rx[row] = old if old > 0 else 0
         self._tx[row] = old if old > 0 else 0
         self._used[row] = t
-        self._link_head(row, lst)
-        self._count[lst] += 1
+        self._link_head(row, _UNTRUSTED)
+        self._count[_UNTRUSTED] += 1
         self._stat_inserts += 1
         return row
 
@@ -528,6 +591,8 @@ class PeerTable:
 
     def _remove(self, row: int) -> None:
         lst = (self._flags[row] >> 1) & 1
+        if lst == _TRUSTED and self.watch is not None:
+            self.watch.untrusted(self.address(row))
         self._index_delete(row)
         self._unlink(row, lst)
         self._count[lst] -= 1
@@ -574,6 +639,8 @@ class PeerTable:
         """Forget every peer (Miredo empties the list when the client's address changes): the
         columns are made anew at their initial size. Counters are kept."""
         self._allocate()
+        if self.watch is not None:
+            self.watch.cleared()
 
     # --- fields -------------------------------------------------------------------------------
 
@@ -586,37 +653,37 @@ class PeerTable:
         """`(ipv4 << 16) | port` of the mapping: one int, for a cache of socket addresses."""
         return (self._ip[row] << 16) | self._port[row]
 
-    def ipv4(self, row: int) -> int:
-        return self._ip[row]
-
-    def port(self, row: int) -> int:
-        return self._port[row]
-
     def set_mapping(self, row: int, ipv4: int, port: int) -> None:
+        """Record the peer's mapping (for a trusted peer, `trust` says it better: a new mapping
+        comes with the direct reception that proves it)."""
+        flags = self._check(row)
         if not (0 <= ipv4 <= 0xFFFFFFFF and 0 <= port <= 0xFFFF):
             raise ValueError("IPv4 is 32 bits and the port 16 bits")
+        if self._ip[row] == ipv4 and self._port[row] == port:
+            return
         self._ip[row] = ipv4
         self._port[row] = port
+        if flags & _F_TRUSTED and self.watch is not None:
+            self.watch.trusted(self.address(row), ipv4, port)
 
     def is_trusted(self, row: int) -> bool:
         return bool(self._flags[row] & _F_TRUSTED)
 
-    def set_trusted(self, row: int, trusted: bool) -> None:
-        """Mark trust (section 5.2.3 cases 1-3, 5; section 5.4.2). The row moves to the most
-        recently used end of the other list; a trusted peer needs no nonce any more. Trust comes
-        with a reception: call `touch_rx` too, so that the row's last use matches its place."""
+    def untrust(self, row: int) -> None:
+        """No longer trusted (a relay's peer that went 30 s without reception, section 5.2.4;
+        a client's local peer whose address is not proven, section 5.2.8): it moves to the
+        most recently used end of the untrusted list, and must be trusted again by a direct
+        reception (`trust`) before anything is sent to it by case 1."""
         flags = self._check(row)
-        if trusted:
-            self._nonces.pop(row, None)
-        old = (flags >> 1) & 1
-        new = _TRUSTED if trusted else _UNTRUSTED
-        if old == new:
+        if not flags & _F_TRUSTED:
             return
-        self._unlink(row, old)
-        self._count[old] -= 1
-        self._flags[row] = (flags & ~_F_TRUSTED) | (_F_TRUSTED if trusted else 0)
-        self._link_head(row, new)
-        self._count[new] += 1
+        self._unlink(row, _TRUSTED)
+        self._count[_TRUSTED] -= 1
+        self._flags[row] = flags & ~_F_TRUSTED
+        self._link_head(row, _UNTRUSTED)
+        self._count[_UNTRUSTED] += 1
+        if self.watch is not None:
+            self.watch.untrusted(self.address(row))
 
     def is_local(self, row: int) -> bool:
         return bool(self._flags[row] & _F_LOCAL)
@@ -631,9 +698,6 @@ class PeerTable:
 
     def last_tx(self, row: int) -> float:
         return self._time(self._tx[row])
-
-    def last_used(self, row: int) -> float:
-        return self._time(self._used[row])
 
     def touch_rx(self, row: int, now: float) -> None:
         """A packet or bubble came *directly* from the peer: update the last reception date and
@@ -672,7 +736,7 @@ class PeerTable:
         flags = self._flags[row]
         if not flags & _F_TRUSTED:
             return None
-        t = int((now - self._base) * _TICKS + 0.5)  # `_tick`, inlined for the data path
+        t = int((now - self._base) * _TICKS + 0.5)  # `_tick` written out: 2 % of the path
         if not 0 < t < _REBASE_AT:
             t = self._tick(now)
         limit = _VALID_LOCAL_TICKS if flags & _F_LOCAL else _VALID_TICKS
@@ -692,7 +756,7 @@ class PeerTable:
             return None
         if not self._flags[row] & _F_TRUSTED or self._ip[row] != ipv4 or self._port[row] != port:
             return None
-        t = int((now - self._base) * _TICKS + 0.5)  # `_tick`, inlined for the data path
+        t = int((now - self._base) * _TICKS + 0.5)  # `_tick` written out, as in `send_row`
         if not 0 < t < _REBASE_AT:
             t = self._tick(now)
         self._rx[row] = t
@@ -700,71 +764,22 @@ class PeerTable:
         self._touch(row, t)
         return row
 
-    def route(self, addr: bytes, now: float) -> int:
-        """`send_row` that also says whether the peer is known, so that the caller looks it up
-        once: the row (>= 0, touched as `send_row` does) of a valid trusted peer, -1 for an
-        unknown address, `-2 - row` for a known peer that is untrusted or no longer valid."""
-        if len(addr) != 16:
-            return -1
-        index = self._index
-        mask = self._mask
-        keys = self._addr
-        i = hash(addr) & mask
-        while True:
-            r = index[i]
-            if not r:
-                return -1
-            r -= 1
-            if keys.startswith(addr, r << 4):
-                break
-            i = (i + 1) & mask
-        flags = self._flags[r]
-        if not flags & _F_TRUSTED:
-            return -2 - r
-        t = int((now - self._base) * _TICKS + 0.5)  # `_tick`, inlined for the data path
-        if not 0 < t < _REBASE_AT:
-            t = self._tick(now)
-        limit = _VALID_LOCAL_TICKS if flags & _F_LOCAL else _VALID_TICKS
-        if t - self._rx[r] >= limit:
-            return -2 - r
-        self._tx[r] = t
-        self._touch(r, t)
-        return r
-
-    def insert_bubbled(self, addr: bytes, ipv4: int, port: int, now: float) -> int | None:
-        """A new untrusted peer (absent: the caller has just looked it up) with its mapping,
-        and one bubble recorded as sent now: `insert` + `set_mapping` + `record_bubble` in one
-        call, for a relay's new peers (section 5.4.1 case 3). The first bubble is always
-        allowed: a new entry's last transmission is 30 s old and it has no bubbles (sections
-        5.2.3, 5.2.6). None when the policy refuses the insert."""
-        if len(addr) != 16:
-            raise ValueError("a peer address is 16 bytes")
-        if not (0 <= ipv4 <= 0xFFFFFFFF and 0 <= port <= 0xFFFF):
-            raise ValueError("IPv4 is 32 bits and the port 16 bits")
-        t = self._tick(now)
-        row = self._insert(addr, t, False)
-        if row is None:
-            return None
-        self._ip[row] = ipv4
-        self._port[row] = port
-        self._tx[row] = t
-        self._bub[row << 2] = t
-        self._nbub[row] = 1
-        return row
-
     def trust(self, row: int, ipv4: int, port: int, now: float) -> list[bytes]:
-        """A direct packet from the peer at `ipv4:port` (sections 5.2.3, 5.4.2): the mapping
-        recorded, the peer trusted, its last reception now and its bubble count reset; returns
-        its outbound queue, to be sent now (its last transmission is set to now when there is
-        one). `set_mapping` + `set_trusted` + `touch_rx` + `drain` (+ `touch_tx`) in one call."""
+        """A direct packet from the peer at `ipv4:port` (sections 5.2.3 cases 2, 3, 5; 5.4.2):
+        the mapping recorded, the peer trusted, its nonce (section 5.2.9) forgotten, its last
+        reception now and its bubble count reset; returns its outbound queue, to be sent now
+        (its last transmission is then now). Its inbound queue (a client's, case 6) stays for
+        `drain(row, inbound=True)`. The only way into the trusted set."""
         flags = self._check(row)
         if not (0 <= ipv4 <= 0xFFFFFFFF and 0 <= port <= 0xFFFF):
             raise ValueError("IPv4 is 32 bits and the port 16 bits")
+        changed = not flags & _F_TRUSTED or self._ip[row] != ipv4 or self._port[row] != port
         self._ip[row] = ipv4
         self._port[row] = port
         t = self._tick(now)
-        if not flags & _F_TRUSTED:
+        if self._nonces:
             self._nonces.pop(row, None)
+        if not flags & _F_TRUSTED:
             self._unlink(row, _UNTRUSTED)
             self._count[_UNTRUSTED] -= 1
             self._flags[row] = flags | _F_TRUSTED
@@ -774,6 +789,8 @@ class PeerTable:
         self._rx[row] = t
         self._nbub[row] = 0
         self._touch(row, t)
+        if changed and self.watch is not None:
+            self.watch.trusted(self.address(row), ipv4, port)
         if row not in self._queues:
             return []
         queued = self.drain(row)

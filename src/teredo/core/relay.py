@@ -343,8 +343,8 @@ class RelayMachine:
         dst = packet[24:40]
         peers = self.peers
         # Case 1 (hot path): a valid trusted peer; the packet goes to its mapping as it is.
-        row = peers.route(dst, now)
-        if row >= 0:
+        row = peers.send_row(dst, now)
+        if row is not None:
             key = peers.mapping_key(row)
             destination = self._to_sockaddr.get(key)
             if destination is None:
@@ -352,12 +352,12 @@ class RelayMachine:
             self.out.send_udp(packet, destination)
             self.stats.to_teredo += 1
             return
-        reason = self._from_native(packet, dst, row, now)
+        reason = self._from_native(packet, dst, now)
         if reason is not None:
             self.drops.count(reason)
 
-    def _from_native(self, packet: bytes, dst: bytes, found: int, now: float) -> DropReason | None:
-        """Cases 2-3 of section 5.4.1; `found` is what `PeerTable.route` said of `dst`."""
+    def _from_native(self, packet: bytes, dst: bytes, now: float) -> DropReason | None:
+        """Cases 2-3 of section 5.4.1: `dst` is not a valid trusted peer (`send_row` said so)."""
         # Section 5.4.1: only valid Teredo addresses with a global embedded IPv4.
         if dst[:4] != self._prefix:
             return DropReason.NOT_TEREDO_DESTINATION
@@ -370,25 +370,25 @@ class RelayMachine:
         if not is_global_ipv4(server):
             return DropReason.SERVER_NOT_GLOBAL_IPV4
         peers = self.peers
-        if found == -1:
+        row = peers.lookup(dst)
+        if row is None:
             # A new peer (case 3): its entry, its packet queued, a first bubble now (always
             # allowed for a new entry, section 5.2.6), unless its server had its share of
             # bubbles: then no state either.
             if not self._server_bubbles.allow(dst[4:8], now):
                 return DropReason.RELAY_BUBBLE_LIMIT
-            row = peers.insert_bubbled(dst, mapping[0], mapping[1], now)
+            row = peers.insert(dst, now, mapping=mapping)
             if row is None:
                 return DropReason.PEER_TABLE_FULL
             self._wanted.discard(row)  # a reused row: the last holder's demand is not ours
             queued = peers.enqueue(row, packet)
-            self._send_bubbles(row, dst, server)
+            self._bubble(row, dst, server, now)
             self._ring.push(row, now + BUBBLE_RETRY)
         else:
-            row = -2 - found
             if peers.is_trusted(row):
                 # Trusted but no longer valid (30 s without reception, section 5.2.4): case 3
                 # again.
-                peers.set_trusted(row, False)
+                peers.untrust(row)
             queued = peers.enqueue(row, packet)
             if peers.may_send_bubble(row, now) and self._server_bubbles.allow(dst[4:8], now):
                 self._bubble(row, dst, server, now)
