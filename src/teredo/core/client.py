@@ -1021,7 +1021,7 @@ class ClientMachine:
         if not self._adoption.claim(src, ipv4, now):
             return False
         if row is None:
-            row = peers.insert(src, now, trusted=True)
+            row = peers.insert(src, now)  # trusted just below
             if row is None:
                 return False
         self._trust(row, src, ipv4, port, now)
