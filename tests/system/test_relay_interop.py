@@ -249,7 +249,7 @@ def test_miredo_client_through_our_relay(lab_factory: list[Lab], server_impl: st
     conf.write_text(restricted + "InterfaceMTU 1400\n")
     relay.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 5
-    while "configuration reloaded (restricted)" not in _log(lab, "relay"):
+    while "configuration reloaded: MTU 1400, RelayType restricted" not in _log(lab, "relay"):
         assert time.monotonic() < deadline, _log(lab, "relay")
         time.sleep(0.1)
     link = lab.exec("relay", ["ip", "link", "show", TUN_NAME]).stdout

@@ -19,7 +19,8 @@ from teredo.cli.options import (
     report_config_error,
 )
 from teredo.core.config import ClientSettings, ConfigError, Role
-from teredo.io.client_driver import ClientDaemon, ClientOptions, ClientStartError
+from teredo.io.client_driver import ClientDaemon, ClientOptions
+from teredo.io.driver import StartError, reload_handler
 from teredo.io.loop import DaemonLoop
 
 EXIT_START_FAILED = 1
@@ -103,13 +104,9 @@ def run(args: argparse.Namespace) -> int:
                 return EXIT_START_FAILED
             daemon = ClientDaemon(options, loop)
 
-            def reload() -> None:
-                try:
-                    fresh = options_from(load_settings(args, Role.CLIENT), args)
-                except ConfigError as err:
-                    log.error("configuration not reloaded: %s", err)
-                    return
-                log.info("configuration %s", daemon.reload(fresh))
+            reload = reload_handler(
+                log, lambda: options_from(load_settings(args, Role.CLIENT), args), daemon.reload
+            )
 
             control = control_identity(args, "client", options.interface)
             metrics = metrics_endpoint(args, settings, "client", options.interface)
@@ -125,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                 ready=None,
                 user=user,
             )
-    except (ClientStartError, PidFileError) as err:
+    except (StartError, PidFileError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED
     finally:

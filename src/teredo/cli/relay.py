@@ -34,12 +34,12 @@ from teredo.io.announce import (
     announce_while_serving,
     relay_prefixes,
 )
+from teredo.io.driver import StartError, reload_handler
 from teredo.io.health import DEFAULT_INTERVAL, announce_while_server_answers
 from teredo.io.loop import Daemon, DaemonLoop
 from teredo.io.relay_driver import (
     RelayDaemon,
     RelayEndpoint,
-    RelayStartError,
     ipv6_forwarding_enabled,
 )
 
@@ -169,7 +169,7 @@ def _watch_server(
     try:
         server = int(resolve_ipv4(args.health_server))
     except (OSError, ValueError) as exc:
-        raise RelayStartError(f"--health-server {args.health_server}: {exc}") from None
+        raise StartError(f"--health-server {args.health_server}: {exc}") from None
     try:
         announce_while_server_answers(
             loop,
@@ -180,7 +180,7 @@ def _watch_server(
             interval=args.health_interval,
         )
     except (OSError, ValueError) as exc:
-        raise RelayStartError(f"--health-server {args.health_server}: {exc}") from None
+        raise StartError(f"--health-server {args.health_server}: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -256,17 +256,11 @@ def run(args: argparse.Namespace) -> int:
                 if args.health_server is not None:
                     _watch_server(loop, announcement, args, str(settings.bind_address))
 
-            def reload() -> None:
-                try:
-                    fresh = load_settings(args, Role.RELAY)
-                except ConfigError as err:
-                    log.error("configuration not reloaded: %s", err)
-                    return
-                problem = daemon.apply(params_from(fresh, args), endpoint_from(fresh))
-                if problem is None:
-                    log.info("configuration reloaded (%s)", fresh.relay_type.value)
-                else:
-                    log.error("configuration not reloaded: %s", problem)
+            def load() -> tuple[RelayParams, RelayEndpoint]:
+                fresh = load_settings(args, Role.RELAY)
+                return params_from(fresh, args), endpoint_from(fresh)
+
+            reload = reload_handler(log, load, lambda new: daemon.reload(*new))
 
             interface = settings.interface_name
             control = control_identity(args, "relay", interface)
@@ -275,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
             return loop.serve(
                 served, log, reload, control=control, metrics=metrics, ready=ready, user=user
             )
-    except (RelayStartError, PidFileError, AnnounceError) as err:
+    except (StartError, PidFileError, AnnounceError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED
     finally:

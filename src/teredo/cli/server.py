@@ -32,12 +32,12 @@ from teredo.io.announce import (
     server_prefixes,
 )
 from teredo.io.control import ControlIdentity
+from teredo.io.driver import StartError, reload_handler
 from teredo.io.loop import Daemon, DaemonLoop
 from teredo.io.sdnotify import Notifier
 from teredo.io.server_driver import (
     ServerDaemon,
     ServerSockets,
-    ServerStartError,
     open_server_sockets,
 )
 
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
             return _supervise(
                 args, params, sets, settings, announcement=announcement, drain=drain, user=user
             )
-    except (ServerStartError, PidFileError, AnnounceError) as err:
+    except (StartError, PidFileError, AnnounceError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED
 
@@ -202,16 +202,11 @@ def _serve(
                 daemon.close()
                 raise
 
-        def reload() -> None:
-            try:
-                fresh = load_settings(args, Role.SERVER)
-            except ConfigError as err:
-                log.error("configuration not reloaded: %s", err)
-                return
-            if daemon.replace_params(params_from(fresh, args)):
-                log.info("configuration reloaded")
-            else:
-                log.error("configuration not reloaded: new addresses need a restart")
+        reload = reload_handler(
+            log,
+            lambda: params_from(load_settings(args, Role.SERVER), args),
+            daemon.reload,
+        )
 
         # Workers (settings None) serve no metrics of their own and leave systemd to the
         # supervisor, whose notifier took $NOTIFY_SOCKET out of their environment.

@@ -56,6 +56,7 @@ from teredo.core.client import (
 )
 from teredo.core.failover import Move, ServerFailover, rank
 from teredo.core.ipv6 import IPV6_MIN_MTU  # the tunnel MTU until an RA says otherwise
+from teredo.io.driver import LockedTimer, Reload, StartError, Undo, bind_error
 from teredo.io.hook import HookError, HookRunner
 from teredo.io.loop import DaemonLoop, boottime
 from teredo.io.tun import TunDevice, TunError
@@ -74,7 +75,6 @@ __all__ = [
     "ClientDaemon",
     "ClientIO",
     "ClientOptions",
-    "ClientStartError",
     "DiscoverySocket",
     "Interface",
     "ServerResolver",
@@ -110,10 +110,6 @@ PROBE_TIME_LIMIT = 1.5
 # Network notifications come in bursts (an address, then its routes): looked at once settled.
 NETWORK_SETTLE = 0.3
 EXIT_FAILED = 1  # also: the socket asked for on SIGHUP cannot be opened
-
-
-class ClientStartError(RuntimeError):
-    """The client cannot start; the message is the one line the operator reads."""
 
 
 # --------------------------------------------------------------------------- resolution
@@ -631,11 +627,13 @@ class ClientDaemon:
         self.discovery: DiscoverySocket | None = None
         self.tun: TunDevice | None = None
         self.netlink: ThreadedInterface | None = None
-        self._armed: float | None = None  # the machine deadline the loop last armed for
-        self._timed = _TimedAdapter(self)
         # Every use of the machine (and of `io`, which it drives) holds this lock: the data
         # thread and the asyncio thread both feed the machine.
         self._lock = threading.Lock()
+        self._timed = LockedTimer(
+            lambda: self.machine, self._lock, under_lock=self._expired, after=self._handle_all
+        )
+        self._undo = Undo()
         self._data: DataPath | None = None
         self._notified = False  # an _after_input is already scheduled by the data thread
         self._timer_added = False
@@ -657,6 +655,9 @@ class ClientDaemon:
             self.close()
             raise
         self.resolver = ServerResolver(loop, self._resolved, resolve=resolve)
+        self._undo.push(self.resolver.cancel)
+        self._undo.push(self._stop_monitor)
+        self._undo.push(self._cancel_check)
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -664,19 +665,27 @@ class ClientDaemon:
         opts = self.options
         # The socket first: a wrong bind address or a taken port fails before any interface
         # exists.
+        # Each clean-up step is pushed once, right after what it undoes; the steps act on the
+        # resource of the moment (a reload opens a new socket, a lost TUN is made again).
+        self._undo.push(self._close_socket)
         sock = self._bind()
         try:
             tun = self.tun = TunDevice.open(opts.interface)
         except TunError as exc:
-            raise ClientStartError(str(exc.strerror or exc)) from None
+            raise StartError(str(exc.strerror or exc)) from None
+        self._undo.push(self._close_tun)
         disable_kernel_link_local(tun.name)
         try:
             self.netlink = ThreadedInterface(tun.name)
+            self._undo.push(self._close_netlink)
             hook = HookRunner(opts.hook, tun.name, self.netlink.index()) if opts.hook else None
             self.tunnel = TunnelConfigurator(self.netlink, hook, default_route=opts.default_route)
+            self._undo.push(self.tunnel.teardown)
             self.tunnel.prepare()
         except OSError as exc:  # NetlinkConfigError
-            raise ClientStartError(str(exc.strerror or exc)) from None
+            raise StartError(str(exc.strerror or exc)) from None
+        self._undo.push(self._stop_data_path)
+        self._undo.push(self._close_discovery)
         self._serve_socket(sock, tun)
 
     def _bind(self) -> socket.socket:
@@ -685,14 +694,7 @@ class ClientDaemon:
             sock = self.sock = open_udp_socket(opts.bind_address, opts.bind_port)
             configure_multicast_sending(sock)
         except OSError as exc:
-            where = f"{opts.bind_address}:{opts.bind_port}"
-            if exc.errno == errno.EADDRINUSE:
-                raise ClientStartError(f"UDP port {where} is taken") from None
-            if exc.errno == errno.EADDRNOTAVAIL:
-                raise ClientStartError(
-                    f"{opts.bind_address} is not an address of this host"
-                ) from None
-            raise ClientStartError(f"cannot bind {where}: {exc.strerror}") from None
+            raise StartError(bind_error(opts.bind_address, opts.bind_port, exc)) from None
         return sock
 
     def _serve_socket(self, sock: socket.socket, tun: TunDevice) -> None:
@@ -826,11 +828,23 @@ class ClientDaemon:
             deadline = machine.next_deadline()
         for event in events:
             self._handle(event)
-        armed = self._armed
+        armed = self._timed.armed
         # A later deadline needs no new timer: the old one fires, finds nothing due, and the
         # loop arms the next one. Only an earlier one must re-arm (a timer less per packet).
         if deadline is not None and (armed is None or deadline < armed):
             self.loop.rearm()
+
+    def _expired(self, machine: ClientMachine) -> list[ClientEvent]:
+        """After a timer expiry, lock held: send the batch, take the events."""
+        self.io.flush()
+        events: list[ClientEvent] = []
+        while (event := machine.next_event()) is not None:
+            events.append(event)
+        return events
+
+    def _handle_all(self, events: list[ClientEvent]) -> None:
+        for event in events:
+            self._handle(event)
 
     def _wake_from_data_path(self) -> None:
         """From the data thread, lock held: ask the asyncio thread for an _after_input."""
@@ -915,14 +929,13 @@ class ClientDaemon:
 
     # --- control ----------------------------------------------------------------------------
 
-    def reload(self, options: ClientOptions) -> str:
-        """Applies new options on SIGHUP; returns what was done (one line for the log).
-
-        The address is kept whenever the server and the socket stay the same.
-        """
+    def reload(self, options: ClientOptions) -> Reload:
+        """SIGHUP: the hook, the default route, the refresh interval apply at once with the
+        address kept; a new server, socket, prefix or symmetric-NAT policy applies by
+        qualifying again; a new interface name needs a restart."""
         old = self.options
         if options.interface != old.interface:
-            return "not reloaded: a new interface name needs a restart"
+            return Reload(restart="a new interface name")
         self.options = options
         notes: list[str] = []
         if options.hook != old.hook:
@@ -941,17 +954,17 @@ class ClientDaemon:
             # A new socket (a new mapping) or prefix means a new address anyway.
             try:
                 self._restart_machine()
-            except ClientStartError as err:
+            except StartError as err:
                 # Without its socket the daemon is of no use: say why and stop.
                 log.error("%s", err)
                 self.loop.stop(EXIT_FAILED)
-                return "failed: the new socket cannot be opened"
+                return Reload(failed="the new socket cannot be opened: stopping")
             what = (
                 "new socket or prefix"
                 if options.socket_key != old.socket_key or options.prefix != old.prefix
                 else "new symmetric NAT policy"
             )
-            return f"reloaded: {what}, qualifying again" + _joined(notes)
+            return Reload(applied=(f"{what}, qualifying again", *notes))
         if options.refresh_interval != old.refresh_interval:
             with self._lock:
                 if self.machine is not None:
@@ -965,9 +978,9 @@ class ClientDaemon:
             old.more_servers,
         ):
             self._start_servers()
-            return f"reloaded: new server {options.server}, qualifying again" + _joined(notes)
+            return Reload(applied=(f"new server {options.server}, qualifying again", *notes))
         self._after_input()  # a shorter refresh interval may need an earlier timer
-        return "reloaded: server unchanged, address kept" + _joined(notes)
+        return Reload(applied=("server unchanged, address kept", *notes))
 
     def _set_hook(self, path: str | None) -> None:
         if path is None or self.netlink is None:
@@ -987,14 +1000,9 @@ class ClientDaemon:
             machine, self.machine = self.machine, None
         if machine is not None:
             self.tunnel.offline()
-        self._armed = None
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-        if self.discovery is not None:
-            self.loop.remove_reader(self.discovery.sock.fileno())
-            self.discovery.close()
-            self.discovery = None
+        self._timed.armed = None
+        self._close_socket()
+        self._close_discovery()
         if self.tun is not None:
             self._serve_socket(self._bind(), self.tun)
         self.start()
@@ -1041,36 +1049,44 @@ class ClientDaemon:
         return status
 
     def close(self) -> None:
-        """Removes what the daemon created: addresses, routes, the interface, the sockets."""
-        resolver = getattr(self, "resolver", None)
-        if resolver is not None:
-            resolver.cancel()
-        self._stop_data_path()
-        tunnel = getattr(self, "tunnel", None)
-        if tunnel is not None:
-            tunnel.teardown()
-        if self.discovery is not None and self.discovery.sock.fileno() >= 0:
+        """Removes what the daemon created, last first: timers, the network watch, the
+        resolver, discovery, the data thread, addresses and routes (and the hook's last
+        calls), netlink, the interface, the socket."""
+        self._undo.close()
+
+    def _close_socket(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def _close_discovery(self) -> None:
+        discovery, self.discovery = self.discovery, None
+        if discovery is not None:
             with contextlib.suppress(ValueError, OSError):
-                self.loop.remove_reader(self.discovery.sock.fileno())
-        for sock in (self.sock, self.discovery.sock if self.discovery else None):
-            if sock is not None and sock.fileno() >= 0:
-                sock.close()
-        self.sock = None
-        self.discovery = None
-        check = getattr(self, "_check_timer", None)
-        if check is not None:
-            check.cancel()
-        monitor, self._monitor = getattr(self, "_monitor", None), None
-        if monitor is not None:
-            monitor.stop()
+                self.loop.remove_reader(discovery.sock.fileno())
+            discovery.close()
+
+    def _close_tun(self) -> None:
         if self.tun is not None:
             # A TUN that is not persistent disappears with its last descriptor, and with it
             # every address and route still on it.
             self.tun.close()
             self.tun = None
+
+    def _close_netlink(self) -> None:
         if self.netlink is not None:
             self.netlink.close()
             self.netlink = None
+
+    def _stop_monitor(self) -> None:
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            monitor.stop()
+
+    def _cancel_check(self) -> None:
+        if self._check_timer is not None:
+            self._check_timer.cancel()
+            self._check_timer = None
 
     # --- the interface removed under us (issue 14) ---------------------------------------------
 
@@ -1214,10 +1230,7 @@ class ClientDaemon:
         """Local discovery (RFC 4380 5.2.8) on the interfaces and addresses of now."""
         if not self.options.local_discovery:
             return
-        if self.discovery is not None:
-            self.loop.remove_reader(self.discovery.sock.fileno())
-            self.discovery.close()
-            self.discovery = None
+        self._close_discovery()
         self.io.discovery_addresses = self._open_discovery()
 
     # --- several servers (issue 13) -----------------------------------------------------------
@@ -1347,43 +1360,6 @@ def _rtt_text(result: ProbeResult) -> str:
     return f"{result.name or result.server} {median * 1000.0:.1f} ms"
 
 
-def _joined(notes: list[str]) -> str:
-    return "; " + ", ".join(notes) if notes else ""
-
-
-class _TimedAdapter:
-    """The machine's timer as DaemonLoop sees it, with the events handled after each expiry."""
-
-    __slots__ = ("_daemon",)
-
-    def __init__(self, daemon: ClientDaemon) -> None:
-        self._daemon = daemon
-
-    def next_deadline(self) -> float | None:
-        # The loop asks this when it arms its timer: what it answers is what is armed.
-        daemon = self._daemon
-        with daemon._lock:
-            machine = daemon.machine
-            deadline = machine.next_deadline() if machine is not None else None
-        daemon._armed = deadline
-        return deadline
-
-    def handle_timer(self, now: float) -> None:
-        daemon = self._daemon
-        events: list[ClientEvent] = []
-        with daemon._lock:
-            machine = daemon.machine
-            if machine is None:
-                return
-            machine.handle_timer(now)
-            daemon.io.flush()
-            while (event := machine.next_event()) is not None:
-                events.append(event)
-        # The loop re-arms itself after this call (and asks next_deadline then).
-        for event in events:
-            daemon._handle(event)
-
-
 def _ignore(data: bytes, source: tuple[str, int], now: float) -> None:
     """Input that arrives before the machine exists (server name not resolved yet)."""
 
@@ -1486,7 +1462,7 @@ class DataPath:
                             daemon._wake_from_data_path()
                         else:
                             deadline = machine.next_deadline()
-                            armed = daemon._armed
+                            armed = daemon._timed.armed
                             if deadline is not None and (armed is None or deadline < armed):
                                 daemon._wake_from_data_path()
         finally:

@@ -39,11 +39,12 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from teredo.core.addr import Address
 from teredo.core.relay import RelayMachine, RelayParams
+from teredo.io.driver import LockedTimer, Reload, StartError, Undo, bind_udp
 from teredo.io.loop import DaemonLoop
 from teredo.io.memory import release_free_memory
 from teredo.io.netlink import InterfaceConfig, NetlinkConfigError
 from teredo.io.tun import MAX_PACKET, TunDevice, TunError
-from teredo.io.udp import RECEIVE_SIZE, open_udp_socket
+from teredo.io.udp import RECEIVE_SIZE
 
 log = logging.getLogger("teredo.relay")
 
@@ -92,10 +93,6 @@ def off_loop(work: Callable[[], _T]) -> _T:
     return result[0]
 
 
-class RelayStartError(RuntimeError):
-    """The relay cannot start; the message is the one line the operator reads."""
-
-
 @dataclass(frozen=True, slots=True)
 class RelayEndpoint:
     """Where the relay lives: its TUN interface, UDP endpoint and served prefix."""
@@ -139,31 +136,6 @@ class _Output:
             self.tun_errors += 1
 
 
-class _Guarded:
-    """The machine's timer side, as the loop sees it, under the data path's lock."""
-
-    __slots__ = ("_lock", "_machine", "_rows")
-
-    def __init__(self, machine: RelayMachine, lock: threading.Lock) -> None:
-        self._machine = machine
-        self._lock = lock
-        self._rows = machine.peers.allocated
-
-    def next_deadline(self) -> float | None:
-        with self._lock:
-            return self._machine.next_deadline()
-
-    def handle_timer(self, now: float) -> None:
-        with self._lock:
-            self._machine.handle_timer(now)
-            rows = self._machine.peers.allocated
-        if rows != self._rows:
-            # The peer table grew: its old columns are free heap now (issue 8: memory that
-            # grows with the load, and no more).
-            self._rows = rows
-            release_free_memory()
-
-
 def _fault_site(exc: BaseException) -> str:
     """file:line where `exc` was raised: what tells one fault from another."""
     tb = exc.__traceback__
@@ -205,7 +177,7 @@ class RelayDaemon:
     ) -> None:
         self.loop = loop
         self.endpoint = endpoint
-        self._opened: list[Callable[[], None]] = []
+        self._undo = Undo()
         #: Held by whoever touches the machine: the two data-path threads and the loop.
         self.lock = threading.Lock()
         self._stopping = False
@@ -223,34 +195,25 @@ class RelayDaemon:
         try:
             self.tun = TunDevice.open(endpoint.interface)
         except TunError as exc:
-            raise RelayStartError(str(exc)) from None
+            raise StartError(str(exc)) from None
         # Closing the descriptor of a non-persistent TUN removes the interface, and with it its
         # addresses and routes: nothing else to undo at exit.
-        self._opened.append(self.tun.close)
+        self._undo.push(self.tun.close)
         try:
             self.netlink = InterfaceConfig(self.tun.name)
-            self._opened.append(self.netlink.close)
+            self._undo.push(self.netlink.close)
             self.netlink.set_up(params.mtu)
             self.netlink.add_address(TUN_LINK_LOCAL, 64)
             self.netlink.add_route(endpoint.prefix)
             self._set_tun_queue(TUN_QUEUE_LENGTH)
         except (NetlinkConfigError, NetlinkError, OSError) as exc:
-            raise RelayStartError(f"cannot configure {self.tun.name}: {exc}") from None
+            raise StartError(f"cannot configure {self.tun.name}: {exc}") from None
         self.output = _Output(self.tun.fd)
         t0 = time.perf_counter()
         self.machine = RelayMachine(params, self.output, secret, self.loop.clock())
         self.alloc_seconds = time.perf_counter() - t0
-        try:
-            self.sock = open_udp_socket(endpoint.bind_address, endpoint.bind_port)
-        except OSError as exc:
-            where = f"{endpoint.bind_address}:{endpoint.bind_port}"
-            if exc.errno == errno.EADDRNOTAVAIL:
-                message = f"{endpoint.bind_address} is not an address of this host"
-                raise RelayStartError(message) from None
-            if exc.errno == errno.EADDRINUSE:
-                raise RelayStartError(f"UDP {where} is taken") from None
-            raise RelayStartError(f"cannot bind UDP {where}: {exc.strerror}") from None
-        self._opened.append(self.sock.close)
+        self.sock = bind_udp(endpoint.bind_address, endpoint.bind_port)
+        self._undo.push(self.sock.close)
         self.output.attach(self.sock)
         host, port = self.sock.getsockname()
         self.local = (str(host), int(port))
@@ -260,17 +223,32 @@ class RelayDaemon:
         self._watch: socket.socket | None = None
         if params.host_specific:
             self._start_address_watch()
-        self.loop.add_machine(_Guarded(self.machine, self.lock))
+        self._rows = self.machine.peers.allocated
+        self.loop.add_machine(
+            LockedTimer(
+                lambda: self.machine,
+                self.lock,
+                under_lock=lambda machine: machine.peers.allocated,
+                after=self._after_timer,
+            )
+        )
         # The data path runs in one thread of its own (see the module docstring); the loop's
         # timers reach the machine through the same lock.
         self.sock.setblocking(False)
         os.set_blocking(self.tun.fd, False)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._opened.append(lambda: os.close(self._wake_r))
-        self._opened.append(lambda: os.close(self._wake_w))
-        self._opened.append(self._stop_thread)
+        self._undo.push(lambda: os.close(self._wake_r))
+        self._undo.push(lambda: os.close(self._wake_w))
+        self._undo.push(self._stop_thread)
         self._thread = threading.Thread(target=self._run, name="relay-data", daemon=True)
         self._thread.start()
+
+    def _after_timer(self, rows: int) -> None:
+        if rows != self._rows:
+            # The peer table grew: its old columns are free heap now (issue 8: memory that
+            # grows with the load, and no more).
+            self._rows = rows
+            release_free_memory()
 
     def _set_tun_queue(self, length: int) -> None:
         """The TUN's transmit queue: packets routed to us wait there until the data thread
@@ -283,13 +261,13 @@ class RelayDaemon:
 
     def _start_address_watch(self) -> None:
         watch = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self._opened.append(watch.close)
+        self._undo.push(watch.close)
         watch.bind((0, RTMGRP_IPV6_IFADDR))
         watch.setblocking(False)
         self._watch = watch
         self.refresh_addresses()
         self.loop.add_reader(watch.fileno(), self._on_address_event)
-        self._opened.append(lambda: self.loop.remove_reader(watch.fileno()))
+        self._undo.push(lambda: self.loop.remove_reader(watch.fileno()))
 
     def refresh_addresses(self) -> None:
         name = self.tun.name
@@ -425,15 +403,17 @@ class RelayDaemon:
 
     # --- control ----------------------------------------------------------------------------
 
-    def apply(self, params: RelayParams, endpoint: RelayEndpoint) -> str | None:
-        """Apply reloaded settings; None when done, else why a restart is needed."""
+    def reload(self, params: RelayParams, endpoint: RelayEndpoint) -> Reload:
+        """SIGHUP: RelayType (direct bubbles) and InterfaceMTU apply at once; a new interface,
+        address, port, prefix, relay kind or peer table size needs a restart."""
         old = self.machine.params
         if endpoint != self.endpoint:
-            return "a new interface name, address, port or prefix needs a restart"
+            return Reload(restart="a new interface name, address, port or prefix")
         if params.host_specific != old.host_specific:
-            return "switching between relay and host-specific relay needs a restart"
+            return Reload(restart="switching between relay and host-specific relay")
         if params.peers != old.peers:
-            return "a new peer table size needs a restart"
+            return Reload(restart="a new peer table size")
+        applied: list[str] = []
         if params.mtu != old.mtu:
             try:
                 name, mtu = self.tun.name, params.mtu
@@ -444,13 +424,16 @@ class RelayDaemon:
 
                 off_loop(set_mtu)
             except (NetlinkConfigError, NetlinkError, OSError) as exc:
-                return f"MTU not changed: {exc}"
+                return Reload(failed=f"MTU not changed: {exc}")
+            applied.append(f"MTU {params.mtu}")
+        if params.direct_bubbles != old.direct_bubbles:
+            applied.append("RelayType " + ("restricted" if params.direct_bubbles else "cone"))
         with self.lock:
             self.machine.set_direct_bubbles(params.direct_bubbles)
             self.machine.params = replace(old, mtu=params.mtu, direct_bubbles=params.direct_bubbles)
         if params.host_specific:
             self.refresh_addresses()
-        return None
+        return Reload(applied=tuple(applied))
 
     def summary(self) -> str:
         errors = self.output.udp_errors + self.output.tun_errors
@@ -486,9 +469,4 @@ class RelayDaemon:
         }
 
     def close(self) -> None:
-        while self._opened:
-            undo = self._opened.pop()
-            try:
-                undo()
-            except (OSError, ValueError, RuntimeError):
-                log.debug("error while closing", exc_info=True)
+        self._undo.close()

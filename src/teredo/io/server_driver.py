@@ -6,7 +6,7 @@ the time, the machine's output goes out through `_Sockets`.
 
 from __future__ import annotations
 
-import errno
+import functools
 import logging
 import socket
 from collections.abc import Callable
@@ -14,18 +14,15 @@ from collections.abc import Callable
 from teredo.core.addr import TEREDO_PORT, Address
 from teredo.core.counters import DropReason
 from teredo.core.server import ServerMachine, ServerParams
+from teredo.io.driver import Reload, StartError, Undo, bind_udp, changed
 from teredo.io.loop import DaemonLoop
-from teredo.io.udp import DRAIN_BUDGET, open_udp_socket
+from teredo.io.udp import DRAIN_BUDGET
 
 log = logging.getLogger("teredo.server")
 
 # Nothing a server handles comes near this: RS, bubbles (with RFC 6081 trailers) and ICMPv6 of
 # at most 88 bytes of payload (docs/server.md); larger datagrams are counted and dropped.
 RECEIVE_SIZE = 2048
-
-
-class ServerStartError(RuntimeError):
-    """The server cannot start; the message is the one line the operator reads."""
 
 
 class _Sockets:
@@ -60,19 +57,12 @@ class _Sockets:
 
 
 def _bind(address: str, reuse_port: bool, probe: bool) -> socket.socket:
-    try:
-        if probe:
-            # Workers share the port through SO_REUSEPORT, which lets any process of the same
-            # user join in silently: first make sure nobody holds the port yet, with an
-            # exclusive bind that fails with EADDRINUSE if someone does.
-            open_udp_socket(address, TEREDO_PORT).close()
-        return open_udp_socket(address, TEREDO_PORT, reuse_port=reuse_port)
-    except OSError as exc:
-        if exc.errno == errno.EADDRNOTAVAIL:
-            raise ServerStartError(f"{address} is not an address of this host") from None
-        if exc.errno == errno.EADDRINUSE:
-            raise ServerStartError(f"UDP port {TEREDO_PORT} of {address} is taken") from None
-        raise ServerStartError(f"cannot bind {address}:{TEREDO_PORT}: {exc.strerror}") from None
+    if probe:
+        # Workers share the port through SO_REUSEPORT, which lets any process of the same
+        # user join in silently: first make sure nobody holds the port yet, with an
+        # exclusive bind that fails with EADDRINUSE if someone does.
+        bind_udp(address, TEREDO_PORT).close()
+    return bind_udp(address, TEREDO_PORT, reuse_port=reuse_port)
 
 
 ServerSockets = tuple[socket.socket, socket.socket, socket.socket]
@@ -81,14 +71,14 @@ ServerSockets = tuple[socket.socket, socket.socket, socket.socket]
 def open_server_sockets(
     params: ServerParams, *, reuse_port: bool = False, first: bool = True
 ) -> ServerSockets:
-    """The two UDP sockets and the raw IPv6 socket, or ServerStartError with one clear line.
+    """The two UDP sockets and the raw IPv6 socket, or StartError with one clear line.
 
     With `reuse_port`, each call gives one worker's set of sockets on the same two ports; the
     `first` set checks that nobody else holds them.
     """
     problem = params.check()
     if problem is not None:
-        raise ServerStartError(problem)
+        raise StartError(problem)
     addresses = [
         socket.inet_ntoa(ip.to_bytes(4, "big")) for ip in (params.primary, params.secondary)
     ]
@@ -99,9 +89,9 @@ def open_server_sockets(
         try:
             raw = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
         except OSError as exc:
-            raise ServerStartError(f"raw IPv6 socket not available: {exc.strerror}") from None
+            raise StartError(f"raw IPv6 socket not available: {exc.strerror}") from None
         raw.setblocking(False)
-    except ServerStartError:
+    except StartError:
         for sock in opened:
             sock.close()
         raise
@@ -118,10 +108,14 @@ class ServerDaemon:
         if sockets is None:
             sockets = open_server_sockets(params)
         self.primary, self.secondary, self.raw = sockets
+        self._undo = Undo()
+        for sock in sockets:
+            self._undo.push(sock.close)
         self.transmit = _Sockets(self.primary, self.secondary, self.raw)
         self.machine = ServerMachine(params, self.transmit)
-        loop.add_reader(self.primary.fileno(), self._reader(self.primary, False))
-        loop.add_reader(self.secondary.fileno(), self._reader(self.secondary, True))
+        for sock, on_secondary in ((self.primary, False), (self.secondary, True)):
+            loop.add_reader(sock.fileno(), self._reader(sock, on_secondary))
+            self._undo.push(functools.partial(loop.remove_reader, sock.fileno()))
 
     def _reader(self, sock: socket.socket, on_secondary: bool) -> Callable[[], None]:
         """The socket's reader: drains it into the machine (the hot path, kept flat).
@@ -156,18 +150,19 @@ class ServerDaemon:
 
         return on_readable
 
-    def replace_params(self, params: ServerParams) -> bool:
-        """Applies new parameters that keep the same addresses; False when a restart is needed."""
+    def reload(self, params: ServerParams) -> Reload:
+        """SIGHUP: everything but the addresses applies at once (the machine is made again
+        with the new parameters); new addresses need a restart."""
         old = self.machine.params
         if (params.primary, params.secondary) != (old.primary, old.secondary):
-            return False
+            return Reload(restart="a new server address")
         fresh = ServerMachine(params, self.transmit)
         # The counters go on across a reload (status and metrics must not jump back to zero);
         # the rate-limit buckets start afresh with the new limits.
         fresh.stats = self.machine.stats
         fresh.drops = self.machine.drops
         self.machine = fresh
-        return True
+        return Reload(applied=changed(old, params))
 
     def summary(self) -> str:
         stats = self.machine.stats
@@ -202,7 +197,4 @@ class ServerDaemon:
         }
 
     def close(self) -> None:
-        for sock in (self.primary, self.secondary):
-            self.loop.remove_reader(sock.fileno())
-            sock.close()
-        self.raw.close()
+        self._undo.close()
