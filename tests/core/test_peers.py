@@ -237,6 +237,20 @@ def test_insert_with_a_mapping_then_a_bubble() -> None:
         table.insert(b"short", T0)
 
 
+def test_insert_with_a_bubble_is_insert_then_record_bubble() -> None:
+    table = new_table()
+    row = table.insert(teredo(1), T0, mapping=(1, 2), bubble=True)
+    other = insert(table, teredo(2), T0)
+    table.record_bubble(other, T0)
+    assert row is not None
+    for when in (T0, T0 + 1.9, T0 + 2.0, T0 + 400.0):
+        assert table.bubble_count(row, when) == table.bubble_count(other, when)
+        assert table.may_send_bubble(row, when) == table.may_send_bubble(other, when)
+    assert table.last_tx(row) == table.last_tx(other) == pytest.approx(T0)
+    assert table.bubble_count(row, T0) == 1
+    assert table.next_expiry() == pytest.approx(T0 + 600.0)
+
+
 def test_insert_with_a_mapping_follows_the_full_table_policy() -> None:
     table = new_table(capacity=1)
     row = table.insert(teredo(1), T0, mapping=(1, 1))
@@ -655,12 +669,12 @@ class PeerTableMachine(RuleBasedStateMachine):
     def advance(self, dt: int) -> None:
         self.now += dt
 
-    @rule(addr=st.sampled_from(POOL), mapped=st.booleans())
-    def insert(self, addr: bytes, mapped: bool) -> None:
+    @rule(addr=st.sampled_from(POOL), mapped=st.booleans(), bubble=st.booleans())
+    def insert(self, addr: bytes, mapped: bool, bubble: bool = False) -> None:
         mapping = (7, 7) if mapped else None
         if addr in self.peers:
             with pytest.raises(ValueError, match="already"):
-                self.table.insert(addr, self.t(), mapping=mapping)
+                self.table.insert(addr, self.t(), mapping=mapping, bubble=bubble)
             return
         expect_refused = False
         if len(self.peers) == CAP:
@@ -672,13 +686,16 @@ class PeerTableMachine(RuleBasedStateMachine):
                     expect_refused = True
                 else:
                     self.drop(oldest)
-        row = self.table.insert(addr, self.t(), mapping=mapping)
+        row = self.table.insert(addr, self.t(), mapping=mapping, bubble=bubble)
         assert (row is None) == expect_refused
         if row is None:
             return
         age = self.now - NEW_AGE
         ip, port = mapping or (0, 0)
         peer = Peer(used=self.now, rx=max(age, -360000), tx=age, trusted=False, ip=ip, port=port)
+        if bubble:
+            peer.tx = self.now
+            peer.bubbles.append(self.now)
         self.peers[addr] = peer
         self.lru[0][addr] = None
 

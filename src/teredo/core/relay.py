@@ -377,12 +377,12 @@ class RelayMachine:
             # bubbles: then no state either.
             if not self._server_bubbles.allow(dst[4:8], now):
                 return DropReason.RELAY_BUBBLE_LIMIT
-            row = peers.insert(dst, now, mapping=mapping)
+            row = peers.insert(dst, now, mapping=mapping, bubble=True)
             if row is None:
                 return DropReason.PEER_TABLE_FULL
             self._wanted.discard(row)  # a reused row: the last holder's demand is not ours
             queued = peers.enqueue(row, packet)
-            self._bubble(row, dst, server, now)
+            self._send_bubbles(row, dst, server)
             self._ring.push(row, now + BUBBLE_RETRY)
         else:
             if peers.is_trusted(row):
