@@ -22,6 +22,9 @@ class NatKind(enum.Enum):
     SYMMETRIC = "symmetric"  # a new random port per destination
     SYMMETRIC_PORT_PRESERVING = "symmetric-port-preserving"  # the inside port where it is free
     SYMMETRIC_SEQUENTIAL = "symmetric-sequential"  # a new port per destination, the next one
+    # Not a NAT of its own: one more client on the local network of the site before it, behind
+    # the same NAT, which does not hairpin (RFC 6081 Hairpinning; lab.md "NAT kinds").
+    SHARED = "shared"
 
     @classmethod
     def parse(cls, text: str) -> NatKind:
@@ -70,7 +73,7 @@ _ZONE_SEED = "0x7e4ed0"
 
 def nft_ruleset(kind: NatKind, outside: str) -> str:
     """The nftables ruleset (for `nft -f -`) of a NAT whose public interface is `outside`."""
-    if kind is NatKind.NONE:
+    if kind in (NatKind.NONE, NatKind.SHARED):
         return ""
     table = "table ip tlab_nat"
     if kind in (

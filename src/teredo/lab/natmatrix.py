@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--infra", type=Impl, default=Impl.MIREDO, help="server and relay")
     args = parser.parse_args(argv)
-    kinds: list[NatKind] = args.kinds or list(NatKind)
+    kinds: list[NatKind] = args.kinds or [k for k in NatKind if k is not NatKind.SHARED]
     clients: list[Impl] = args.clients or [Impl.MIREDO, Impl.TEREDO]
     matrix = Matrix(kinds)
     for impl in clients:

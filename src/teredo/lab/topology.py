@@ -62,10 +62,14 @@ _FIXED = {"wan": "wan", "server": "srv", "relay": "rly", "native": "v6"}
 
 @dataclass(frozen=True)
 class Site:
-    """One client and the NAT in front of it (none for NatKind.NONE)."""
+    """One client and the NAT in front of it (none for NatKind.NONE). A NatKind.SHARED site has
+    no NAT of its own: its client sits on the local network of site `host_site`, behind that
+    site's NAT (which does not hairpin: nothing in its rules sends a packet for its own public
+    address back inside)."""
 
     index: int
     nat: NatKind
+    host_site: int | None = None  # NatKind.SHARED: the site whose NAT and network it shares
 
     @property
     def client_host(self) -> str:
@@ -73,24 +77,31 @@ class Site:
 
     @property
     def nat_host(self) -> str | None:
-        return None if self.nat is NatKind.NONE else f"nat{self.index}"
+        return None if self.nat in (NatKind.NONE, NatKind.SHARED) else f"nat{self.index}"
+
+    @property
+    def lan(self) -> int:
+        """The index whose 192.168.<n>.0/24 network the client is on."""
+        return self.host_site if self.host_site is not None else self.index
 
     @property
     def public_ip(self) -> str:
         """The address the IPv4 internet sees: the NAT's outside address, or the client's own."""
         if self.nat is NatKind.NONE:
             return f"203.0.113.{100 + self.index}"
-        return f"203.0.113.{10 + self.index}"
+        return f"203.0.113.{10 + self.lan}"
 
     @property
     def client_ip(self) -> str:
         if self.nat is NatKind.NONE:
             return self.public_ip
+        if self.nat is NatKind.SHARED:
+            return f"192.168.{self.lan}.{100 + self.index}"
         return f"192.168.{self.index}.2"
 
     @property
     def nat_inside_ip(self) -> str:
-        return f"192.168.{self.index}.1"
+        return f"192.168.{self.lan}.1"
 
 
 _PING_COUNTS = re.compile(r"(\d+) packets transmitted, (\d+) received")
@@ -138,7 +149,17 @@ class Lab:
         kinds = [k if isinstance(k, NatKind) else NatKind.parse(k) for k in nats]
         if len(kinds) > MAX_SITES:
             raise LabError(f"at most {MAX_SITES} NAT + client pairs, not {len(kinds)}")
-        self.sites = [Site(i + 1, kind) for i, kind in enumerate(kinds)]
+        self.sites = []
+        for i, kind in enumerate(kinds):
+            host_site = None
+            if kind is NatKind.SHARED:
+                # Behind the NAT of the nearest site before it that has one.
+                host_site = next(
+                    (s.index for s in reversed(self.sites) if s.nat_host is not None), None
+                )
+                if host_site is None:
+                    raise LabError("a shared site needs a site with a NAT before it")
+            self.sites.append(Site(i + 1, kind, host_site))
         self.server_impl = _as_impl(server_impl)
         self.relay_impl = _as_impl(relay_impl)
         if isinstance(client_impl, (Impl, str)) or client_impl is None:
@@ -309,6 +330,26 @@ class Lab:
 
     def _build_site(self, site: Site) -> None:
         client = self.ns(site.client_host)
+        if site.host_site is not None:
+            # One more veth into the host site's LAN bridge (built with that site, before).
+            port = f"in{site.index}"
+            system.ip_batch(
+                self.ns(f"nat{site.host_site}"),
+                [
+                    f"link add {port} type veth peer name eth0 netns {client}",
+                    f"link set {port} master lan0",
+                    f"link set {port} up",
+                ],
+            )
+            system.ip_batch(
+                client,
+                [
+                    f"addr add {site.client_ip}/24 dev eth0",
+                    "link set eth0 up",
+                    f"route add default via {site.nat_inside_ip}",
+                ],
+            )
+            return
         if site.nat_host is None:
             self._attach(site.client_host, f"c{site.index}", "bn", [f"{site.public_ip}/24"])
             system.ip_batch(client, [f"route add default via {WAN_V4_PUBLIC}"])
@@ -316,15 +357,21 @@ class Lab:
         nat = self.ns(site.nat_host)
         self._attach(site.nat_host, f"n{site.index}", "bn", [f"{site.public_ip}/24"])
         self._sysctl(nat, ipv4_forward=True)
-        system.ip_batch(
-            nat,
-            [
-                f"route add default via {WAN_V4_PUBLIC}",
-                f"link add in0 type veth peer name eth0 netns {client}",
-                f"addr add {site.nat_inside_ip}/24 dev in0",
-                "link set in0 up",
-            ],
-        )
+        inside = [
+            f"route add default via {WAN_V4_PUBLIC}",
+            f"link add in0 type veth peer name eth0 netns {client}",
+        ]
+        if any(s.host_site == site.index for s in self.sites):
+            # Shared by more clients: the inside is a bridge, the local network they share.
+            inside += [
+                "link add lan0 type bridge",
+                f"addr add {site.nat_inside_ip}/24 dev lan0",
+                "link set lan0 up",
+                "link set in0 master lan0",
+            ]
+        else:
+            inside.append(f"addr add {site.nat_inside_ip}/24 dev in0")
+        system.ip_batch(nat, [*inside, "link set in0 up"])
         system.ip_batch(
             client,
             [
