@@ -20,7 +20,7 @@ from .conftest import prefix_for, tear_down
 
 pytestmark = pytest.mark.system
 
-KINDS = [k for k in NatKind if k is not NatKind.SHARED]  # shared: test_nat_shared.py
+KINDS: list[NatKind] = [k for k in NatKind if k is not NatKind.SHARED]  # shared: test_nat_shared.py
 SERVER_A = "198.51.100.10:4000"
 SERVER_A_OTHER_PORT = "198.51.100.10:4001"
 SERVER_B = "198.51.100.11:4000"  # same host, an address the client never contacted

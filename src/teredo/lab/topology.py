@@ -149,7 +149,7 @@ class Lab:
         kinds = [k if isinstance(k, NatKind) else NatKind.parse(k) for k in nats]
         if len(kinds) > MAX_SITES:
             raise LabError(f"at most {MAX_SITES} NAT + client pairs, not {len(kinds)}")
-        self.sites = []
+        self.sites: list[Site] = []
         for i, kind in enumerate(kinds):
             host_site = None
             if kind is NatKind.SHARED:
