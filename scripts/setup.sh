@@ -11,6 +11,10 @@ apt_packages=(miredo miredo-server nftables iproute2 iputils-ping conntrack iper
 apt_packages+=(systemd systemd-container)
 # bird2: the anycast lab's routers and each relay's and server's BGP speaker (lab/bird.py).
 apt_packages+=(bird2)
+# miniupnpd: the UPnP IGD of the lab's symmetric-upnp NAT (lab/upnp.py), run only inside that NAT's
+# namespace with its own files; the policy-rc.d guard below keeps the package's service from
+# starting on this host.
+apt_packages+=(miniupnpd-nftables)
 # The kernel data path (docs/kernel.md): clang/llvm and libbpf-dev build src/teredo/bpf/*.bpf.c
 # (scripts/build-bpf.sh, below); libbpf1 loads them at run time; bpftool shows maps and links;
 # linux-libc-dev has the uapi headers the programs include.

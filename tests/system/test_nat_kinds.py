@@ -8,6 +8,8 @@ packets is the wan router (198.51.100.1).
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -182,3 +184,46 @@ def test_symmetric_sequential(lab: Lab, probe: tuple[Site, ProbeAgent]) -> None:
     assert agent.send(SERVER_A) == to_server, "an existing flow keeps its mapping"
     assert to_server is not None
     assert not _unsolicited(lab, agent, "server", SERVER_A_OTHER_PORT, to_server)
+
+
+def _upnp(lab: Lab, site: Site, action: str, port: int) -> dict[str, object]:
+    """Our UPnP client (io/upnp.py, miniupnpc) run by hand in the client's namespace."""
+    out = lab.exec(
+        site.client_host,
+        [sys.executable, "-m", "teredo.io.upnp", action, str(port)],
+        check=False,
+        timeout=30,
+    )
+    doc: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return doc
+
+
+@pytest.mark.parametrize("probe", [NatKind.SYMMETRIC_UPNP], indirect=True)
+def test_symmetric_upnp(lab: Lab, probe: tuple[Site, ProbeAgent]) -> None:
+    site, agent = probe
+    local_port = int(agent.bind.rsplit(":", 1)[1])
+    mapped = agent.send(SERVER_A)
+    assert mapped == f"{site.public_ip}:{local_port}", "port-preserving, as Linux masquerade"
+    assert not _unsolicited(lab, agent, "wan", THIRD, mapped), "filtered before UPnP"
+    assert not _unsolicited(lab, agent, "server", SERVER_A_OTHER_PORT, mapped)
+    # miniupnpd maps the port: from then on anyone gets in (a full cone for that port).
+    added = _upnp(lab, site, "add", local_port)
+    assert added.get("mapping") == f"{mapped} -> {site.client_ip}:{local_port}", added
+    shown = _upnp(lab, site, "show", local_port)
+    assert isinstance(shown.get("mapping"), list), shown
+    assert _unsolicited(lab, agent, "wan", THIRD, mapped), "a UPnP mapping admits any host"
+    assert _unsolicited(lab, agent, "server", SERVER_A_OTHER_PORT, mapped)
+    assert agent.send(RELAY) == mapped, "outbound keeps the mapped port"
+    # Removed: filtered again (THIRD's flow above still exists, so ask from a new port).
+    assert _upnp(lab, site, "delete", local_port).get("deleted") is True
+    assert _upnp(lab, site, "show", local_port).get("mapping") is None
+    assert not _unsolicited(lab, agent, "wan", "198.51.100.1:5001", mapped)
+    # Symmetric all the same: a second inside socket on that port gets another one toward the
+    # server (the port is taken there), as NatKind.SYMMETRIC_PORT_PRESERVING.
+    second_ip = f"192.168.{site.index}.3"
+    lab.exec(site.client_host, ["ip", "addr", "add", f"{second_ip}/24", "dev", "eth0"])
+    other = ProbeAgent(lab, site.client_host, f"{second_ip}:{local_port}")
+    try:
+        assert _port(other.send(SERVER_A)) != local_port
+    finally:
+        other.close()

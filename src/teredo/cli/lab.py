@@ -71,7 +71,7 @@ def register(subparsers: Any) -> None:
             metavar="KIND",
             help="add a client behind a NAT of this kind (none, full-cone, "
             "address-restricted, port-restricted, symmetric, symmetric-port-preserving, "
-            "symmetric-sequential); repeatable",
+            "symmetric-sequential, symmetric-upnp); repeatable",
         )
         kinds = "miredo, teredo" + (" or none" if none_ok else "")
         # The demo shows our daemons (with a Miredo client among ours); `up` defaults to Miredo.

@@ -25,6 +25,7 @@ class NatKind(enum.Enum):
     # Not a NAT of its own: one more client on the local network of the site before it, behind
     # the same NAT, which does not hairpin (RFC 6081 Hairpinning; lab.md "NAT kinds").
     SHARED = "shared"
+    SYMMETRIC_UPNP = "symmetric-upnp"  # port-preserving symmetric, with a UPnP IGD (miniupnpd)
 
     @classmethod
     def parse(cls, text: str) -> NatKind:
@@ -37,6 +38,7 @@ class NatKind(enum.Enum):
             "symmetric-random": "symmetric",
             "port-preserving": "symmetric-port-preserving",
             "sequential": "symmetric-sequential",
+            "upnp": "symmetric-upnp",
         }
         key = aliases.get(key, key)
         for kind in cls:
@@ -125,6 +127,8 @@ def nft_ruleset(kind: NatKind, outside: str) -> str:
   }}
 }}
 """
+    if kind is NatKind.SYMMETRIC_UPNP:
+        return _upnp_ruleset(outside)
     # Full cone and address-restricted: conntrack alone only admits replies from the exact remote
     # address and port, so the mapping (public port -> inside address and port) is learnt from
     # outbound packets into a map, and inbound new flows are admitted and translated from it.
@@ -161,6 +165,68 @@ def nft_ruleset(kind: NatKind, outside: str) -> str:
   chain t_dnat {{
     type nat hook prerouting priority dstnat; policy accept;
     iifname "{outside}" ct state new udp dport @t_ports dnat ip to udp dport map @t_map
+  }}
+}}
+"""
+
+
+# The chains miniupnpd fills (its upnp_table_name, upnp_forward_chain, upnp_nat_chain and
+# upnp_nat_postrouting_chain settings; lab/upnp.py writes the same names into its configuration).
+UPNP_TABLE = "tlab_upnp"
+UPNP_FORWARD_CHAIN = "miniupnpd"
+UPNP_NAT_CHAIN = "prerouting_miniupnpd"
+UPNP_POSTROUTING_CHAIN = "postrouting_miniupnpd"
+
+
+def _upnp_ruleset(outside: str) -> str:
+    """A port-preserving symmetric NAT whose inbound filter lets through what miniupnpd maps.
+
+    Outbound: Linux masquerade with a conntrack zone per remote address, as
+    NatKind.SYMMETRIC_PORT_PRESERVING (the inside port where it is free toward that address, a
+    new one where another inside socket holds it): what a Linux router running miniupnpd does.
+    Only inside sources are translated (the NAT's own sockets, miniupnpd's STUN test, keep
+    their ports). Inbound: miniupnpd's DNAT rules (in UPNP_NAT_CHAIN, at dstnat) translate a
+    mapped port and its filter rules (UPNP_FORWARD_CHAIN, consulted for the NAT's own input too:
+    the STUN test's sockets) accept the flow; every other new inbound flow is dropped. The drop
+    is at the forward and input hooks, after DNAT, not at -150 as for the other kinds: a packet
+    dropped there is never confirmed by conntrack, so it leaves no entry behind either.
+    """
+    zone = f"mod {_ZONES} seed {_ZONE_SEED} offset 1"
+    return f"""table ip tlab_nat {{
+  chain t_zone {{
+    type filter hook prerouting priority raw; policy accept;
+    iifname != "{outside}" ct zone set jhash ip daddr {zone}
+    iifname "{outside}" ct zone set jhash ip saddr {zone}
+  }}
+  chain t_snat {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "{outside}" ip saddr 192.168.0.0/16 masquerade
+  }}
+}}
+table inet {UPNP_TABLE} {{
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    iifname "{outside}" ct state new jump {UPNP_FORWARD_CHAIN}
+    iifname "{outside}" ct state new drop
+  }}
+  chain input {{
+    type filter hook input priority filter; policy accept;
+    iifname "{outside}" ct state new jump {UPNP_FORWARD_CHAIN}
+    iifname "{outside}" ct state new drop
+  }}
+  chain {UPNP_FORWARD_CHAIN} {{
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    jump {UPNP_NAT_CHAIN}
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat - 1; policy accept;
+    jump {UPNP_POSTROUTING_CHAIN}
+  }}
+  chain {UPNP_NAT_CHAIN} {{
+  }}
+  chain {UPNP_POSTROUTING_CHAIN} {{
   }}
 }}
 """

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from teredo.lab import system
+from teredo.lab import system, upnp
 from teredo.lab.nat import NatKind, nft_ruleset
 from teredo.lab.roles import TUN_NAME, Impl, Role, command, config_text
 from teredo.lab.system import LabError, ProcRecord
@@ -381,6 +381,8 @@ class Lab:
             ],
         )
         self.exec(site.nat_host, ["nft", "-f", "-"], input_text=nft_ruleset(site.nat, "eth0"))
+        if site.nat is NatKind.SYMMETRIC_UPNP:
+            upnp.start(self, site, "server", [SERVER_V4, SERVER_V4_2])
 
     def _sysctl(self, ns: str, *, ipv4_forward: bool = False, ipv6_forward: bool = False) -> None:
         settings = []
