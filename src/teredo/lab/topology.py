@@ -361,7 +361,8 @@ class Lab:
             f"route add default via {WAN_V4_PUBLIC}",
             f"link add in0 type veth peer name eth0 netns {client}",
         ]
-        if any(s.host_site == site.index for s in self.sites):
+        shared = any(s.host_site == site.index for s in self.sites)
+        if shared:
             # Shared by more clients: the inside is a bridge, the local network they share.
             inside += [
                 "link add lan0 type bridge",
@@ -382,7 +383,8 @@ class Lab:
         )
         self.exec(site.nat_host, ["nft", "-f", "-"], input_text=nft_ruleset(site.nat, "eth0"))
         if site.nat is NatKind.SYMMETRIC_UPNP:
-            upnp.start(self, site, "server", [SERVER_V4, SERVER_V4_2])
+            inside_if = "lan0" if shared else "in0"
+            upnp.start(self, site, inside_if, "server", [SERVER_V4, SERVER_V4_2])
 
     def _sysctl(self, ns: str, *, ipv4_forward: bool = False, ipv6_forward: bool = False) -> None:
         settings = []

@@ -133,8 +133,9 @@ deny 0-65535 0.0.0.0/0 0-65535
 """
 
 
-def start(lab: Lab, site: Site, stun_host: str, stun_addresses: Sequence[str]) -> None:
-    """The STUN responder, then miniupnpd in `site`'s NAT; returns once mapping is enabled."""
+def start(lab: Lab, site: Site, inside: str, stun_host: str, stun_addresses: Sequence[str]) -> None:
+    """The STUN responder, then miniupnpd in `site`'s NAT (listening on its `inside`
+    interface); returns once miniupnpd has port forwarding enabled."""
     if site.nat_host is None:
         raise LabError("a UPnP NAT needs a NAT host")
     state = lab.state_dir / f"{site.nat_host}-upnp"
@@ -150,7 +151,7 @@ def start(lab: Lab, site: Site, stun_host: str, stun_addresses: Sequence[str]) -
         raise LabError(f"the STUN responder in {stun_host} did not start")
     conf = state / "miniupnpd.conf"
     conf.write_text(
-        miniupnpd_config(site, "eth0", "in0", state, stun_addresses[0]), encoding="ascii"
+        miniupnpd_config(site, "eth0", inside, state, stun_addresses[0]), encoding="ascii"
     )
     name = f"{site.nat_host}-miniupnpd"
     # -d: foreground, log to stderr (the lab's log file); -P: a pid file of its own.
