@@ -296,6 +296,41 @@ def parse_link_drops(text: str) -> tuple[int, int]:
         raise ValueError(f"unexpected `ip -s -j link` output: {text[:200]!r}") from exc
 
 
+@dataclass(frozen=True)
+class MachineCpu:
+    """Whole-machine CPU time from the first line of /proc/stat, in clock ticks summed over
+    all CPUs: `busy` counts user, nice, system, irq, softirq and steal (the kernel's packet
+    work included), `softirq` that part alone, `total` adds idle and iowait."""
+
+    busy: int
+    softirq: int
+    total: int
+
+    def seconds_since(self, earlier: MachineCpu) -> tuple[float, float]:
+        """(busy, softirq) CPU seconds between `earlier` and this sample."""
+        tick = os.sysconf("SC_CLK_TCK")
+        return (self.busy - earlier.busy) / tick, (self.softirq - earlier.softirq) / tick
+
+
+def parse_proc_stat(text: str) -> MachineCpu:
+    """The aggregate `cpu` line of the contents of /proc/stat (guest time is already inside
+    user and nice, so it is not added again)."""
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            if len(fields) < 9:
+                break
+            user, nice, system_, idle, iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+            busy = user + nice + system_ + irq + softirq + steal
+            return MachineCpu(busy=busy, softirq=softirq, total=busy + idle + iowait)
+    raise ValueError("no aggregate cpu line with 8 fields in /proc/stat")
+
+
+def machine_cpu() -> MachineCpu:
+    """The whole machine's CPU counters now (all namespaces share one /proc/stat)."""
+    return parse_proc_stat(Path("/proc/stat").read_text(encoding="ascii"))
+
+
 def _proc_text(pid: int, name: str) -> str | None:
     try:
         return Path(f"/proc/{pid}/{name}").read_text(encoding="utf-8", errors="replace")

@@ -1,0 +1,334 @@
+"""The whole Teredo path side by side: `python -m bench.path [--rounds 3]` (root; issue 8).
+
+Three paths over the same lab links (prefix `tdw-` by default), one lab each, alternating over
+the rounds (miredo, teredo, plain, miredo, ...):
+
+- **miredo**: Miredo's server, relay and client (behind a port-restricted NAT);
+- **teredo**: ours in all three roles, started with `--datapath DATAPATH` (default auto: the
+  kernel programs where they load); the data path each daemon logged is reported;
+- **plain**: no Teredo at all, native IPv6 forwarded over the same links and routers: native
+  host -> wan -> relay host -> wan -> NAT host -> client host (a policy route in the wan sends
+  the packets through the relay host, as the Teredo packets go), IPv6 on the NAT's links
+  (2001:db8:4::/64 outside, 2001:db8:3::/64 inside). This is the reference fraction.
+
+Measured between the native host and the client, both directions ("down" = native -> client,
+"up" = client -> native): TCP (iperf3), 64-byte UDP capacity (iperf3 `-b 0`: as fast as the
+sender can; the receiver's count gives packets/s), and 64-byte UDP at a fixed `--cpu-pps` rate
+that every path carries, for the CPU per packet: the whole machine's CPU time (/proc/stat: user,
+system, irq, softirq, steal over all CPUs, so the kernel's forwarding and the iperf3 processes
+count too) during the run, less the machine's busy rate measured just before over `--idle`
+seconds (the machine is shared: that is what the others were using), per packet received.
+
+Output: one table with the three paths, ours/miredo and the fraction of plain forwarding each
+Teredo path reaches, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from bench.lab_bench import (
+    BenchError,
+    cpu_seconds,
+    format_ratio,
+    format_table,
+    interrupt_on_sigterm,
+    iperf3,
+    json_line,
+    load_average,
+    machine_cpu,
+    parse_iperf3_tcp,
+    parse_iperf3_udp,
+    ratio,
+    require_root,
+    role_pids,
+    run_rounds,
+)
+from teredo.lab import system
+from teredo.lab.roles import Impl, Role
+from teredo.lab.topology import RELAY_V6, Lab
+
+PATHS = ("miredo", "teredo", "plain")
+PREFIX = "tdw-"
+PAYLOAD = 64
+# The plain path's addresses (RFC 3849 documentation range, as the rest of the lab).
+WAN_V6_NATS = "2001:db8:4::1"
+NAT_V6_OUTSIDE = "2001:db8:4::11"
+NAT_V6_INSIDE = "2001:db8:3::1"
+CLIENT_V6 = "2001:db8:3::2"
+CLIENT_NET = "2001:db8:3::/64"
+NATIVE_NET = "2001:db8:1::/64"
+DATAPATH_RE = re.compile(r"data path: (kernel|user)\b")
+DAEMON_HOSTS = ("relay", "client1")
+
+
+def add_plain_ipv6(lab: Lab) -> None:
+    """Native IPv6 from the native host to client 1 through the wan, the relay host and the
+    NAT host: the links the Teredo packets cross, forwarded by the kernels alone."""
+    wan, nat, client = lab.ns("wan"), lab.ns("nat1"), lab.ns("client1")
+    system.run(["ip", "netns", "exec", nat, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])
+    system.ip_batch(
+        wan,
+        [
+            f"addr add {WAN_V6_NATS}/64 dev bn nodad",
+            # From the native side: to the client through the relay host, as Teredo goes.
+            f"route add {CLIENT_NET} via {RELAY_V6} table 100",
+            # From the client side: to the native host through the relay host too.
+            f"route add {NATIVE_NET} via {RELAY_V6} table 101",
+            # What the relay host sends back to the wan: the main table, direct routes.
+            f"route add {CLIENT_NET} via {NAT_V6_OUTSIDE}",
+        ],
+    )
+    for iif, table in (("b6", "100"), ("bn", "101")):
+        system.run(["ip", "-n", wan, "-6", "rule", "add", "iif", iif, "lookup", table])
+    system.ip_batch(
+        nat,
+        [
+            f"addr add {NAT_V6_OUTSIDE}/64 dev eth0 nodad",
+            f"addr add {NAT_V6_INSIDE}/64 dev in0 nodad",
+            f"route add default via {WAN_V6_NATS}",
+        ],
+    )
+    system.ip_batch(
+        client,
+        [f"addr add {CLIENT_V6}/64 dev eth0 nodad", f"route add default via {NAT_V6_INSIDE}"],
+    )
+    # The relay host's default route (::/0 via the wan's bs address) forwards both ways back
+    # to the wan, which then uses its main table.
+
+
+def _datapaths(lab: Lab) -> dict[str, str]:
+    """The data path each of our daemons logged at start ("kernel" or "user")."""
+    found: dict[str, str] = {}
+    for rec in lab.procs:
+        if rec.role and rec.log:
+            with contextlib.suppress(OSError):
+                text = Path(rec.log).read_text(encoding="utf-8", errors="replace")
+                modes = set(DATAPATH_RE.findall(text))
+                if modes:
+                    found[rec.host] = "+".join(sorted(modes))
+    return found
+
+
+@contextlib.contextmanager
+def path_lab(path: str, args: argparse.Namespace) -> Iterator[tuple[Lab, str]]:
+    """The lab of `path` and the client's address to measure to; always taken down."""
+    lab = Lab(args.prefix, ["port-restricted"], server_impl=None, relay_impl=None, client_impl=None)
+    try:
+        lab.up()
+        if path == "plain":
+            add_plain_ipv6(lab)
+            ping = lab.ping("native", CLIENT_V6, count=2)
+            if ping.returncode != 0:
+                raise BenchError(f"plain IPv6 path does not forward:\n{ping.stdout}")
+            # Four routers on the way (wan, relay host, wan, NAT host), as the Teredo packets.
+            if f"ttl={64 - 4}" not in ping.stdout:
+                raise BenchError(f"plain IPv6 path is not the lab's Teredo path:\n{ping.stdout}")
+            yield lab, CLIENT_V6
+            return
+        impl = Impl.MIREDO if path == "miredo" else Impl.TEREDO
+        extra = ["--datapath", args.datapath] if impl is Impl.TEREDO else []
+        lab.start(Role.SERVER, impl, extra=extra)
+        lab.start(Role.RELAY, impl, extra=extra)
+        lab.start(Role.CLIENT, impl, 1, extra=extra)
+        info = lab.wait_qualified(1, timeout=30)
+        # The first packets set up the relay's peer entry (bubbles, RFC 4380 section 5.4):
+        # measure the forwarding, not the setting up.
+        ping = lab.ping("native", str(info.address), count=3)
+        if ping.returncode != 0:
+            raise BenchError(f"{path}: native host cannot reach the client:\n{ping.stdout}")
+        yield lab, str(info.address)
+    finally:
+        lab.down()
+
+
+def _daemon_cpu(lab: Lab, path: str) -> list[list[int]]:
+    return [] if path == "plain" else [role_pids(lab, h) for h in DAEMON_HOSTS]
+
+
+def measured_run(
+    lab: Lab, path: str, addr: str, args: argparse.Namespace, iperf_args: Sequence[str]
+) -> tuple[str, dict[str, float]]:
+    """One iperf3 run native <-> client with the machine's CPU around it: (JSON, figures)."""
+    idle0 = machine_cpu()
+    time.sleep(args.idle)
+    idle1 = machine_cpu()
+    idle_busy, _ = idle1.seconds_since(idle0)
+    idle_rate = idle_busy / args.idle
+    pids = _daemon_cpu(lab, path)
+    daemon0 = [cpu_seconds(p) for p in pids]
+    cpu0, t0 = machine_cpu(), time.monotonic()
+    text = iperf3(
+        lab,
+        server_host="client1",
+        server_addr=addr,
+        client_host="native",
+        args=iperf_args,
+        seconds=args.seconds,
+    )
+    wall = time.monotonic() - t0
+    busy, softirq = machine_cpu().seconds_since(cpu0)
+    figures = {
+        "busy": busy,
+        "net": max(0.0, busy - idle_rate * wall),
+        "softirq": softirq,
+        "wall": wall,
+        "idle_pct": 100.0 * idle_rate,
+    }
+    for host, p, c in zip(DAEMON_HOSTS, pids, daemon0, strict=False):
+        figures[f"{host}_pct"] = 100.0 * (cpu_seconds(p) - c) / wall
+    return text, figures
+
+
+def measure(path: str, args: argparse.Namespace) -> dict[str, float | None]:
+    results: dict[str, float | None] = {"load1": float(load_average().split()[0])}
+    with path_lab(path, args) as (lab, addr):
+        for direction, rev in (("down", []), ("up", ["-R"])):
+            text, cpu = measured_run(lab, path, addr, args, rev)
+            results[f"tcp_{direction}_mbps"] = parse_iperf3_tcp(text).receiver_bps / 1e6
+            results[f"tcp_{direction}_machine_pct"] = 100.0 * cpu["net"] / cpu["wall"]
+            udp_args = ["-u", "-l", str(PAYLOAD), "-b", "0", *rev]
+            text, cpu = measured_run(lab, path, addr, args, udp_args)
+            udp = parse_iperf3_udp(text, PAYLOAD)
+            results[f"udp_{direction}_pps"] = udp.received_pps
+            results[f"udp_{direction}_loss_pct"] = 100.0 * udp.loss
+            bitrate = args.cpu_pps * PAYLOAD * 8
+            fixed = ["-u", "-l", str(PAYLOAD), "-b", str(bitrate), *rev]
+            text, cpu = measured_run(lab, path, addr, args, fixed)
+            udp = parse_iperf3_udp(text, PAYLOAD)
+            got = udp.received
+            results[f"cpu_{direction}_us_per_pkt"] = 1e6 * cpu["net"] / got if got else None
+            results[f"cpu_{direction}_softirq_us_per_pkt"] = (
+                1e6 * cpu["softirq"] / got if got else None
+            )
+            results[f"cpu_{direction}_loss_pct"] = 100.0 * udp.loss
+            results[f"cpu_{direction}_idle_pct"] = cpu["idle_pct"]
+            for host in DAEMON_HOSTS:
+                if f"{host}_pct" in cpu:
+                    results[f"cpu_{direction}_{host}_pct"] = cpu[f"{host}_pct"]
+        if path == "teredo":
+            modes = _datapaths(lab)
+            args.datapaths_seen.append(modes)
+    return results
+
+
+METRICS = (
+    ("tcp_down_mbps", "TCP native->client Mbit/s"),
+    ("tcp_down_machine_pct", "  machine CPU % (net of idle)"),
+    ("tcp_up_mbps", "TCP client->native Mbit/s"),
+    ("tcp_up_machine_pct", "  machine CPU % (net of idle)"),
+    ("udp_down_pps", "UDP 64 B native->client pkt/s (-b 0)"),
+    ("udp_down_loss_pct", "  loss %"),
+    ("udp_up_pps", "UDP 64 B client->native pkt/s (-b 0)"),
+    ("udp_up_loss_pct", "  loss %"),
+    ("cpu_down_us_per_pkt", "machine CPU us/pkt down (fixed rate)"),
+    ("cpu_down_softirq_us_per_pkt", "  of which softirq us/pkt"),
+    ("cpu_down_loss_pct", "  loss %"),
+    ("cpu_down_relay_pct", "  relay daemon CPU %"),
+    ("cpu_down_client1_pct", "  client daemon CPU %"),
+    ("cpu_down_idle_pct", "  machine busy before, % (others)"),
+    ("cpu_up_us_per_pkt", "machine CPU us/pkt up (fixed rate)"),
+    ("cpu_up_softirq_us_per_pkt", "  of which softirq us/pkt"),
+    ("cpu_up_loss_pct", "  loss %"),
+    ("cpu_up_relay_pct", "  relay daemon CPU %"),
+    ("cpu_up_client1_pct", "  client daemon CPU %"),
+    ("cpu_up_idle_pct", "  machine busy before, % (others)"),
+    ("load1", "load average (1 min) at start"),
+)
+#: The figures with a ratio: the headline ones (the others are context).
+RATIO_KEYS = frozenset(
+    {
+        "tcp_down_mbps",
+        "tcp_up_mbps",
+        "udp_down_pps",
+        "udp_up_pps",
+        "cpu_down_us_per_pkt",
+        "cpu_up_us_per_pkt",
+    }
+)
+
+
+def report_rows(results: Mapping[str, Mapping[str, float | None]]) -> list[list[object]]:
+    """Rows: metric, miredo, teredo, plain, ours/miredo, miredo/plain, ours/plain."""
+    rows: list[list[object]] = []
+    for key, label in METRICS:
+        got = {p: results.get(p, {}).get(key) for p in PATHS}
+        ratios = ["", "", ""]
+        if key in RATIO_KEYS:
+            ratios = [
+                format_ratio(ratio(got["teredo"], got["miredo"])),
+                format_ratio(ratio(got["miredo"], got["plain"])),
+                format_ratio(ratio(got["teredo"], got["plain"])),
+            ]
+        rows.append([label, got["miredo"], got["teredo"], got["plain"], *ratios])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.path", description=__doc__)
+    parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per iperf3 run (default 3)")
+    parser.add_argument("--cpu-pps", type=int, default=20_000, help="fixed UDP rate for CPU/pkt")
+    parser.add_argument("--idle", type=float, default=1.0, help="idle sample before each run, s")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds, medians reported")
+    parser.add_argument("--datapath", default="auto", choices=("auto", "kernel", "user"))
+    parser.add_argument("--prefix", default=PREFIX, help=f"namespace prefix (default {PREFIX})")
+    args = parser.parse_args(argv)
+    paths = [p for p in args.paths.split(",") if p]
+    if not paths or not set(paths) <= set(PATHS):
+        parser.error(f"--paths: a comma-separated subset of {','.join(PATHS)}")
+    if not 0 < args.seconds <= 60 or not 0 < args.cpu_pps <= 1_000_000:
+        parser.error("--seconds must be in (0, 60] and --cpu-pps in (0, 1000000]")
+    if not 0 < args.idle <= 10 or not 1 <= args.rounds <= 20:
+        parser.error("--idle must be in (0, 10] and --rounds 1..20")
+    try:
+        system.check_prefix(args.prefix)
+        require_root()
+        interrupt_on_sigterm()
+    except (ValueError, BenchError, system.LabError) as exc:
+        print(f"bench.path: {exc}", file=sys.stderr)
+        return 2
+    args.datapaths_seen = []
+    notes: list[str] = []
+    results = run_rounds(paths, args.rounds, lambda p: measure(p, args), notes)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"\n== path: all-miredo, all-ours (--datapath {args.datapath}), plain IPv6")
+    print(f"   ours' data path as logged: {args.datapaths_seen}  (load {load_average()})")
+    headers = ["metric", "miredo", "teredo", "plain", "ours/miredo", "miredo/plain", "ours/plain"]
+    print(format_table(headers, report_rows(results)))
+    record = {
+        "results": results,
+        "ratios": {
+            key: {
+                "ours_over_miredo": ratio(
+                    results.get("teredo", {}).get(key), results.get("miredo", {}).get(key)
+                ),
+                "ours_over_plain": ratio(
+                    results.get("teredo", {}).get(key), results.get("plain", {}).get(key)
+                ),
+                "miredo_over_plain": ratio(
+                    results.get("miredo", {}).get(key), results.get("plain", {}).get(key)
+                ),
+            }
+            for key in sorted(RATIO_KEYS)
+        },
+        "datapath": args.datapath,
+        "datapaths_logged": args.datapaths_seen,
+        "seconds": args.seconds,
+        "cpu_pps": args.cpu_pps,
+        "rounds": args.rounds,
+        "notes": notes,
+    }
+    print(json_line("path", record))
+    return 0 if results and not notes else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
