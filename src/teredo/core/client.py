@@ -48,6 +48,7 @@ from teredo.core.addr import (
     pack_address,
 )
 from teredo.core.counters import DropCounters, DropReason
+from teredo.core.hairpin import HairpinRecords, alternates
 from teredo.core.ipv6 import (
     ICMPV6_ECHO_REPLY,
     IPV6_HEADER_LEN,
@@ -67,7 +68,7 @@ from teredo.core.natbehaviour import NatBehaviour, classify
 from teredo.core.peers import PeerTable
 from teredo.core.ratelimit import BucketTable, TokenBucket
 from teredo.core.symmetric import PortAdoption
-from teredo.core.wire import TeredoPacket, build_auth, parse_payload
+from teredo.core.wire import AlternateAddressTrailer, TeredoPacket, build_auth, parse_payload
 
 # Section 5.2.1: RS timer T and repetitions N (the RFC 2461 values).
 RS_TIMEOUT = 4.0
@@ -377,6 +378,7 @@ class ClientMachine:
         self._peers = PeerTable(params.peer_capacity)
         # RFC 6081 Symmetric NAT Support, receiving side: our recent bubbles, per peer.
         self._adoption = PortAdoption()
+        self._hairpin = HairpinRecords()  # RFC 6081 Hairpinning: our offers and tries
         self._probes: dict[bytes, _Procedure] = {}
         self._probe_heap: list[tuple[float, int, bytes]] = []
         self._probe_seq = 0
@@ -535,6 +537,7 @@ class ClientMachine:
             # check the mapping at once (section 5.2.5) instead of trusting an old contact.
             self._peers.clear()
             self._adoption.clear()
+            self._hairpin.clear()
             self._send_refresh(now)
         else:
             self._begin_qualification(now)
@@ -655,6 +658,7 @@ class ClientMachine:
         self._clear_probes(DropReason.NOT_QUALIFIED)
         self._peers.clear()
         self._adoption.clear()
+        self._hairpin.clear()
 
     def _receive_ra(self, pkt: TeredoPacket, source_ipv4: int, now: float) -> DropReason | None:
         """Section 5.2.1 RA checks (TEREDO-SPEC 2.3), in qualification and maintenance."""
@@ -753,6 +757,7 @@ class ClientMachine:
             self._clear_probes(DropReason.NOT_QUALIFIED)
             self._peers.clear()  # peers knew the old address (Miredo empties its list too)
             self._adoption.clear()
+            self._hairpin.clear()
             address = self._make_address(mapping)
             self.address = address
             self._mapping = mapping
@@ -905,6 +910,8 @@ class ClientMachine:
                 origin = embedded_mapping(d[o + 8 : o + 24])
             if origin is not None:
                 self._answer_origin(pkt, origin, now)
+            if pkt.has_trailers:
+                self._hairpin_try(pkt, now)
             if bubble:
                 return None  # an indirect bubble has done its job with the reply above
         elif self.address is None:
@@ -990,6 +997,8 @@ class ClientMachine:
             # A Teredo source from another mapping: spoofed, or behind a symmetric NAT (RFC 6081
             # Symmetric NAT Support: its bubble may come from another port of the same IPv4
             # shortly after ours; core/symmetric.py). Anything else is dropped (RFC 4380).
+            if self._hairpin_accept(pkt, row, src, (ipv4, port), now):
+                return None
             if bubble and self._adopt_port(row, src, ipv4, port, now):
                 return None
             return DropReason.UNKNOWN_BUBBLE if bubble else DropReason.MAPPING_MISMATCH
@@ -1039,6 +1048,87 @@ class ClientMachine:
         self._trust(row, src, ipv4, port, now)
         self.out.send_udp(build_bubble(address, src), (int_to_ipv4(ipv4), port))
         peers.touch_tx(row, now)
+        return True
+
+    # --- RFC 6081 Hairpinning (core/hairpin.py has the rules) ----------------------------------
+
+    def _hairpin_trailer(self, peer: bytes, now: float) -> bytes:
+        """Our Alternate Address trailer (local IPv4 and port) for a peer whose address embeds
+        our own mapped IPv4, i.e. behind our NAT; nothing for any other peer."""
+        mapping, local = self._mapping, self._local
+        if (
+            mapping is None
+            or local is None
+            or local == mapping
+            or is_global_ipv4(local[0])
+            or embedded_mapping(peer)[0] != mapping[0]
+        ):
+            return b""
+        self._hairpin.offered(peer, now)
+        return AlternateAddressTrailer((local,)).pack()
+
+    def _hairpin_try(self, pkt: TeredoPacket, now: float) -> None:
+        """A packet relayed by our server with trailers: a peer behind our NAT that lists its
+        local addresses gets a direct bubble at each of them (rate-limited as origin bubbles)."""
+        address, mapping, src = self.address, self._mapping, pkt.src
+        trailers = pkt.trailers
+        if (
+            address is None
+            or mapping is None
+            or isinstance(trailers, DropReason)
+            or src[:4] != self._prefix
+            or src == address
+            or embedded_mapping(src)[0] != mapping[0]
+        ):
+            return
+        found = tuple(a for a in alternates(trailers) if a != self._local)
+        if not found:
+            return
+        bubble = build_bubble(address, src) + self._hairpin_trailer(src, now)
+        for alt in found:
+            if self._origin_bubbles.allow(alt, now):
+                self.out.send_udp(bubble, _sockaddr(alt))
+        self._hairpin.tried(src, found, now)
+
+    def _hairpin_accept(
+        self,
+        pkt: TeredoPacket,
+        row: int | None,
+        src: bytes,
+        source: tuple[int, int],
+        now: float,
+    ) -> bool:
+        """A packet from a peer behind our NAT at a local source: believed within the rules
+        of core/hairpin.py; the peer becomes a local peer there (never a valid trusted one)."""
+        address, mapping = self.address, self._mapping
+        if (
+            address is None
+            or mapping is None
+            or is_global_ipv4(source[0])
+            or embedded_mapping(src)[0] != mapping[0]
+        ):
+            return False
+        peers = self._peers
+        if row is not None and peers.is_trusted(row) and peers.is_valid(row, now):
+            return False
+        trailers = pkt.trailers
+        bubble = pkt.is_bubble
+        listed = bubble and not isinstance(trailers, DropReason) and source in alternates(trailers)
+        why = self._hairpin.accept(src, source, listed, now)
+        if why is None:
+            return False
+        if row is None:
+            row = peers.insert(src, now)  # trusted just below
+            if row is None:
+                return False
+        peers.set_local(row, True)
+        if why == "listed":
+            # It answered our offer from its local address and waits for a bubble from ours.
+            reply = build_bubble(address, src) + self._hairpin_trailer(src, now)
+            self.out.send_udp(reply, _sockaddr(source))
+        self._trust(row, src, source[0], source[1], now)
+        if not bubble:
+            self.out.write_tun(pkt.ipv6)
         return True
 
     def _is_our_echo_reply(self, pkt: TeredoPacket, row: int) -> bool:
@@ -1233,6 +1323,7 @@ class ClientMachine:
             bubble = build_bubble(address, addr)
             # Direct bubble to the peer's mapping, indirect one through its server.
             mapping = embedded_mapping(addr)
+            bubble += self._hairpin_trailer(addr, now)  # RFC 6081 Hairpinning: same NAT only
             self.out.send_udp(bubble, _sockaddr(mapping))
             self.out.send_udp(bubble, (int_to_ipv4(embedded_server(addr)), _SERVER_PORT))
             self._adoption.bubbled(addr, mapping[0], now)  # RFC 6081 Symmetric NAT Support
@@ -1337,6 +1428,7 @@ class ClientMachine:
             "queued_bytes": stats.queued_bytes,
             "suspends": self.suspends,
             "symmetric_ports_adopted": self._adoption.adopted,
+            "hairpin_peers": self._hairpin.accepted,
             "slow_inputs": self.slow_inputs,
             "drops": self.drops.snapshot(),
         }
