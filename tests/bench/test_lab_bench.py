@@ -317,3 +317,12 @@ def test_link_drops_from_ip_json() -> None:
         parse_link_drops(json.dumps([{"ifname": "teredo"}]))
     with pytest.raises(ValueError, match="ip -s -j link"):
         parse_link_drops("Device does not exist")
+
+
+def test_proc_stat_busy_counts_softirq_and_not_idle() -> None:
+    from bench.lab_bench import parse_proc_stat
+
+    cpu = parse_proc_stat("cpu  10 1 5 1000 7 2 3 4 0 0\ncpu0 5 0 2 500 3 1 1 2 0 0\n")
+    assert (cpu.busy, cpu.softirq, cpu.total) == (25, 3, 1032)
+    with pytest.raises(ValueError, match="cpu line"):
+        parse_proc_stat("cpu0 1 2 3\n")
