@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import os
 import socket
 import subprocess
-import threading
-import time
 from pathlib import Path
-from typing import cast
 
 import pytest
 
 from teredo.core.addr import LINK_LOCAL_RESTRICTED, ipv4_to_int, is_global_ipv4, pack_address
 from teredo.io.client_driver import (
-    ClientDaemon,
     ClientIO,
-    DataPath,
     ServerResolver,
     TunnelConfigurator,
     discovery_interfaces,
@@ -237,7 +230,6 @@ def test_resolver_request_replaces_a_pending_one() -> None:
 
 
 async def _sleep(loop: DaemonLoop, seconds: float) -> None:
-    import asyncio
 
     await asyncio.sleep(seconds)
 
@@ -292,76 +284,6 @@ def test_client_io_batches_until_flush() -> None:
         sender.close()
 
 
-class _FeedRecorder:
-    """Stands in for the machine: records what the data thread feeds it."""
-
-    def __init__(self) -> None:
-        self.udp: list[tuple[bytes, tuple[str, int]]] = []
-        self.tun: list[bytes] = []
-        self.slow_inputs = 0
-
-    def receive_udp(self, data: bytes, source: tuple[str, int], now: float) -> None:
-        self.udp.append((data, source))
-
-    def receive_tun(self, packet: bytes, now: float) -> None:
-        self.tun.append(packet)
-
-    def has_events(self) -> bool:
-        return False
-
-    def next_deadline(self) -> float | None:
-        return None
-
-
-class _DaemonStub:
-    """The few ClientDaemon attributes DataPath reads."""
-
-    def __init__(self, sock: socket.socket, machine: _FeedRecorder) -> None:
-        self.loop = DaemonLoop()
-        self._lock = threading.Lock()
-        self.io = ClientIO(sock, -1)
-        self.machine = machine
-        self._armed: float | None = None
-
-    def _wake_from_data_path(self) -> None:
-        raise AssertionError("no event, no deadline: the asyncio thread is not needed")
-
-
-def test_data_path_feeds_udp_and_tun_input_then_stops() -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    tun_r, tun_w = os.pipe2(os.O_NONBLOCK)  # a pipe stands in for the TUN descriptor
-    machine = _FeedRecorder()
-    stub = _DaemonStub(sock, machine)
-    try:
-        sock.bind(("127.0.0.1", 0))
-        sock.setblocking(False)
-        sender.bind(("127.0.0.1", 0))
-        data = DataPath(cast(ClientDaemon, stub), sock, tun_r)
-        data.start()
-        try:
-            for n in range(5):
-                sender.sendto(b"datagram %d" % n, sock.getsockname())
-                os.write(tun_w, b"\x60packet %d" % n)
-                time.sleep(0.01)  # pipe writes would merge: one read per write
-            deadline = time.monotonic() + 5.0
-            while (len(machine.udp) < 5 or len(machine.tun) < 5) and time.monotonic() < deadline:
-                time.sleep(0.01)
-        finally:
-            data.stop()
-        assert machine.udp == [(b"datagram %d" % n, sender.getsockname()) for n in range(5)]
-        assert machine.tun == [b"\x60packet %d" % n for n in range(5)]
-        sender.sendto(b"after stop", sock.getsockname())
-        time.sleep(0.05)
-        assert len(machine.udp) == 5, "the thread has stopped reading"
-    finally:
-        stub.loop.close()
-        sock.close()
-        sender.close()
-        os.close(tun_r)
-        os.close(tun_w)
-
-
 def test_discovery_interfaces_are_private_and_not_loopback() -> None:
     found = discovery_interfaces()
     for itf in found:
@@ -391,51 +313,3 @@ def test_discovery_interfaces_are_private_and_not_loopback() -> None:
         if not address.startswith("127.") and not is_global_ipv4(ipv4_to_int(address))
     }
     assert {(i.name, i.address) for i in found} == expected
-
-
-class _TunLostStub(_DaemonStub):
-    def __init__(self, sock: socket.socket, machine: _FeedRecorder) -> None:
-        super().__init__(sock, machine)
-        self.lost: list[tuple[int, int | None]] = []
-
-    def _tun_lost(self, fd: int, exc: OSError) -> None:
-        self.lost.append((fd, exc.errno))
-
-
-def test_data_path_drops_a_failing_tun_fd_and_says_so_once() -> None:
-    """Issue 14: a TUN fd that fails (EBADFD after `ip link del`) must leave the poll set:
-    level-triggered, it would wake the thread forever. A connected UDP socket whose peer
-    refuses stands in for it (each read then fails with ECONNREFUSED)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    failing = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    machine = _FeedRecorder()
-    stub = _TunLostStub(sock, machine)
-    try:
-        for s in (sock, sender, closed):
-            s.bind(("127.0.0.1", 0))
-        sock.setblocking(False)
-        failing.setblocking(False)
-        failing.connect(closed.getsockname())
-        closed.close()  # nobody listens there any more: sends draw ICMP port unreachable
-        data = DataPath(cast(ClientDaemon, stub), sock, failing.fileno())
-        data.start()
-        try:
-            for _ in range(3):
-                with contextlib.suppress(OSError):  # the error may be pending here too
-                    failing.send(b"x")
-                time.sleep(0.05)
-            sender.sendto(b"still served", sock.getsockname())
-            deadline = time.monotonic() + 5.0
-            while not machine.udp and time.monotonic() < deadline:
-                time.sleep(0.01)
-        finally:
-            data.stop()
-        stub.loop.loop.run_until_complete(asyncio.sleep(0.01))  # the thread's call_soon
-        assert stub.lost == [(failing.fileno(), errno.ECONNREFUSED)]
-        assert machine.udp == [(b"still served", sender.getsockname())]
-    finally:
-        stub.loop.close()
-        for s in (sock, sender, failing):
-            s.close()

@@ -3,7 +3,7 @@
 The machine decides everything about the protocol; this module only:
 
 - moves bytes: the Teredo UDP socket and the TUN fd are served by a data thread of their own
-  (`DataPath`: one epoll, read until empty), the rare local discovery socket by an `add_reader`
+  (io/datathread.py, fed through `_feed`), the rare local discovery socket by an `add_reader`
   callback of the asyncio loop; the machine's output goes out through `ClientIO` (its
   ClientTransmit). The data thread exists because an asyncio wake-up costs about 5 us of Python
   more than a bare epoll.poll, and at the packet rates measured (docs/benchmarks.md, "Client")
@@ -21,15 +21,12 @@ import asyncio
 import contextlib
 import errno
 import fcntl
-import functools
 import ipaddress
 import logging
 import os
-import select
 import socket
 import struct
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,11 +53,12 @@ from teredo.core.client import (
 )
 from teredo.core.failover import Move, ServerFailover, rank
 from teredo.core.ipv6 import IPV6_MIN_MTU  # the tunnel MTU until an RA says otherwise
+from teredo.io.datathread import DataThread, Feed
 from teredo.io.driver import LockedTimer, Reload, StartError, Undo, bind_error
 from teredo.io.hook import HookError, HookRunner
-from teredo.io.loop import DaemonLoop, boottime
+from teredo.io.loop import DaemonLoop
 from teredo.io.tun import TunDevice, TunError
-from teredo.io.udp import RECEIVE_SIZE, UdpSender, drain, open_udp_socket
+from teredo.io.udp import UdpSender, drain, open_udp_socket
 
 if TYPE_CHECKING:
     from teredo.core.probe import ProbeResult
@@ -634,7 +632,10 @@ class ClientDaemon:
             lambda: self.machine, self._lock, under_lock=self._expired, after=self._handle_all
         )
         self._undo = Undo()
-        self._data: DataPath | None = None
+        self._data: DataThread | None = None
+        # What the data thread feeds (io/datathread.py DataTarget): the machine once it exists.
+        self._feed = Feed(_ignore, _ignore_tun, self._after_batch)
+        self._slow = 0  # the machine's slow_inputs after the data thread's last batch
         self._notified = False  # an _after_input is already scheduled by the data thread
         self._timer_added = False
         self._symmetric_reported = False
@@ -707,8 +708,7 @@ class ClientDaemon:
 
             batch = mmsg.available()
         self.io = ClientIO(sock, tun.fd, addresses, batch=batch)
-        self._data = DataPath(self, sock, tun.fd)
-        self._data.start()
+        self._start_data_path(sock, tun.fd)
 
     def _open_discovery(self) -> list[str]:
         try:
@@ -772,7 +772,7 @@ class ClientDaemon:
                     format_prefix(self.options.prefix),
                 )
                 with self._lock:
-                    self.machine = machine
+                    self._use_machine(machine)
                     machine.start(now)
                 if not self._timer_added:
                     self.loop.add_machine(self._timed)
@@ -845,6 +845,59 @@ class ClientDaemon:
     def _handle_all(self, events: list[ClientEvent]) -> None:
         for event in events:
             self._handle(event)
+
+    # --- the data thread's side (io/datathread.py), lock held ---------------------------------
+
+    def _start_data_path(self, sock: socket.socket, tun_fd: int) -> None:
+        loop = self.loop.loop
+
+        def fatal(why: str) -> None:
+            log.error("%s: stopping", why)
+            loop.call_soon_threadsafe(self.loop.stop, EXIT_FAILED)
+
+        def tun_error(fd: int, exc: OSError) -> None:
+            loop.call_soon_threadsafe(self._tun_lost, fd, exc)
+
+        self._data = DataThread(
+            "teredo-data",
+            sock,
+            tun_fd,
+            self._feed,
+            lock=self._lock,
+            clock=self.loop.clock,
+            on_fatal=fatal,
+            on_tun_error=tun_error,
+        )
+        self._data.start()
+
+    def _use_machine(self, machine: ClientMachine | None) -> None:
+        """Lock held: the machine the data thread feeds from its next wake-up on."""
+        self.machine = machine
+        feed = self._feed
+        feed.feed_udp = machine.receive_udp if machine is not None else _ignore
+        feed.feed_tun = machine.receive_tun if machine is not None else _ignore_tun
+        self._slow = machine.slow_inputs if machine is not None else 0
+
+    def _after_batch(self) -> None:
+        """After each wake-up of the data thread: send the batch; when the full path ran
+        (`slow_inputs` moved) and left events, or a deadline earlier than the armed timer, ask
+        the asyncio thread for an `_after_input` (nothing slow runs in the data thread)."""
+        self.io.flush()
+        machine = self.machine
+        if machine is None or machine.slow_inputs == self._slow:
+            return
+        self._slow = machine.slow_inputs
+        if machine.has_events():
+            self._wake_from_data_path()
+            return
+        deadline = machine.next_deadline()
+        armed = self._timed.armed
+        if deadline is not None and (armed is None or deadline < armed):
+            self._wake_from_data_path()
+
+    @property
+    def data_path_faults(self) -> int:
+        return self._data.faults if self._data is not None else 0
 
     def _wake_from_data_path(self) -> None:
         """From the data thread, lock held: ask the asyncio thread for an _after_input."""
@@ -997,7 +1050,8 @@ class ClientDaemon:
         self.resolver.cancel()
         self._stop_data_path()  # the thread uses the socket closed below
         with self._lock:
-            machine, self.machine = self.machine, None
+            machine = self.machine
+            self._use_machine(None)
         if machine is not None:
             self.tunnel.offline()
         self._timed.armed = None
@@ -1039,6 +1093,7 @@ class ClientDaemon:
         }
         tunnel = getattr(self, "tunnel", None)
         status["configuration_errors"] = tunnel.errors if tunnel is not None else 0
+        status["data_path_faults"] = self.data_path_faults
         status["tun"] = self.tun.name if self.tun is not None else None
         status["local_port"] = self.local_port
         status["local_discovery"] = self.discovery is not None
@@ -1130,8 +1185,7 @@ class ClientDaemon:
             return
         self.io.set_tun_fd(new.fd)
         if self.sock is not None:
-            self._data = DataPath(self, self.sock, new.fd)
-            self._data.start()
+            self._start_data_path(self.sock, new.fd)
         with self._lock:
             if self.machine is not None:
                 self.machine.requalify(
@@ -1366,113 +1420,3 @@ def _ignore(data: bytes, source: tuple[str, int], now: float) -> None:
 
 def _ignore_tun(packet: bytes, now: float) -> None:
     """See _ignore."""
-
-
-class DataPath:
-    """The Teredo socket and the TUN served by a thread of their own (RFC 4380 5.2.3, 5.2.4).
-
-    One epoll over both descriptors and a wake-up pipe; each wake-up reads one datagram or
-    packet from each ready descriptor, with one clock read, under the daemon's lock. When the
-    full path ran (`slow_inputs` moved) and left events, or a deadline earlier than the armed
-    timer, the asyncio thread is asked to handle them (`_after_input`): nothing slow runs here.
-    """
-
-    def __init__(self, daemon: ClientDaemon, sock: socket.socket, tun_fd: int) -> None:
-        self._daemon = daemon
-        self._sock = sock
-        self._tun_fd = tun_fd
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._thread = threading.Thread(target=self._run, name="teredo-data", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Wakes the thread, waits for it (bounded) and closes the pipe."""
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
-        if self._thread.is_alive():
-            self._thread.join(timeout=5.0)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-
-    def _run(self) -> None:
-        try:
-            self._serve()
-        except Exception:
-            # A bug here must not leave a daemon that looks alive and carries nothing.
-            log.exception("data path stopped")
-            daemon = self._daemon
-            daemon.loop.loop.call_soon_threadsafe(daemon.loop.stop, EXIT_FAILED)
-
-    def _serve(self) -> None:
-        daemon = self._daemon
-        ufd = self._sock.fileno()
-        tfd = self._tun_fd
-        epoll = select.epoll(3)
-        try:
-            epoll.register(ufd, select.EPOLLIN)
-            epoll.register(tfd, select.EPOLLIN)
-            epoll.register(self._wake_r, select.EPOLLIN)
-            poll = epoll.poll
-            recvfrom = self._sock.recvfrom
-            read = os.read
-            clock = daemon.loop.clock
-            if clock is boottime:
-                clock = functools.partial(time.clock_gettime, time.CLOCK_BOOTTIME)  # no frame
-            lock = daemon._lock
-            flush = daemon.io.flush
-            fed: ClientMachine | None = None
-            feed_udp: Callable[[bytes, tuple[str, int], float], None] = _ignore
-            feed_tun: Callable[[bytes, float], None] = _ignore_tun
-            while True:
-                ready = poll()
-                with lock:
-                    machine = daemon.machine
-                    if machine is not fed:
-                        fed = machine
-                        feed_udp = machine.receive_udp if machine is not None else _ignore
-                        feed_tun = machine.receive_tun if machine is not None else _ignore_tun
-                    slow = machine.slow_inputs if machine is not None else 0
-                    now = clock()
-                    # One datagram per ready descriptor, then back to poll(): a failed
-                    # non-blocking read (EAGAIN raised as an exception) costs about 6 times an
-                    # empty poll, most wake-ups carry a single datagram, and the descriptors
-                    # take turns (level-triggered epoll reports what is left).
-                    for fd, _mask in ready:
-                        if fd == ufd:
-                            try:
-                                data, source = recvfrom(RECEIVE_SIZE)
-                            except OSError:
-                                continue  # EAGAIN, or an ICMP error about an earlier send
-                            feed_udp(data, source, now)
-                        elif fd == tfd:
-                            try:
-                                packet = read(tfd, 65535)
-                            except OSError as exc:
-                                if exc.errno != errno.EAGAIN:
-                                    self._tun_failed(epoll, exc)
-                                continue
-                            feed_tun(packet, now)
-                        else:
-                            return  # stop() wrote to the pipe
-                    flush()
-                    if machine is not None and machine.slow_inputs != slow:
-                        if machine.has_events():
-                            daemon._wake_from_data_path()
-                        else:
-                            deadline = machine.next_deadline()
-                            armed = daemon._timed.armed
-                            if deadline is not None and (armed is None or deadline < armed):
-                                daemon._wake_from_data_path()
-        finally:
-            epoll.close()
-
-    def _tun_failed(self, epoll: select.epoll, exc: OSError) -> None:
-        """The TUN fd fails (EBADFD once `ip link del` took the interface away): it is
-        dropped from the poll set at once (a level-triggered error would wake this thread
-        forever: 100 % CPU, issue 14) and the asyncio thread is told, once."""
-        with contextlib.suppress(OSError, ValueError):
-            epoll.unregister(self._tun_fd)
-        daemon = self._daemon
-        daemon.loop.loop.call_soon_threadsafe(daemon._tun_lost, self._tun_fd, exc)

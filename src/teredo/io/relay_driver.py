@@ -1,18 +1,15 @@
 """Runs a RelayMachine on a real UDP socket and TUN interface (RFC 4380 section 5.4).
 
-The machine decides; this module moves bytes. The data path runs in one thread of its own,
-which waits in poll(2) for the UDP socket (client -> native), the TUN (native -> client) and a
-wake-up pipe, and hands each packet to the machine under a lock. The asyncio loop of the main
-thread keeps the timers (bubble retries, expiry: under the same lock), signals and the netlink
-address watch. Stopping writes to the pipe.
+The machine decides; this module moves bytes. The data path is io/datathread.py's thread
+(the UDP socket: client -> native; the TUN: native -> client), which hands each packet to the
+machine under the daemon's lock; the asyncio loop of the main thread keeps the timers (bubble
+retries, expiry: under the same lock), signals and the netlink address watch.
 
 Why not `add_reader` callbacks on the asyncio loop, as the server does (docs/benchmarks.md,
-"Relay")? Measured, the CPU per small packet did not change (15.5-17 us either way, and with
-one blocking thread per descriptor); what changed is the rest: one data thread never hands
-the GIL back and forth between two readers (tried: TCP was lower in that run),
-a poll round reads each ready descriptor `want` times, doubling while packets keep coming and
-back to 1 at the first EAGAIN (a lone packet costs poll + read, no failing read nor exception),
-and the asyncio loop's timer handling no longer interleaves with packet callbacks.
+"Relay")? Measured, the CPU per small packet did not change (15.5-17 us either way); what
+changed is the rest: one data thread never hands the GIL back and forth between two readers,
+it reads in adaptive batches, and the loop's timer handling no longer interleaves with packet
+callbacks.
 
 For a host-specific relay the machine needs this host's own IPv6 addresses: they are read
 through netlink at start, and again whenever the kernel announces an address change on a
@@ -22,11 +19,9 @@ netlink socket subscribed to RTMGRP_IPV6_IFADDR (served by the loop).
 from __future__ import annotations
 
 import contextlib
-import errno
 import ipaddress
 import logging
 import os
-import select
 import socket
 import threading
 import time
@@ -39,12 +34,12 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from teredo.core.addr import Address
 from teredo.core.relay import RelayMachine, RelayParams
+from teredo.io.datathread import DataThread, Feed
 from teredo.io.driver import LockedTimer, Reload, StartError, Undo, bind_udp
 from teredo.io.loop import DaemonLoop
 from teredo.io.memory import release_free_memory
 from teredo.io.netlink import InterfaceConfig, NetlinkConfigError
 from teredo.io.tun import MAX_PACKET, TunDevice, TunError
-from teredo.io.udp import RECEIVE_SIZE
 
 log = logging.getLogger("teredo.relay")
 
@@ -55,14 +50,8 @@ AF_INET6 = 10
 FORWARDING_SYSCTL = "/proc/sys/net/ipv6/conf/all/forwarding"
 #: Netlink requests made while the loop runs wait this long at most.
 NETLINK_TIMEOUT = 10.0
-#: How long `close` waits for the data thread to notice that it must stop.
-THREAD_STOP_TIMEOUT = 2.0
 #: Packets the TUN holds for the data thread (the kernel's default is 500; see _set_tun_queue).
 TUN_QUEUE_LENGTH = 4096
-#: Packets read from one descriptor at most before the others get their turn.
-READ_BATCH = 256
-#: Errors after which the UDP socket cannot be read any more.
-_FATAL_ERRNOS = frozenset((errno.EBADF, errno.EFAULT, errno.ENOTSOCK, errno.EINVAL, errno.EBADFD))
 
 _T = TypeVar("_T")
 
@@ -136,14 +125,6 @@ class _Output:
             self.tun_errors += 1
 
 
-def _fault_site(exc: BaseException) -> str:
-    """file:line where `exc` was raised: what tells one fault from another."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
-
-
 def host_ipv6_addresses(ipr: IPRoute, exclude_ifname: str | None = None) -> frozenset[bytes]:
     """Every IPv6 address of this host (namespace), 16 bytes each, read through netlink."""
     skip = None
@@ -180,9 +161,7 @@ class RelayDaemon:
         self._undo = Undo()
         #: Held by whoever touches the machine: the two data-path threads and the loop.
         self.lock = threading.Lock()
-        self._stopping = False
-        self.data_path_errors = 0
-        self._faults_logged: set[str] = set()
+        self._data: DataThread | None = None
         try:
             self._open(params, endpoint, secret)
         except BaseException:
@@ -236,12 +215,7 @@ class RelayDaemon:
         # timers reach the machine through the same lock.
         self.sock.setblocking(False)
         os.set_blocking(self.tun.fd, False)
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._undo.push(lambda: os.close(self._wake_r))
-        self._undo.push(lambda: os.close(self._wake_w))
-        self._undo.push(self._stop_thread)
-        self._thread = threading.Thread(target=self._run, name="relay-data", daemon=True)
-        self._thread.start()
+        self._start_data_path()
 
     def _after_timer(self, rows: int) -> None:
         if rows != self._rows:
@@ -305,101 +279,33 @@ class RelayDaemon:
         if got:
             self.refresh_addresses()
 
-    # --- data path --------------------------------------------------------------------------
+    # --- data path (io/datathread.py) ------------------------------------------------------
 
-    def _run(self) -> None:
-        """Serve until `close`; a bug in the handling of one packet is logged and the thread
-        goes on (an event loop would have done the same), so the relay never goes dead."""
-        while not self._stopping:
-            try:
-                self._serve()
-            except Exception as exc:
-                # Logged once per kind of fault, then only counted: a packet that trips a bug
-                # must not turn into a log line per packet.
-                self.data_path_errors += 1
-                kind = f"{type(exc).__name__} at {_fault_site(exc)}"
-                if kind not in self._faults_logged and len(self._faults_logged) < 64:
-                    self._faults_logged.add(kind)
-                    log.exception("error in the relay's data path (packet dropped; logged once)")
+    def _start_data_path(self) -> None:
+        self._data = DataThread(
+            "relay-data",
+            self.sock,
+            self.tun.fd,
+            Feed(self.machine.receive_udp, self.machine.receive_tun),
+            lock=self.lock,
+            clock=self.loop.clock,
+            tun_read_size=MAX_PACKET,
+            on_fatal=self._fail,
+            on_tun_error=lambda _fd, exc: self._fail(f"cannot read {self.tun.name}: {exc}"),
+        )
+        self._data.start()
+        self._undo.push(self._data.stop)
 
-    def _serve(self) -> None:
-        """Wait in poll(2) for the UDP socket, the TUN or the wake-up pipe, then read each
-        ready descriptor `want` times at most: `want` doubles (up to READ_BATCH) while every
-        read finds a packet and falls back to 1 at the first EAGAIN. So a lone packet costs
-        poll + read (no read that fails, no exception), and a busy descriptor is read in
-        batches without polling in between. One clock read and one lock round per batch."""
-        udp_fd = self.sock.fileno()
-        tun_fd = self.tun.fd
-        poller = select.poll()
-        for fd in (udp_fd, tun_fd, self._wake_r):
-            poller.register(fd, select.POLLIN)
-        poll = poller.poll
-        recvfrom = self.sock.recvfrom
-        read = os.read
-        on_udp = self.machine.receive_udp
-        on_tun = self.machine.receive_tun
-        clock = self.loop.clock
-        lock = self.lock
-        want_udp = want_tun = 1
-        while not self._stopping:
-            ready = poll()
-            now = clock()
-            for fd, events in ready:
-                if events & select.POLLNVAL:
-                    self._fail(f"descriptor {fd} was closed under the relay")
-                    return
-                got = 0
-                if fd == udp_fd:
-                    with lock:
-                        while got < want_udp:
-                            try:
-                                data, source = recvfrom(RECEIVE_SIZE)
-                            except (BlockingIOError, InterruptedError):
-                                break
-                            except OSError as exc:
-                                if exc.errno in _FATAL_ERRNOS:
-                                    self._fail(f"cannot read the UDP socket: {exc}")
-                                    return
-                                got += 1  # a queued ICMP error about an earlier send
-                                continue
-                            on_udp(data, source, now)
-                            got += 1
-                    want_udp = min(2 * want_udp, READ_BATCH) if got >= want_udp else 1
-                elif fd == tun_fd:
-                    with lock:
-                        while got < want_tun:
-                            try:
-                                packet = read(tun_fd, MAX_PACKET)
-                            except (BlockingIOError, InterruptedError):
-                                break
-                            except OSError as exc:
-                                self._fail(f"cannot read {self.tun.name}: {exc}")
-                                return
-                            on_tun(packet, now)
-                            got += 1
-                    want_tun = min(2 * want_tun, READ_BATCH) if got >= want_tun else 1
-                else:
-                    with contextlib.suppress(OSError):
-                        read(self._wake_r, 64)
+    @property
+    def data_path_errors(self) -> int:
+        return self._data.faults if self._data is not None else 0
 
     def _fail(self, why: str) -> None:
-        """The data path cannot go on: unless we are stopping anyway, the relay is dead, so the
-        daemon stops with status 1 and says why."""
-        if self._stopping:
-            return
-        self._stopping = True
+        """The data path cannot go on: the relay is dead, so the daemon stops with status 1
+        and says why."""
         log.error("%s: stopping", why)
         with contextlib.suppress(RuntimeError):  # the loop is closed already
             self.loop.loop.call_soon_threadsafe(self.loop.stop, 1)
-
-    def _stop_thread(self) -> None:
-        """Wake the data thread through its pipe and wait for it."""
-        self._stopping = True
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
-        self._thread.join(THREAD_STOP_TIMEOUT)
-        if self._thread.is_alive():
-            log.warning("the relay's data thread did not stop")
 
     # --- control ----------------------------------------------------------------------------
 

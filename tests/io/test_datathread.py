@@ -1,0 +1,188 @@
+"""The data thread (io/datathread.py): feeding, stopping, a failing TUN, faults told apart
+by where they were raised (each kind is logged once, later ones only counted)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from teredo.core.addr import Address
+from teredo.io.datathread import DataThread, Feed, fault_site
+
+
+class _Recorder:
+    """A DataTarget: records what the data thread feeds it, and the batches."""
+
+    def __init__(self, fail_on: bytes | None = None) -> None:
+        self.udp: list[tuple[bytes, Address]] = []
+        self.tun: list[bytes] = []
+        self.batches = 0
+        self.fail_on = fail_on
+        self.feed = Feed(self.on_udp, self.on_tun, self.after)
+
+    def on_udp(self, data: bytes, source: Address, now: float) -> None:
+        if data == self.fail_on:
+            raise ValueError("a bug met by one packet")
+        self.udp.append((data, source))
+
+    def on_tun(self, packet: bytes, now: float) -> None:
+        self.tun.append(packet)
+
+    def after(self) -> None:
+        self.batches += 1
+
+
+def _thread(
+    sock: socket.socket, tun_fd: int, target: _Recorder, lost: list[tuple[int, int | None]]
+) -> DataThread:
+    def fatal(why: str) -> None:
+        raise AssertionError(f"not fatal here: {why}")
+
+    return DataThread(
+        "test-data",
+        sock,
+        tun_fd,
+        target.feed,
+        lock=threading.Lock(),
+        clock=time.monotonic,
+        on_fatal=fatal,
+        on_tun_error=lambda fd, exc: lost.append((fd, exc.errno)),
+    )
+
+
+def _wait(done: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_feeds_udp_and_tun_input_then_stops() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tun_r, tun_w = os.pipe2(os.O_NONBLOCK)  # a pipe stands in for the TUN descriptor
+    target = _Recorder()
+    lost: list[tuple[int, int | None]] = []
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        sender.bind(("127.0.0.1", 0))
+        data = _thread(sock, tun_r, target, lost)
+        data.start()
+        try:
+            for n in range(5):
+                sender.sendto(b"datagram %d" % n, sock.getsockname())
+                os.write(tun_w, b"\x60packet %d" % n)
+                time.sleep(0.01)  # pipe writes would merge: one read per write
+            _wait(lambda: len(target.udp) >= 5 and len(target.tun) >= 5)
+        finally:
+            data.stop()
+        assert target.udp == [(b"datagram %d" % n, sender.getsockname()) for n in range(5)]
+        assert target.tun == [b"\x60packet %d" % n for n in range(5)]
+        assert target.batches >= 1
+        sender.sendto(b"after stop", sock.getsockname())
+        time.sleep(0.05)
+        assert len(target.udp) == 5, "the thread has stopped reading"
+        assert lost == []
+    finally:
+        sock.close()
+        sender.close()
+        os.close(tun_r)
+        os.close(tun_w)
+
+
+def test_a_fault_is_logged_once_and_the_thread_carries_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tun_r, tun_w = os.pipe2(os.O_NONBLOCK)
+    target = _Recorder(fail_on=b"bad")
+    lost: list[tuple[int, int | None]] = []
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        sender.bind(("127.0.0.1", 0))
+        data = _thread(sock, tun_r, target, lost)
+        with caplog.at_level(logging.ERROR, "teredo"):
+            data.start()
+            try:
+                for _ in range(3):
+                    sender.sendto(b"bad", sock.getsockname())
+                    time.sleep(0.01)
+                sender.sendto(b"good", sock.getsockname())
+                _wait(lambda: target.udp)
+            finally:
+                data.stop()
+        assert target.udp == [(b"good", sender.getsockname())]
+        assert data.faults == 3
+        logged = [r for r in caplog.records if "data path" in r.getMessage()]
+        assert len(logged) == 1, logged
+    finally:
+        for s in (sock, sender):
+            s.close()
+        os.close(tun_r)
+        os.close(tun_w)
+
+
+def test_a_failing_tun_leaves_the_poll_set_and_is_reported_once() -> None:
+    """Issue 14: a TUN fd that fails (EBADFD after `ip link del`) must leave the poll set:
+    level-triggered, it would wake the thread forever. A connected UDP socket whose peer
+    refuses stands in for it (each read then fails with ECONNREFUSED)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    failing = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    target = _Recorder()
+    lost: list[tuple[int, int | None]] = []
+    try:
+        for s in (sock, sender, closed):
+            s.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        failing.setblocking(False)
+        failing.connect(closed.getsockname())
+        closed.close()  # nobody listens there any more: sends draw ICMP port unreachable
+        data = _thread(sock, failing.fileno(), target, lost)
+        data.start()
+        try:
+            for _ in range(3):
+                with contextlib.suppress(OSError):  # the error may be pending here too
+                    failing.send(b"x")
+                time.sleep(0.05)
+            sender.sendto(b"still served", sock.getsockname())
+            _wait(lambda: target.udp)
+        finally:
+            data.stop()
+        assert lost == [(failing.fileno(), errno.ECONNREFUSED)]
+        assert target.udp == [(b"still served", sender.getsockname())]
+    finally:
+        for s in (sock, sender, failing):
+            s.close()
+
+
+def _raise_here() -> None:
+    raise ValueError("boom")
+
+
+def test_fault_site_names_the_raising_line() -> None:
+    sites = set()
+    for _ in range(3):
+        try:
+            _raise_here()
+        except ValueError as exc:
+            sites.add(fault_site(exc))
+    assert len(sites) == 1
+    site = sites.pop()
+    assert site.startswith(__file__ + ":")
+    assert int(site.rsplit(":", 1)[1]) == _raise_here.__code__.co_firstlineno + 1
+
+
+def test_fault_site_of_an_exception_never_raised() -> None:
+    assert fault_site(ValueError("never raised")) == "?"
