@@ -11,16 +11,13 @@ from pathlib import Path
 import pytest
 
 from teredo.core.addr import LINK_LOCAL_RESTRICTED, ipv4_to_int, is_global_ipv4, pack_address
-from teredo.io.client_driver import (
-    ClientIO,
-    ServerResolver,
-    TunnelConfigurator,
-    discovery_interfaces,
-    resolve_ipv4,
-)
+from teredo.io.client_driver import ClientIO
+from teredo.io.discovery import discovery_interfaces
 from teredo.io.hook import HookRunner
 from teredo.io.loop import DaemonLoop
 from teredo.io.netlink import NetlinkConfigError
+from teredo.io.resolve import ServerResolver, resolve_ipv4
+from teredo.io.tunnel import TunnelConfigurator
 
 FIRST = pack_address(b"\x20\x01\x00\x00", 0xC6336410, 0x0100, 0x5678, 0x34567890)
 SECOND = pack_address(b"\x20\x01\x00\x00", 0xC6336410, 0x0200, 0x1111, 0x34567890)

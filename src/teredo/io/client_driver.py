@@ -1,36 +1,25 @@
-"""Runs a ClientMachine on real sockets and a TUN interface (RFC 4380 section 5.2).
+"""The client daemon: a ClientMachine on real sockets and a TUN interface (RFC 4380 5.2).
 
-The machine decides everything about the protocol; this module only:
-
-- moves bytes: the Teredo UDP socket and the TUN fd are served by a data thread of their own
-  (io/datathread.py, fed through `_feed`), the rare local discovery socket by an `add_reader`
-  callback of the asyncio loop; the machine's output goes out through `ClientIO` (its
-  ClientTransmit). The data thread exists because an asyncio wake-up costs about 5 us of Python
-  more than a bare epoll.poll, and at the packet rates measured (docs/benchmarks.md, "Client")
-  nearly every datagram is a wake-up of its own. One lock serializes every use of the machine;
-  the asyncio thread keeps timers, events, signals, name resolution and netlink;
-- turns the machine's events into interface configuration (netlink: MTU, link-local address,
-  Teredo address /32, last-resort default route), the Miredo hook script, and one log line each;
-- resolves the server's name, at start and again when the machine asks (ResolveServer), with
-  backoff while the name does not resolve (no network at boot must not end the daemon).
+The machine decides everything about the protocol; the daemon wires it to its helpers, each a
+module of its own: the data thread (io/datathread.py, fed through `_feed`; one lock serializes
+every use of the machine), the server's name (io/resolve.py), the interface configuration and
+hook (io/tunnel.py), local discovery (io/discovery.py, served by an `add_reader` callback of
+the asyncio loop), and the choice among several servers (core/failover.py). The machine's
+output goes out through `ClientIO` (its ClientTransmit). The asyncio thread keeps timers,
+events (one log line each), signals, name resolution, network changes and netlink.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
-import ipaddress
 import logging
 import os
 import socket
-import struct
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING
 
 from teredo.core.addr import (
     TEREDO_PORT,
@@ -38,7 +27,6 @@ from teredo.core.addr import (
     format_prefix,
     int_to_ipv4,
     ipv4_to_int,
-    is_global_ipv4,
 )
 from teredo.core.client import (
     AddressChanged,
@@ -52,49 +40,35 @@ from teredo.core.client import (
     SymmetricNat,
 )
 from teredo.core.failover import Move, ServerFailover, rank
-from teredo.core.ipv6 import IPV6_MIN_MTU  # the tunnel MTU until an RA says otherwise
 from teredo.io.datathread import DataThread, Feed
+from teredo.io.discovery import (
+    DISCOVERY_GROUP,
+    DiscoverySocket,
+    configure_multicast_sending,
+    discovery_interfaces,
+    local_address_towards,
+)
 from teredo.io.driver import LockedTimer, Reload, StartError, Undo, bind_error
-from teredo.io.hook import HookError, HookRunner
+from teredo.io.hook import HookRunner
 from teredo.io.loop import DaemonLoop
+from teredo.io.resolve import Resolution, ServerResolver, is_literal, resolve_ipv4
 from teredo.io.tun import TunDevice, TunError
+from teredo.io.tunnel import (
+    ThreadedInterface,
+    TunnelConfigurator,
+    disable_kernel_link_local,
+    ipv6_text,
+)
 from teredo.io.udp import UdpSender, drain, open_udp_socket
 
 if TYPE_CHECKING:
     from teredo.core.probe import ProbeResult
     from teredo.io.mmsg import BatchSender
-    from teredo.io.netlink import InterfaceConfig, NetworkChange, NetworkMonitor
+    from teredo.io.netlink import NetworkChange, NetworkMonitor
 
 log = logging.getLogger("teredo.client")
-_R = TypeVar("_R")
 
-__all__ = [
-    "DISCOVERY_GROUP",
-    "ClientDaemon",
-    "ClientIO",
-    "ClientOptions",
-    "DiscoverySocket",
-    "Interface",
-    "ServerResolver",
-    "TunnelConfigurator",
-    "discovery_interfaces",
-    "local_address_towards",
-    "resolve_ipv4",
-]
 
-DISCOVERY_GROUP = "224.0.0.253"  # RFC 4380 section 2.17 / 5.2.8: Teredo local discovery
-LINK_LOCAL_PREFIXLEN = 64
-DEFAULT_ROUTE = "::/0"
-
-# Back-off of the server name resolution: first retry after 1 s, doubling up to 60 s, so a
-# machine that boots without network finds its server within a minute of the network coming up.
-RESOLVE_FIRST_DELAY = 1.0
-RESOLVE_MAX_DELAY = 60.0
-# Miredo's client hook gives its default route metric 1029, above the kernel's 1024 for native
-# routes, so that Teredo is the last resort (RFC 4380 section 5.5). The same value as
-# io/netlink.py's, not imported from it: that module loads pyroute2, which the data path and
-# the command line do not need.
-LAST_RESORT_METRIC = 1029
 MMSG_BATCH = 64  # datagrams per sendmmsg call
 # An interface deleted under the daemon is created again, but not forever: this many times
 # within the window, and the daemon exits with EXIT_FAILED for its supervisor (issue 14).
@@ -108,408 +82,6 @@ PROBE_TIME_LIMIT = 1.5
 # Network notifications come in bursts (an address, then its routes): looked at once settled.
 NETWORK_SETTLE = 0.3
 EXIT_FAILED = 1  # also: the socket asked for on SIGHUP cannot be opened
-
-
-# --------------------------------------------------------------------------- resolution
-
-
-def resolve_ipv4(host: str) -> int:
-    """One IPv4 address of `host` (a dotted quad needs no look-up); OSError when none."""
-    with contextlib.suppress(ValueError):
-        return ipv4_to_int(host)
-    infos = socket.getaddrinfo(host, TEREDO_PORT, socket.AF_INET, socket.SOCK_DGRAM)
-    for info in infos:
-        address = info[4][0]
-        if isinstance(address, str):
-            return ipv4_to_int(address)
-    raise OSError(errno.ENOENT, f"{host}: no IPv4 address")
-
-
-def _is_literal(host: str) -> bool:
-    try:
-        ipv4_to_int(host)
-    except ValueError:
-        return False
-    return True
-
-
-Resolution = tuple[int, int | None]  # primary, secondary (None: primary + 1)
-
-
-class ServerResolver:
-    """Resolves (server, server2) off the loop thread, retrying with exponential back-off.
-
-    `resolve` runs in the loop's default executor, so a slow DNS server never stalls the data
-    path. `on_resolved` is called in the loop thread. A new request replaces a pending one.
-    """
-
-    def __init__(
-        self,
-        loop: DaemonLoop,
-        on_resolved: Callable[[Resolution], None],
-        *,
-        resolve: Callable[[str], int] = resolve_ipv4,
-        first_delay: float = RESOLVE_FIRST_DELAY,
-        max_delay: float = RESOLVE_MAX_DELAY,
-    ) -> None:
-        self._loop = loop
-        self._on_resolved = on_resolved
-        self._resolve = resolve
-        self._first_delay = first_delay
-        self._max_delay = max_delay
-        self._generation = 0
-        self._names: tuple[str, str | None] = ("", None)
-        self.failures = 0
-        self.pending = False
-
-    def _lookup(self, names: tuple[str, str | None]) -> Resolution:
-        primary = self._resolve(names[0])
-        secondary = None if names[1] is None else self._resolve(names[1])
-        return primary, secondary
-
-    def request(self, server: str, server2: str | None) -> None:
-        """Resolve now (and again after each failure, with back-off, until it works)."""
-        self._generation += 1
-        self._names = (server, server2)
-        self.failures = 0
-        self._attempt(self._generation, self._first_delay)
-
-    def cancel(self) -> None:
-        self._generation += 1
-        self.pending = False
-
-    def _attempt(self, generation: int, delay: float) -> None:
-        if generation != self._generation:
-            return
-        self.pending = True
-        if all(n is None or _is_literal(n) for n in self._names):
-            # Dotted quads need no look-up: no executor thread to start, which saves about
-            # 15 ms of the time to qualify (docs/benchmarks.md, "Client").
-            future: asyncio.Future[Resolution] = self._loop.loop.create_future()
-            try:
-                future.set_result(self._lookup(self._names))
-            except (OSError, ValueError) as exc:
-                future.set_exception(exc)
-            self._loop.loop.call_soon(self._done, future, generation, delay)
-            return
-        future = self._loop.loop.run_in_executor(None, self._lookup, self._names)
-        future.add_done_callback(lambda f: self._done(f, generation, delay))
-
-    def _done(self, future: asyncio.Future[Resolution], generation: int, delay: float) -> None:
-        if generation != self._generation:
-            return
-        try:
-            result = future.result()
-        except (OSError, UnicodeError, ValueError) as exc:
-            self.failures += 1
-            # One line per attempt: 1, 2, 4 ... s apart, then once a minute at most.
-            log.warning(
-                "cannot resolve the Teredo server %s: %s; retrying in %g s",
-                " / ".join(n for n in self._names if n),
-                getattr(exc, "strerror", None) or exc,
-                delay,
-            )
-            self._loop.loop.call_later(
-                delay, self._attempt, generation, min(delay * 2, self._max_delay)
-            )
-            return
-        self.pending = False
-        self._on_resolved(result)
-
-
-# --------------------------------------------------------------------------- interface
-
-
-class Interface(Protocol):
-    """What the tunnel configuration needs of an interface (ThreadedInterface; tests fake it)."""
-
-    def index(self) -> int: ...
-    def set_up(self, mtu: int | None = None) -> None: ...
-    def set_down(self) -> None: ...
-    def set_mtu(self, mtu: int) -> None: ...
-    def add_address(self, address: str, prefixlen: int) -> None: ...
-    def remove_address(self, address: str, prefixlen: int) -> None: ...
-    def add_route(self, destination: str, metric: int | None = None) -> None: ...
-    def remove_route(self, destination: str, metric: int | None = None) -> None: ...
-
-
-class ThreadedInterface:
-    """io/netlink.InterfaceConfig (pyroute2) used from a thread of its own.
-
-    pyroute2 (0.9) runs every request on an asyncio loop of its own, which asyncio refuses to
-    run inside the daemon's running loop; one worker thread owns the netlink socket instead.
-    Each call waits for its answer: these are rare control-path calls, never per packet.
-    pyroute2 is imported by that thread when the daemon starts, not when the command line is
-    parsed (its imports cost about 150 ms).
-    """
-
-    def __init__(self, ifname: str) -> None:
-        self.ifname = ifname
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
-        try:
-            self._cfg = self._pool.submit(_open_interface_config, ifname).result()
-        except BaseException:
-            self._pool.shutdown(wait=False)
-            raise
-
-    def _call(self, method: Callable[..., _R], *args: object) -> _R:
-        return self._pool.submit(method, *args).result()
-
-    def index(self) -> int:
-        return self._call(self._cfg.index)
-
-    def set_up(self, mtu: int | None = None) -> None:
-        self._call(self._cfg.set_up, mtu)
-
-    def set_down(self) -> None:
-        self._call(self._cfg.set_down)
-
-    def set_mtu(self, mtu: int) -> None:
-        self._call(self._cfg.set_mtu, mtu)
-
-    def add_address(self, address: str, prefixlen: int) -> None:
-        self._call(self._cfg.add_address, address, prefixlen)
-
-    def remove_address(self, address: str, prefixlen: int) -> None:
-        self._call(self._cfg.remove_address, address, prefixlen)
-
-    def add_route(self, destination: str, metric: int | None = None) -> None:
-        self._call(self._cfg.add_route, destination, metric)
-
-    def remove_route(self, destination: str, metric: int | None = None) -> None:
-        self._call(self._cfg.remove_route, destination, metric)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._call(self._cfg.close)
-        self._pool.shutdown(wait=True)
-
-
-def _open_interface_config(ifname: str) -> InterfaceConfig:
-    from teredo.io.netlink import InterfaceConfig  # noqa: PLC0415 - see ThreadedInterface
-
-    return InterfaceConfig(ifname)
-
-
-def _v6(address: bytes) -> str:
-    return str(ipaddress.IPv6Address(address))
-
-
-class TunnelConfigurator:
-    """Keeps the interface in step with the machine: global address only while qualified.
-
-    Not qualified: the link is up (the machine still writes ICMPv6 errors to it) with no
-    address and no route. Qualified (as Miredo's client-hook does it): MTU from the RA, the
-    link-local address /64 (RFC 4380 section 5.2.1), the Teredo address /32 (whose kernel
-    prefix route sends the whole Teredo prefix into the tunnel: RFC 4380 section 5.2.4 cases
-    3-5), and a default route of metric 1029, above native default routes (1024), because
-    Teredo is a last resort (RFC 4380 section 5.5).
-    """
-
-    def __init__(
-        self, iface: Interface, hook: HookRunner | None = None, *, default_route: bool = True
-    ) -> None:
-        self.iface = iface
-        self.hook = hook
-        self.default_route = default_route
-        self.address: bytes | None = None
-        self.link_local: bytes | None = None
-        self.prefix: bytes | None = None
-        self.mtu = IPV6_MIN_MTU
-        self.errors = 0
-
-    def _try(self, what: Callable[[], None]) -> None:
-        # A netlink or hook failure is logged and counted; the daemon keeps running (the
-        # next event retries the whole configuration).
-        try:
-            what()
-        except (HookError, OSError) as exc:  # NetlinkConfigError too
-            self.errors += 1
-            log.error("%s", exc)
-
-    def prepare(self) -> None:
-        """At start: up, MTU 1280, no address (the kernel's own link-local is turned off)."""
-        self.iface.set_up(self.mtu)
-
-    def _run_hook_up(self) -> None:
-        hook, address, mtu = self.hook, self.address, self.mtu
-        if hook is not None and address is not None:
-            self._try(lambda: hook.up(address, mtu))
-
-    def _add(self, address: bytes, link_local: bytes) -> None:
-        # The global address goes last: once it is visible, its routes are already in place
-        # (the 2001::/32 prefix route comes with the address itself).
-        self.iface.add_address(_v6(link_local), LINK_LOCAL_PREFIXLEN)
-        if self.default_route:
-            self.iface.add_route(DEFAULT_ROUTE, LAST_RESORT_METRIC)
-        self.iface.add_address(_v6(address), 32)
-
-    def _remove(self, address: bytes | None, link_local: bytes | None) -> None:
-        if self.default_route:
-            self.iface.remove_route(DEFAULT_ROUTE, LAST_RESORT_METRIC)
-        if address is not None:
-            self.iface.remove_address(_v6(address), 32)
-        if link_local is not None:
-            self.iface.remove_address(_v6(link_local), LINK_LOCAL_PREFIXLEN)
-
-    def qualified(self, address: bytes, link_local: bytes, mtu: int) -> None:
-        old_address, old_ll = self.address, self.link_local
-        self.address, self.link_local, self.mtu = address, link_local, mtu
-        # Up as well as the MTU: Miredo's client-hook sets the link down when contact is lost.
-        self._try(lambda: self.iface.set_up(mtu))
-        if old_address is not None and old_address != address:
-            self._try(lambda: self._remove(old_address, old_ll if old_ll != link_local else None))
-        self._try(lambda: self._add(address, link_local))
-        self._run_hook_up()
-
-    def address_changed(self, old: bytes, new: bytes, link_local: bytes, mtu: int) -> None:
-        # RFC 4380 section 5.2.5: a new mapping retires the old address before the new one.
-        self.address = old if self.address is None else self.address
-        self.qualified(new, link_local, mtu)
-
-    def set_default_route(self, enabled: bool) -> None:
-        """SIGHUP turned the last-resort route on or off; applied at once when qualified."""
-        if enabled == self.default_route:
-            return
-        self.default_route = enabled
-        if self.address is not None:
-            if enabled:
-                self._try(lambda: self.iface.add_route(DEFAULT_ROUTE, LAST_RESORT_METRIC))
-            else:
-                self._try(lambda: self.iface.remove_route(DEFAULT_ROUTE, LAST_RESORT_METRIC))
-
-    def mtu_changed(self, mtu: int) -> None:
-        self.mtu = mtu
-        self._try(lambda: self.iface.set_mtu(mtu))
-        self._run_hook_up()
-
-    def offline(self) -> None:
-        """Contact lost or qualification failed: no global address, no route (5.2.1, 5.2.5)."""
-        was_up = self.address is not None
-        address, link_local = self.address, self.link_local
-        self.address = self.link_local = None
-        if was_up:
-            self._try(lambda: self._remove(address, link_local))
-            if self.hook is not None:
-                hook = self.hook
-                self._try(hook.down)
-
-    def forget(self) -> None:
-        """The interface is gone, and with it every address and route that was on it."""
-        self.address = self.link_local = None
-        self.mtu = IPV6_MIN_MTU
-
-    def teardown(self) -> None:
-        """At exit: take away what we added, then Miredo's last two hook calls."""
-        address, link_local = self.address, self.link_local
-        self.address = self.link_local = None
-        if address is not None:
-            self._try(lambda: self._remove(address, link_local))
-        self._try(self.iface.set_down)
-        if self.hook is not None:
-            hook = self.hook
-            self._try(hook.down)
-            self._try(hook.destroy)
-
-
-def disable_kernel_link_local(ifname: str) -> None:
-    """No kernel-made link-local on the tunnel: its only one is Teredo's (RFC 4380 5.2.1).
-
-    addr_gen_mode 1 ("none"); /proc/sys/net is the caller's network namespace.
-    """
-    path = f"/proc/sys/net/ipv6/conf/{ifname}/addr_gen_mode"
-    with contextlib.suppress(OSError), open(path, "w", encoding="ascii") as stream:
-        stream.write("1\n")
-
-
-# --------------------------------------------------------------------------- sockets
-
-
-def local_address_towards(server: int, port: int) -> tuple[int, int] | None:
-    """The local IPv4 the kernel would use towards `server`, with our `port`; None if no route.
-
-    A connected UDP socket sends nothing: connect() only selects the route and source address.
-    The machine compares its mapping with this (NatType.NONE: no NAT in front of us).
-    """
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect((int_to_ipv4(server), TEREDO_PORT))
-        local = probe.getsockname()[0]
-    except OSError:
-        return None
-    finally:
-        probe.close()
-    return ipv4_to_int(local), port
-
-
-# SIOCGIFADDR (linux/sockios.h) on a struct ifreq: the interface's primary IPv4 address.
-_SIOCGIFADDR = 0x8915
-_IFREQ = struct.Struct("16s16x")
-
-
-@dataclass(frozen=True, slots=True)
-class DiscoveryInterface:
-    index: int
-    name: str
-    address: str
-
-
-def discovery_interfaces() -> list[DiscoveryInterface]:
-    """Interfaces with a private (non-global) IPv4 address, loopback excluded (5.2.8).
-
-    Local discovery finds peers behind the same NAT: it makes sense only on private links.
-    The primary IPv4 address of each interface (SIOCGIFADDR), as Miredo sees them too.
-    """
-    found: list[DiscoveryInterface] = []
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        for index, name in socket.if_nameindex():
-            try:
-                got = fcntl.ioctl(probe, _SIOCGIFADDR, _IFREQ.pack(name.encode()))
-            except OSError:
-                continue  # no IPv4 address (EADDRNOTAVAIL), or gone meanwhile
-            value = int.from_bytes(got[20:24], "big")  # sockaddr_in: family, port, address
-            if value >> 24 == 127 or is_global_ipv4(value):
-                continue
-            found.append(DiscoveryInterface(index, name, int_to_ipv4(value)))
-    return found
-
-
-class DiscoverySocket:
-    """Receives local discovery bubbles sent to 224.0.0.253:3544 (RFC 4380 section 5.2.8)."""
-
-    def __init__(self, interfaces: Sequence[DiscoveryInterface]) -> None:
-        self.interfaces = list(interfaces)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            # Other Teredo clients on this host listen on the same group and port.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((DISCOVERY_GROUP, TEREDO_PORT))
-            joined = 0
-            for itf in self.interfaces:
-                # struct ip_mreq: the group, then the local address naming the interface.
-                mreq = socket.inet_aton(DISCOVERY_GROUP) + socket.inet_aton(itf.address)
-                try:
-                    sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
-                    joined += 1
-                except OSError as exc:
-                    log.warning("local discovery: cannot join on %s: %s", itf.name, exc.strerror)
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-        self.joined = joined
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def configure_multicast_sending(sock: socket.socket) -> None:
-    """Discovery bubbles leave the Teredo socket itself with TTL 1 and no loop (5.2.8)."""
-    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
-    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
 
 
 class ClientIO:
@@ -574,9 +146,6 @@ class ClientIO:
     @property
     def udp_errors(self) -> int:
         return self._send.errors + (self._batch.errors if self._batch is not None else 0)
-
-
-# --------------------------------------------------------------------------- daemon
 
 
 @dataclass(frozen=True, slots=True)
@@ -778,7 +347,7 @@ class ClientDaemon:
                     self.loop.add_machine(self._timed)
                     self._timer_added = True
             else:
-                if resolution != self.resolution and not _is_literal(self._active[0]):
+                if resolution != self.resolution and not is_literal(self._active[0]):
                     log.info("server %s is now %s: qualifying again", self._active[0], shown)
                 with self._lock:
                     self.machine.set_server(server, server2, now)
@@ -909,7 +478,7 @@ class ClientDaemon:
         if isinstance(event, Qualified):
             log.info(
                 "qualified: address %s, mapping %s:%d, NAT %s, MTU %d",
-                _v6(event.address),
+                ipv6_text(event.address),
                 event.mapping[0],
                 event.mapping[1],
                 event.nat,
@@ -919,12 +488,12 @@ class ClientDaemon:
             if self.failover is not None:
                 self.failover.qualified()
             self.tunnel.qualified(event.address, event.link_local, event.mtu)
-            self.loop.ready(f"qualified: {_v6(event.address)}, NAT {event.nat}")
+            self.loop.ready(f"qualified: {ipv6_text(event.address)}, NAT {event.nat}")
         elif isinstance(event, AddressChanged):
             log.info(
                 "address changed: %s -> %s, mapping %s:%d, NAT %s",
-                _v6(event.old),
-                _v6(event.new),
+                ipv6_text(event.old),
+                ipv6_text(event.new),
                 event.mapping[0],
                 event.mapping[1],
                 event.nat,
@@ -976,7 +545,7 @@ class ClientDaemon:
         elif isinstance(event, ResolveServer):
             # After a loss of contact the name may point elsewhere now (Miredo re-resolves).
             names = (self.options.server, self.options.server2)
-            if any(n is not None and not _is_literal(n) for n in names):
+            if any(n is not None and not is_literal(n) for n in names):
                 log.info("resolving the server name %s again", self.options.server)
             self.resolver.request(*names)
 
