@@ -45,6 +45,7 @@ from bench.lab_bench import (
     PREFIX,
     BenchError,
     bench_lab,
+    bpf_map_memlock,
     impl_available,
     interrupt_on_sigterm,
     load_average,
@@ -246,6 +247,7 @@ def run_memory(impl: str, args: argparse.Namespace) -> dict[str, float | None]:
             pids = role_pids(lab, "relay")
             drops0 = drop_counters(lab)
             rss0 = rss_bytes(pids)
+            memlock0 = bpf_map_memlock(pids)
             if baseline is None:  # Miredo's Judy arrays grow with the peers: idle = baseline
                 baseline = rss0
             t0 = time.monotonic()
@@ -280,6 +282,7 @@ def run_memory(impl: str, args: argparse.Namespace) -> dict[str, float | None]:
                     break
             created_in = last_change - t0
             rss1 = rss_bytes(pids)
+            memlock1 = bpf_map_memlock(pids)
             out, _ = sender.communicate(timeout=10)
             sent = json.loads(out.decode() or "{}").get("sent")
             logged, capacity = _relay_logged_peers(lab, pids) if impl == "teredo" else (None, None)
@@ -318,6 +321,11 @@ def run_memory(impl: str, args: argparse.Namespace) -> dict[str, float | None]:
         "growth_bytes_per_peer": (rss1 - rss0) / peers if peers else None,
         "bytes_per_peer": (rss1 - baseline) / peers if peers else None,
         "peak_bytes_per_peer": (peak - baseline) / peers if peers else None,
+        # The kernel maps count too (issue 8): bytes_memlock of the maps the relay holds.
+        "memlock_before_mib": memlock0 / 2**20,
+        "memlock_after_mib": memlock1 / 2**20,
+        "memlock_bytes_per_peer": (memlock1 - memlock0) / peers if peers else None,
+        "total_bytes_per_peer": (rss1 - rss0 + memlock1 - memlock0) / peers if peers else None,
     }
 
 
@@ -344,6 +352,10 @@ MEMORY = (
     ("growth_bytes_per_peer", "RSS growth bytes per peer"),
     ("bytes_per_peer", "RSS - baseline, bytes per peer"),
     ("peak_bytes_per_peer", "peak RSS - baseline, B/peer"),
+    ("memlock_before_mib", "BPF maps bytes_memlock before MiB"),
+    ("memlock_after_mib", "BPF maps bytes_memlock after MiB"),
+    ("memlock_bytes_per_peer", "bytes_memlock growth per peer"),
+    ("total_bytes_per_peer", "RSS + memlock growth per peer"),
     ("load1", "load average (1 min)"),
 )
 

@@ -338,6 +338,30 @@ def _proc_text(pid: int, name: str) -> str | None:
         return None
 
 
+def bpf_map_memlock(pids: Sequence[int]) -> int:
+    """bytes_memlock of the BPF maps that `pids` hold open (each map once, by id): what
+    `bpftool map show` reports for them, from /proc/PID/fdinfo (issue 8 counts the kernel
+    maps with the resident memory). 0 for a process without maps."""
+    seen: dict[int, int] = {}
+    for pid in pids:
+        fd_dir = Path(f"/proc/{pid}/fd")
+        try:
+            fds = list(fd_dir.iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) != "anon_inode:bpf-map":
+                    continue
+                info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+            except OSError:
+                continue
+            fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+            with contextlib.suppress(KeyError, ValueError):
+                seen[int(fields["map_id"])] = int(fields["memlock"])
+    return sum(seen.values())
+
+
 def tree_pids(pid: int) -> list[int]:
     """`pid` and its descendants: Miredo forks an unprivileged child that runs the tunnel."""
     return [pid, *system.descendants(pid)]

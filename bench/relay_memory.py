@@ -206,15 +206,24 @@ def _memlock(fd: int) -> int:
     raise RuntimeError("no memlock in the map's fdinfo")
 
 
-def measure_map(entries: int, capacity: int, flags: int) -> dict[str, Any]:
-    """A trusted-peer-shaped hash map (16-byte keys and values) of `capacity` entries at most:
-    bytes_memlock empty and with `entries` entries."""
+def create_map(capacity: int, flags: int) -> int:
+    """A trusted-peer-shaped BPF hash map (16-byte keys and values, `capacity` entries at most):
+    its file descriptor (the caller closes it; the map goes with it)."""
     lib = _libbpf()
     opts = _MapCreateOpts(sz=ctypes.sizeof(_MapCreateOpts), map_flags=flags)
-    fd = lib.bpf_map_create(BPF_MAP_TYPE_HASH, b"kmem_bench", 16, 16, capacity, ctypes.byref(opts))
+    fd: int = lib.bpf_map_create(
+        BPF_MAP_TYPE_HASH, b"kmem_bench", 16, 16, capacity, ctypes.byref(opts)
+    )
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"bpf_map_create: {os.strerror(err)}")
+    return fd
+
+
+def measure_map(entries: int, capacity: int, flags: int) -> dict[str, Any]:
+    """`create_map(capacity, flags)`: bytes_memlock empty and with `entries` entries."""
+    lib = _libbpf()
+    fd = create_map(capacity, flags)
     try:
         empty = _memlock(fd)
         batch = 65536

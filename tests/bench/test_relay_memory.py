@@ -3,12 +3,16 @@ points, and the kernel map figures behave as the kernel documents (not timed).""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from bench.lab_bench import bpf_map_memlock
 from bench.relay_memory import (
     BPF_F_NO_PREALLOC,
     DEFAULT_CAPACITY,
     PER_PEER_TARGET,
     core_child,
+    create_map,
     main,
     measure_map,
 )
@@ -33,6 +37,22 @@ def test_a_no_prealloc_hash_map_grows_with_its_entries() -> None:
     assert lazy["memlock_empty_bytes"] >= 65536 * 8
     eager = measure_map(2000, 65536, 0)
     assert eager["memlock_full_bytes"] == eager["memlock_empty_bytes"] >= 65536 * 32
+
+
+def test_the_maps_a_process_holds_are_counted_once_each() -> None:
+    before = bpf_map_memlock([os.getpid()])
+    fd = create_map(4096, BPF_F_NO_PREALLOC)
+    try:
+        dup = os.dup(fd)  # the same map through two descriptors: counted once
+        try:
+            held = bpf_map_memlock([os.getpid(), os.getpid()]) - before
+        finally:
+            os.close(dup)
+    finally:
+        os.close(fd)
+    assert held >= 4096 * 8  # its bucket array at least
+    assert held == measure_map(0, 4096, BPF_F_NO_PREALLOC)["memlock_empty_bytes"]
+    assert bpf_map_memlock([os.getpid()]) == before
 
 
 def test_peer_counts_above_the_capacity_are_a_usage_error(
