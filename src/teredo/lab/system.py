@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import subprocess
 import time
@@ -94,6 +95,15 @@ def ip_batch(ns: str, commands: Iterable[str]) -> None:
 
 
 # --- processes ---------------------------------------------------------------------------------
+
+
+def said_ready(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """True once `proc` (started with stdout=PIPE) prints its "ready" line within `timeout`
+    seconds: the lab's helper processes print it after binding their sockets."""
+    if proc.stdout is None:
+        return False
+    r, _, _ = select.select([proc.stdout], [], [], timeout)
+    return bool(r) and proc.stdout.readline().strip() == b"ready"
 
 
 def start_time(pid: int) -> int | None:

@@ -24,6 +24,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from teredo.lab.system import said_ready
+
 if TYPE_CHECKING:
     from teredo.lab.topology import Lab
 
@@ -207,10 +209,7 @@ def start_reflector(
     for bind in binds:
         argv += ["--bind", bind]
     proc = lab.popen(host, argv, name=f"reflect-{host}", stdout=subprocess.PIPE)
-    if proc.stdout is None:
-        raise RuntimeError("udp reflector: no stdout pipe")
-    r, _, _ = select.select([proc.stdout], [], [], MAX_WAIT)
-    if not r or proc.stdout.readline().strip() != b"ready":
+    if not said_ready(proc, MAX_WAIT):
         raise RuntimeError(f"udp reflector in {host} did not start")
     return proc
 

@@ -29,7 +29,7 @@ from teredo.lab.nat import (
     UPNP_POSTROUTING_CHAIN,
     UPNP_TABLE,
 )
-from teredo.lab.system import LabError
+from teredo.lab.system import LabError, said_ready
 
 if TYPE_CHECKING:
     from teredo.lab.topology import Lab, Site
@@ -144,10 +144,7 @@ def start(lab: Lab, site: Site, inside: str, stun_host: str, stun_addresses: Seq
     for ip in stun_addresses:
         argv += ["--address", ip]
     stun = lab.popen(stun_host, argv, name=f"stun-{site.nat_host}", stdout=subprocess.PIPE)
-    if stun.stdout is None:
-        raise LabError("stun: no stdout pipe")
-    r, _, _ = select.select([stun.stdout], [], [], START_TIMEOUT)
-    if not r or stun.stdout.readline().strip() != b"ready":
+    if not said_ready(stun, START_TIMEOUT):
         raise LabError(f"the STUN responder in {stun_host} did not start")
     conf = state / "miniupnpd.conf"
     conf.write_text(
