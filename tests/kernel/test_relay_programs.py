@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -37,6 +38,7 @@ COUNTERS = (
     "decap_mapping",
     "decap_other",
     "decap_error",
+    "encap_stale",
 )
 ETH_IP6 = bytes(6) + bytes((2, 0, 0, 0, 0, 1)) + b"\x86\xdd"
 ETH_IP4 = bytes(6) + bytes((2, 0, 0, 0, 0, 1)) + b"\x08\x00"
@@ -133,10 +135,25 @@ def configure(obj: BpfObject, host_specific: bool = False, l2: int = 14) -> None
         bytes.fromhex("20010000"),
     )
     obj.map("relay_cfg").update(struct.pack("=I", 0), cfg)
-    peer = struct.pack("=4s2sHII", socket.inet_aton(PEER_IP), PEER_PORT.to_bytes(2, "big"), 0, 0, 0)
+    peer = struct.pack(
+        "=4s2sHII", socket.inet_aton(PEER_IP), PEER_PORT.to_bytes(2, "big"), 0, 0, stamp()
+    )
     obj.map("relay_peers").update(PEER, peer)
     if host_specific:
         obj.map("relay_own").update(NATIVE, b"\x01")
+
+
+def stamp(age: float = 0.0) -> int:
+    """The programs' clock (bpf_ktime_get_boot_ns() >> 20), `age` seconds ago."""
+    return (int((time.clock_gettime(time.CLOCK_BOOTTIME) - age) * 1e9) >> 20) & 0xFFFFFFFF
+
+
+def set_last_rx(obj: BpfObject, when: int) -> None:
+    """The peer's last reception as the mirror keeps it (io/kmirror.py)."""
+    m = obj.map("relay_peers")
+    raw = m.lookup(PEER)
+    if raw is not None:
+        m.update(PEER, raw[:12] + struct.pack("=I", when))
 
 
 def counters(obj: BpfObject) -> dict[str, int]:
@@ -170,6 +187,7 @@ def check_encap(obj: BpfObject, packet: bytes, *, host_specific: bool = False) -
     """Run relay_encap and the core on `packet`; True when the kernel forwarded it."""
     relay, out = core(host_specific)
     relay.receive_tun(packet, NOW + 1)
+    set_last_rx(obj, stamp())  # the core's peer is valid (heard at NOW)
     got = run(obj.program("relay_encap"), ETH_IP6 + packet)
     if got.retval == TC_ACT_OK:
         assert got.data == ETH_IP6 + packet, "a packet passed up must be unchanged"
@@ -200,6 +218,26 @@ def test_encap_trusted_peer_is_the_core_bytes(relay_obj: BpfObject) -> None:
     stamp = relay_obj.map("relay_peers").lookup(PEER)
     assert stamp is not None
     assert struct.unpack("=4s2sHII", stamp)[3] != 0
+
+
+def test_encap_leaves_a_stale_peer_to_python(relay_obj: BpfObject) -> None:
+    """Section 5.2.4: no reception for 30 s and the core sends no more directly (it pings the
+    peer first); the kernel passes the packet up from 29 s on, and forwards again once the
+    mirror writes a newer reception."""
+    packet = udp6(NATIVE, PEER, b"stale?")
+    relay, out = core(False)
+    relay.receive_tun(packet, NOW + 31)  # the core's view: last reception at NOW, 31 s ago
+    assert out.udp != [(packet, (PEER_IP, PEER_PORT))]
+    before = counters(relay_obj)
+    set_last_rx(relay_obj, stamp(age=29.5))
+    try:
+        got = run(relay_obj.program("relay_encap"), ETH_IP6 + packet)
+    finally:
+        set_last_rx(relay_obj, stamp())
+    assert got.retval == TC_ACT_OK
+    assert got.data == ETH_IP6 + packet
+    assert counters(relay_obj)["encap_stale"] - before["encap_stale"] == 1
+    assert check_encap(relay_obj, packet)
 
 
 def test_encap_passes_up_what_it_must_not_forward(relay_obj: BpfObject) -> None:

@@ -32,8 +32,8 @@
 #define TEREDO_TTL 64 /* net.ipv4.ip_default_ttl, what the daemon's UDP socket would use */
 
 /* A trusted peer as the core decided it (io/kmirror.py writes it): IPv6 address (the key) ->
- * its mapping, and the last use the kernel saw, in units of 2**20 ns of CLOCK_MONOTONIC (the
- * daemon's clock), which the mirror reads back as use (a peer in use stays alive). 16 bytes. */
+ * its mapping, and the last use the kernel saw, in units of 2**20 ns of CLOCK_BOOTTIME (the
+ * daemon's clock, io/loop.py), which the mirror reads back as use (a peer in use stays alive). 16 bytes. */
 struct teredo_peer {
 	__be32 ipv4;      /* mapped IPv4, network order */
 	__be16 port;      /* mapped UDP port, network order */
@@ -48,7 +48,7 @@ struct teredo_key {
 
 static __always_inline __u32 teredo_stamp(void)
 {
-	return (__u32)(bpf_ktime_get_ns() >> 20);
+	return (__u32)(bpf_ktime_get_boot_ns() >> 20);
 }
 
 /* Stamp without dirtying the cache line on every packet. */

@@ -18,6 +18,11 @@
 #include "teredo_encap.h"
 
 #define CFG_HOST_SPECIFIC 1
+/* Section 5.2.4: a trusted peer is sent to directly only while valid, 30 s after its last
+ * reception. The mirror keeps last_rx at the newest reception either path saw (at most one sync
+ * late, so the kernel's view is never the newer); one second of margin for the clocks' units:
+ * 29 s in units of 2**20 ns. A stale peer goes up to Python, which decides (ping test). */
+#define RELAY_VALID_UNITS 27656
 
 /* Written once by the daemon (one entry). Addresses and ports in network order. */
 struct relay_config {
@@ -41,6 +46,7 @@ enum relay_counter {
 	C_DECAP_MAPPING,    /* in the map, but from another IPv4:port: Python (the core drops) */
 	C_DECAP_OTHER,      /* not ours, bubbles, ICMPv6, options, fragments...: Python */
 	C_DECAP_ERROR,
+	C_ENCAP_STALE,      /* in the map, but no reception for RELAY_VALID_UNITS: Python */
 	C_MAX,
 };
 
@@ -103,6 +109,10 @@ static __always_inline int encap_at(struct __sk_buff *skb, const struct relay_co
 	peer = bpf_map_lookup_elem(&relay_peers, &key);
 	if (!peer) {
 		teredo_count(&relay_counters, C_ENCAP_NO_PEER);
+		return TC_ACT_OK;
+	}
+	if ((__u32)(teredo_stamp() - peer->last_rx) >= RELAY_VALID_UNITS) {
+		teredo_count(&relay_counters, C_ENCAP_STALE);
 		return TC_ACT_OK;
 	}
 	if (skb->gso_segs > 1 || skb->gso_size) {

@@ -222,7 +222,11 @@ def run(args: argparse.Namespace) -> int:
             if not loop.drop_privileges(user, log):
                 return EXIT_START_FAILED
             daemon = RelayDaemon(
-                params_from(settings, args), endpoint_from(settings), loop, secret=os.urandom(32)
+                params_from(settings, args),
+                endpoint_from(settings),
+                loop,
+                secret=os.urandom(32),
+                datapath=settings.datapath,
             )
             kind = "host-specific relay" if settings.host_specific else "relay"
             log.info(

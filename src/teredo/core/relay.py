@@ -643,9 +643,12 @@ class RelayMachine:
         self._ring.clear()
         self._wanted.clear()
 
-    def summary(self) -> str:
-        """One line of counters for the log (SIGUSR1) and benchmarks."""
-        s = self.stats
+    def summary(self, *, kernel_to: int = 0, kernel_from: int = 0) -> str:
+        """One line of counters for the log (SIGUSR1) and benchmarks; `kernel_to`/`kernel_from`:
+        packets the kernel data path forwarded for the core (io/krelay.py), counted in."""
+        s = replace(self.stats)
+        s.to_teredo += kernel_to
+        s.from_teredo += kernel_from
         t = self.peers.stats()
         drops = self.drops.snapshot()
         return (

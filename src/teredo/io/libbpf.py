@@ -131,6 +131,7 @@ class _Lib:
             "bpf_map_lookup_elem": (ci, [ci, vp, vp]),
             "bpf_map_delete_elem": (ci, [ci, vp]),
             "bpf_map_get_next_key": (ci, [ci, vp, vp]),
+            "bpf_map_lookup_batch": (ci, [ci, vp, vp, vp, vp, ctypes.POINTER(cu32), vp]),
             "bpf_link_create": (ci, [ci, ci, ci, vp]),
             "bpf_obj_pin": (ci, [ci, cp]),
             "bpf_obj_get": (ci, [cp]),
@@ -324,6 +325,37 @@ class BpfMap:
             rc = lib.lib.bpf_map_get_next_key(fd, cur, nxt)
         if rc != -errno.ENOENT:
             lib.check(f"map {self.name}: next key", rc)
+
+    def lookup_batch(
+        self, cursor: bytes | None, count: int
+    ) -> tuple[int, bytes, bytes, bytes | None]:
+        """Up to `count` entries in one BPF_MAP_LOOKUP_BATCH call, starting at `cursor` (None:
+        the map's start): (how many, their keys end to end, their values end to end, the
+        cursor of the next call or None once the walk is done). Two bytes objects, not one per
+        entry: a walk of a large map allocates little. For a hash map the cursor is a bucket
+        index: entries added or deleted meanwhile never restart the walk (unlike `keys`), they
+        are seen once or not at all. A bucket holding more than `count` entries raises ENOSPC:
+        pass a few hundred or more."""
+        lib = libbpf()
+        ks, vs = self.key_size, self._value_size
+        token = 8 if ks < 8 else ks  # a hash map's batch token is a u32; arrays use a key
+        in_batch = None if cursor is None else ctypes.create_string_buffer(cursor, token)
+        out_batch = ctypes.create_string_buffer(token)
+        keys = ctypes.create_string_buffer(ks * count)
+        values = ctypes.create_string_buffer(vs * count)
+        n = ctypes.c_uint32(count)
+        rc = lib.lib.bpf_map_lookup_batch(
+            self.fd, in_batch, out_batch, keys, values, ctypes.byref(n), None
+        )
+        if rc not in (0, -errno.ENOENT):
+            lib.check(f"map {self.name}: lookup batch", rc)
+        got = n.value
+        return (
+            got,
+            keys.raw[: ks * got],
+            values.raw[: vs * got],
+            (None if rc == -errno.ENOENT else out_batch.raw),
+        )
 
     def items(self, *, percpu: bool = False) -> Iterator[tuple[bytes, bytes]]:
         for key in self.keys():

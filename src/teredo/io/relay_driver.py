@@ -33,9 +33,13 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from teredo.core.addr import Address
+from teredo.core.config import DatapathMode
 from teredo.core.relay import RelayMachine, RelayParams
+from teredo.io.datapath import start_kernel
 from teredo.io.datathread import DataThread, Feed
 from teredo.io.driver import LockedTimer, Reload, StartError, Undo, bind_udp
+from teredo.io.kmirror import SYNC_INTERVAL
+from teredo.io.krelay import RelayKernelPath, ipv4_interface
 from teredo.io.loop import DaemonLoop
 from teredo.io.memory import release_free_memory
 from teredo.io.netlink import InterfaceConfig, NetlinkConfigError
@@ -150,13 +154,47 @@ def ipv6_forwarding_enabled() -> bool | None:
         return None
 
 
+class _MirrorTimer:
+    """The kernel mirror's reconciliation (io/kmirror.py `sync`) as a timer of the loop, under the
+    data path's lock."""
+
+    __slots__ = ("_kernel", "_lock", "_machine")
+
+    def __init__(
+        self, kernel: RelayKernelPath, machine: RelayMachine, lock: threading.Lock, now: float
+    ) -> None:
+        self._kernel = kernel
+        self._machine = machine
+        self._lock = lock
+        kernel.next_sync = now + SYNC_INTERVAL
+
+    def next_deadline(self) -> float | None:
+        return self._kernel.next_sync
+
+    def handle_timer(self, now: float) -> None:
+        due = self._kernel.next_sync
+        if due is not None and now < due:
+            return
+        with self._lock:
+            self._kernel.sync(self._machine.peers, now)
+
+
 class RelayDaemon:
     """A relay machine, its socket, TUN interface, netlink watcher and loop."""
 
     def __init__(
-        self, params: RelayParams, endpoint: RelayEndpoint, loop: DaemonLoop, *, secret: bytes
+        self,
+        params: RelayParams,
+        endpoint: RelayEndpoint,
+        loop: DaemonLoop,
+        *,
+        secret: bytes,
+        datapath: DatapathMode = DatapathMode.USER,
     ) -> None:
         self.loop = loop
+        self.datapath = datapath
+        #: The kernel data path (io/krelay.py), None on the Python path.
+        self.kernel: RelayKernelPath | None = None
         self.endpoint = endpoint
         self._undo = Undo()
         #: Held by whoever touches the machine: the two data-path threads and the loop.
@@ -202,6 +240,18 @@ class RelayDaemon:
         self._watch: socket.socket | None = None
         if params.host_specific:
             self._start_address_watch()
+        self.kernel = start_kernel(
+            self.datapath, f"relay on {self.tun.name}", lambda: self._start_kernel(params)
+        )
+        if self.kernel is not None:
+            kernel = self.kernel
+            self._undo.push(kernel.close)
+            # Before the data thread starts: the mirror sees every peer the core trusts.
+            self.machine.peers.watch = kernel.mirror
+            self._undo.push(lambda: setattr(self.machine.peers, "watch", None))
+            if params.host_specific:
+                kernel.set_own_addresses(self.machine.own_addresses)
+            self.loop.add_machine(_MirrorTimer(kernel, self.machine, self.lock, self.loop.clock()))
         self._rows = self.machine.peers.allocated
         self.loop.add_machine(
             LockedTimer(
@@ -216,6 +266,18 @@ class RelayDaemon:
         self.sock.setblocking(False)
         os.set_blocking(self.tun.fd, False)
         self._start_data_path()
+
+    def _start_kernel(self, params: RelayParams) -> RelayKernelPath:
+        v4_ifindex, ipv4 = ipv4_interface(self.local[0])
+        return RelayKernelPath(
+            tun_ifindex=self.netlink.index(),
+            v4_ifindex=v4_ifindex,
+            ipv4=ipv4,
+            port=self.local[1],
+            prefix=params.prefix,
+            host_specific=params.host_specific,
+            capacity=params.peers,
+        )
 
     def _after_timer(self, rows: int) -> None:
         if rows != self._rows:
@@ -259,6 +321,8 @@ class RelayDaemon:
             before = self.machine.own_addresses
             self.machine.set_own_addresses(own)
             served = self.machine.own_addresses
+            if self.kernel is not None:
+                self.kernel.set_own_addresses(served)
         if served != before:
             names = sorted(str(ipaddress.IPv6Address(a)) for a in served)
             log.info("host-specific relay: serving %d own addresses: %s", len(served), names)
@@ -344,8 +408,16 @@ class RelayDaemon:
     def summary(self) -> str:
         errors = self.output.udp_errors + self.output.tun_errors
         with self.lock:
-            summary = self.machine.summary()
-        return f"{summary}, send errors {errors}, data path faults {self.data_path_errors}"
+            if self.kernel is None:
+                summary = self.machine.summary()
+                kernel = "data path: user"
+            else:
+                c = self.kernel.counters()
+                summary = self.machine.summary(kernel_to=c["encap"], kernel_from=c["decap"])
+                kernel = self.kernel.summary()
+        return (
+            f"{summary}, send errors {errors}, data path faults {self.data_path_errors}; {kernel}"
+        )
 
     def status(self) -> dict[str, object]:
         """Peer table, counters, drops and the I/O faults of summary(), for the control socket."""
@@ -355,7 +427,14 @@ class RelayDaemon:
             counters: dict[str, object] = dict(asdict(machine.stats))
             drops = machine.drops.snapshot()
             host_specific = machine.params.host_specific
+            kernel = self.kernel.counters() if self.kernel is not None else None
+            if kernel is not None:
+                # Totals: what the relay forwarded, in Python or in the kernel.
+                counters["to_teredo"] = int(str(counters["to_teredo"])) + kernel["encap"]
+                counters["from_teredo"] = int(str(counters["from_teredo"])) + kernel["decap"]
         return {
+            "datapath": "kernel" if kernel is not None else "user",
+            "kernel": kernel,
             "local": f"{self.local[0]}:{self.local[1]}",
             "tun": self.tun.name,
             "prefix": self.endpoint.prefix,

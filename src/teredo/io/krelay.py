@@ -1,0 +1,138 @@
+"""The relay's kernel data path (issue 8, docs/kernel.md "The relay's programs"): relay_encap on
+the TUN's tcx egress, relay_decap on the IPv4 interface's tcx ingress (teredo_relay.bpf.c), and
+the core's trusted peers mirrored into `relay_peers` by io/kmirror.py's PeerMapMirror (the
+peer table's watch). What is relay-specific lives here: the configuration map, a host-specific
+relay's own addresses, the counters and the one-line summary.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import Final
+
+from pyroute2 import IPRoute
+
+from teredo.core.peers import PeerTable
+from teredo.io.kmirror import KernelPrograms, PeerMapMirror, read_counters
+from teredo.io.libbpf import BPF_TCX_EGRESS, BPF_TCX_INGRESS, BpfObject
+
+__all__ = ["COUNTERS", "OBJECT", "RelayKernelPath", "ipv4_interface"]
+
+OBJECT: Final = "teredo_relay"
+#: enum relay_counter of teredo_relay.bpf.c, in order.
+COUNTERS: Final = (
+    "encap",
+    "encap_no_peer",
+    "encap_partial",
+    "encap_other",
+    "encap_error",
+    "decap",
+    "decap_no_peer",
+    "decap_mapping",
+    "decap_other",
+    "decap_error",
+    "encap_stale",
+)
+CFG_HOST_SPECIFIC: Final = 1
+_CFG = struct.Struct("=4s2sBBII4s")  # struct relay_config
+_ZERO = struct.pack("=I", 0)
+
+
+def ipv4_interface(address: str) -> tuple[int, int]:
+    """(ifindex, IPv4 as int) of the interface holding `address`, or for 0.0.0.0 the interface
+    of the default IPv4 route and its first address. OSError when there is none."""
+    with IPRoute() as ipr:
+        if address and int(ipaddress.IPv4Address(address)):
+            for msg in ipr.get_addr(family=2):
+                if msg.get("IFA_LOCAL") == address or msg.get("IFA_ADDRESS") == address:
+                    return int(msg["index"]), int(ipaddress.IPv4Address(address))
+            raise OSError(f"no interface holds {address}")
+        for route in ipr.get_routes(family=2):
+            if route["dst_len"] == 0 and route.get("RTA_OIF"):
+                oif = int(route.get("RTA_OIF"))
+                for msg in ipr.get_addr(family=2, index=oif):
+                    local = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+                    if local:
+                        return oif, int(ipaddress.IPv4Address(local))
+        raise OSError("bound to 0.0.0.0 and no default IPv4 route names an interface")
+
+
+class RelayKernelPath:
+    """The relay's two programs attached, their configuration written, and the mirror of the
+    core's trusted peers (`mirror`: set it as the peer table's watch)."""
+
+    def __init__(
+        self,
+        *,
+        tun_ifindex: int,
+        v4_ifindex: int,
+        ipv4: int,
+        port: int,
+        prefix: bytes,
+        host_specific: bool,
+        capacity: int,
+    ) -> None:
+        cfg = _CFG.pack(
+            ipv4.to_bytes(4, "big"),
+            port.to_bytes(2, "big"),
+            0,  # the TUN has no L2 header
+            14,  # Ethernet on the IPv4 side
+            v4_ifindex,
+            CFG_HOST_SPECIFIC if host_specific else 0,
+            prefix,
+        )
+
+        def configure(obj: BpfObject) -> None:
+            obj.map("relay_cfg").update(_ZERO, cfg)
+
+        self._programs = KernelPrograms(
+            OBJECT,
+            max_entries={"relay_peers": capacity},
+            configure=configure,
+            attach=(
+                ("relay_encap", tun_ifindex, BPF_TCX_EGRESS),
+                ("relay_decap", v4_ifindex, BPF_TCX_INGRESS),
+            ),
+        )
+        self.interfaces = (tun_ifindex, v4_ifindex)
+        self._own = self._programs.map("relay_own")
+        self._counters = self._programs.map("relay_counters")
+        self.mirror = PeerMapMirror(self._programs.map("relay_peers"))
+
+    def sync(self, peers: PeerTable, now: float) -> None:
+        self.mirror.sync(peers, now)
+
+    @property
+    def next_sync(self) -> float | None:
+        return self.mirror.next_sync
+
+    @next_sync.setter
+    def next_sync(self, when: float | None) -> None:
+        self.mirror.next_sync = when
+
+    def set_own_addresses(self, addresses: frozenset[bytes]) -> None:
+        """A host-specific relay's served addresses (the core's own_addresses)."""
+        for key in list(self._own.keys()):
+            if key not in addresses:
+                self._own.delete(key)
+        for addr in addresses:
+            self._own.update(addr, b"\x01")
+
+    def counters(self) -> dict[str, int]:
+        """The programs' counters summed over the CPUs, and the mirror's own."""
+        return read_counters(self._counters, COUNTERS) | self.mirror.counters()
+
+    def summary(self) -> str:
+        c = self.counters()
+        return (
+            f"data path: kernel (map {c['map_entries']}, of the above encapsulated {c['encap']} "
+            f"(passed up: no peer {c['encap_no_peer']}, stale {c['encap_stale']}, checksum/GSO "
+            f"{c['encap_partial']}, other {c['encap_other']}), decapsulated {c['decap']} (passed "
+            f"up: no peer {c['decap_no_peer']}, other mapping {c['decap_mapping']}, other "
+            f"{c['decap_other']}))"
+        )
+
+    def close(self) -> None:
+        """Detach the programs and free the maps (closing descriptors; nothing is pinned)."""
+        self._programs.close()
