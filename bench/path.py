@@ -5,7 +5,9 @@ the rounds (miredo, teredo, plain, miredo, ...):
 
 - **miredo**: Miredo's server, relay and client (behind a port-restricted NAT);
 - **teredo**: ours in all three roles, started with `--datapath DATAPATH` (default auto: the
-  kernel programs where they load); the data path each daemon logged is reported;
+  kernel programs where they load; a role whose daemon has no kernel wiring yet runs the
+  Python path); the data path each daemon uses is reported, from `teredo status` (key
+  "datapath"), else from its log;
 - **plain**: no Teredo at all, native IPv6 forwarded over the same links and routers: native
   host -> wan -> relay host -> wan -> NAT host -> client host (a policy route in the wan sends
   the packets through the relay host, as the Teredo packets go), IPv6 on the NAT's links
@@ -14,10 +16,16 @@ the rounds (miredo, teredo, plain, miredo, ...):
 Measured between the native host and the client, both directions ("down" = native -> client,
 "up" = client -> native): TCP (iperf3), 64-byte UDP capacity (iperf3 `-b 0`: as fast as the
 sender can; the receiver's count gives packets/s), and 64-byte UDP at a fixed `--cpu-pps` rate
-that every path carries, for the CPU per packet: the whole machine's CPU time (/proc/stat: user,
-system, irq, softirq, steal over all CPUs, so the kernel's forwarding and the iperf3 processes
-count too) during the run, less the machine's busy rate measured just before over `--idle`
-seconds (the machine is shared: that is what the others were using), per packet received.
+that every path carries, for the CPU per packet: the lab's CPU time during the run, softirq
+included (bench/labcpu.py: every process in the lab's namespaces, the daemons and the iperf3
+ends, + the ksoftirqd threads' time less their rate over `--idle` seconds just before), per
+packet received. The whole machine's /proc/stat delta (less its rate before) is printed beside
+it as context: on a shared machine it moves with the others' load.
+
+Before measuring, `ethtool -K DEV tx off` on every veth of the lab's namespaces (`--offload
+keep` leaves them): with tx checksum offload the lab's TCP reaches the kernel programs as
+CHECKSUM_PARTIAL / TSO super-packets, which they pass up to Python; a real NIC delivers
+complete checksums. All three paths get the same links.
 
 Output: one table with the three paths, ours/miredo and the fraction of plain forwarding each
 Teredo path reaches, then one JSON line.
@@ -27,12 +35,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import re
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from bench import labcpu
 from bench.lab_bench import (
     BenchError,
     cpu_seconds,
@@ -65,7 +76,7 @@ CLIENT_V6 = "2001:db8:3::2"
 CLIENT_NET = "2001:db8:3::/64"
 NATIVE_NET = "2001:db8:1::/64"
 DATAPATH_RE = re.compile(r"data path: (kernel|user)\b")
-DAEMON_HOSTS = ("relay", "client1")
+DAEMON_HOSTS = ("server", "relay", "client1")
 
 
 def add_plain_ipv6(lab: Lab) -> None:
@@ -104,16 +115,43 @@ def add_plain_ipv6(lab: Lab) -> None:
 
 
 def _datapaths(lab: Lab) -> dict[str, str]:
-    """The data path each of our daemons logged at start ("kernel" or "user")."""
+    """The data path each of our daemons uses, as `teredo status` says (key "datapath"),
+    else as it logged at start ("kernel" or "user"), else "?" (a daemon without the key: its
+    role has no kernel data path wiring yet, so it runs the Python path)."""
     found: dict[str, str] = {}
+    for host in DAEMON_HOSTS:
+        docs = lab.daemon_status(host) or []
+        modes = {
+            str(d["status"]["datapath"])
+            for d in docs
+            if isinstance(d.get("status"), dict) and "datapath" in d["status"]
+        }
+        if modes:
+            found[host] = "+".join(sorted(modes)) + " (status)"
     for rec in lab.procs:
-        if rec.role and rec.log:
+        if rec.role and rec.log and rec.host not in found:
             with contextlib.suppress(OSError):
                 text = Path(rec.log).read_text(encoding="utf-8", errors="replace")
                 modes = set(DATAPATH_RE.findall(text))
-                if modes:
-                    found[rec.host] = "+".join(sorted(modes))
+                found[rec.host] = "+".join(sorted(modes)) + " (log)" if modes else "user? (no key)"
     return found
+
+
+def veth_offload_off(lab: Lab) -> list[str]:
+    """`ethtool -K DEV tx off` on every veth of every lab namespace (never the host's): with
+    checksum offload the lab's TCP arrives as CHECKSUM_PARTIAL (and TSO/GSO super-packets)
+    at the relay's and client's programs, which pass such packets up to Python; a real NIC
+    delivers complete checksums. Tx checksumming off also turns TSO off. Applied to every
+    path alike. Returns the devices changed, as "ns/dev"."""
+    changed: list[str] = []
+    for host in lab.hosts():
+        ns = lab.ns(host)
+        out = system.run(["ip", "-n", ns, "-j", "link", "show", "type", "veth"])
+        for link in json.loads(out.stdout or "[]"):
+            dev = str(link["ifname"])
+            system.run(["ip", "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"])
+            changed.append(f"{ns}/{dev}")
+    return changed
 
 
 @contextlib.contextmanager
@@ -122,6 +160,8 @@ def path_lab(path: str, args: argparse.Namespace) -> Iterator[tuple[Lab, str]]:
     lab = Lab(args.prefix, ["port-restricted"], server_impl=None, relay_impl=None, client_impl=None)
     try:
         lab.up()
+        if args.offload == "off":
+            args.offload_devices = len(veth_offload_off(lab))
         if path == "plain":
             add_plain_ipv6(lab)
             ping = lab.ping("native", CLIENT_V6, count=2)
@@ -155,15 +195,19 @@ def _daemon_cpu(lab: Lab, path: str) -> list[list[int]]:
 def measured_run(
     lab: Lab, path: str, addr: str, args: argparse.Namespace, iperf_args: Sequence[str]
 ) -> tuple[str, dict[str, float]]:
-    """One iperf3 run native <-> client with the machine's CPU around it: (JSON, figures)."""
-    idle0 = machine_cpu()
+    """One iperf3 run native <-> client with the lab's CPU around it (bench/labcpu.py):
+    (JSON, figures). Nothing else runs as a child of this process during the sample."""
+    namespaces = [lab.ns(h) for h in lab.hosts()]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle0, base0 = machine_cpu(), labcpu.sample(namespaces)
     time.sleep(args.idle)
-    idle1 = machine_cpu()
-    idle_busy, _ = idle1.seconds_since(idle0)
+    idle1, base1 = machine_cpu(), labcpu.sample(namespaces)
+    idle_busy, idle_softirq = idle1.seconds_since(idle0)
     idle_rate = idle_busy / args.idle
+    ksoftirqd_rate = (base1.ksoftirqd - base0.ksoftirqd) / tick / args.idle
     pids = _daemon_cpu(lab, path)
     daemon0 = [cpu_seconds(p) for p in pids]
-    cpu0, t0 = machine_cpu(), time.monotonic()
+    cpu0, lab0, t0 = machine_cpu(), labcpu.sample(namespaces), time.monotonic()
     text = iperf3(
         lab,
         server_host="client1",
@@ -173,11 +217,14 @@ def measured_run(
         seconds=args.seconds,
     )
     wall = time.monotonic() - t0
+    lab_cpu = labcpu.between(lab0, labcpu.sample(namespaces))
     busy, softirq = machine_cpu().seconds_since(cpu0)
     figures = {
-        "busy": busy,
-        "net": max(0.0, busy - idle_rate * wall),
-        "softirq": softirq,
+        "net": lab_cpu.total(ksoftirqd_rate * wall),
+        "processes": lab_cpu.processes,
+        "ksoftirqd": max(0.0, lab_cpu.ksoftirqd - ksoftirqd_rate * wall),
+        "machine_net": max(0.0, busy - idle_rate * wall),
+        "softirq": max(0.0, softirq - idle_softirq / args.idle * wall),
         "wall": wall,
         "idle_pct": 100.0 * idle_rate,
     }
@@ -192,7 +239,7 @@ def measure(path: str, args: argparse.Namespace) -> dict[str, float | None]:
         for direction, rev in (("down", []), ("up", ["-R"])):
             text, cpu = measured_run(lab, path, addr, args, rev)
             results[f"tcp_{direction}_mbps"] = parse_iperf3_tcp(text).receiver_bps / 1e6
-            results[f"tcp_{direction}_machine_pct"] = 100.0 * cpu["net"] / cpu["wall"]
+            results[f"tcp_{direction}_lab_pct"] = 100.0 * cpu["net"] / cpu["wall"]
             udp_args = ["-u", "-l", str(PAYLOAD), "-b", "0", *rev]
             text, cpu = measured_run(lab, path, addr, args, udp_args)
             udp = parse_iperf3_udp(text, PAYLOAD)
@@ -203,10 +250,14 @@ def measure(path: str, args: argparse.Namespace) -> dict[str, float | None]:
             text, cpu = measured_run(lab, path, addr, args, fixed)
             udp = parse_iperf3_udp(text, PAYLOAD)
             got = udp.received
-            results[f"cpu_{direction}_us_per_pkt"] = 1e6 * cpu["net"] / got if got else None
-            results[f"cpu_{direction}_softirq_us_per_pkt"] = (
-                1e6 * cpu["softirq"] / got if got else None
-            )
+            for key, part in (
+                ("us_per_pkt", "net"),
+                ("processes_us_per_pkt", "processes"),
+                ("ksoftirqd_us_per_pkt", "ksoftirqd"),
+                ("machine_us_per_pkt", "machine_net"),
+                ("softirq_us_per_pkt", "softirq"),
+            ):
+                results[f"cpu_{direction}_{key}"] = 1e6 * cpu[part] / got if got else None
             results[f"cpu_{direction}_loss_pct"] = 100.0 * udp.loss
             results[f"cpu_{direction}_idle_pct"] = cpu["idle_pct"]
             for host in DAEMON_HOSTS:
@@ -220,22 +271,30 @@ def measure(path: str, args: argparse.Namespace) -> dict[str, float | None]:
 
 METRICS = (
     ("tcp_down_mbps", "TCP native->client Mbit/s"),
-    ("tcp_down_machine_pct", "  machine CPU % (net of idle)"),
+    ("tcp_down_lab_pct", "  lab CPU % of one core"),
     ("tcp_up_mbps", "TCP client->native Mbit/s"),
-    ("tcp_up_machine_pct", "  machine CPU % (net of idle)"),
+    ("tcp_up_lab_pct", "  lab CPU % of one core"),
     ("udp_down_pps", "UDP 64 B native->client pkt/s (-b 0)"),
     ("udp_down_loss_pct", "  loss %"),
     ("udp_up_pps", "UDP 64 B client->native pkt/s (-b 0)"),
     ("udp_up_loss_pct", "  loss %"),
-    ("cpu_down_us_per_pkt", "machine CPU us/pkt down (fixed rate)"),
-    ("cpu_down_softirq_us_per_pkt", "  of which softirq us/pkt"),
+    ("cpu_down_us_per_pkt", "lab CPU us/pkt down (fixed rate)"),
+    ("cpu_down_processes_us_per_pkt", "  lab processes us/pkt"),
+    ("cpu_down_ksoftirqd_us_per_pkt", "  ksoftirqd us/pkt (net of before)"),
+    ("cpu_down_machine_us_per_pkt", "  whole machine us/pkt (net of before)"),
+    ("cpu_down_softirq_us_per_pkt", "  machine softirq us/pkt (net of before)"),
     ("cpu_down_loss_pct", "  loss %"),
+    ("cpu_down_server_pct", "  server daemon CPU %"),
     ("cpu_down_relay_pct", "  relay daemon CPU %"),
     ("cpu_down_client1_pct", "  client daemon CPU %"),
     ("cpu_down_idle_pct", "  machine busy before, % (others)"),
-    ("cpu_up_us_per_pkt", "machine CPU us/pkt up (fixed rate)"),
-    ("cpu_up_softirq_us_per_pkt", "  of which softirq us/pkt"),
+    ("cpu_up_us_per_pkt", "lab CPU us/pkt up (fixed rate)"),
+    ("cpu_up_processes_us_per_pkt", "  lab processes us/pkt"),
+    ("cpu_up_ksoftirqd_us_per_pkt", "  ksoftirqd us/pkt (net of before)"),
+    ("cpu_up_machine_us_per_pkt", "  whole machine us/pkt (net of before)"),
+    ("cpu_up_softirq_us_per_pkt", "  machine softirq us/pkt (net of before)"),
     ("cpu_up_loss_pct", "  loss %"),
+    ("cpu_up_server_pct", "  server daemon CPU %"),
     ("cpu_up_relay_pct", "  relay daemon CPU %"),
     ("cpu_up_client1_pct", "  client daemon CPU %"),
     ("cpu_up_idle_pct", "  machine busy before, % (others)"),
@@ -278,6 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, default=1.0, help="idle sample before each run, s")
     parser.add_argument("--rounds", type=int, default=1, help="rounds, medians reported")
     parser.add_argument("--datapath", default="auto", choices=("auto", "kernel", "user"))
+    parser.add_argument(
+        "--offload",
+        default="off",
+        choices=("off", "keep"),
+        help="tx checksum/TSO offload of the lab's veths (default off: as a real NIC delivers)",
+    )
     parser.add_argument("--prefix", default=PREFIX, help=f"namespace prefix (default {PREFIX})")
     args = parser.parse_args(argv)
     paths = [p for p in args.paths.split(",") if p]
@@ -295,12 +360,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.path: {exc}", file=sys.stderr)
         return 2
     args.datapaths_seen = []
+    args.offload_devices = 0
     notes: list[str] = []
     results = run_rounds(paths, args.rounds, lambda p: measure(p, args), notes)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"\n== path: all-miredo, all-ours (--datapath {args.datapath}), plain IPv6")
-    print(f"   ours' data path as logged: {args.datapaths_seen}  (load {load_average()})")
+    print(f"   ours' data path (teredo status): {args.datapaths_seen}  (load {load_average()})")
+    print(f"   veth tx offload: {args.offload} ({args.offload_devices} devices in the last lab)")
+    print(f"   CPU/pkt method: {labcpu.METHOD}")
     headers = ["metric", "miredo", "teredo", "plain", "ours/miredo", "miredo/plain", "ours/plain"]
     print(format_table(headers, report_rows(results)))
     record = {
@@ -320,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
             for key in sorted(RATIO_KEYS)
         },
         "datapath": args.datapath,
-        "datapaths_logged": args.datapaths_seen,
+        "datapaths_seen": args.datapaths_seen,
+        "offload": args.offload,
+        "cpu_method": labcpu.METHOD,
         "seconds": args.seconds,
         "cpu_pps": args.cpu_pps,
         "rounds": args.rounds,

@@ -6,6 +6,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 
 apt_packages=(miredo miredo-server nftables iproute2 iputils-ping conntrack iperf3 tcpdump procps python3-venv)
+# ethtool: bench.path turns the lab veths' tx offload off, inside the lab's namespaces only.
+apt_packages+=(ethtool)
 # systemd: systemd-analyze checks the units of systemd/; systemd-container: systemd-nspawn runs
 # them under a real systemd in a throw-away container (tests/system/test_systemd.py).
 apt_packages+=(systemd systemd-container)

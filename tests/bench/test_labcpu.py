@@ -1,0 +1,51 @@
+"""The lab CPU accounting of bench.path (bench/labcpu.py): /proc/PID/stat parsing, the delta
+between two samples, and a sample of this machine. Nothing here needs root or a lab."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from bench import labcpu
+
+
+def _stat(comm: str, utime: int, stime: int, start: int) -> str:
+    # Fields 3..22 after "(comm) ": state, then 4..13 as zeros, utime, stime, 16..21, starttime.
+    fields = ["S"] + ["0"] * 10 + [str(utime), str(stime)] + ["0"] * 6 + [str(start)]
+    return f"1234 ({comm}) " + " ".join(fields) + " 0 0\n"
+
+
+def test_parse_stat_reads_cpu_start_and_a_hostile_command_name() -> None:
+    assert labcpu.parse_stat(_stat("iperf3", 7, 5, 99)) == (12, 99, "iperf3")
+    assert labcpu.parse_stat(_stat("a) (b", 1, 2, 3)) == (3, 3, "a) (b")
+
+
+def test_between_counts_processes_children_and_ksoftirqd() -> None:
+    tick = os.sysconf("SC_CLK_TCK")
+    before = labcpu.CpuSample(lab={(10, 1): 100, (11, 1): 50}, ksoftirqd=1000, children=2.0)
+    # Process 10 used 20 ticks, 11 ended (not ours), 12 started and used 30, a reaped child 0.5 s.
+    after = labcpu.CpuSample(lab={(10, 1): 120, (12, 5): 30}, ksoftirqd=1000 + tick, children=2.5)
+    got = labcpu.between(before, after)
+    assert abs(got.processes - (50 / tick + 0.5)) < 1e-9
+    assert abs(got.ksoftirqd - 1.0) < 1e-9
+    # The others' ksoftirqd share is taken off, never more than ksoftirqd used.
+    assert abs(got.total(0.25) - (got.processes + 0.75)) < 1e-9
+    assert got.total(5.0) == got.processes
+
+
+def test_a_pid_reused_by_another_process_is_a_new_process() -> None:
+    before = labcpu.CpuSample(lab={(10, 1): 500}, ksoftirqd=0, children=0.0)
+    after = labcpu.CpuSample(lab={(10, 9): 3}, ksoftirqd=0, children=0.0)
+    assert labcpu.between(before, after).processes == 3 / os.sysconf("SC_CLK_TCK")
+
+
+def test_sample_sees_ksoftirqd_and_reaped_children() -> None:
+    before = labcpu.sample([])  # no namespace: no lab processes
+    assert before.lab == {}
+    code = "import time\nt = time.process_time() + 0.2\nwhile time.process_time() < t: pass"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    after = labcpu.sample(["no-such-namespace-kb"])
+    assert after.lab == {}
+    assert after.children - before.children >= 0.15
+    assert after.ksoftirqd >= before.ksoftirqd
