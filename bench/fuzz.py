@@ -251,7 +251,7 @@ def _ipv6_seeds() -> list[bytes]:
 
 def _ra_input(data: bytes) -> None:
     """The bytes as the options of an RA, in a Teredo packet the client's checks see
-    (core/client.py check_ra: RFC 4380 section 5.2.1), with the right nonce and checksum."""
+    (core/qualify.py check_ra: RFC 4380 section 5.2.1), with the right nonce and checksum."""
     from teredo.core.addr import LINK_LOCAL_RESTRICTED, TEREDO_PREFIX, server_link_local
     from teredo.core.client import check_ra
     from teredo.core.counters import DropReason
@@ -482,6 +482,8 @@ def _run_atheris(target: str, runs: int, seed: int, out: Path, extra: list[str])
     with atheris.instrument_imports(include=["teredo"]):
         import teredo.core.addr
         import teredo.core.client
+        import teredo.core.procedure
+        import teredo.core.qualify
         import teredo.core.config
         import teredo.core.ipv6
         import teredo.core.peers

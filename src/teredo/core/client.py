@@ -1,4 +1,4 @@
-"""The Teredo client (RFC 4380 section 5.2, RFC 5991, RFC 6081 section 5.1.1), sans I/O.
+"""The Teredo client (RFC 4380 section 5.2, RFC 5991, RFC 6081), sans I/O: the data-path facade.
 
 One `ClientMachine` per Teredo interface. The driver feeds it datagrams from the service port
 (`receive_udp`), from the discovery group (`receive_discovery`), packets from the TUN
@@ -6,101 +6,85 @@ One `ClientMachine` per Teredo interface. The driver feeds it datagrams from the
 `ClientTransmit`, control happenings come out of `next_event()`. Time (`now`) and randomness
 (`random_bytes`) are parameters; docs/client.md describes the behaviour and its choices.
 
-Life cycle (section 5.2.1, 5.2.5):
-
-    OFFLINE --start--> QUALIFYING: RS to the primary (T = 4 s, N = 3)
-        valid RA, mapping M1 == local address -> QUALIFIED (NatType.NONE)
-        valid RA otherwise: RS to the secondary address (T = 4 s, N = 3)
-            RA with M2 == M1 -> QUALIFIED (RESTRICTED)
-            RA with M2 != M1 -> SymmetricNat event, then QUALIFIED with M1 (SYMMETRIC, RFC 6081
-                                Symmetric NAT Support); with refuse_symmetric (RFC 4380
-                                strict) OFFLINE instead, retry after the back-off
-            no answer        -> QUALIFIED with the primary mapping (NatType.UNKNOWN)
-        no RA after 3 RS -> Offline + ResolveServer events, retry after the back-off
-    QUALIFIED: refresh RS when the server was silent for the randomized interval
-        changed mapping -> AddressChanged (peers forgotten); 3 RS unanswered -> Offline +
-        ResolveServer, OFFLINE, retry after the back-off (4 s doubling up to 100 s)
+This module holds reception (section 5.2.3), transmission (section 5.2.4), local discovery
+(section 5.2.8) and the RFC 6081 peer rules; the machine's other parts are qualification and
+maintenance (core/qualify.py: the life cycle, the state as a function of the phase) and the
+bubble and ping procedures (core/procedure.py, shared with the relay).
 """
 
 from __future__ import annotations
 
-import enum
-import heapq
 import hmac
 import ipaddress
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from socket import inet_aton, inet_ntoa
-from typing import Protocol
+from socket import inet_aton
 
 from teredo.core.addr import (
     ALL_NODES,
-    LINK_LOCAL_RESTRICTED,
     TEREDO_PORT,
-    TEREDO_PREFIX,
     Address,
     embedded_mapping,
     embedded_server,
     int_to_ipv4,
     is_global_ipv4,
-    make_flags,
-    pack_address,
 )
 from teredo.core.counters import DropCounters, DropReason
 from teredo.core.hairpin import HairpinRecords, alternates
 from teredo.core.ipv6 import (
     ICMPV6_ECHO_REPLY,
     IPV6_HEADER_LEN,
-    IPV6_MIN_MTU,
     ND_ROUTER_ADVERT,
     NH_ICMPV6,
     NH_NONE,
-    UNREACH_ADDRESS,
     build_bubble,
-    build_echo,
-    build_rs,
-    build_unreachable,
     parse_echo,
-    parse_ra,
 )
-from teredo.core.natbehaviour import NatBehaviour, classify
 from teredo.core.peers import PeerTable
+from teredo.core.procedure import ClientProcedures, ProcedureKind, bad_source
+from teredo.core.qualify import (
+    AddressChanged,
+    ClientEvent,
+    ClientParams,
+    ClientState,
+    ClientTransmit,
+    MtuChanged,
+    NatType,
+    Offline,
+    Qualification,
+    Qualified,
+    RaInfo,
+    ResolveServer,
+    SymmetricNat,
+    check_ra,
+    default_secondary,
+    sockaddr,
+)
 from teredo.core.ratelimit import BucketTable, TokenBucket
 from teredo.core.symmetric import PortAdoption
-from teredo.core.wire import AlternateAddressTrailer, TeredoPacket, build_auth, parse_payload
+from teredo.core.wire import AlternateAddressTrailer, TeredoPacket, parse_payload
 
-# Section 5.2.1: RS timer T and repetitions N (the RFC 2461 values).
-RS_TIMEOUT = 4.0
-RS_TRIES = 3
-# Section 5.2.5 / RFC 6081 5.1.1: the randomized interval, 75-100 % of the refresh interval.
-REFRESH_LOW = 0.75
-# Back-off between qualification attempts: Miredo waits a fixed 100 s; we double from 4 s.
-RESTART_FIRST = 4.0
-RESTART_MAX = 100.0
-# Sections 5.2.4 and 5.2.9: bubbles are repeated 2 s apart, up to 3 repeats.
-PROBE_INTERVAL = 2.0
-PROBE_SENDS = 4
-# The ping test (section 5.2.9, 4 pings as Miredo) backs off: the waits after each ping, the
-# last one before giving up (pings at 0, 3, 7, 15 s, failure declared at 23 s). Why not 2 s:
-# - a relay bubbles an unknown client only when an echo reply reaches it, and Miredo's
-#   relays refuse a new bubble within 2 s of the last, counted in whole seconds
-#   (`now - last_tx <= 2`): a ping 2 s after the previous one gives the relay no new chance,
-#   so under loss our 4 tries were 2 chances (issue 12, 30 % loss: 1 first TCP connection in
-#   3 never got through);
-# - these are the times at which Miredo's client, whose pings are driven by the packets it
-#   must send, pings under a TCP SYN's retransmissions (1, 3, 7, 15 s; RFC 6298);
-# - the error sent when the test fails aborts a TCP connect at once (an ICMPv6 error in
-#   SYN-SENT), so a test given up early kills a connection TCP's own retries would have made.
-PING_WAITS = (3.0, 4.0, 8.0, 8.0)
+__all__ = [
+    "AddressChanged",
+    "ClientEvent",
+    "ClientMachine",
+    "ClientParams",
+    "ClientState",
+    "ClientTransmit",
+    "MtuChanged",
+    "NatType",
+    "Offline",
+    "Qualified",
+    "RaInfo",
+    "ResolveServer",
+    "SymmetricNat",
+    "check_ra",
+    "default_secondary",
+]
+
 # Section 5.2.8: discovery bubbles every uniform(200, 300) s.
 DISCOVERY_MIN = 200.0
 DISCOVERY_MAX = 300.0
-# Miredo's ping test: hop limit 128 (1.0.5 NEWS: some hosts were unreachable with less).
-PING_HOP_LIMIT = 128
-PING_NONCE_LEN = 16  # section 5.2.9: at least 64 bits; 128 keeps the echo at 24 bytes
-# Errors to local applications: 10 per second (Miredo).
-UNREACH_RATE = 10.0
 # Ping tests started by unsolicited packets (case 6): CVE-2006-6266 asks for a global limit.
 UNSOLICITED_PING_RATE = 10.0
 UNSOLICITED_PING_BURST = 20.0
@@ -127,123 +111,6 @@ _SLOW_SOURCE_BYTE = frozenset((0x00, 0xFE, 0xFF))
 _SERVER_PORT = TEREDO_PORT
 
 
-# --- public types ------------------------------------------------------------------------------
-
-
-class NatType(enum.StrEnum):
-    UNKNOWN = "unknown"  # not qualified yet, or the secondary address never answered
-    NONE = "none"  # mapping == our local address (ClientParams.local_address)
-    CONE = "cone"  # not used for sending (RFC 5991: C=0), kept for reports
-    RESTRICTED = "restricted"  # same mapping seen by both server addresses
-    SYMMETRIC = "symmetric"  # the secondary address saw another mapping
-
-
-class ClientState(enum.StrEnum):
-    OFFLINE = "offline"
-    QUALIFYING = "qualifying"
-    QUALIFIED = "qualified"
-
-
-@dataclass(frozen=True, slots=True)
-class ClientParams:
-    server: int  # primary server IPv4 (int)
-    server2: int | None = None  # secondary; None = server + 1
-    prefix: bytes = TEREDO_PREFIX
-    refresh_interval: float = 30.0  # RFC 4380 5.2.5 / RFC 6081: default 30 s
-    local_address: tuple[int, int] | None = None  # socket's local IPv4/port when known
-    peer_capacity: int = 65536
-    local_discovery: bool = True
-    # RFC 4380 section 5.2.1 strictly: no address behind a symmetric NAT. Off by default: the
-    # primary server's mapping serves relays and cone peers (RFC 6081, Symmetric NAT Support).
-    refuse_symmetric: bool = False
-
-
-class ClientTransmit(Protocol):
-    def send_udp(self, payload: bytes, destination: Address) -> None: ...
-
-    def send_discovery(self, payload: bytes) -> None:
-        """To 224.0.0.253:3544 with IPv4 TTL 1 (section 5.2.8)."""
-
-    def write_tun(self, packet: bytes) -> None:
-        """To the local IPv6 stack."""
-
-
-@dataclass(frozen=True, slots=True)
-class Qualified:
-    address: bytes
-    link_local: bytes
-    mtu: int
-    nat: NatType
-    mapping: Address
-
-
-@dataclass(frozen=True, slots=True)
-class AddressChanged:
-    old: bytes
-    new: bytes
-    link_local: bytes
-    mtu: int
-    nat: NatType
-    mapping: Address
-
-
-@dataclass(frozen=True, slots=True)
-class MtuChanged:
-    mtu: int
-
-
-@dataclass(frozen=True, slots=True)
-class Offline:
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class SymmetricNat:
-    primary_mapping: Address
-    secondary_mapping: Address
-    qualified: bool = True  # False: refused (ClientParams.refuse_symmetric)
-    behaviour: str = "symmetric"  # NatBehaviour.describe()
-
-
-@dataclass(frozen=True, slots=True)
-class ResolveServer:
-    pass
-
-
-ClientEvent = Qualified | AddressChanged | MtuChanged | Offline | SymmetricNat | ResolveServer
-
-
-class _Phase(enum.Enum):
-    """What the control timer is for."""
-
-    IDLE = 0  # not started
-    WAIT = 1  # OFFLINE, next qualification attempt at `_deadline`
-    PRIMARY = 2  # RS to the primary address pending
-    SECONDARY = 3  # RS to the secondary address pending
-    MAINTAIN = 4  # QUALIFIED, next refresh check at `_deadline`
-    REFRESH = 5  # QUALIFIED, refresh RS pending
-
-
-class ProcedureKind(enum.Enum):
-    """How a peer is reached before it is trusted (section 5.2.4 cases 2-5)."""
-
-    BUBBLE = 0  # Teredo peer: direct + indirect bubble (case 5)
-    LOCAL = 1  # local peer: unicast bubble to its local address + discovery bubble (case 3)
-    PING = 2  # native peer: Echo Request through our server (case 2, section 5.2.9)
-
-
-class _Procedure:
-    """A bubble or ping procedure in progress for one peer (sections 5.2.4, 5.2.9); not to be
-    confused with core/probe.py's ProbeMachine, the `teredo probe` qualification check."""
-
-    __slots__ = ("deadline", "kind", "sends")
-
-    def __init__(self, kind: ProcedureKind, deadline: float) -> None:
-        self.kind = kind
-        self.sends = 0
-        self.deadline = deadline
-
-
 _BUBBLE = ProcedureKind.BUBBLE
 _LOCAL = ProcedureKind.LOCAL
 _PING = ProcedureKind.PING
@@ -257,13 +124,6 @@ def _is_link_local(addr16: bytes) -> bool:
     return addr16[0] == 0xFE and addr16[1] & 0xC0 == 0x80
 
 
-def _bad_source(addr16: bytes) -> bool:
-    """Multicast, unspecified or loopback: never a packet's source (RFC 4291 2.5.2, 2.7)."""
-    if addr16[0] == 0xFF:
-        return True
-    return addr16[0] == 0 and addr16[:15] == bytes(15) and addr16[15] in (0, 1)
-
-
 def _ipv4(host: str) -> int | None:
     try:
         return int.from_bytes(inet_aton(host), "big")
@@ -271,72 +131,9 @@ def _ipv4(host: str) -> int | None:
         return None
 
 
-def default_secondary(server: int) -> int:
-    """The secondary server address when none is configured: primary + 1 (TEREDO-SPEC 3.1;
-    Windows and Miredo assume it, RFC 4380 section 5.2.1 needs a second address)."""
-    return (server + 1) & 0xFFFFFFFF
-
-
-@dataclass(frozen=True, slots=True)
-class RaInfo:
-    """What a valid RA teaches a client (RFC 4380 section 5.2.1)."""
-
-    mapping: tuple[int, int]  # (IPv4, port) from the Origin Indication
-    mtu: int  # the MTU option, else 1280
-    prefix: bytes  # the 16-byte PIO prefix (Teredo prefix + primary server IPv4 + zeros)
-    source: bytes  # the RA's IPv6 source (the server's link-local address, section 5.3.2)
-
-
-def check_ra(
-    pkt: TeredoPacket,
-    source_ipv4: int,
-    *,
-    expected_source: int,
-    nonce: bytes,
-    prefix: bytes,
-    server: int,
-    destination: bytes = LINK_LOCAL_RESTRICTED,
-    router: bytes | None = None,
-) -> RaInfo | DropReason:
-    """Section 5.2.1 RA checks (TEREDO-SPEC 2.3), shared by the client and `teredo probe`.
-
-    `expected_source` is the server address the RS went to (or, for a cone RS, the other one:
-    section 5.3.2), `nonce` the RS's (section 5.2.2), `destination` the RS's IPv6 source,
-    `server` the primary server IPv4 named by the advertised prefix; `router`, when given, is
-    the IPv6 source the RA must come from (the server's link-local address, section 5.3.2).
-    """
-    if source_ipv4 != expected_source:
-        return DropReason.RA_NOT_FROM_SERVER
-    got = pkt.nonce
-    if got is None:
-        return DropReason.RA_WITHOUT_AUTH
-    if not hmac.compare_digest(got, nonce):
-        return DropReason.RA_BAD_NONCE
-    if pkt.confirmation != 0:
-        return DropReason.RA_BAD_CONFIRMATION
-    origin = pkt.origin
-    if origin is None:
-        return DropReason.RA_WITHOUT_ORIGIN
-    ra = parse_ra(pkt.ipv6)
-    if isinstance(ra, DropReason):
-        return ra
-    if ra.dst != destination:
-        return DropReason.RA_WRONG_DESTINATION
-    if router is not None and ra.src != router:
-        return DropReason.RA_WRONG_SOURCE
-    # The advertised /64 is the Teredo prefix + the *primary* server IPv4 (5.3.2), also
-    # when the answer comes from the secondary address.
-    if ra.prefix[:4] != prefix or ra.prefix[4:8] != server.to_bytes(4, "big"):
-        return DropReason.RA_WRONG_PREFIX
-    # Section 4: a global Teredo address embeds a global IPv4 mapping.
-    if not is_global_ipv4(origin[0]):
-        return DropReason.NOT_GLOBAL_IPV4
-    mtu = ra.mtu if ra.mtu is not None else IPV6_MIN_MTU
-    return RaInfo(origin, mtu, ra.prefix, ra.src)
-
-
-class ClientMachine:
-    """Qualification, maintenance, peers, sending cases and reception checks of a client."""
+class ClientMachine(Qualification, ClientProcedures):
+    """A client: the data path (reception, transmission, discovery, peers) over its
+    qualification (core/qualify.py) and its bubble and ping procedures (core/procedure.py)."""
 
     def __init__(
         self,
@@ -351,47 +148,20 @@ class ClientMachine:
         self.params = params
         self.out = out
         self._random = random_bytes
-        self._prefix = params.prefix
         self.drops = DropCounters()
-        self.state = ClientState.OFFLINE
-        self.address: bytes | None = None
-        self.nat_type = NatType.UNKNOWN
-        self.nat_behaviour: NatBehaviour | None = None  # of the last qualification
-        self.mtu = IPV6_MIN_MTU
-        self._set_servers(params.server, params.server2)
-        self._local = params.local_address
-        self._phase = _Phase.IDLE
-        self._deadline: float | None = None  # control timer (RS, refresh, restart)
-        self._tries = 0
-        self._nonce = b""
-        self._backoff = RESTART_FIRST
-        self._mapping: tuple[int, int] | None = None  # (IPv4, port) of the address in use
-        self._mapping1: tuple[int, int] | None = None  # primary answer during qualification
-        self._mtu1 = IPV6_MIN_MTU
-        self._flag_mapping: tuple[int, int, int] | None = None  # (server, ip, port) of flags
-        self._flags = 0
-        self._last_contact = float("-inf")
-        self._interval = params.refresh_interval
-        self._refresh_contact = float("-inf")  # contact time when the refresh RS went out
+        self._init_qualification(params)
         self._discovery_at: float | None = None
         self._events: deque[ClientEvent] = deque()
         self._peers = PeerTable(params.peer_capacity)
         # RFC 6081 Symmetric NAT Support, receiving side: our recent bubbles, per peer.
         self._adoption = PortAdoption()
         self._hairpin = HairpinRecords()  # RFC 6081 Hairpinning: our offers and tries
-        self._probes: dict[bytes, _Procedure] = {}
-        self._probe_heap: list[tuple[float, int, bytes]] = []
-        self._probe_seq = 0
-        self._max_probes = min(params.peer_capacity, 4096)
-        self._unreach = TokenBucket(UNREACH_RATE, UNREACH_RATE)
         self._unsolicited = TokenBucket(UNSOLICITED_PING_RATE, UNSOLICITED_PING_BURST)
         self._origin_bubbles = BucketTable(ORIGIN_BUBBLE_RATE, ORIGIN_BUBBLE_BURST, 1024)
         self._origin_bubbles_ipv4 = BucketTable(
             ORIGIN_BUBBLE_IPV4_RATE, ORIGIN_BUBBLE_IPV4_BURST, 1024
         )
-        self._ping_id = int.from_bytes(random_bytes(2), "big")
-        self._ping_seq = 0
-        self._rs_packet = build_rs(LINK_LOCAL_RESTRICTED)
+        self._init_procedures(params)
         # Data-path caches (bounded): source host string -> IPv4 int, mapping -> sockaddr.
         self._ipv4_cache: dict[str, int] = {}
         self._dest_cache: dict[tuple[int, int], Address] = {}
@@ -400,99 +170,6 @@ class ClientMachine:
         # to look at events and deadlines only after a batch in which this count moved.
         self.slow_inputs = 0
         self.suspends = 0
-
-    # --- configuration --------------------------------------------------------------------------
-
-    def _set_servers(self, server: int, server2: int | None) -> None:
-        if not 0 <= server <= 0xFFFFFFFF:
-            raise ValueError("the server address is an IPv4 address")
-        if server2 is None:
-            server2 = default_secondary(server)
-        # Miredo refuses a server that is not global: its clients' addresses would embed it.
-        for ipv4 in (server, server2):
-            if not is_global_ipv4(ipv4):
-                raise ValueError(f"server address {int_to_ipv4(ipv4)} is not global unicast")
-        self._server = server
-        self._server2 = server2
-        self._server_addr: Address = (int_to_ipv4(server), _SERVER_PORT)
-        self._server2_addr: Address = (int_to_ipv4(server2), _SERVER_PORT)
-
-    def set_server(self, server: int, server2: int | None, now: float) -> None:
-        """New server addresses (the daemon re-resolved the name after `ResolveServer`).
-
-        Same addresses: nothing changes (a pending retry keeps its date). Other addresses while
-        qualified or qualifying: the address embeds the server, so qualification starts again
-        at once; while waiting to retry, the next attempt uses them.
-        """
-        old = (self._server, self._server2)
-        self._set_servers(server, server2)
-        if (self._server, self._server2) == old:
-            return
-        if self.state is ClientState.QUALIFIED:
-            self._go_offline("the server address changed", now, retry_at=now, resolve=False)
-        elif self.state is ClientState.QUALIFYING:
-            self._begin_qualification(now)
-
-    def set_refresh_interval(self, interval: float, now: float) -> None:
-        """A new refresh interval (SIGHUP), applied without a new qualification.
-
-        The address stays (the random flags belong to the mapping, not to the interval); while
-        maintaining, the next refresh is drawn again in the new range from the last contact
-        (RFC 4380 section 5.2.5, RFC 6081 section 5.1.1), so a shorter interval acts at once.
-        """
-        if interval <= 0:
-            raise ValueError("the refresh interval must be > 0")
-        if interval == self.params.refresh_interval:
-            return
-        self.params = replace(self.params, refresh_interval=interval)
-        if self._phase is _Phase.MAINTAIN:
-            self._schedule_refresh(self._last_contact)
-            if self._deadline is not None and self._deadline < now:
-                self._deadline = now
-
-    def requalify(self, reason: str, now: float, local_address: tuple[int, int] | None) -> None:
-        """Qualify again at once: the network changed (a new default route or local IPv4) or
-        the interface was created again (issue 13, issue 14).
-
-        The mapping may have changed, so the address is retired first (`Offline(reason)` when
-        there was one) and an RS goes out now, with the back-off reset: waiting for the next
-        refresh would leave a dead address in place for up to 30 s (Windows re-qualifies at
-        once too). `local_address` is the socket's new local IPv4/port (NatType.NONE test).
-        The random flag bits belong to (server, mapping): the same mapping gives the same address.
-        """
-        self._local = local_address
-        self._backoff = RESTART_FIRST
-        if self.state is ClientState.QUALIFIED:
-            self._retire_address()
-            self.state = ClientState.OFFLINE
-            self.nat_type = NatType.UNKNOWN
-            self._emit(Offline(reason))
-        self._begin_qualification(now)
-
-    def refresh_now(self, now: float) -> None:
-        """Check the mapping at once, keeping the address meanwhile (a new default route: the
-        way out, so the NAT, may have changed, or not: a DHCP renewal re-adds the same route).
-
-        Qualified: a refresh RS now (section 5.2.5); the same mapping changes nothing, another
-        one gives AddressChanged, no answer the usual loss of contact. Otherwise: qualify now.
-        """
-        if self.state is ClientState.QUALIFIED:
-            if self._phase is not _Phase.REFRESH:
-                self._send_refresh(now)
-            return
-        self._backoff = RESTART_FIRST
-        self._begin_qualification(now)
-
-    def network_down(self, reason: str, now: float) -> None:
-        """No route to the server any more (the uplink is gone): offline at once, cleanly.
-
-        The address is retired (`Offline(reason)`) instead of waiting for three refresh RS to
-        go unanswered; the daemon calls `requalify` when a route comes back. Until then one
-        attempt per RESTART_MAX, in case the news of the return is missed.
-        """
-        self._backoff = RESTART_FIRST
-        self._clear_probes(DropReason.NOT_QUALIFIED)
-        self._go_offline(reason, now, retry_at=now + RESTART_MAX, resolve=False)
 
     # --- events and timers ----------------------------------------------------------------------
 
@@ -535,9 +212,7 @@ class ClientMachine:
         if self.state is ClientState.QUALIFIED:
             # Peer NAT bindings are gone after a long sleep: start the peer list afresh, and
             # check the mapping at once (section 5.2.5) instead of trusting an old contact.
-            self._peers.clear()
-            self._adoption.clear()
-            self._hairpin.clear()
+            self._forget_peers()
             self._send_refresh(now)
         else:
             self._begin_qualification(now)
@@ -558,218 +233,19 @@ class ClientMachine:
             if e is not None and now >= e:
                 self._peers.expire(now)  # probes of expired rows end at their next timer
 
-    def _control_timer(self, now: float) -> None:
-        phase = self._phase
-        if phase is _Phase.WAIT:
-            self._begin_qualification(now)
-        elif phase in (_Phase.PRIMARY, _Phase.SECONDARY, _Phase.REFRESH):
-            if self._tries < RS_TRIES:
-                self._send_rs(now)
-            elif phase is _Phase.PRIMARY:
-                self._go_offline(
-                    f"no answer from the server {self._server_addr[0]} after {RS_TRIES} RS",
-                    now,
-                )
-            elif phase is _Phase.SECONDARY:
-                # No answer from the secondary address (RFC 4380 has no rule; Miredo never
-                # asks it): qualify with the primary mapping, NAT type unknown.
-                if self._mapping1 is not None:
-                    self.nat_behaviour = classify(self._mapping1, None, self._local)
-                    self._qualify(self._mapping1, self._mtu1, NatType.UNKNOWN, now)
-            elif self._last_contact > self._refresh_contact:
-                # No RA, but the server did send us something: the path is alive. Check again
-                # after a new interval rather than tearing the address down.
-                self._schedule_refresh(self._last_contact)
-            else:
-                self._go_offline(
-                    f"contact with the server {self._server_addr[0]} lost "
-                    f"({RS_TRIES} refresh RS unanswered)",
-                    now,
-                )
-        elif phase is _Phase.MAINTAIN:
-            # Section 5.2.5: an RS only when nothing came from the server in the interval.
-            if now >= self._last_contact + self._interval:
-                self._send_refresh(now)
-            else:
-                self._deadline = self._last_contact + self._interval
-
-    # --- qualification (section 5.2.1) ----------------------------------------------------------
-
-    def _uniform(self, low: float, high: float) -> float:
-        return low + (high - low) * int.from_bytes(self._random(4), "big") / 4294967296.0
-
-    def _begin_qualification(self, now: float) -> None:
-        if self.state is ClientState.QUALIFIED:
-            self._retire_address()
-            self._emit(Offline("qualification restarted"))
-        self.state = ClientState.QUALIFYING
-        self._phase = _Phase.PRIMARY
-        self._mapping1 = None
-        self._tries = 0
-        self._nonce = self._random(8)  # section 5.2.2: unpredictable, one per attempt
-        self._send_rs(now)
-
-    def _send_rs(self, now: float) -> None:
-        # Section 5.2.1: RS from fe80::ffff:ffff:ffff (C=0, RFC 5991) to ff02::2, with an
-        # Authentication header carrying the nonce; repeated after T = 4 s, N = 3 times.
-        dest = self._server2_addr if self._phase is _Phase.SECONDARY else self._server_addr
-        self.out.send_udp(build_auth(self._nonce) + self._rs_packet, dest)
-        self._tries += 1
-        self._deadline = now + RS_TIMEOUT
-
-    def _send_refresh(self, now: float) -> None:
-        self._phase = _Phase.REFRESH
-        self._tries = 0
-        self._nonce = self._random(8)
-        self._refresh_contact = self._last_contact
-        self._send_rs(now)
-
-    def _schedule_refresh(self, contact: float) -> None:
-        # RFC 6081 5.1.1 / RFC 4380 5.2: a new randomized interval, 75-100 % of the interval.
-        base = self.params.refresh_interval
-        self._interval = self._uniform(REFRESH_LOW * base, base)
-        self._phase = _Phase.MAINTAIN
-        self._deadline = contact + self._interval
-
-    def _restart_delay(self) -> float:
-        delay = self._backoff
-        self._backoff = min(self._backoff * 2, RESTART_MAX)
-        return delay
-
-    def _go_offline(
-        self, reason: str, now: float, *, retry_at: float | None = None, resolve: bool = True
-    ) -> None:
-        was_qualified = self.state is ClientState.QUALIFIED
-        if was_qualified:
-            self._retire_address()
-        self.state = ClientState.OFFLINE
-        self.nat_type = NatType.UNKNOWN
-        self._phase = _Phase.WAIT
-        self._deadline = now + self._restart_delay() if retry_at is None else retry_at
-        self._emit(Offline(reason))
-        if resolve:
-            self._emit(ResolveServer())
-
     def _retire_address(self) -> None:
         """The address is no longer ours: forget peers, probes and the discovery timer."""
         self.address = None
         self._mapping = None
         self._discovery_at = None
         self._clear_probes(DropReason.NOT_QUALIFIED)
+        self._forget_peers()
+
+    def _forget_peers(self) -> None:
+        """Peers, symmetric-port and hairpin records: all of them knew our old address."""
         self._peers.clear()
         self._adoption.clear()
         self._hairpin.clear()
-
-    def _receive_ra(self, pkt: TeredoPacket, source_ipv4: int, now: float) -> DropReason | None:
-        """Section 5.2.1 RA checks (TEREDO-SPEC 2.3), in qualification and maintenance."""
-        phase = self._phase
-        if phase not in (_Phase.PRIMARY, _Phase.SECONDARY, _Phase.REFRESH):
-            return DropReason.RA_UNEXPECTED
-        expected = self._server2 if phase is _Phase.SECONDARY else self._server
-        checked = check_ra(
-            pkt,
-            source_ipv4,
-            expected_source=expected,
-            nonce=self._nonce,
-            prefix=self._prefix,
-            server=self._server,
-        )
-        if isinstance(checked, DropReason):
-            return checked
-        origin = checked.mapping
-        mtu = checked.mtu
-        self._last_contact = now
-        if phase is _Phase.PRIMARY:
-            if self._local is not None and origin == self._local:
-                self.nat_behaviour = classify(origin, origin, self._local)
-                self._qualify(origin, mtu, NatType.NONE, now)
-                return None
-            # Section 5.2.1: ask the secondary address whether the NAT keeps the mapping.
-            self._mapping1 = origin
-            self._mtu1 = mtu
-            self._phase = _Phase.SECONDARY
-            self._tries = 0
-            self._nonce = self._random(8)
-            self._send_rs(now)
-        elif phase is _Phase.SECONDARY:
-            first = self._mapping1
-            if first is None:
-                first = origin
-            behaviour = self.nat_behaviour = classify(first, origin, self._local)
-            if origin == first:
-                self._qualify(first, self._mtu1, NatType.RESTRICTED, now)
-            elif self.params.refuse_symmetric:
-                # RFC 4380 section 5.2.1: no address behind a symmetric NAT; report, stay
-                # offline and try again after the back-off (the NAT may change).
-                self.nat_type = NatType.SYMMETRIC
-                self.state = ClientState.OFFLINE
-                self._phase = _Phase.WAIT
-                self._deadline = now + self._restart_delay()
-                self._emit(
-                    SymmetricNat(_sockaddr(first), _sockaddr(origin), False, behaviour.describe())
-                )
-            else:
-                # RFC 6081 Symmetric NAT Support: keep the primary server's mapping. The server
-                # and relays answer at the mapping our packets came from (the relay re-maps a
-                # port-symmetric peer, as Miredo's does), so native IPv6 works both ways.
-                self._emit(
-                    SymmetricNat(_sockaddr(first), _sockaddr(origin), True, behaviour.describe())
-                )
-                self._qualify(first, self._mtu1, NatType.SYMMETRIC, now)
-        else:
-            self._maintenance_ra(origin, mtu, now)
-        return None
-
-    def _qualify(self, mapping: tuple[int, int], mtu: int, nat: NatType, now: float) -> None:
-        old = self.address
-        address = self._make_address(mapping)
-        self.address = address
-        self._mapping = mapping
-        self.mtu = mtu
-        self.nat_type = nat
-        self.state = ClientState.QUALIFIED
-        self._backoff = RESTART_FIRST
-        self._last_contact = now
-        self._schedule_refresh(now)
-        if old is not None and old != address:
-            self._emit(
-                AddressChanged(old, address, LINK_LOCAL_RESTRICTED, mtu, nat, _sockaddr(mapping))
-            )
-        else:
-            self._emit(Qualified(address, LINK_LOCAL_RESTRICTED, mtu, nat, _sockaddr(mapping)))
-        if self.params.local_discovery:
-            self._send_discovery_bubble(now)
-
-    def _make_address(self, mapping: tuple[int, int]) -> bytes:
-        # RFC 5991: 12 random flag bits, drawn once per mapping (and server) and kept while
-        # it stays the same, so a refresh or a restart keeps the address.
-        key = (self._server, mapping[0], mapping[1])
-        if self._flag_mapping != key:
-            self._flags = make_flags(int.from_bytes(self._random(2), "big") & 0xFFF)
-            self._flag_mapping = key
-        return pack_address(self._prefix, self._server, self._flags, mapping[1], mapping[0])
-
-    def _maintenance_ra(self, mapping: tuple[int, int], mtu: int, now: float) -> None:
-        """Section 5.2.5: a valid refresh RA; a new mapping replaces the address."""
-        self._schedule_refresh(now)
-        old = self.address
-        if old is not None and mapping != self._mapping:
-            self._clear_probes(DropReason.NOT_QUALIFIED)
-            self._peers.clear()  # peers knew the old address (Miredo empties its list too)
-            self._adoption.clear()
-            self._hairpin.clear()
-            address = self._make_address(mapping)
-            self.address = address
-            self._mapping = mapping
-            self.mtu = mtu
-            self._emit(
-                AddressChanged(
-                    old, address, LINK_LOCAL_RESTRICTED, mtu, self.nat_type, _sockaddr(mapping)
-                )
-            )
-        elif mtu != self.mtu:
-            self.mtu = mtu
-            self._emit(MtuChanged(mtu))
 
     # --- local discovery (section 5.2.8) --------------------------------------------------------
 
@@ -924,7 +400,7 @@ class ClientMachine:
             return DropReason.NOT_OUR_ADDRESS
         if _is_link_local(src):
             return DropReason.LINK_LOCAL_SOURCE
-        if _bad_source(src):
+        if bad_source(src):
             return DropReason.INVALID_SOURCE
         bubble = next_header == NH_NONE and pkt.ip6_length == IPV6_HEADER_LEN
         peers = self._peers
@@ -1087,7 +563,7 @@ class ClientMachine:
         bubble = build_bubble(address, src) + self._hairpin_trailer(src, now)
         for alt in found:
             if self._origin_bubbles.allow(alt, now):
-                self.out.send_udp(bubble, _sockaddr(alt))
+                self.out.send_udp(bubble, sockaddr(alt))
         self._hairpin.tried(src, found, now)
 
     def _hairpin_accept(
@@ -1125,7 +601,7 @@ class ClientMachine:
         if why == "listed":
             # It answered our offer from its local address and waits for a bubble from ours.
             reply = build_bubble(address, src) + self._hairpin_trailer(src, now)
-            self.out.send_udp(reply, _sockaddr(source))
+            self.out.send_udp(reply, sockaddr(source))
         self._trust(row, src, source[0], source[1], now)
         if not bubble:
             self.out.write_tun(pkt.ipv6)
@@ -1244,7 +720,7 @@ class ClientMachine:
                 return DropReason.NOT_GLOBAL_IPV4  # MUST drop silently (cases 4 and 5)
             kind = _BUBBLE
         else:
-            if _bad_source(dst) or dst[0] & 0xE0 != 0x20:
+            if bad_source(dst) or dst[0] & 0xE0 != 0x20:
                 # Only global unicast (2000::/3) is reachable through relays.
                 return DropReason.NOT_GLOBAL_DESTINATION
             kind = _PING  # case 2
@@ -1268,146 +744,8 @@ class ClientMachine:
         if dest is None:
             if len(cache) >= _CACHE_LIMIT:
                 cache.clear()
-            dest = cache[mapping] = _sockaddr(mapping)
+            dest = cache[mapping] = sockaddr(mapping)
         return dest
-
-    def _start_probe(
-        self, row: int, addr: bytes, kind: ProcedureKind, now: float
-    ) -> DropReason | None:
-        if len(self._probes) >= self._max_probes:
-            self._peers.drain(row)
-            self._peers.drain(row, inbound=True)
-            return DropReason.PROBES_FULL
-        probe = _Procedure(kind, now)
-        self._probes[addr] = probe
-        return self._probe_step(row, addr, probe, now)
-
-    def _probe_step(
-        self, row: int, addr: bytes, probe: _Procedure, now: float
-    ) -> DropReason | None:
-        """One round of bubbles or one ping, or giving up (sections 5.2.4, 5.2.6, 5.2.9)."""
-        peers = self._peers
-        if probe.sends >= (len(PING_WAITS) if probe.kind == _PING else PROBE_SENDS):
-            self._give_up(row, addr, DropReason.PEER_UNREACHABLE, now)
-            if probe.kind is _PING:
-                # The bubble limit of section 5.2.6 is about bubbles; a failed connectivity
-                # test (section 5.2.9) leaves no state, so the next packet for that
-                # destination runs a new test (under loss one test can fail, and a native
-                # destination must not stay black-holed for 300 s).
-                peers.remove(row)
-            return None
-        ping = probe.kind is _PING
-        # The 2 s / 4-per-300 s limit of section 5.2.6 is about bubbles. A ping (the
-        # connectivity test of section 5.2.9, sent through our own server) is not a bubble:
-        # gating it would delay the move to a new relay by up to 2 s after traffic to the
-        # destination stopped being answered (a relay killed mid-stream), and then block it.
-        if not ping and not peers.may_send_bubble(row, now):
-            if peers.bubble_count(row, now) >= 4:
-                # Section 5.2.6 MUST: 4 bubbles in 300 s without answer, no more.
-                self._give_up(row, addr, DropReason.BUBBLE_LIMIT, now)
-                return None
-            # Less than 2 s since the last transmission: try again when it is allowed.
-            self._arm(addr, probe, peers.last_tx(row) + PROBE_INTERVAL)
-            return None
-        address = self.address
-        if address is None:
-            self._give_up(row, addr, DropReason.NOT_QUALIFIED, now)
-            return None
-        if ping:
-            peers.touch_tx(row, now)  # last tx only: a ping is not counted as a bubble
-        else:
-            peers.record_bubble(row, now)  # last tx and the count (5.2.6 MUST)
-        probe.sends += 1
-        kind = probe.kind
-        if kind is _BUBBLE:
-            bubble = build_bubble(address, addr)
-            # Direct bubble to the peer's mapping, indirect one through its server.
-            mapping = embedded_mapping(addr)
-            bubble += self._hairpin_trailer(addr, now)  # RFC 6081 Hairpinning: same NAT only
-            self.out.send_udp(bubble, _sockaddr(mapping))
-            self.out.send_udp(bubble, (int_to_ipv4(embedded_server(addr)), _SERVER_PORT))
-            self._adoption.bubbled(addr, mapping[0], now)  # RFC 6081 Symmetric NAT Support
-        elif kind is _LOCAL:
-            self.out.send_udp(build_bubble(address, addr), _sockaddr(peers.mapping(row)))
-            if self.params.local_discovery:
-                self.out.send_discovery(build_bubble(address, ALL_NODES, hop_limit=1))
-        else:
-            nonce = peers.nonce(row)
-            if nonce is None:
-                nonce = self._random(PING_NONCE_LEN)
-                peers.set_nonce(row, nonce)
-            self._ping_seq = (self._ping_seq + 1) & 0xFFFF
-            echo = build_echo(
-                address, addr, self._ping_id, self._ping_seq, nonce, hop_limit=PING_HOP_LIMIT
-            )
-            # Section 5.2.9: through our own server, which sends it out natively.
-            self.out.send_udp(echo, self._server_addr)
-            self._arm(addr, probe, now + PING_WAITS[probe.sends - 1])
-            return None
-        self._arm(addr, probe, now + PROBE_INTERVAL)
-        return None
-
-    def _arm(self, addr: bytes, probe: _Procedure, when: float) -> None:
-        probe.deadline = when
-        self._probe_seq += 1
-        heapq.heappush(self._probe_heap, (when, self._probe_seq, addr))
-        heap = self._probe_heap
-        if len(heap) > 4 * len(self._probes) + 64:
-            # Drop stale entries so the heap stays proportional to the running procedures.
-            live = [(p.deadline, i, a) for i, (a, p) in enumerate(self._probes.items())]
-            heapq.heapify(live)
-            self._probe_heap = live
-
-    def _probe_timers(self, now: float) -> None:
-        heap = self._probe_heap
-        while heap and heap[0][0] <= now:
-            when, _seq, addr = heapq.heappop(heap)
-            probe = self._probes.get(addr)
-            if probe is None or probe.deadline != when:
-                continue  # finished, or re-armed for another time
-            row = self._peers.lookup(addr)
-            if row is None or self.address is None:
-                del self._probes[addr]  # the entry was evicted with its queue
-                continue
-            self._probe_step(row, addr, probe, now)
-            heap = self._probe_heap
-
-    def _give_up(self, row: int, addr: bytes, reason: DropReason, now: float) -> None:
-        """Bubbles or pings exhausted: drop what waited and tell the local sender."""
-        self._probes.pop(addr, None)
-        peers = self._peers
-        waiting = peers.drain(row)
-        peers.drain(row, inbound=True)
-        peers.clear_nonce(row)
-        self.drops.count(reason, max(1, len(waiting)))
-        if waiting:
-            self._unreachable(waiting[0], now)
-
-    def _clear_probes(self, reason: DropReason) -> None:
-        peers = self._peers
-        for addr in self._probes:
-            row = peers.lookup(addr)
-            if row is not None:
-                dropped = len(peers.drain(row)) + len(peers.drain(row, inbound=True))
-                if dropped:
-                    self.drops.count(reason, dropped)
-        self._probes.clear()
-        self._probe_heap = []
-
-    def _unreachable(self, packet: bytes, now: float) -> None:
-        """ICMPv6 address unreachable to the local sender (Miredo: 10 per second)."""
-        src = packet[8:24]
-        if _bad_source(src):
-            return
-        if packet[6] == NH_ICMPV6 and len(packet) > 40 and packet[40] < 128:
-            return  # never an error about an error (RFC 4443 2.4 (e))
-        if not self._unreach.allow(now):
-            return
-        self.out.write_tun(
-            build_unreachable(self.address or LINK_LOCAL_RESTRICTED, src, UNREACH_ADDRESS, packet)
-        )
-
-    # --- status ---------------------------------------------------------------------------------
 
     def status(self) -> dict[str, object]:
         stats = self._peers.stats()
@@ -1434,12 +772,8 @@ class ClientMachine:
         }
 
 
-def _sockaddr(mapping: tuple[int, int]) -> Address:
-    return inet_ntoa(mapping[0].to_bytes(4, "big")), mapping[1]
-
-
 def _format4(mapping: tuple[int, int]) -> str:
-    host, port = _sockaddr(mapping)
+    host, port = sockaddr(mapping)
     return f"{host}:{port}"
 
 
