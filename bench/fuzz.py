@@ -482,11 +482,11 @@ def _run_atheris(target: str, runs: int, seed: int, out: Path, extra: list[str])
     with atheris.instrument_imports(include=["teredo"]):
         import teredo.core.addr
         import teredo.core.client
-        import teredo.core.procedure
-        import teredo.core.qualify
         import teredo.core.config
         import teredo.core.ipv6
         import teredo.core.peers
+        import teredo.core.procedure
+        import teredo.core.qualify
         import teredo.core.ratelimit
         import teredo.core.relay
         import teredo.core.server
