@@ -29,7 +29,7 @@ BOUND = 150.0
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     lab = Lab(
-        prefix_for("rc"),
+        prefix_for("z"),
         [NatKind.PORT_RESTRICTED],
         server_impl=Impl.TEREDO,
         relay_impl=Impl.TEREDO,
