@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -24,14 +25,15 @@ from teredo.core.addr import (
 )
 from teredo.core.counters import DropCounters, DropReason
 from teredo.core.ipv6 import NH_ICMPV6, UNREACH_ADDRESS, build_bubble, build_echo, build_unreachable
-from teredo.core.peers import PeerTable
+from teredo.core.peers import BUBBLE_MAX_COUNT, PeerTable
 from teredo.core.qualify import ClientParams, ClientTransmit, sockaddr
 from teredo.core.ratelimit import TokenBucket
 from teredo.core.symmetric import PortAdoption
 
-# Sections 5.2.4 and 5.2.9: bubbles are repeated 2 s apart, up to 3 repeats.
-PROBE_INTERVAL = 2.0
-PROBE_SENDS = 4
+#: Sections 5.2.4, 5.2.6 and 5.4.1: a bubble is repeated 2 s after the last one, at most 3
+#: times (4 bubbles), by the client and the relay alike.
+BUBBLE_INTERVAL = 2.0
+BUBBLE_SENDS = 4
 # The ping test (section 5.2.9, 4 pings as Miredo) backs off: the waits after each ping, the
 # last one before giving up (pings at 0, 3, 7, 15 s, failure declared at 23 s). Why not 2 s:
 # - a relay bubbles an unknown client only when an echo reply reaches it, and Miredo's
@@ -74,6 +76,32 @@ class Procedure:
 _BUBBLE = ProcedureKind.BUBBLE
 _LOCAL = ProcedureKind.LOCAL
 _PING = ProcedureKind.PING
+
+
+def bubble_wait(peers: PeerTable, row: int, now: float) -> float:
+    """When the next bubble to `row` may go (section 5.2.6): `now` when at once, the end of
+    the 2 s gap after the last transmission, or `math.inf` when 4 bubbles went out in the last
+    300 s without a direct answer (MUST: no more)."""
+    if peers.may_send_bubble(row, now):
+        return now
+    if peers.bubble_count(row, now) >= BUBBLE_MAX_COUNT:
+        return math.inf
+    return peers.last_tx(row) + BUBBLE_INTERVAL
+
+
+def unreachable(errors: TokenBucket, source: bytes, packet: bytes, now: float) -> bytes | None:
+    """The ICMPv6 address unreachable telling the local sender of `packet`, which waited for a
+    procedure that failed, that its destination cannot be reached (sections 5.2.4, 5.4.1), from
+    `source`; None when none may go: never to a source that is no unicast host, never about an
+    error (RFC 4443 2.4 (e)), at most as many as the `errors` bucket allows (Miredo: 10/s)."""
+    src = packet[8:24]
+    if bad_source(src):
+        return None
+    if packet[6] == NH_ICMPV6 and len(packet) > 40 and packet[40] < 128:
+        return None
+    if not errors.allow(now):
+        return None
+    return build_unreachable(source, src, UNREACH_ADDRESS, packet)
 
 
 def bad_source(addr16: bytes) -> bool:
@@ -125,7 +153,7 @@ class ClientProcedures:
     def _probe_step(self, row: int, addr: bytes, probe: Procedure, now: float) -> DropReason | None:
         """One round of bubbles or one ping, or giving up (sections 5.2.4, 5.2.6, 5.2.9)."""
         peers = self._peers
-        if probe.sends >= (len(PING_WAITS) if probe.kind == _PING else PROBE_SENDS):
+        if probe.sends >= (len(PING_WAITS) if probe.kind == _PING else BUBBLE_SENDS):
             self._give_up(row, addr, DropReason.PEER_UNREACHABLE, now)
             if probe.kind is _PING:
                 # The bubble limit of section 5.2.6 is about bubbles; a failed connectivity
@@ -139,14 +167,14 @@ class ClientProcedures:
         # connectivity test of section 5.2.9, sent through our own server) is not a bubble:
         # gating it would delay the move to a new relay by up to 2 s after traffic to the
         # destination stopped being answered (a relay killed mid-stream), and then block it.
-        if not ping and not peers.may_send_bubble(row, now):
-            if peers.bubble_count(row, now) >= 4:
-                # Section 5.2.6 MUST: 4 bubbles in 300 s without answer, no more.
+        if not ping:
+            wait = bubble_wait(peers, row, now)
+            if wait == math.inf:
                 self._give_up(row, addr, DropReason.BUBBLE_LIMIT, now)
                 return None
-            # Less than 2 s since the last transmission: try again when it is allowed.
-            self._arm(addr, probe, peers.last_tx(row) + PROBE_INTERVAL)
-            return None
+            if wait > now:
+                self._arm(addr, probe, wait)
+                return None
         address = self.address
         if address is None:
             self._give_up(row, addr, DropReason.NOT_QUALIFIED, now)
@@ -182,7 +210,7 @@ class ClientProcedures:
             self.out.send_udp(echo, self._server_addr)
             self._arm(addr, probe, now + PING_WAITS[probe.sends - 1])
             return None
-        self._arm(addr, probe, now + PROBE_INTERVAL)
+        self._arm(addr, probe, now + BUBBLE_INTERVAL)
         return None
 
     def _arm(self, addr: bytes, probe: Procedure, when: float) -> None:
@@ -234,13 +262,6 @@ class ClientProcedures:
 
     def _unreachable(self, packet: bytes, now: float) -> None:
         """ICMPv6 address unreachable to the local sender (Miredo: 10 per second)."""
-        src = packet[8:24]
-        if bad_source(src):
-            return
-        if packet[6] == NH_ICMPV6 and len(packet) > 40 and packet[40] < 128:
-            return  # never an error about an error (RFC 4443 2.4 (e))
-        if not self._unreach.allow(now):
-            return
-        self.out.write_tun(
-            build_unreachable(self.address or LINK_LOCAL_RESTRICTED, src, UNREACH_ADDRESS, packet)
-        )
+        error = unreachable(self._unreach, self.address or LINK_LOCAL_RESTRICTED, packet, now)
+        if error is not None:
+            self.out.write_tun(error)

@@ -55,19 +55,16 @@ from teredo.core.addr import (
     is_global_ipv4,
 )
 from teredo.core.counters import DropCounters, DropReason
-from teredo.core.ipv6 import (
-    IPV6_MIN_MTU,
-    NH_ICMPV6,
-    UNREACH_ADDRESS,
-    build_unreachable,
-)
+from teredo.core.ipv6 import IPV6_MIN_MTU
 from teredo.core.peers import MIREDO_MAX_PEERS, PEER_VALIDITY, PeerTable
+from teredo.core.procedure import BUBBLE_INTERVAL, BUBBLE_SENDS, bubble_wait, unreachable
 from teredo.core.ratelimit import BucketTable, TokenBucket
 from teredo.core.wire import TeredoPacket, parse_payload
 
-#: Section 5.4.1: the bubble is repeated after 2 s, at most 3 times, then the entry goes.
-BUBBLE_RETRY = 2.0
-BUBBLE_REPEATS = 3
+#: Section 5.4.1: the bubble is repeated after 2 s, at most 3 times, then the entry goes
+#: (the timing shared with the client's procedures, core/procedure.py).
+BUBBLE_RETRY = BUBBLE_INTERVAL
+BUBBLE_REPEATS = BUBBLE_SENDS - 1
 #: A peer that asked for no bubble since its last one is given up this long after it.
 GIVE_UP_IDLE = BUBBLE_RETRY * BUBBLE_REPEATS
 #: Indirect bubbles per second toward one server IPv4 (section 7.4: no amplification toward an
@@ -604,7 +601,7 @@ class RelayMachine:
                     self._give_up(row, addr, now)
                 else:
                     ring.push(row, now + BUBBLE_RETRY)
-            elif peers.may_send_bubble(row, now):
+            elif (wait := bubble_wait(peers, row, now)) <= now:
                 server = int.from_bytes(addr[4:8], "big")
                 if self._server_bubbles.allow(addr[4:8], now):
                     self._bubble(row, addr, server, now)
@@ -613,7 +610,7 @@ class RelayMachine:
                     self.drops.count(DropReason.RELAY_BUBBLE_LIMIT)
                 ring.push(row, now + BUBBLE_RETRY)
             else:
-                ring.push(row, peers.last_tx(row) + BUBBLE_RETRY)
+                ring.push(row, wait)  # fewer than 4 bubbles (above): within the 2 s gap
         peers.expire(now, EXPIRE_BUDGET)
 
     def _give_up(self, row: int, addr: bytes, now: float) -> None:
@@ -627,15 +624,12 @@ class RelayMachine:
         if queued:
             self.drops.count(DropReason.PEER_UNREACHABLE, len(queued))
         for held in queued:
-            # RFC 4443 section 2.4 (e): never an error about an error.
-            if held[6] == NH_ICMPV6 and len(held) > _HEADER and held[_HEADER] < 128:
-                continue
-            if not self._errors.allow(now):
-                break
             # The error comes from the unreachable Teredo address itself: a link-local source
             # would not be forwarded to the sender, and the relay has no address of its own.
-            self.out.write_tun(build_unreachable(addr, held[8:24], UNREACH_ADDRESS, held))
-            self.stats.unreachables += 1
+            error = unreachable(self._errors, addr, held, now)
+            if error is not None:
+                self.out.write_tun(error)
+                self.stats.unreachables += 1
 
     def clear(self) -> None:
         """Forget every peer (e.g. when the service port changes)."""
