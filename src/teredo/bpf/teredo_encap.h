@@ -33,14 +33,19 @@
 
 /* A trusted peer as the core decided it (io/kmirror.py writes it): IPv6 address (the key) ->
  * its mapping, and the last use the kernel saw, in units of 2**20 ns of CLOCK_BOOTTIME (the
- * daemon's clock, io/loop.py), which the mirror reads back as use (a peer in use stays alive). 16 bytes. */
+ * daemon's clock, io/loop.py), which the mirror reads back as use (a peer in use stays alive).
+ * The client's programs also read last_rx as the peer's validity date (section 5.2.4: the
+ * mirror writes the core's last reception there). 16 bytes. */
 struct teredo_peer {
 	__be32 ipv4;      /* mapped IPv4, network order */
 	__be16 port;      /* mapped UDP port, network order */
-	__u16 flags;      /* reserved, 0 */
+	__u16 flags;      /* TEREDO_PEER_LOCAL; other bits 0 */
 	__u32 last_tx;    /* kernel sent to the peer (ns >> 20) */
 	__u32 last_rx;    /* kernel forwarded from the peer (ns >> 20) */
 };
+
+/* A client's local peer (RFC 4380 section 5.2.8): valid 600 s after its last reception. */
+#define TEREDO_PEER_LOCAL 1
 
 struct teredo_key {
 	__u8 addr[16];
