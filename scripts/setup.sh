@@ -17,6 +17,8 @@ apt_packages+=(bird2)
 # namespace with its own files; the policy-rc.d guard below keeps the package's service from
 # starting on this host.
 apt_packages+=(miniupnpd-nftables)
+# miniupnpc: its upnpc lists the IGD's mappings from inside the NAT (tests/system/test_upnp_client.py).
+apt_packages+=(miniupnpc)
 # The kernel data path (docs/kernel.md): clang/llvm and libbpf-dev build src/teredo/bpf/*.bpf.c
 # (scripts/build-bpf.sh, below); libbpf1 loads them at run time; bpftool shows maps and links;
 # linux-libc-dev has the uapi headers the programs include.

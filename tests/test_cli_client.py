@@ -59,6 +59,21 @@ def test_defaults_from_flags_only() -> None:
     assert options.default_route
     assert options.hook is None
     assert not options.refuse_symmetric  # RFC 6081 Symmetric NAT Support by default
+    assert not options.upnp  # no SSDP on the local network unless asked
+
+
+def test_upnp_from_file_and_flag(tmp_path: Path) -> None:
+    conf = tmp_path / "miredo.conf"
+    conf.write_text("ServerAddress 198.51.100.10\nUPnP yes\n")
+    args = parse("-c", str(conf))
+    assert options_from(load_settings(args, Role.CLIENT), args).upnp
+    args = parse("-c", str(conf), "--upnp", "no")  # the flag wins
+    assert not options_from(load_settings(args, Role.CLIENT), args).upnp
+    args = parse("--server", "198.51.100.10", "--upnp")  # bare: yes
+    assert options_from(load_settings(args, Role.CLIENT), args).upnp
+    with pytest.raises(ConfigError) as caught:
+        load_settings(parse("--server", "198.51.100.10", "--upnp", "perhaps"), Role.CLIENT)
+    assert str(caught.value) == 'command line: --upnp: invalid value "perhaps" (expected yes|no)'
 
 
 def test_symmetric_nat_policy_from_file_and_flag(tmp_path: Path) -> None:

@@ -299,3 +299,37 @@ def test_announcement_line(capsys: pytest.CaptureFixture[str]) -> None:
     with serving((ControlIdentity(name, "server", None), lambda: server_status)):
         assert main(["status", name]) == 0
     assert "(announce42): WITHDRAWN" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("upnp", "said"),
+    [
+        (
+            {"state": "in use", "mapping": "203.0.113.11:3339", "cone": True},
+            "  UPnP       203.0.113.11:3339 mapped on the NAT: reachable as behind a cone NAT "
+            "(RFC 6081; qualification saw restricted)",
+        ),
+        (
+            {"state": "mapped", "mapping": "203.0.113.11:3339", "cone": False},
+            "  UPnP       203.0.113.11:3339 mapped on the NAT, not yet seen by the server",
+        ),
+        (
+            {"state": "unused", "detail": "server saw 203.0.113.11:5000", "cone": False},
+            "  UPnP       unused (server saw 203.0.113.11:5000)",
+        ),
+        ({"state": "no IGD", "cone": False}, "  UPnP       no IGD"),
+    ],
+)
+def test_human_view_with_upnp(
+    capsys: pytest.CaptureFixture[str], upnp: dict[str, object], said: str
+) -> None:
+    name = unique("upnp")
+    doc = dict(CLIENT_STATUS, upnp=upnp)
+    if upnp["cone"]:
+        doc.update(nat="cone", nat_qualified="restricted")
+    with serving((ControlIdentity(name, "client", "teredo"), lambda: doc)):
+        assert main(["status", name]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert said in lines
+    if upnp["cone"]:
+        assert "  NAT        cone, mapping 203.0.113.11:3339" in lines

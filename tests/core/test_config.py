@@ -191,6 +191,7 @@ def test_all_directives_are_covered_by_these_tests() -> None:
         "ServerBindAddress2",
         "RefreshInterval",
         "SymmetricNat",
+        "UPnP",  # RFC 6081 UPnP (tests/test_cli_client.py, tests/io/test_upnp.py)
         "MetricsAddress",
         "User",  # tests/io/test_privileges.py too
         # anycast (issue 11): tests/core/test_config_announce.py
@@ -694,3 +695,22 @@ def test_server_address_repeated_gives_more_servers_in_order() -> None:
     assert (over.server_address, over.more_servers) == ("198.51.100.7", ("198.51.100.8",))
     one = parse_client(text, "t.conf", flags[:1])
     assert (one.server_address, one.more_servers) == ("198.51.100.7", ())
+
+
+@pytest.mark.parametrize(("value", "upnp"), [("yes", True), ("On", True), ("no", False)])
+def test_upnp_is_a_client_boolean(value: str, upnp: bool) -> None:
+    text = f"ServerAddress 198.51.100.10\nUPnP {value}\n"
+    assert parse_client(text, "c.conf").upnp is upnp
+    assert not parse_client("ServerAddress 198.51.100.10\n", "c.conf").upnp  # off by default
+
+
+def test_upnp_bad_value_names_file_line_and_directive() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_client("ServerAddress 198.51.100.10\n\nupnp maybe\n", "c.conf")
+    assert str(caught.value) == 'c.conf:3: UPnP: invalid value "maybe" (expected yes|no)'
+
+
+def test_upnp_is_not_a_server_directive() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_server("ServerBindAddress 198.51.100.10\nUPnP yes\n", "s.conf")
+    assert caught.value.line == 2

@@ -77,6 +77,7 @@ def options_from(settings: ClientSettings, args: argparse.Namespace) -> ClientOp
         hook=hook,
         default_route=args.default_route,
         refuse_symmetric=settings.refuse_symmetric,
+        upnp=settings.upnp,
     )
 
 

@@ -4,7 +4,7 @@ Fixed early so that tests, benchmarks and the lab can drive any daemon the same 
 
     teredo client -c miredo.conf [--server HOST] [--server2 HOST] [--interface NAME]
                   [--bind-address ADDR] [--bind-port PORT] [--refresh SECONDS] [--prefix P]
-                  [--symmetric-nat accept|refuse]
+                  [--symmetric-nat accept|refuse] [--upnp [yes|no]]
     teredo server -c miredo-server.conf [--bind ADDR] [--bind2 ADDR] [--prefix P] [--mtu N]
     teredo relay  -c miredo.conf [--type relay|cone|restricted|host | --host-specific]
                   [--interface NAME] [--bind-address ADDR] [--bind-port PORT] [--prefix P]
@@ -91,6 +91,7 @@ class _Flag:
     directive: str  # the core/config.py directive it overrides
     metavar: str
     help: str
+    const: str | None = None  # the value of the bare flag (`--upnp` = `--upnp yes`)
 
     @property
     def dest(self) -> str:
@@ -116,6 +117,14 @@ _CLIENT_FLAGS: Final = (
         "accept|refuse",
         "behind a symmetric NAT: qualify with the primary server's mapping (accept, default) "
         "or refuse as RFC 4380 5.2.1 does (SymmetricNat)",
+    ),
+    _Flag(
+        "--upnp",
+        "UPnP",
+        "yes|no",
+        "map the UDP port on a NAT that offers UPnP IGD and so be reachable as behind a cone "
+        "NAT (RFC 6081); removed at exit (UPnP; default no, bare --upnp = yes)",
+        const="yes",
     ),
 )
 # Ours (issue 11, docs/scale.md): the relay and the server announce through kernel table N.
@@ -235,6 +244,16 @@ def add_daemon_arguments(parser: argparse.ArgumentParser, role: Role | str) -> N
     for flag in _FLAGS[role]:
         # ServerAddress may be repeated: --server too (more servers to fail over to).
         action = "append" if flag.directive in REPEATABLE else "store"
+        if flag.const is not None:
+            own.add_argument(
+                flag.option,
+                dest=flag.dest,
+                metavar=flag.metavar,
+                help=flag.help,
+                nargs="?",
+                const=flag.const,
+            )
+            continue
         own.add_argument(
             flag.option, dest=flag.dest, metavar=flag.metavar, help=flag.help, action=action
         )

@@ -29,6 +29,7 @@ from teredo.core.probe import (
     ProbeResult,
     choose,
 )
+from teredo.core.upnpnat import upnp_verdict
 from teredo.io.probe import Candidate, CandidateError, parse_candidate, probe_servers
 
 EXIT_FOUND = 0
@@ -83,6 +84,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar="IPV4",
         default=None,
         help="local IPv4 address to send from (default: what routing picks)",
+    )
+    parser.add_argument(
+        "--upnp",
+        action="store_true",
+        help="also ask the local network for a UPnP IGD (SSDP, no mapping made) and say what "
+        "a client with UPnP yes would gain behind this NAT (RFC 6081)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(run=run)
@@ -234,9 +241,25 @@ def run(args: argparse.Namespace) -> int:
         candidates, rounds=rounds, timeout=timeout, bind_address=bind, prefix=prefix
     )
     best, why = choose(results)
+    verdict = None
+    if args.upnp:
+        from teredo.io.upnp import probe_igd  # noqa: PLC0415 (miniupnpc only when asked)
+
+        igd = probe_igd()
+        seen = best if best is not None else (results[0] if results else None)
+        verdict = upnp_verdict(
+            None if igd is None else igd[1],
+            None if seen is None else seen.mapping,
+            None if seen is None else seen.behaviour,
+        )
     if args.json:
-        print(json.dumps(json_document(results, best, why), indent=1))
+        doc = json_document(results, best, why)
+        if verdict is not None:
+            doc["upnp"] = {"cone": verdict.cone, "text": verdict.text}
+        print(json.dumps(doc, indent=1))
     else:
         print(format_table(results))
+        if verdict is not None:
+            print(f"upnp: {verdict.text}")
         print(best_line(best, why))
     return EXIT_FOUND if best is not None else EXIT_NONE

@@ -151,6 +151,9 @@ def _client_lines(st: Mapping[str, object]) -> list[str]:
                 else "not qualified (SymmetricNat refuse, RFC 4380 5.2.1)"
             )
         )
+    upnp = _map(st.get("upnp"))
+    if upnp:
+        lines.append(_upnp_line(upnp, st.get("nat_qualified")))
     server = _text(st.get("server"))
     if st.get("server2"):
         server += f" / {st['server2']}"
@@ -171,6 +174,21 @@ def _client_lines(st: Mapping[str, object]) -> list[str]:
         f"{_int(st.get('queued_bytes'))} B queued"
     )
     return lines
+
+
+def _upnp_line(upnp: Mapping[str, object], qualified_as: object) -> str:
+    """UPnP yes (io/upnp.py): what the NAT's IGD did with the client's port."""
+    state = _text(upnp.get("state"))
+    mapping = upnp.get("mapping")
+    if upnp.get("cone") is True:
+        return (
+            f"UPnP       {mapping} mapped on the NAT: reachable as behind a cone NAT "
+            f"(RFC 6081; qualification saw {_text(qualified_as)})"
+        )
+    if state == "mapped":
+        return f"UPnP       {mapping} mapped on the NAT, not yet seen by the server"
+    detail = upnp.get("detail")
+    return f"UPnP       {state}" + (f" ({detail})" if detail else "")
 
 
 def _server_lines(st: Mapping[str, object]) -> list[str]:

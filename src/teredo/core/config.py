@@ -19,7 +19,7 @@ miredo-checkconf then fails; here each of these is an error. Where this parser i
 than Miredo (literal IPv4 bind addresses, MTU range, /32 prefixes, words after the value) the
 difference is listed in docs/configuration.md.
 
-Our own directives (not understood by Miredo): RefreshInterval and SymmetricNat (client),
+Our own directives (not understood by Miredo): RefreshInterval, SymmetricNat and UPnP (client),
 `RelayType host` (host-specific relay, RFC 4380 section 5.4 / section 7.3.1 "local relay"),
 MetricsAddress (every daemon: where Prometheus metrics are served, off when absent), User (every
 daemon: whom it becomes after set-up, root kept when absent); AnnounceTable, AnnounceDrain
@@ -169,6 +169,7 @@ DIRECTIVES: Final[Mapping[str, frozenset[Role]]] = {
     "ServerBindAddress2": _SERVER_ONLY,
     "RefreshInterval": _CLIENT_ONLY,  # ours
     "SymmetricNat": _CLIENT_ONLY,  # ours: accept (RFC 6081) | refuse (RFC 4380 5.2.1)
+    "UPnP": _CLIENT_ONLY,  # ours: yes | no, map the port on a UPnP IGD NAT (RFC 6081)
     "MetricsAddress": _ALL,  # ours: ADDRESS:PORT of the Prometheus metrics (io/metrics.py)
     "User": _ALL,  # ours: the unprivileged user a daemon becomes after set-up (io/privileges.py)
     "AnnounceTable": frozenset({Role.RELAY, Role.SERVER}),  # ours: anycast (issue 11)
@@ -286,6 +287,8 @@ class ClientSettings:
     user: str | None = None  # ours: stays root when None (io/privileges.py)
     # ours: SymmetricNat refuse = no address behind a symmetric NAT (RFC 4380 5.2.1 strictly)
     refuse_symmetric: bool = False
+    # ours: UPnP yes = map the UDP port on a UPnP IGD NAT (RFC 6081 UPnP-Enabled Symmetric NAT)
+    upnp: bool = False
     datapath: DatapathMode = DatapathMode.AUTO  # ours: kernel (eBPF) or user (Python)
 
     @property
@@ -565,6 +568,18 @@ def _symmetric_nat(d: Directive) -> bool:
     return value == "refuse"
 
 
+_TRUE: Final = frozenset({"yes", "true", "on", "enabled"})
+_FALSE: Final = frozenset({"no", "false", "off", "disabled"})
+
+
+def _yes_no(d: Directive) -> bool:
+    """A boolean, with the words of Miredo's conf.c miredo_conf_parse_bool (any case)."""
+    value = d.value.lower()
+    if value not in _TRUE | _FALSE:
+        raise d.error(f"invalid value {_show(d.value)} (expected yes|no)")
+    return value in _TRUE
+
+
 def _table(d: Directive) -> int:
     table = _uint(d, 1, MAX_TABLE, "routing table")
     if table in _RESERVED_TABLES:
@@ -676,6 +691,7 @@ _PARSERS: Final[Mapping[str, Callable[[Directive], object]]] = {
     "ServerBindAddress2": _server_bind_address,
     "RefreshInterval": _refresh,
     "SymmetricNat": _symmetric_nat,
+    "UPnP": _yes_no,
     "MetricsAddress": _metrics_address,
     "User": _user,
     "AnnounceTable": _table,
@@ -728,6 +744,7 @@ def _client(layers: _Layers) -> ClientSettings:
         metrics_address=v.get("MetricsAddress", None),
         user=v.get("User", None),
         refuse_symmetric=v.get("SymmetricNat", False),
+        upnp=v.get("UPnP", False),
         datapath=v.get("Datapath", DatapathMode.AUTO),
     )
 

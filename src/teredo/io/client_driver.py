@@ -60,6 +60,7 @@ from teredo.io.tunnel import (
     ipv6_text,
 )
 from teredo.io.udp import UdpSender, drain, open_udp_socket
+from teredo.io.upnp import UpnpMapper, upnp_status
 
 if TYPE_CHECKING:
     from teredo.core.probe import ProbeResult
@@ -164,6 +165,7 @@ class ClientOptions:
     hook: str | None = None
     default_route: bool = True
     refuse_symmetric: bool = False  # SymmetricNat refuse: RFC 4380 5.2.1 strictly
+    upnp: bool = False  # UPnP yes: map the port on a UPnP IGD NAT (io/upnp.py, RFC 6081)
     # sendmmsg when the C library has it. Off: at the rates measured (docs/benchmarks.md,
     # "Client") a wake-up carries one or two datagrams, and filling the batch costs more
     # Python time than the system calls it saves (as the server found).
@@ -219,6 +221,8 @@ class ClientDaemon:
         self._active: tuple[str, str | None] = (options.server, options.server2)
         self._move_now = False
         self._check_timer: asyncio.TimerHandle | None = None
+        self.upnp: UpnpMapper | None = None  # UPnP yes: the NAT's port mapping (io/upnp.py)
+        self._undo.push(self._stop_upnp)
         try:
             self._open()
         except BaseException:
@@ -307,6 +311,7 @@ class ClientDaemon:
             opts.server,
             f" / {opts.server2}" if opts.server2 else "",
         )
+        self._start_upnp()
         self._start_servers()
         self._watch_network()
 
@@ -488,6 +493,8 @@ class ClientDaemon:
             if self.failover is not None:
                 self.failover.qualified()
             self.tunnel.qualified(event.address, event.link_local, event.mtu)
+            if self.upnp is not None:
+                self.upnp.check(*event.mapping)
             self.loop.ready(f"qualified: {ipv6_text(event.address)}, NAT {event.nat}")
         elif isinstance(event, AddressChanged):
             log.info(
@@ -499,6 +506,8 @@ class ClientDaemon:
                 event.nat,
             )
             self.tunnel.address_changed(event.old, event.new, event.link_local, event.mtu)
+            if self.upnp is not None:
+                self.upnp.check(*event.mapping)
         elif isinstance(event, MtuChanged):
             log.info("MTU changed to %d", event.mtu)
             self.tunnel.mtu_changed(event.mtu)
@@ -568,6 +577,9 @@ class ClientDaemon:
             notes.append("default route " + ("on" if options.default_route else "off"))
         if options.refuse_symmetric != old.refuse_symmetric:
             notes.append("SymmetricNat " + ("refuse" if options.refuse_symmetric else "accept"))
+        if options.upnp != old.upnp:
+            self._start_upnp()
+            notes.append("UPnP " + ("yes" if options.upnp else "no, mapping removed"))
         if (
             options.socket_key != old.socket_key
             or options.prefix != old.prefix
@@ -670,7 +682,24 @@ class ClientDaemon:
         if self.failover is not None:
             status["servers"] = [c[0] for c in self._candidates()]
             status["failover"] = self.failover.status()
+        if self.upnp is not None:
+            status.update(upnp_status(self.upnp, status))
         return status
+
+    def _start_upnp(self) -> None:
+        """UPnP yes: map the socket's port on the NAT (again after a new socket), in the
+        mapper's own thread; UPnP no (a reload): remove the mapping."""
+        old = self.upnp
+        if old is not None and (not self.options.upnp or old.port != self.local_port):
+            self._stop_upnp()
+        if self.options.upnp and self.upnp is None and self.sock is not None:
+            self.upnp = UpnpMapper(self.local_port)
+            self.upnp.start()
+
+    def _stop_upnp(self) -> None:
+        upnp, self.upnp = self.upnp, None
+        if upnp is not None:
+            upnp.stop()
 
     def close(self) -> None:
         """Removes what the daemon created, last first: timers, the network watch, the

@@ -25,11 +25,9 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-import miniupnpc  # type: ignore[import-not-found,unused-ignore]
 
 log = logging.getLogger("teredo.upnp")
 
@@ -55,6 +53,9 @@ class UpnpLibrary(Protocol):
 
 
 def _library() -> UpnpLibrary:
+    # Imported here: a client without UPnP yes never loads the C library.
+    import miniupnpc  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
+
     upnp: UpnpLibrary = miniupnpc.UPnP()
     return upnp
 
@@ -88,6 +89,24 @@ def add_mapping(upnp: UpnpLibrary, port: int, lease: int = LEASE_SECONDS) -> Upn
     return UpnpMapping(igd, external, port, upnp.lanaddr, port)
 
 
+def discover_igd(upnp: UpnpLibrary) -> tuple[str, str] | None:
+    """(control URL, external IPv4) of the IGD that answers, without mapping anything; None
+    when none answers or it cannot tell its external address (`teredo probe --upnp`)."""
+    upnp.discoverdelay = DISCOVER_DELAY_MS
+    try:
+        if upnp.discover() <= 0:
+            return None
+        return upnp.selectigd(), upnp.externalipaddress()
+    except Exception as err:  # the library raises plain Exception
+        log.debug("UPnP: no usable IGD: %s", err)
+        return None
+
+
+def probe_igd() -> tuple[str, str] | None:
+    """discover_igd() with the real library."""
+    return discover_igd(_library())
+
+
 class UpnpMapper:
     """The daemon's mapping: made, renewed and removed in one worker thread."""
 
@@ -107,8 +126,12 @@ class UpnpMapper:
         self._lock = threading.Lock()
         self._upnp: UpnpLibrary | None = None
         self.mapping: UpnpMapping | None = None
-        self.state = "starting"  # starting | no IGD | mapped | failed | unused | removed
+        # starting | no IGD | failed | mapped (not compared with the server's view yet) |
+        # in use (the server saw the mapping: cone) | unused (removed: the NAT does not use it)
+        # | removed (at exit)
+        self.state = "starting"
         self.detail = ""
+        self._server: tuple[str, int] | None = None  # the server's view of us, last told
         self._thread = threading.Thread(target=self._run, name="teredo-upnp", daemon=True)
 
     def start(self) -> None:
@@ -135,10 +158,14 @@ class UpnpMapper:
         with self._lock:
             self._upnp, self.mapping = upnp, mapping
         log.info(
-            "UPnP: the NAT maps %s (RFC 6081 UPnP-enabled NAT: reachable as behind a cone NAT)",
+            "UPnP: the NAT maps %s (RFC 6081 UPnP-enabled NAT); in use once the server sees it",
             mapping.describe(),
         )
         self._set("mapped", mapping.describe())
+        with self._lock:
+            server = self._server
+        if server is not None:  # qualified before the IGD answered
+            self.check(*server)
         while not self._stop.wait(self.lease / 2):
             with self._lock:
                 if self._upnp is None or self.mapping is None:
@@ -157,12 +184,24 @@ class UpnpMapper:
                     log.warning("UPnP: renewing the mapping failed: %s", err)
 
     def check(self, mapped_ip: str, mapped_port: int) -> None:
-        """After qualification: is the server's mapping the UPnP one? If not, remove it."""
+        """After qualification: is the server's mapping the UPnP one? Then the NAT forwards
+        what anyone sends to it: the client is reachable as behind a cone NAT (state "in
+        use"). If not, the mapping is removed. Told before the IGD answered, the check runs
+        when it does."""
         with self._lock:
+            self._server = (mapped_ip, mapped_port)
             mapping = self.mapping
-        if mapping is None or self.state != "mapped":
+        if mapping is None or self.state not in ("mapped", "in use"):
             return
         if (mapped_ip, mapped_port) == (mapping.external_ip, mapping.external_port):
+            if self.state != "in use":
+                log.info(
+                    "UPnP: the server sees the mapping %s:%d: reachable as behind a cone NAT "
+                    "(RFC 6081 UPnP-enabled NAT)",
+                    mapped_ip,
+                    mapped_port,
+                )
+                self._set("in use", mapping.describe())
             return
         log.warning(
             "UPnP: the server saw mapping %s:%d, not the UPnP one %s: the NAT does not use it "
@@ -202,7 +241,19 @@ class UpnpMapper:
                 doc["internal"] = f"{self.mapping.internal_ip}:{self.mapping.internal_port}"
             if self.detail and self.mapping is None:
                 doc["detail"] = self.detail
+            doc["cone"] = self.state == "in use"
             return doc
+
+
+def upnp_status(mapper: UpnpMapper, status: Mapping[str, object]) -> dict[str, object]:
+    """The client status fields for UPnP: `upnp` (the mapper's state) and, once the server
+    sees the UPnP mapping, `nat` "cone" (what peers find: anyone may send to the mapping)
+    with `nat_qualified` the NAT type qualification found."""
+    doc: dict[str, object] = {"upnp": mapper.status()}
+    if mapper.state == "in use" and status.get("state") == "qualified":
+        doc["nat"] = "cone"
+        doc["nat_qualified"] = status.get("nat")
+    return doc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
