@@ -124,6 +124,17 @@ class ServerStats:
     native_forwarded: int = 0
 
 
+def router_advertisement(params: ServerParams, destination: bytes) -> bytes:
+    """The IPv6 Router Advertisement this server sends to `destination` (section 5.3.2): from
+    its link-local address, the Teredo prefix + primary IPv4 as a /64, and its MTU.
+
+    The kernel data path (teredo.io.kserver) is given the one for destination :: and only
+    puts in the RS source and adjusts the checksum, so this stays the one place that decides.
+    """
+    advertised = params.prefix + params.primary.to_bytes(4, "big") + bytes(8)
+    return build_ra(server_link_local(params.primary), destination, advertised, mtu=params.mtu)
+
+
 def _is_global_ipv6(addr16: bytes) -> bool:
     """RFC 4291 section 2.4: not unspecified, loopback, link-local or multicast."""
     first = addr16[0]
@@ -149,8 +160,6 @@ class ServerMachine:
         self._primary_bytes = params.primary.to_bytes(4, "big")
         self._own = (params.primary, params.secondary)
         self._link_local = server_link_local(params.primary)
-        # Section 5.3.2: the advertised prefix is the Teredo prefix + primary IPv4, then zeros.
-        self._advertised = params.prefix + self._primary_bytes + bytes(8)
         self._ra_cache: dict[bytes, bytes] = {}
         # RS bytes after an Authentication header (nonce-only) -> (RA, cone bit of its source).
         self._rs_known: dict[bytes, tuple[bytes, bool]] = {}
@@ -333,7 +342,7 @@ class ServerMachine:
             return DropReason.RS_RATE_LIMITED
         ra = self._ra_cache.get(src)
         if ra is None:
-            ra = build_ra(self._link_local, src, self._advertised, mtu=self.params.mtu)
+            ra = router_advertisement(self.params, src)
             if len(self._ra_cache) < _RA_CACHE_LIMIT:
                 self._ra_cache[src] = ra
         # The nonce is echoed in an Authentication header when the RS had one (5.2.2; Miredo's

@@ -155,7 +155,7 @@ class _Lib:
     def _print(self, level: int, fmt: bytes | None, args: int | None) -> int:
         if level > _LIBBPF_INFO:  # debug lines: every map and relocation, not a reason
             return 0
-        buf = ctypes.create_string_buffer(1024)
+        buf = ctypes.create_string_buffer(1 << 20)  # a verifier log comes as one message
         n = int(self.libc.vsnprintf(buf, len(buf), fmt, args))
         for line in buf.value.decode("utf-8", "replace").splitlines():
             if line.strip():
