@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from teredo.core.qualify import REFRESH_RS_TRIES, RS_TIMEOUT
 from teredo.lab import clientfaults, system, watch
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import Impl, Role, config_text
@@ -533,8 +534,9 @@ def fault_lab() -> Iterator[Lab]:
 
 
 REFRESH = 5.0
-# One refresh interval, then up to three RS 4 s apart (RFC 4380 section 5.2.1), plus slack.
-NEW_MAPPING_TIMEOUT = REFRESH + 3 * 4.0 + 8.0
+# One refresh interval, then up to six refresh RS 4 s apart (RFC 4380 section 5.2.5,
+# core/qualify.py REFRESH_RS_TRIES), plus slack.
+NEW_MAPPING_TIMEOUT = REFRESH + REFRESH_RS_TRIES * RS_TIMEOUT + 8.0
 
 BLOCK_PORT = """
 import socket, sys
