@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from teredo.core.addr import LINK_LOCAL_RESTRICTED, ipv4_to_int, is_global_ipv4, pack_address
-from teredo.io.client_driver import ClientIO
+from teredo.io.client_io import ClientIO
 from teredo.io.discovery import discovery_interfaces
 from teredo.io.hook import HookRunner
 from teredo.io.loop import DaemonLoop

@@ -2,28 +2,25 @@
 
 The machine decides everything about the protocol; the daemon wires it to its helpers, each a
 module of its own: the data thread (io/datathread.py, fed through `_feed`; one lock serializes
-every use of the machine), the server's name (io/resolve.py), the interface configuration and
-hook (io/tunnel.py), local discovery (io/discovery.py, served by an `add_reader` callback of
-the asyncio loop), and the choice among several servers (core/failover.py). The machine's
-output goes out through `ClientIO` (its ClientTransmit). The asyncio thread keeps timers,
-events (one log line each), signals, name resolution, network changes and netlink.
+every use of the machine), the machine's output (io/client_io.py `ClientIO`), the server's
+name (io/resolve.py), the choice among several servers (io/servers.py, core/failover.py), the
+interface configuration and hook (io/tunnel.py), local discovery (io/discovery.py, served by
+an `add_reader` callback of the asyncio loop), network changes (io/netwatch.py) and the log
+line of each event (io/client_log.py). The asyncio thread keeps timers, events, signals,
+name resolution, network changes and netlink; a lost interface is created again here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from teredo.core.addr import (
-    TEREDO_PORT,
-    Address,
     format_prefix,
     int_to_ipv4,
     ipv4_to_int,
@@ -39,10 +36,10 @@ from teredo.core.client import (
     ResolveServer,
     SymmetricNat,
 )
-from teredo.core.failover import Move, ServerFailover, rank
+from teredo.io.client_io import ClientIO
+from teredo.io.client_log import EventLog
 from teredo.io.datathread import DataThread, Feed
 from teredo.io.discovery import (
-    DISCOVERY_GROUP,
     DiscoverySocket,
     configure_multicast_sending,
     discovery_interfaces,
@@ -51,7 +48,9 @@ from teredo.io.discovery import (
 from teredo.io.driver import LockedTimer, Reload, StartError, Undo, bind_error
 from teredo.io.hook import HookRunner
 from teredo.io.loop import DaemonLoop
+from teredo.io.netwatch import Change, NetworkWatch
 from teredo.io.resolve import Resolution, ServerResolver, is_literal, resolve_ipv4
+from teredo.io.servers import Names, ServerChoice
 from teredo.io.tun import TunDevice, TunError
 from teredo.io.tunnel import (
     ThreadedInterface,
@@ -59,94 +58,17 @@ from teredo.io.tunnel import (
     disable_kernel_link_local,
     ipv6_text,
 )
-from teredo.io.udp import UdpSender, drain, open_udp_socket
+from teredo.io.udp import drain, open_udp_socket
 from teredo.io.upnp import UpnpMapper, upnp_status
-
-if TYPE_CHECKING:
-    from teredo.core.probe import ProbeResult
-    from teredo.io.mmsg import BatchSender
-    from teredo.io.netlink import NetworkChange, NetworkMonitor
 
 log = logging.getLogger("teredo.client")
 
 
-MMSG_BATCH = 64  # datagrams per sendmmsg call
 # An interface deleted under the daemon is created again, but not forever: this many times
 # within the window, and the daemon exits with EXIT_FAILED for its supervisor (issue 14).
 TUN_RECREATE_MAX = 5
 TUN_RECREATE_WINDOW = 60.0
-# Several servers: RS round trips measured before the choice (core/failover.py). Only the
-# first phase of a probe matters for it, so the probe is cut short after PROBE_TIME_LIMIT.
-PROBE_ROUNDS = 2
-PROBE_TIMEOUT = 1.0
-PROBE_TIME_LIMIT = 1.5
-# Network notifications come in bursts (an address, then its routes): looked at once settled.
-NETWORK_SETTLE = 0.3
 EXIT_FAILED = 1  # also: the socket asked for on SIGHUP cannot be opened
-
-
-class ClientIO:
-    """The ClientTransmit of a running client: the Teredo socket, discovery, the TUN."""
-
-    def __init__(
-        self,
-        sock: socket.socket,
-        tun_fd: int,
-        discovery_addresses: Sequence[str] = (),
-        *,
-        batch: bool = False,
-    ) -> None:
-        self._sock = sock
-        self._send = UdpSender(sock)
-        # With sendmmsg, datagrams wait in a queue until the daemon's flush() at the end of
-        # each wake-up: one system call for a whole TUN batch (DESIGN.md "The hot path").
-        self._batch: BatchSender | None = None
-        if batch:
-            from teredo.io.mmsg import BatchSender  # noqa: PLC0415 (ctypes: 10 ms at start)
-
-            self._batch = BatchSender(sock, MMSG_BATCH)
-        # One Python call per datagram on the data path: the sender itself, not a wrapper
-        # method (ClientTransmit.send_udp is this attribute).
-        self.send_udp: Callable[[bytes, Address], None] = (
-            self._batch.send if self._batch is not None else self._send
-        )
-        self._tun_fd = tun_fd
-        self._write = os.write
-        self.discovery_addresses = list(discovery_addresses)
-        self.tun_errors = 0
-        self.discovery_errors = 0
-
-    def flush(self) -> None:
-        """Sends what the batch queue holds (no-op without batching)."""
-        if self._batch is not None:
-            self._batch.flush()
-
-    def send_discovery(self, payload: bytes) -> None:
-        # Sent from the Teredo socket (its port is what peers must learn), once per private
-        # interface: IP_MULTICAST_IF picks the link.
-        for address in self.discovery_addresses:
-            try:
-                self._sock.setsockopt(
-                    socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(address)
-                )
-                self._sock.sendto(payload, (DISCOVERY_GROUP, TEREDO_PORT))
-            except OSError:
-                self.discovery_errors += 1
-
-    def write_tun(self, packet: bytes) -> None:
-        try:
-            self._write(self._tun_fd, packet)
-        except OSError:
-            # A full TUN queue or a packet the kernel refuses is lost like any packet.
-            self.tun_errors += 1
-
-    def set_tun_fd(self, fd: int) -> None:
-        """The interface was created again: later packets for the stack go to its new fd."""
-        self._tun_fd = fd
-
-    @property
-    def udp_errors(self) -> int:
-        return self._send.errors + (self._batch.errors if self._batch is not None else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,18 +131,15 @@ class ClientDaemon:
         self._slow = 0  # the machine's slow_inputs after the data thread's last batch
         self._notified = False  # an _after_input is already scheduled by the data thread
         self._timer_added = False
-        self._symmetric_reported = False
-        self._last_offline: str | None = None
+        self.events = EventLog()
         self._tun_recreated: list[float] = []  # when the interface was created again
-        self._monitor: NetworkMonitor | None = None
-        self._network_check: asyncio.TimerHandle | None = None
-        self._network_local: tuple[int, int] | None = None  # local IPv4/port last seen
-        self._new_default_route = False
-        # Several servers (issue 13): the choice, the names in use, a move to apply at once.
-        self.failover: ServerFailover | None = None
-        self._active: tuple[str, str | None] = (options.server, options.server2)
-        self._move_now = False
-        self._check_timer: asyncio.TimerHandle | None = None
+        self.network = NetworkWatch(
+            loop,
+            interface=lambda: self.tun.name if self.tun is not None else None,
+            local_address=self._local_address,
+            ready=self._network_ready,
+            act=self._network_changed,
+        )
         self.upnp: UpnpMapper | None = None  # UPnP yes: the NAT's port mapping (io/upnp.py)
         self._undo.push(self._stop_upnp)
         try:
@@ -230,8 +149,10 @@ class ClientDaemon:
             raise
         self.resolver = ServerResolver(loop, self._resolved, resolve=resolve)
         self._undo.push(self.resolver.cancel)
-        self._undo.push(self._stop_monitor)
-        self._undo.push(self._cancel_check)
+        # Several servers (issue 13): the choice and the names in use.
+        self.servers = ServerChoice(loop, self.resolver.request)
+        self._undo.push(self.network.stop)
+        self._undo.push(self.servers.cancel)
 
     # --- set-up -------------------------------------------------------------------------
 
@@ -313,7 +234,7 @@ class ClientDaemon:
         )
         self._start_upnp()
         self._start_servers()
-        self._watch_network()
+        self.network.start()
 
     @property
     def local_port(self) -> int:
@@ -322,7 +243,7 @@ class ClientDaemon:
     def _params(self, resolution: Resolution) -> ClientParams:
         opts = self.options
         server, server2 = resolution
-        local = self._network_local = self._local_address(server)
+        local = self.network.local = self._local_address(server)
         return ClientParams(
             server=server,
             server2=server2,
@@ -352,11 +273,11 @@ class ClientDaemon:
                     self.loop.add_machine(self._timed)
                     self._timer_added = True
             else:
-                if resolution != self.resolution and not is_literal(self._active[0]):
-                    log.info("server %s is now %s: qualifying again", self._active[0], shown)
+                if resolution != self.resolution and not is_literal(self.servers.active[0]):
+                    log.info("server %s is now %s: qualifying again", self.servers.active[0], shown)
                 with self._lock:
                     self.machine.set_server(server, server2, now)
-                    if self._move_now:  # failover: no back-off wait (core/failover.py)
+                    if self.servers.move_now:  # failover: no back-off wait (core/failover.py)
                         local = self._local_address(server)
                         self.machine.requalify(f"moved to server {shown}", now, local)
         except ValueError as exc:
@@ -366,7 +287,7 @@ class ClientDaemon:
             self.loop.stop(EXIT_FAILED)
             return
         self.resolution = resolution
-        self._move_now = False
+        self.servers.move_now = False
         self._after_input()
 
     # --- data path ------------------------------------------------------------------------
@@ -480,77 +401,29 @@ class ClientDaemon:
             self.loop.loop.call_soon_threadsafe(self._after_input)
 
     def _handle(self, event: ClientEvent) -> None:
+        self.events.say(event)  # io/client_log.py
         if isinstance(event, Qualified):
-            log.info(
-                "qualified: address %s, mapping %s:%d, NAT %s, MTU %d",
-                ipv6_text(event.address),
-                event.mapping[0],
-                event.mapping[1],
-                event.nat,
-                event.mtu,
-            )
-            self._last_offline = None
-            if self.failover is not None:
-                self.failover.qualified()
+            self.servers.qualified()
             self.tunnel.qualified(event.address, event.link_local, event.mtu)
             if self.upnp is not None:
                 self.upnp.check(*event.mapping)
             self.loop.ready(f"qualified: {ipv6_text(event.address)}, NAT {event.nat}")
         elif isinstance(event, AddressChanged):
-            log.info(
-                "address changed: %s -> %s, mapping %s:%d, NAT %s",
-                ipv6_text(event.old),
-                ipv6_text(event.new),
-                event.mapping[0],
-                event.mapping[1],
-                event.nat,
-            )
             self.tunnel.address_changed(event.old, event.new, event.link_local, event.mtu)
             if self.upnp is not None:
                 self.upnp.check(*event.mapping)
         elif isinstance(event, MtuChanged):
-            log.info("MTU changed to %d", event.mtu)
             self.tunnel.mtu_changed(event.mtu)
         elif isinstance(event, Offline):
-            # Each retry that fails the same way would repeat the line (every 100 s at most):
-            # said once as a warning, again only at debug level until something changes.
-            repeated = event.reason == self._last_offline
-            self._last_offline = event.reason
-            log.log(
-                logging.DEBUG if repeated else logging.WARNING, "not qualified: %s", event.reason
-            )
             self.tunnel.offline()
             # systemd: the start ends at the first failed attempt too (a client that waits
             # for its server must not hold the boot); the status says it is not qualified.
             self.loop.ready(f"not qualified: {event.reason}")
         elif isinstance(event, SymmetricNat):
-            # Said once as a warning; the machine's later retries only at debug level.
-            first = not self._symmetric_reported
-            self._symmetric_reported = True
-            level = logging.WARNING if first else logging.DEBUG
-            if event.qualified:
-                log.log(
-                    level,
-                    "symmetric NAT (%s): the server saw mapping %s:%d, its second address "
-                    "%s:%d; qualifying with the primary server's mapping (RFC 6081 Symmetric "
-                    "NAT Support: relays work both ways, peers behind port-restricted or "
-                    "symmetric NATs may not)",
-                    event.behaviour,
-                    *event.primary_mapping,
-                    *event.secondary_mapping,
-                )
-            else:
-                log.log(
-                    level,
-                    "symmetric NAT (%s): the server saw mapping %s:%d, its second address "
-                    "%s:%d; not qualified (RFC 4380 section 5.2.1, SymmetricNat refuse)",
-                    event.behaviour,
-                    *event.primary_mapping,
-                    *event.secondary_mapping,
-                )
+            if not event.qualified:
                 self.loop.ready("not qualified: symmetric NAT")
-        elif isinstance(event, ResolveServer) and self.failover is not None:
-            self._server_failed()
+        elif isinstance(event, ResolveServer) and self.servers.failover is not None:
+            self.servers.failed()
         elif isinstance(event, ResolveServer):
             # After a loss of contact the name may point elsewhere now (Miredo re-resolves).
             names = (self.options.server, self.options.server2)
@@ -678,10 +551,8 @@ class ClientDaemon:
         status["tun"] = self.tun.name if self.tun is not None else None
         status["local_port"] = self.local_port
         status["local_discovery"] = self.discovery is not None
-        status["offline_reason"] = self._last_offline
-        if self.failover is not None:
-            status["servers"] = [c[0] for c in self._candidates()]
-            status["failover"] = self.failover.status()
+        status["offline_reason"] = self.events.last_offline
+        status.update(self.servers.status())
         if self.upnp is not None:
             status.update(upnp_status(self.upnp, status))
         return status
@@ -730,16 +601,6 @@ class ClientDaemon:
         if self.netlink is not None:
             self.netlink.close()
             self.netlink = None
-
-    def _stop_monitor(self) -> None:
-        monitor, self._monitor = self._monitor, None
-        if monitor is not None:
-            monitor.stop()
-
-    def _cancel_check(self) -> None:
-        if self._check_timer is not None:
-            self._check_timer.cancel()
-            self._check_timer = None
 
     # --- the interface removed under us (issue 14) ---------------------------------------------
 
@@ -803,77 +664,23 @@ class ClientDaemon:
             return ipv4_to_int(self.options.bind_address), self.local_port
         return towards
 
-    # --- network changes (issue 13) ----------------------------------------------------------
+    # --- network changes (issue 13, io/netwatch.py) -------------------------------------------
 
-    def _watch_network(self) -> None:
-        """Follows link, IPv4 address and IPv4 route notifications (io/netlink.py's thread)."""
-        from teredo.io.netlink import NetworkMonitor  # noqa: PLC0415 - see ThreadedInterface
+    def _network_ready(self) -> bool:
+        return self.resolution is not None and self.sock is not None and self.machine is not None
 
-        loop = self.loop.loop
-
-        def hand_over(changes: list[NetworkChange]) -> None:
-            loop.call_soon_threadsafe(self._changes, changes)
-
-        monitor = NetworkMonitor(hand_over)
-        try:
-            monitor.start()
-        except OSError as exc:
-            # The client still works; it notices a new network at its next refresh only.
-            log.warning("%s; network changes are noticed at the next refresh only", exc)
-            monitor.stop()
-            return
-        self._monitor = monitor
-
-    def _changes(self, changes: list[NetworkChange]) -> None:
-        """A batch of notifications, in the loop thread. Our own interface's are ours; the
-        rest are looked at together a moment later (one change comes as several messages)."""
-        own = None
-        if self.tun is not None:
-            with contextlib.suppress(OSError):
-                own = socket.if_nametoindex(self.tun.name)
-        relevant = [c for c in changes if c.index is None or c.index != own]
-        if not relevant:
-            return
-        if any(c.default_route and c.event == "RTM_NEWROUTE" for c in relevant):
-            self._new_default_route = True
-        if self._network_check is None:
-            self._network_check = self.loop.loop.call_later(NETWORK_SETTLE, self._check_network)
-
-    def _check_network(self) -> None:
-        """Re-qualifies at once on a new local IPv4 or a new default route; goes offline
-        cleanly when no route to the server is left (RFC 4380 5.2.5 would notice only after
-        a refresh interval and three RS: up to 42 s with a dead address)."""
-        self._network_check = None
-        new_route, self._new_default_route = self._new_default_route, False
-        if self.resolution is None or self.sock is None or self.machine is None:
-            return
-        local = self._local_address()
-        before, self._network_local = self._network_local, local
-        if local is None:
-            if before is None:
-                return
-            log.warning("no route to the server any more: offline until the network is back")
-            action = "down"
-        elif local != before:
-            action = f"local address {int_to_ipv4(local[0])}"
-        elif new_route:
-            action = "a new default route"
-        else:
-            return
-        if local is not None:
-            then = "qualifying again" if local != before else "checking the mapping"
-            log.info("network changed (%s): %s", action, then)
-            if local != before:
-                self._reopen_discovery()  # its group memberships name the old address
+    def _network_changed(self, change: Change, why: str, local: tuple[int, int] | None) -> None:
+        if change is Change.MOVED:
+            self._reopen_discovery()  # its group memberships name the old address
         now = self.loop.clock()
         with self._lock:
             machine = self.machine
             if machine is None:
                 return
-            if local is None:
+            if change is Change.DOWN:
                 machine.network_down("no route to the server", now)
-            elif local != before:
-                machine.requalify(f"network changed ({action})", now, local)
+            elif change is Change.MOVED:
+                machine.requalify(f"network changed ({why})", now, local)
             else:
                 machine.refresh_now(now)
         self._after_input()
@@ -885,131 +692,15 @@ class ClientDaemon:
         self._close_discovery()
         self.io.discovery_addresses = self._open_discovery()
 
-    # --- several servers (issue 13) -----------------------------------------------------------
+    # --- several servers (issue 13, io/servers.py) ---------------------------------------------
 
-    def _candidates(self) -> list[tuple[str, str | None]]:
+    def _candidates(self) -> list[Names]:
         """The configured servers in order: (name, secondary name); only the first has one."""
         opts = self.options
         return [(opts.server, opts.server2), *((name, None) for name in opts.more_servers)]
 
     def _start_servers(self) -> None:
-        """One server: resolve it. Several: probe them all off the loop (RFC 4380 5.2.1's
-        questions, as `teredo probe`), then use the best by round trip."""
-        if self._check_timer is not None:
-            self._check_timer.cancel()
-            self._check_timer = None
-        candidates = self._candidates()
-        if len(candidates) == 1:
-            self.failover = None
-            self._use(candidates[0], move_now=False)
-            return
-        self.failover = ServerFailover(len(candidates))
-        future = self.loop.loop.run_in_executor(
-            None, _probe_candidates, candidates, self.options.bind_address, PROBE_ROUNDS
-        )
-        failover = self.failover
-        future.add_done_callback(lambda f: self._ranked(failover, f))
-
-    def _ranked(self, failover: ServerFailover, future: asyncio.Future[list[ProbeResult]]) -> None:
-        if failover is not self.failover:
-            return  # a reload started another choice
-        try:
-            results = future.result()
-        except Exception as exc:  # whatever happened, the client must still start
-            log.warning("cannot probe the servers (%s): trying them in the configured order", exc)
-            results = []
-        index = failover.choose(rank(results))
-        log.info(
-            "servers by round trip: %s; using %s",
-            ", ".join(_rtt_text(r) for r in results) or "not measured",
-            self._candidates()[index][0],
-        )
-        self._use(self._candidates()[index], move_now=False)
-
-    def _use(self, names: tuple[str, str | None], *, move_now: bool) -> None:
-        self._active = names
-        self._move_now = move_now
-        self.resolver.request(*names)
-        self._arm_check()
-
-    def _server_failed(self) -> None:
-        """The server in use stopped answering (ResolveServer): the next one (failover)."""
-        failover = self.failover
-        if failover is None:
-            return
-        old = self._active[0]
-        move: Move = failover.failed(self.loop.clock())
-        new = self._candidates()[move.index]
-        log.warning(
-            "server %s is not answering: moving to server %s%s",
-            old,
-            new[0],
-            "" if move.now else " (every server failed in a row: after the back-off)",
-        )
-        self._use(new, move_now=move.now)
-
-    def _arm_check(self) -> None:
-        """While away from the preferred server, check it again at the failover's date."""
-        if self._check_timer is not None:
-            self._check_timer.cancel()
-            self._check_timer = None
-        when = self.failover.next_check() if self.failover is not None else None
-        if when is not None:
-            delay = max(0.0, when - self.loop.clock())
-            self._check_timer = self.loop.loop.call_later(delay, self._check_preferred)
-
-    def _check_preferred(self) -> None:
-        self._check_timer = None
-        failover = self.failover
-        if failover is None:
-            return
-        preferred = self._candidates()[failover.preferred]
-        future = self.loop.loop.run_in_executor(
-            None, _probe_candidates, [preferred], self.options.bind_address, 1
-        )
-        future.add_done_callback(lambda f: self._checked(failover, f))
-
-    def _checked(self, failover: ServerFailover, future: asyncio.Future[list[ProbeResult]]) -> None:
-        if failover is not self.failover:
-            return
-        try:
-            answered = any(r.reachable for r in future.result())
-        except Exception:  # a check that fails is a check not answered
-            answered = False
-        move = failover.checked(answered, self.loop.clock())
-        if move is None:
-            self._arm_check()
-            return
-        back = self._candidates()[move.index]
-        log.info(
-            "server %s answered %d checks in a row: moving back to it",
-            back[0],
-            failover.stable_checks,
-        )
-        self._use(back, move_now=True)
-
-
-def _probe_candidates(
-    candidates: list[tuple[str, str | None]], bind_address: str, rounds: int
-) -> list[ProbeResult]:
-    """RS round trips to each candidate from sockets of their own (io/probe.py), bounded by
-    PROBE_TIME_LIMIT: run in an executor thread, never on the loop."""
-    from teredo.io.probe import Candidate, probe_servers  # noqa: PLC0415 - only with failover
-
-    return probe_servers(
-        [Candidate(name, name, second) for name, second in candidates],
-        rounds=rounds,
-        timeout=PROBE_TIMEOUT,
-        bind_address=None if bind_address == "0.0.0.0" else bind_address,  # noqa: S104
-        time_limit=PROBE_TIME_LIMIT,
-    )
-
-
-def _rtt_text(result: ProbeResult) -> str:
-    median = result.rtt_median
-    if median is None:
-        return f"{result.name or result.server} no answer"
-    return f"{result.name or result.server} {median * 1000.0:.1f} ms"
+        self.servers.start(self._candidates(), self.options.bind_address)
 
 
 def _ignore(data: bytes, source: tuple[str, int], now: float) -> None:
