@@ -108,7 +108,11 @@ def test_server_mapping_known_before_the_igd_answered() -> None:
     lib = Recording()
     mapper = UpnpMapper(40000, library=lambda: lib)
     mapper.check("203.0.113.11", 51234)  # qualified first
-    _run(mapper)
+    # The thread says "mapped" first, then runs the check: wait for the check's outcome.
+    done = threading.Event()
+    mapper._on_change = lambda: done.set() if mapper.state == "unused" else None
+    mapper.start()
+    assert done.wait(5)
     assert mapper.status()["state"] == "unused"
     assert ("delete", 40000, "UDP") in lib.calls
 
