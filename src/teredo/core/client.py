@@ -41,6 +41,13 @@ from teredo.core.ipv6 import (
     parse_echo,
 )
 from teredo.core.peers import PeerTable
+from teredo.core.portpredict import (
+    FlowCounter,
+    PortPrediction,
+    PredictedPorts,
+    random_port,
+    tried_ports,
+)
 from teredo.core.procedure import ClientProcedures, ProcedureKind, bad_source
 from teredo.core.qualify import (
     AddressChanged,
@@ -156,6 +163,11 @@ class ClientMachine(Qualification, ClientProcedures):
         # RFC 6081 Symmetric NAT Support, receiving side: our recent bubbles, per peer.
         self._adoption = PortAdoption()
         self._hairpin = HairpinRecords()  # RFC 6081 Hairpinning: our offers and tries
+        # RFC 6081 Sequential Port-Symmetric NAT (core/portpredict.py): our flows and trailers
+        # while behind one, the ports we tried for peers behind one.
+        self._raw_out = out
+        self._prediction = PortPrediction()
+        self._predicted = PredictedPorts()
         self._unsolicited = TokenBucket(UNSOLICITED_PING_RATE, UNSOLICITED_PING_BURST)
         self._origin_bubbles = BucketTable(ORIGIN_BUBBLE_RATE, ORIGIN_BUBBLE_BURST, 1024)
         self._origin_bubbles_ipv4 = BucketTable(
@@ -246,6 +258,7 @@ class ClientMachine(Qualification, ClientProcedures):
         self._peers.clear()
         self._adoption.clear()
         self._hairpin.clear()
+        self._predicted.clear()
 
     # --- local discovery (section 5.2.8) --------------------------------------------------------
 
@@ -388,6 +401,7 @@ class ClientMachine(Qualification, ClientProcedures):
                 self._answer_origin(pkt, origin, now)
             if pkt.has_trailers:
                 self._hairpin_try(pkt, now)
+                self._predicted_try(pkt, now)
             if bubble:
                 return None  # an indirect bubble has done its job with the reply above
         elif self.address is None:
@@ -475,6 +489,8 @@ class ClientMachine(Qualification, ClientProcedures):
             # shortly after ours; core/symmetric.py). Anything else is dropped (RFC 4380).
             if self._hairpin_accept(pkt, row, src, (ipv4, port), now):
                 return None
+            if self._predicted_accept(pkt, row, src, (ipv4, port), now):
+                return None
             if bubble and self._adopt_port(row, src, ipv4, port, now):
                 return None
             return DropReason.UNKNOWN_BUBBLE if bubble else DropReason.MAPPING_MISMATCH
@@ -524,6 +540,64 @@ class ClientMachine(Qualification, ClientProcedures):
         self._trust(row, src, ipv4, port, now)
         self.out.send_udp(build_bubble(address, src), (int_to_ipv4(ipv4), port))
         peers.touch_tx(row, now)
+        return True
+
+    # --- RFC 6081 port prediction (core/portpredict.py has the rules) ---------------------------
+
+    def _start_prediction(self) -> None:
+        """After qualification: behind a sequential NAT our transmit numbers new flows."""
+        mapping = self._mapping
+        servers = ((self._server, _SERVER_PORT), (self._server2, _SERVER_PORT))
+        if mapping is not None and self._prediction.start(self.nat_behaviour, mapping, servers):
+            self.out = FlowCounter(self._raw_out, self._prediction)
+        else:
+            self.out = self._raw_out
+
+    def _predicted_try(self, pkt: TeredoPacket, now: float) -> None:
+        """A bubble relayed by our server with a Random Port trailer: the peer's NAT will use
+        that port toward us; bubbling it (and the next ones) opens our NAT to it."""
+        address, src = self.address, pkt.src
+        trailers = pkt.trailers
+        if address is None or isinstance(trailers, DropReason) or src[:4] != self._prefix:
+            return
+        announced = random_port(trailers)
+        ipv4, port = embedded_mapping(src)
+        if announced is None or announced == port or src == address or not is_global_ipv4(ipv4):
+            return
+        peers = self._peers
+        row = peers.lookup(src)
+        if row is not None and peers.is_trusted(row) and peers.is_valid(row, now):
+            return
+        ports = tried_ports(announced)
+        bubble = build_bubble(address, src)
+        host = int_to_ipv4(ipv4)
+        for p in ports:
+            if self._origin_bubbles.allow((ipv4, p), now):
+                self.out.send_udp(bubble, (host, p))
+        self._predicted.tried(src, ipv4, ports, now)
+
+    def _predicted_accept(
+        self, pkt: TeredoPacket, row: int | None, src: bytes, source: tuple[int, int], now: float
+    ) -> bool:
+        """A packet from a port we tried after the peer's Random Port trailer, from the IPv4
+        its address embeds, in time: the peer is trusted there (never a valid trusted one)."""
+        ipv4, port = source
+        if self.address is None or embedded_mapping(src)[0] != ipv4:
+            return False
+        peers = self._peers
+        if row is not None and (
+            peers.is_local(row) or (peers.is_trusted(row) and peers.is_valid(row, now))
+        ):
+            return False
+        if not self._predicted.accept(src, ipv4, port, now):
+            return False
+        if row is None:
+            row = peers.insert(src, now)  # trusted just below
+            if row is None:
+                return False
+        self._trust(row, src, ipv4, port, now)
+        if not pkt.is_bubble:
+            self.out.write_tun(pkt.ipv6)
         return True
 
     # --- RFC 6081 Hairpinning (core/hairpin.py has the rules) ----------------------------------
@@ -633,6 +707,13 @@ class ClientMachine(Qualification, ClientProcedures):
         self.out.send_udp(build_bubble(address, src), (int_to_ipv4(ipv4), port))
         if src[:4] == self._prefix:
             self._adoption.bubbled(src, ipv4, now)  # RFC 6081: its answer may use a new port
+            if self._prediction.active:
+                # Behind a sequential NAT the bubble above left from a new port, which the
+                # peer's NAT does not know: tell it through the peer's server (RFC 6081).
+                trailer = self._prediction.trailer(origin)
+                if trailer:
+                    server = (int_to_ipv4(embedded_server(src)), _SERVER_PORT)
+                    self.out.send_udp(build_bubble(address, src) + trailer, server)
 
     def _trust(self, row: int, addr: bytes, ipv4: int, port: int, now: float) -> None:
         """Trusted at (ipv4, port): flush what waited (sections 5.2.3 cases 2, 3, 5)."""
@@ -767,6 +848,8 @@ class ClientMachine(Qualification, ClientProcedures):
             "suspends": self.suspends,
             "symmetric_ports_adopted": self._adoption.adopted,
             "hairpin_peers": self._hairpin.accepted,
+            "random_ports_announced": self._prediction.announced,
+            "predicted_peers": self._predicted.accepted,
             "slow_inputs": self.slow_inputs,
             "drops": self.drops.snapshot(),
         }

@@ -30,6 +30,9 @@ from teredo.core.qualify import ClientParams, ClientTransmit, sockaddr
 from teredo.core.ratelimit import TokenBucket
 from teredo.core.symmetric import PortAdoption
 
+if TYPE_CHECKING:
+    from teredo.core.portpredict import PortPrediction
+
 #: Sections 5.2.4, 5.2.6 and 5.4.1: a bubble is repeated 2 s after the last one, at most 3
 #: times (4 bubbles), by the client and the relay alike.
 BUBBLE_INTERVAL = 2.0
@@ -123,6 +126,7 @@ class ClientProcedures:
     _random: Callable[[int], bytes]
     _peers: PeerTable
     _adoption: PortAdoption
+    _prediction: PortPrediction
     _server_addr: tuple[str, int]
 
     if TYPE_CHECKING:
@@ -190,6 +194,7 @@ class ClientProcedures:
             # Direct bubble to the peer's mapping, indirect one through its server.
             mapping = embedded_mapping(addr)
             bubble += self._hairpin_trailer(addr, now)  # RFC 6081 Hairpinning: same NAT only
+            bubble += self._prediction.trailer(mapping)  # RFC 6081: behind a sequential NAT
             self.out.send_udp(bubble, sockaddr(mapping))
             self.out.send_udp(bubble, (int_to_ipv4(embedded_server(addr)), TEREDO_PORT))
             self._adoption.bubbled(addr, mapping[0], now)  # RFC 6081 Symmetric NAT Support

@@ -251,6 +251,7 @@ class Qualification:
         def _clear_probes(self, reason: DropReason) -> None: ...
         def _send_discovery_bubble(self, now: float) -> None: ...
         def _forget_peers(self) -> None: ...
+        def _start_prediction(self) -> None: ...
 
     def _init_qualification(self, params: ClientParams) -> None:
         self._prefix = params.prefix
@@ -537,6 +538,7 @@ class Qualification:
             )
         else:
             self._emit(Qualified(address, LINK_LOCAL_RESTRICTED, mtu, nat, sockaddr(mapping)))
+        self._start_prediction()  # RFC 6081 port prediction behind a sequential NAT
         if self.params.local_discovery:
             self._send_discovery_bubble(now)
 
