@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from teredo.cli.options import (
     PidFile,
@@ -20,8 +20,12 @@ from teredo.cli.options import (
 )
 from teredo.core.config import ClientSettings, ConfigError, Role
 from teredo.io.client_driver import ClientDaemon, ClientOptions
+from teredo.io.datapath import DatapathError, start_kernel
 from teredo.io.driver import StartError, reload_handler
 from teredo.io.loop import DaemonLoop
+
+if TYPE_CHECKING:
+    from teredo.io.kclient import ClientKernelPath
 
 EXIT_START_FAILED = 1
 
@@ -77,6 +81,7 @@ def options_from(settings: ClientSettings, args: argparse.Namespace) -> ClientOp
         hook=hook,
         default_route=args.default_route,
         refuse_symmetric=settings.refuse_symmetric,
+        datapath=settings.datapath,
         upnp=settings.upnp,
     )
 
@@ -85,6 +90,13 @@ def _check_hook(path: str | None) -> ConfigError | None:
     if path is not None and not (os.path.isfile(path) and os.access(path, os.X_OK)):
         return ConfigError("command line", 0, "--hook", f"{path} is not an executable file")
     return None
+
+
+def _load_kernel() -> ClientKernelPath:
+    # Imported here: a client with --datapath user never loads libbpf.
+    from teredo.io.kclient import ClientKernelPath  # noqa: PLC0415
+
+    return ClientKernelPath.load()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,9 +113,14 @@ def run(args: argparse.Namespace) -> int:
     loop = DaemonLoop()
     try:
         with PidFile(args.pidfile):
+            # Loaded before the privilege drop (loading needs CAP_BPF); attached by the daemon
+            # with the CAP_NET_ADMIN it keeps (docs/kernel.md).
+            kernel = start_kernel(options.datapath, f"client on {options.interface}", _load_kernel)
             if not loop.drop_privileges(user, log):
+                if kernel is not None:
+                    kernel.close()
                 return EXIT_START_FAILED
-            daemon = ClientDaemon(options, loop)
+            daemon = ClientDaemon(options, loop, kernel=kernel)
 
             reload = reload_handler(
                 log, lambda: options_from(load_settings(args, Role.CLIENT), args), daemon.reload
@@ -123,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
                 ready=None,
                 user=user,
             )
-    except (StartError, PidFileError) as err:
+    except (StartError, PidFileError, DatapathError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED
     finally:

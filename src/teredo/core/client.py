@@ -183,6 +183,12 @@ class ClientMachine(Qualification, ClientProcedures):
         self.slow_inputs = 0
         self.suspends = 0
 
+    @property
+    def peers(self) -> PeerTable:
+        """The peer list (sections 5.2.3-5.2.6), for the kernel data path's mirror, which
+        watches it (PeerTable.watch) and reads the kernel's use back into it."""
+        return self._peers
+
     # --- events and timers ----------------------------------------------------------------------
 
     def next_event(self) -> ClientEvent | None:

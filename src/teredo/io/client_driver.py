@@ -19,6 +19,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from teredo.core.addr import (
     format_prefix,
@@ -36,6 +37,7 @@ from teredo.core.client import (
     ResolveServer,
     SymmetricNat,
 )
+from teredo.core.config import DatapathMode
 from teredo.io.client_io import ClientIO
 from teredo.io.client_log import EventLog
 from teredo.io.datathread import DataThread, Feed
@@ -47,6 +49,7 @@ from teredo.io.discovery import (
 )
 from teredo.io.driver import LockedTimer, Reload, StartError, Undo, bind_error
 from teredo.io.hook import HookRunner
+from teredo.io.kmirror import SYNC_INTERVAL
 from teredo.io.loop import DaemonLoop
 from teredo.io.netwatch import Change, NetworkWatch
 from teredo.io.resolve import Resolution, ServerResolver, is_literal, resolve_ipv4
@@ -60,6 +63,9 @@ from teredo.io.tunnel import (
 )
 from teredo.io.udp import drain, open_udp_socket
 from teredo.io.upnp import UpnpMapper, upnp_status
+
+if TYPE_CHECKING:
+    from teredo.io.kclient import ClientKernelPath
 
 log = logging.getLogger("teredo.client")
 
@@ -88,6 +94,9 @@ class ClientOptions:
     default_route: bool = True
     refuse_symmetric: bool = False  # SymmetricNat refuse: RFC 4380 5.2.1 strictly
     upnp: bool = False  # UPnP yes: map the port on a UPnP IGD NAT (io/upnp.py, RFC 6081)
+    # The kernel data path (io/kclient.py): the daemon is handed the loaded programs; this
+    # says what to do when they cannot attach (kernel: no start; auto: the Python path).
+    datapath: DatapathMode = DatapathMode.USER
     # sendmmsg when the C library has it. Off: at the rates measured (docs/benchmarks.md,
     # "Client") a wake-up carries one or two datagrams, and filling the batch costs more
     # Python time than the system calls it saves (as the server found).
@@ -108,9 +117,13 @@ class ClientDaemon:
         *,
         random_bytes: Callable[[int], bytes] = os.urandom,
         resolve: Callable[[str], int] = resolve_ipv4,
+        kernel: ClientKernelPath | None = None,
     ) -> None:
         self.options = options
         self.loop = loop
+        #: The kernel data path (io/kclient.py, loaded before the privilege drop), None on the
+        #: Python path. Closed last (LIFO undo): the programs detach with the daemon.
+        self.kernel = kernel
         self._random = random_bytes
         self.machine: ClientMachine | None = None
         self.resolution: Resolution | None = None
@@ -125,6 +138,7 @@ class ClientDaemon:
             lambda: self.machine, self._lock, under_lock=self._expired, after=self._handle_all
         )
         self._undo = Undo()
+        self._undo.push(self._close_kernel)
         self._data: DataThread | None = None
         # What the data thread feeds (io/datathread.py DataTarget): the machine once it exists.
         self._feed = Feed(_ignore, _ignore_tun, self._after_batch)
@@ -132,6 +146,7 @@ class ClientDaemon:
         self._notified = False  # an _after_input is already scheduled by the data thread
         self._timer_added = False
         self.events = EventLog()
+        self._mirror_timer = False
         self._tun_recreated: list[float] = []  # when the interface was created again
         self.network = NetworkWatch(
             loop,
@@ -179,6 +194,7 @@ class ClientDaemon:
             self.tunnel.prepare()
         except OSError as exc:  # NetlinkConfigError
             raise StartError(str(exc.strerror or exc)) from None
+        self._attach_kernel(strict=opts.datapath is DatapathMode.KERNEL)
         self._undo.push(self._stop_data_path)
         self._undo.push(self._close_discovery)
         self._serve_socket(sock, tun)
@@ -367,6 +383,15 @@ class ClientDaemon:
 
     def _use_machine(self, machine: ClientMachine | None) -> None:
         """Lock held: the machine the data thread feeds from its next wake-up on."""
+        kernel = self.kernel
+        if kernel is not None:
+            # The kernel's map mirrors this machine's trusted peers and no other's.
+            if self.machine is not None:
+                self.machine.peers.watch = None
+            kernel.offline()
+            kernel.mirror.cleared()
+            if machine is not None:
+                machine.peers.watch = kernel.mirror
         self.machine = machine
         feed = self._feed
         feed.feed_udp = machine.receive_udp if machine is not None else _ignore
@@ -405,17 +430,23 @@ class ClientDaemon:
         if isinstance(event, Qualified):
             self.servers.qualified()
             self.tunnel.qualified(event.address, event.link_local, event.mtu)
+            if self.kernel is not None:
+                self.kernel.qualified(event.address, self._local_address())
             if self.upnp is not None:
                 self.upnp.check(*event.mapping)
             self.loop.ready(f"qualified: {ipv6_text(event.address)}, NAT {event.nat}")
         elif isinstance(event, AddressChanged):
             self.tunnel.address_changed(event.old, event.new, event.link_local, event.mtu)
+            if self.kernel is not None:
+                self.kernel.qualified(event.new, self._local_address())
             if self.upnp is not None:
                 self.upnp.check(*event.mapping)
         elif isinstance(event, MtuChanged):
             self.tunnel.mtu_changed(event.mtu)
         elif isinstance(event, Offline):
             self.tunnel.offline()
+            if self.kernel is not None:
+                self.kernel.offline()
             # systemd: the start ends at the first failed attempt too (a client that waits
             # for its server must not hold the boot); the status says it is not qualified.
             self.loop.ready(f"not qualified: {event.reason}")
@@ -440,6 +471,8 @@ class ClientDaemon:
         old = self.options
         if options.interface != old.interface:
             return Reload(restart="a new interface name")
+        if options.datapath != old.datapath:
+            return Reload(restart="a new data path (Datapath)")
         self.options = options
         notes: list[str] = []
         if options.hook != old.hook:
@@ -525,9 +558,11 @@ class ClientDaemon:
         errors = (
             (io.udp_errors, io.tun_errors, io.discovery_errors) if io is not None else (0, 0, 0)
         )
+        with self._lock:
+            kernel = self.kernel.summary() if self.kernel is not None else "data path: user"
         return (
             f"status {status}, send errors udp {errors[0]} tun {errors[1]} "
-            f"discovery {errors[2]}, configuration errors {self.tunnel.errors}"
+            f"discovery {errors[2]}, configuration errors {self.tunnel.errors}; {kernel}"
         )
 
     def status(self) -> dict[str, object]:
@@ -548,6 +583,9 @@ class ClientDaemon:
         tunnel = getattr(self, "tunnel", None)
         status["configuration_errors"] = tunnel.errors if tunnel is not None else 0
         status["data_path_faults"] = self.data_path_faults
+        with self._lock:
+            status["datapath"] = "kernel" if self.kernel is not None else "user"
+            status["kernel"] = self.kernel.counters() if self.kernel is not None else None
         status["tun"] = self.tun.name if self.tun is not None else None
         status["local_port"] = self.local_port
         status["local_discovery"] = self.discovery is not None
@@ -571,6 +609,35 @@ class ClientDaemon:
         upnp, self.upnp = self.upnp, None
         if upnp is not None:
             upnp.stop()
+
+    # --- the kernel data path (io/kclient.py) ------------------------------------------------
+
+    def _attach_kernel(self, *, strict: bool) -> None:
+        """client_encap on the TUN (the decapsulation attaches once qualified). Where it cannot:
+        `strict` (--datapath kernel at start) no start, otherwise one line and the Python path."""
+        kernel = self.kernel
+        if kernel is None or self.netlink is None:
+            return
+        try:
+            kernel.attach_tun(self.netlink.index())
+        except OSError as exc:
+            what = f"kernel data path for client on {self.netlink.ifname}: {exc}"
+            if strict:
+                raise StartError(what) from None
+            log.info("data path: user (%s)", what)
+            self._close_kernel()
+            return
+        if not self._mirror_timer:
+            self._mirror_timer = True
+            self.loop.add_machine(_MirrorTimer(self))
+
+    def _close_kernel(self) -> None:
+        with self._lock:
+            kernel, self.kernel = self.kernel, None
+            if kernel is not None and self.machine is not None:
+                self.machine.peers.watch = None
+        if kernel is not None:
+            kernel.close()
 
     def close(self) -> None:
         """Removes what the daemon created, last first: timers, the network watch, the
@@ -643,6 +710,7 @@ class ClientDaemon:
             self.loop.stop(EXIT_FAILED)
             return
         self.io.set_tun_fd(new.fd)
+        self._attach_kernel(strict=False)  # the old link went with the old interface
         if self.sock is not None:
             self._start_data_path(self.sock, new.fd)
         with self._lock:
@@ -701,6 +769,35 @@ class ClientDaemon:
 
     def _start_servers(self) -> None:
         self.servers.start(self._candidates(), self.options.bind_address)
+
+
+class _MirrorTimer:
+    """The kernel mirror's reconciliation (io/kmirror.py `sync`: the kernel's use read back
+    into the core, the core's receptions written down) as a timer of the loop, under the lock."""
+
+    __slots__ = ("_daemon",)
+
+    def __init__(self, daemon: ClientDaemon) -> None:
+        self._daemon = daemon
+
+    def next_deadline(self) -> float | None:
+        kernel = self._daemon.kernel
+        if kernel is None:
+            return None
+        if kernel.next_sync is None:
+            kernel.next_sync = self._daemon.loop.clock() + SYNC_INTERVAL
+        return kernel.next_sync
+
+    def handle_timer(self, now: float) -> None:
+        daemon = self._daemon
+        with daemon._lock:
+            kernel = daemon.kernel
+            if kernel is None or (kernel.next_sync is not None and now < kernel.next_sync):
+                return
+            if daemon.machine is None:
+                kernel.next_sync = now + SYNC_INTERVAL
+                return
+            kernel.sync(daemon.machine.peers, now)
 
 
 def _ignore(data: bytes, source: tuple[str, int], now: float) -> None:
