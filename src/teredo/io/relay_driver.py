@@ -35,7 +35,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from teredo.core.addr import Address
 from teredo.core.config import DatapathMode
 from teredo.core.relay import RelayMachine, RelayParams
-from teredo.io.datapath import start_kernel
+from teredo.io.datapath import DatapathError, start_kernel
 from teredo.io.datathread import DataThread, Feed
 from teredo.io.driver import LockedTimer, Reload, StartError, Undo, bind_udp
 from teredo.io.kmirror import SYNC_INTERVAL
@@ -240,9 +240,12 @@ class RelayDaemon:
         self._watch: socket.socket | None = None
         if params.host_specific:
             self._start_address_watch()
-        self.kernel = start_kernel(
-            self.datapath, f"relay on {self.tun.name}", lambda: self._start_kernel(params)
-        )
+        try:
+            self.kernel = start_kernel(
+                self.datapath, f"relay on {self.tun.name}", lambda: self._start_kernel(params)
+            )
+        except DatapathError as exc:  # --datapath kernel where it cannot: one line, exit 1
+            raise StartError(str(exc)) from None
         if self.kernel is not None:
             kernel = self.kernel
             self._undo.push(kernel.close)
