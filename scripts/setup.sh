@@ -13,6 +13,10 @@ apt_packages+=(ethtool)
 apt_packages+=(systemd systemd-container)
 # bird2: the anycast lab's routers and each relay's and server's BGP speaker (lab/bird.py).
 apt_packages+=(bird2)
+# frr: the anycast lab's other routing daemon (`teredo lab up --routing frr`, lab/frr.py): zebra,
+# bgpd and bfdd run per namespace with their own files; the policy-rc.d guard below keeps the
+# package's frr service from starting on this host.
+apt_packages+=(frr)
 # miniupnpd: the UPnP IGD of the lab's symmetric-upnp NAT (lab/upnp.py), run only inside that NAT's
 # namespace with its own files; the policy-rc.d guard below keeps the package's service from
 # starting on this host.

@@ -123,6 +123,34 @@ def test_routes_in_the_table_on_the_anchor_then_withdrawn(netns: str) -> None:
         proc.wait(timeout=10)
 
 
+def test_withdraw_is_told_to_route_listeners(netns: str) -> None:
+    # A routing daemon that follows netlink (FRR's zebra) must hear of every withdrawn route:
+    # the kernel flushes the IPv4 routes of a deleted device silently, so withdraw deletes them.
+    monitor = subprocess.Popen(
+        ["ip", "-n", netns, "monitor", "route"], stdout=subprocess.PIPE, text=True
+    )
+    proc = _announcer(netns)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        proc.stdout.readline()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "withdrawn"
+        time.sleep(1.0)  # the monitor prints what the kernel told it
+        monitor.terminate()
+        out = monitor.communicate(timeout=10)[0]
+        deleted = [line.strip() for line in out.splitlines() if line.startswith("Deleted")]
+        assert any(d.startswith("Deleted 198.51.100.40 ") for d in deleted), deleted
+        assert any(d.startswith("Deleted 2001::/32 ") for d in deleted), deleted
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        if monitor.poll() is None:
+            monitor.kill()
+            monitor.wait(timeout=10)
+
+
 def test_sigkill_takes_the_routes_away(netns: str) -> None:
     proc = _announcer(netns)
     try:

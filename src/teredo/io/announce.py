@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from typing import Final
 
@@ -42,6 +43,8 @@ ANCHOR_PREFIX: Final = "announce"
 AF_INET: Final = 2
 AF_INET6: Final = 10
 RT_SCOPE_LINK: Final = 253
+#: Seconds a withdraw waits for its route deletions before it closes the anchor anyway.
+DELETE_TIMEOUT: Final = 2.0
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -136,6 +139,44 @@ class Announcement:
                     route.update(family=AF_INET, scope=RT_SCOPE_LINK)
                 ipr.route("replace", **route)
 
+    def _delete_routes(self, ifname: str) -> None:
+        """Delete our routes one by one before the anchor goes, so that the kernel tells every
+        listener (RTM_DELROUTE). When a device goes, the kernel flushes its IPv4 routes without
+        a notification; BIRD rescans (`scan time`) and sees them gone, but FRR 8.4's zebra drops
+        them from its copy of table N and keeps the route it imported from it (`ip import-table`)
+        announced (docs/scale.md, FRR). Best effort: it needs CAP_NET_ADMIN, which a daemon may
+        have dropped; closing the anchor still removes the routes then. In a thread of its own:
+        pyroute2's synchronous API runs an asyncio loop, which fails inside the daemon's."""
+        thread = threading.Thread(
+            target=self._delete_routes_now, args=(ifname,), name="withdraw", daemon=True
+        )
+        thread.start()
+        thread.join(DELETE_TIMEOUT)
+
+    def _delete_routes_now(self, ifname: str) -> None:
+        try:
+            with IPRoute() as ipr:
+                found = ipr.link_lookup(ifname=ifname)
+                if not found:
+                    return
+                for network in self.prefixes:
+                    route: dict[str, object] = {
+                        "dst": str(network.network_address),
+                        "dst_len": network.prefixlen,
+                        "oif": int(found[0]),
+                        "table": self.table,
+                        "proto": ANNOUNCE_PROTO,
+                        "family": AF_INET6,
+                    }
+                    if network.version == 4:
+                        route.update(family=AF_INET, scope=RT_SCOPE_LINK)  # as _add_routes
+                    try:
+                        ipr.route("del", **route)
+                    except NetlinkError as exc:
+                        log.debug("withdraw: %s left to go with %s (%s)", network, ifname, exc)
+        except Exception as exc:  # whatever it is, closing the anchor removes the routes
+            log.debug("withdraw: routes left to go with %s (%s)", ifname, exc)
+
     def withdraw(self, *, final: bool = False) -> bool:
         """Remove the routes (the kernel does, with the anchor); True if they were there.
         `final`: for good (the daemon stops), `announce` will not bring them back."""
@@ -143,7 +184,10 @@ class Announcement:
         anchor, self._anchor = self._anchor, None
         if anchor is None:
             return False
-        anchor.close()
+        try:
+            self._delete_routes(anchor.name)
+        finally:
+            anchor.close()
         log.info(
             "withdrawn %s from routing table %d", ", ".join(map(str, self.prefixes)), self.table
         )
