@@ -92,5 +92,5 @@ def test_status_lines_show_sessions_routes_and_next_hops() -> None:
     lines = anycast.status_lines(view)
     assert lines[1] == "  up6: sessions up: relay1, relay2"
     assert "kernel ECMP via 2001:db8:10:1::2, 2001:db8:10:2::2" in lines[2]
-    assert lines[3].split() == ["relay1", "BGP", "up", "announces", "2001::/32"]
-    assert lines[4].split() == ["relay2", "BGP", "DOWN", "announces"]
+    assert lines[3].split() == ["relay1", "bird", "BGP", "up", "announces", "2001::/32"]
+    assert lines[4].split() == ["relay2", "bird", "BGP", "DOWN", "announces"]

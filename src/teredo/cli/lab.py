@@ -139,6 +139,13 @@ def _anycast_options(p: argparse.ArgumentParser) -> None:
         metavar="M",
         help="M servers of ours on the same two addresses behind a BIRD router (ECMP)",
     )
+    group.add_argument(
+        "--routing",
+        choices=anycast.ROUTING,
+        default="bird",
+        help="the servers' BGP speakers: bird (default) or frr (zebra ip import-table; the "
+        "relays' speakers stay BIRD: FRR 8.4 has no ipv6 import-table)",
+    )
 
 
 def _client_impls(lab: Lab, client: Impl | list[Impl | None] | None) -> list[Impl | None]:
@@ -154,7 +161,7 @@ def _fail(exc: BaseException) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     nats = args.nats or [NatKind.PORT_RESTRICTED, NatKind.PORT_RESTRICTED, NatKind.FULL_CONE]
-    spec = anycast.AnycastSpec(args.relays, args.servers)
+    spec = anycast.AnycastSpec(args.relays, args.servers, routing=args.routing)
     if spec.relays or spec.servers:
         lab = Lab(
             args.prefix,

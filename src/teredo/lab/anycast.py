@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from teredo.lab import system
+from teredo.lab import frr, system
 from teredo.lab.bird import (
     ANNOUNCE_TABLE,
     ROUTER_AS,
@@ -73,6 +73,8 @@ STATE_FILE = "anycast.json"
 # Fixed ECMP hash seed on the routers, so that a lab run picks the same relay for the same pair
 # of addresses every time (the kernel otherwise draws a seed per namespace).
 HASH_SEED = 11
+#: Routing daemons the speakers next to the servers may run (the routers run BIRD).
+ROUTING = ("bird", "frr")
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,13 @@ class AnycastSpec:
     relays: int
     servers: int
     drain: float = LAB_DRAIN
+    #: The servers' speakers: BIRD or FRR. The relays' stay BIRD: FRR 8.4 cannot import the
+    #: IPv6 routes of table N (no `ipv6 import-table`; lab/frr.py).
+    routing: str = "bird"
 
     def check(self) -> None:
+        if self.routing not in ROUTING:
+            raise LabError(f"--routing: {' or '.join(ROUTING)}, not {self.routing!r}")
         if not 0 <= self.relays <= MAX_RELAYS:
             raise LabError(f"--relays: 0..{MAX_RELAYS}, not {self.relays}")
         if not 0 <= self.servers <= MAX_SERVERS:
@@ -261,12 +268,21 @@ def _wire(lab: Lab, spec: AnycastSpec) -> None:
                 f"addr add {server_side}/30 dev eth0",
                 f"addr add {server_v6}/64 dev eth0 nodad",
                 "link set eth0 up",
-                f"addr add {SERVER_V4}/32 dev lo",
-                f"addr add {SERVER_V4_2}/32 dev lo",
+                *_server_addresses(spec),
                 f"route add default via {router_side}",
                 f"route add ::/0 via {router_v6}",
             ],
         )
+
+
+def _server_addresses(spec: AnycastSpec) -> list[str]:
+    """How a server holds S and S+1: on lo, or for FRR as local routes (AnyIP). zebra makes a
+    connected route of an address (distance 0), which beats the route it imports from table N
+    (distance 15, at least 1): bgpd would never see the announcement. A local route in table
+    local makes the address ours just the same, and zebra leaves that table alone."""
+    if spec.routing == "frr":
+        return [f"route add local {a}/32 dev lo table local" for a in (SERVER_V4, SERVER_V4_2)]
+    return [f"addr add {a}/32 dev lo" for a in (SERVER_V4, SERVER_V4_2)]
 
 
 def _bird_files(lab: Lab, host: str) -> tuple[Any, Any]:
@@ -298,8 +314,24 @@ def _start_routers(lab: Lab, spec: AnycastSpec) -> None:
         _start_bird(lab, relay_host(i), config)
     for j in range(1, spec.servers + 1):
         upstream = Peer(server_link(j)[0], ROUTER_AS, "upstream")
-        config = speaker_config(server_link(j)[1], ROUTER_AS + 200 + j, upstream, ANNOUNCE_TABLE)
-        _start_bird(lab, server_host(j), config)
+        router_id, local_as = server_link(j)[1], ROUTER_AS + 200 + j
+        if spec.routing == "frr":
+            _start_frr(lab, server_host(j), router_id, local_as, upstream)
+        else:
+            config = speaker_config(router_id, local_as, upstream, ANNOUNCE_TABLE)
+            _start_bird(lab, server_host(j), config)
+
+
+def _frr_files(lab: Lab, host: str) -> frr.Files:
+    return frr.Files(lab.state_dir / f"frr-{host}")
+
+
+def _start_frr(lab: Lab, host: str, router_id: str, local_as: int, upstream: Peer) -> None:
+    configs = frr.speaker_configs(host, router_id, local_as, upstream, ANNOUNCE_TABLE)
+    files = frr.prepare(_frr_files(lab, host).root, configs)
+    for daemon in frr.DAEMONS:
+        name = f"frr-{daemon}-{host}"
+        lab.popen(host, frr.daemon_command(files, daemon), name=name, role="frr", impl="frr")
 
 
 def relay_argv(i: int, spec: AnycastSpec) -> list[str]:
@@ -413,10 +445,24 @@ def router_view(lab: Lab, router: str) -> dict[str, Any]:
     }
 
 
+def vtysh(lab: Lab, host: str, command: str) -> str:
+    argv = frr.vtysh_command(_frr_files(lab, host), command)
+    proc = lab.exec(host, argv, check=False, timeout=10)
+    return proc.stdout if proc.returncode == 0 else ""
+
+
 def speaker_view(lab: Lab, host: str) -> dict[str, Any]:
-    """What a relay's or server's BIRD exports: its session and the routes it learned."""
+    """What a relay's or server's routing daemon exports: its session and the routes it has."""
+    if _frr_files(lab, host).root.exists():
+        return {
+            "host": host,
+            "daemon": "frr",
+            "established": sorted(frr.established(vtysh(lab, host, "show bgp summary json"))),
+            "announces": frr.announced(vtysh(lab, host, "show bgp ipv4 unicast json")),
+        }
     return {
         "host": host,
+        "daemon": "bird",
         "established": sorted(established(birdc(lab, host, "show", "protocols"))),
         "announces": sorted(selected(birdc(lab, host, "show", "route"))),
     }
@@ -583,7 +629,12 @@ def load_spec(lab: Lab) -> AnycastSpec | None:
     """The anycast part of a recorded lab, or None for a lab without one."""
     try:
         data = json.loads((lab.state_dir / STATE_FILE).read_text(encoding="utf-8"))
-        return AnycastSpec(int(data["relays"]), int(data["servers"]), float(data["drain"]))
+        return AnycastSpec(
+            int(data["relays"]),
+            int(data["servers"]),
+            float(data["drain"]),
+            str(data.get("routing", "bird")),
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -608,6 +659,7 @@ def status(lab: Lab) -> dict[str, Any] | None:
     return {
         "relays": spec.relays,
         "servers": spec.servers,
+        "routing": spec.routing,
         "routers": routers,
         "speakers": speakers,
     }
@@ -615,7 +667,11 @@ def status(lab: Lab) -> dict[str, Any] | None:
 
 def status_lines(view: dict[str, Any]) -> list[str]:
     """`teredo lab status` text for the anycast part."""
-    lines = [f"anycast: {view['relays']} relay(s), {view['servers']} server(s), BGP + BFD (BIRD)"]
+    speakers = "BIRD" if view.get("routing", "bird") == "bird" else "FRR next to the servers"
+    lines = [
+        f"anycast: {view['relays']} relay(s), {view['servers']} server(s), BGP + BFD "
+        f"(routers BIRD, speakers {speakers})"
+    ]
     for router in view["routers"]:
         lines.append(f"  {router['router']}: sessions up: {', '.join(router['established'])}")
         for prefix, protocols in router["routes"].items():
@@ -626,6 +682,7 @@ def status_lines(view: dict[str, Any]) -> list[str]:
     for speaker in view["speakers"]:
         state = "up" if speaker["established"] else "DOWN"
         lines.append(
-            f"  {speaker['host']:<8} BGP {state:<4} announces {', '.join(speaker['announces'])}"
+            f"  {speaker['host']:<8} {speaker.get('daemon', 'bird'):<4} BGP {state:<4} "
+            f"announces {', '.join(speaker['announces'])}"
         )
     return lines

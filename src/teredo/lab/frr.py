@@ -1,0 +1,169 @@
+"""FRR in the lab (issue 11): the other routing daemon an operator may run next to a server,
+as the speaker of the announce-table contract (docs/scale.md).
+
+zebra imports kernel table N (`ip import-table N`: the routes our daemon keeps there, protocol
+84, on its anchor interface), bgpd announces them to the upstream BIRD router (`redistribute
+table N`), bfdd runs BFD on the session. Each daemon runs in the speaker's namespace in the
+foreground (its PID is the one the lab records), as user frr, with its own config, PID file,
+zserv socket and vty sockets in a directory of the lab's state; the host's /etc/frr and its frr
+service are never used. `vtysh --vty_socket DIR` asks them.
+
+FRR 8.4 (Debian 12) has `ip import-table` for IPv4 only: it can speak for the servers (their
+two /32) and for a relay's `--anycast-ipv4`, not for a relay's 2001::/32 (no `ipv6
+import-table`), so the lab's relays keep BIRD. It also keeps a route it imported after the
+kernel flushed it with its device (a daemon killed with SIGKILL): see docs/scale.md.
+"""
+
+from __future__ import annotations
+
+import json
+import pwd
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from teredo.lab.bird import BFD_INTERVAL_MS, BFD_MULTIPLIER, Peer
+from teredo.lab.system import LabError
+
+FRR_DIR = Path("/usr/lib/frr")
+USER = "frr"
+#: zebra first: bgpd and bfdd connect to its zserv socket (and retry until it is there).
+DAEMONS = ("zebra", "bfdd", "bgpd")
+
+
+@dataclass(frozen=True)
+class Files:
+    """Where one speaker's FRR keeps everything: a directory of its own."""
+
+    root: Path
+
+    def config(self, daemon: str) -> Path:
+        return self.root / f"{daemon}.conf"
+
+    def pid(self, daemon: str) -> Path:
+        return self.root / f"{daemon}.pid"
+
+    @property
+    def zserv(self) -> Path:
+        return self.root / "zserv.api"
+
+    @property
+    def bfdctl(self) -> Path:
+        return self.root / "bfdd.sock"
+
+
+def _head(hostname: str) -> str:
+    return (
+        f"! Written by teredo lab (lab/frr.py).\nfrr defaults traditional\n"
+        f"hostname {hostname}\nlog stdout informational\n"
+    )
+
+
+def speaker_configs(
+    hostname: str, router_id: str, local_as: int, upstream: Peer, table: int
+) -> dict[str, str]:
+    """zebra, bfdd and bgpd configuration of a speaker exporting kernel table `table` (IPv4)."""
+    if ":" in upstream.address:
+        raise LabError("lab/frr.py: FRR 8.4 imports IPv4 routes only (ip import-table)")
+    zebra = _head(hostname) + f"ip import-table {table}\n"
+    bfdd = _head(hostname) + (
+        "bfd\n profile lab\n"
+        f"  receive-interval {BFD_INTERVAL_MS}\n  transmit-interval {BFD_INTERVAL_MS}\n"
+        f"  detect-multiplier {BFD_MULTIPLIER}\n !\n!\n"
+    )
+    peer = upstream.address
+    bgpd = _head(hostname) + (
+        f"router bgp {local_as}\n"
+        f" bgp router-id {router_id}\n"
+        " no bgp ebgp-requires-policy\n"
+        f" neighbor {peer} remote-as {upstream.asn}\n"
+        f" neighbor {peer} bfd profile lab\n"
+        f" neighbor {peer} timers connect 1\n"
+        " address-family ipv4 unicast\n"
+        f"  redistribute table {table}\n"
+        f"  neighbor {peer} route-map nothing-in in\n"
+        " exit-address-family\n"
+        "route-map nothing-in deny 10\n"
+    )
+    return {"zebra": zebra, "bfdd": bfdd, "bgpd": bgpd}
+
+
+def prepare(root: Path, configs: dict[str, str]) -> Files:
+    """Write the configurations in a fresh directory owned by user frr (FRR drops to it)."""
+    check_frr()
+    files = Files(root)
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    for daemon, text in configs.items():
+        files.config(daemon).write_text(text, encoding="ascii")
+    for path in (root, *root.iterdir()):
+        shutil.chown(path, USER, USER)
+    return files
+
+
+def daemon_command(files: Files, daemon: str) -> list[str]:
+    """`daemon` in the foreground with every file in `files.root`."""
+    argv = [
+        str(FRR_DIR / daemon),
+        "-f",
+        str(files.config(daemon)),
+        "-i",
+        str(files.pid(daemon)),
+        "-z",
+        str(files.zserv),
+        "--vty_socket",
+        str(files.root),
+        "-u",
+        USER,
+        "-g",
+        USER,
+        "--log",
+        "stdout",
+    ]
+    if daemon == "bfdd":
+        argv += ["--bfdctl", str(files.bfdctl)]
+    return argv
+
+
+def vtysh_command(files: Files, *commands: str) -> list[str]:
+    argv = ["vtysh", "--vty_socket", str(files.root)]
+    for command in commands:
+        argv += ["-c", command]
+    return argv
+
+
+def established(bgp_summary_json: str) -> set[str]:
+    """Neighbours that `show bgp summary json` says are Established."""
+    try:
+        data: Any = json.loads(bgp_summary_json or "{}")
+    except ValueError:
+        return set()
+    found: set[str] = set()
+    for family in data.values() if isinstance(data, dict) else []:
+        peers = family.get("peers", {}) if isinstance(family, dict) else {}
+        found |= {str(p) for p, v in peers.items() if v.get("state") == "Established"}
+    return found
+
+
+def announced(bgp_routes_json: str) -> list[str]:
+    """Prefixes in `show bgp ipv4 unicast json` (what bgpd has and, as a speaker, exports)."""
+    try:
+        data: Any = json.loads(bgp_routes_json or "{}")
+    except ValueError:
+        return []
+    routes = data.get("routes", {}) if isinstance(data, dict) else {}
+    return sorted(str(p) for p in routes)
+
+
+def check_frr() -> None:
+    for daemon in DAEMONS:
+        if not (FRR_DIR / daemon).exists():
+            raise LabError(f"--routing frr needs {FRR_DIR / daemon} (Debian frr); run setup.sh")
+    if shutil.which("vtysh") is None:
+        raise LabError("--routing frr needs `vtysh` (Debian frr); run scripts/setup.sh")
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        raise LabError(f"--routing frr needs the user {USER} (Debian frr makes it)") from None
