@@ -937,7 +937,7 @@ test_peer_table_matches_model = PeerTableMachine.TestCase
 
 
 def test_columns_start_small_and_grow_up_to_the_capacity() -> None:
-    import teredo.core.peers as peers_module
+    import teredo.core.peerrows as peers_module
 
     table = new_table(1_048_576)
     idle = table.nbytes()
@@ -961,7 +961,7 @@ def test_columns_start_small_and_grow_up_to_the_capacity() -> None:
 def test_growth_stops_at_the_capacity_then_eviction_as_before(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("teredo.core.peers.INITIAL_ROWS", 2)
+    monkeypatch.setattr("teredo.core.peerrows.INITIAL_ROWS", 2)
     table = new_table(6)
     trusted = [insert(table, teredo(i), T0, trusted=True) for i in range(3)]
     for row in trusted:
@@ -981,7 +981,7 @@ def test_growth_stops_at_the_capacity_then_eviction_as_before(
 def test_a_grown_table_agrees_with_a_dict_under_churn(monkeypatch: pytest.MonkeyPatch) -> None:
     import random
 
-    monkeypatch.setattr("teredo.core.peers.INITIAL_ROWS", 1)
+    monkeypatch.setattr("teredo.core.peerrows.INITIAL_ROWS", 1)
     rng = random.Random(14)  # noqa: S311 (a reproducible test, not a secret)
     table = new_table(500, idle_timeout=30.0)
     model: dict[bytes, int] = {}

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from teredo.lab.topology import STATE_ROOT, Lab, ping_counts
+from teredo.lab.teardown import STATE_ROOT
+from teredo.lab.topology import Lab, ping_counts
 
 
 def _missing_prerequisites() -> list[str]:

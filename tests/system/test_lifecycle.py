@@ -13,7 +13,8 @@ import pytest
 from teredo.lab import system
 from teredo.lab.nat import NatKind
 from teredo.lab.system import LabError
-from teredo.lab.topology import STATE_ROOT, Lab, cleanup
+from teredo.lab.teardown import STATE_ROOT, cleanup
+from teredo.lab.topology import Lab
 
 from .conftest import assert_nothing_left, namespaces, prefix_for
 

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from teredo.lab.nat import NatKind
-from teredo.lab.topology import Lab, Site
+from teredo.lab.site import Site
+from teredo.lab.topology import Lab
 from teredo.lab.udpprobe import ProbeAgent, send_from, start_reflector
 
 from .conftest import prefix_for, tear_down

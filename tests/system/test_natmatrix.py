@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from teredo.lab.topology import cleanup
+from teredo.lab.teardown import cleanup
 
 from .conftest import assert_nothing_left, prefix_for
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from teredo.lab.topology import cleanup
+from teredo.lab.teardown import cleanup
 
 from .conftest import assert_nothing_left, prefix_for
 

@@ -19,7 +19,8 @@ from teredo.cli.options import (
     report_config_error,
 )
 from teredo.core.config import ClientSettings, ConfigError, Role
-from teredo.io.client_driver import ClientDaemon, ClientOptions
+from teredo.io.client_driver import ClientDaemon
+from teredo.io.client_options import ClientOptions
 from teredo.io.datapath import DatapathError, start_kernel
 from teredo.io.driver import StartError, reload_handler
 from teredo.io.loop import DaemonLoop

@@ -15,7 +15,8 @@ from teredo.lab.demo import DEFAULT_NATS, run_demo
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import Impl
 from teredo.lab.system import LabError, check_prefix, namespaces_with_prefix
-from teredo.lab.topology import DEFAULT_PREFIX, Lab, cleanup
+from teredo.lab.teardown import cleanup
+from teredo.lab.topology import DEFAULT_PREFIX, Lab
 
 
 def _nat(text: str) -> NatKind:

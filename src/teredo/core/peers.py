@@ -6,32 +6,10 @@ trusted flag, a local flag (local discovery, section 5.2.8), the last reception 
 transmission dates, the bubble count (section 5.2.6), and rarely a ping-test nonce (section
 5.2.9) and a queue of packets waiting for the peer to become trusted (sections 5.2.4, 5.4.1).
 
-A relay holds up to a million peers (Miredo with Judy arrays: 1,048,576), so a dict of objects
-(several hundred bytes a peer) will not do. Each peer is one *row* of fixed-size columns in
-`array`/`bytearray` buffers. The columns grow with the peers: `INITIAL_ROWS` rows at
-construction, an eighth more (up to the capacity) when a new peer finds no free row, so an idle
-relay with a million-peer capacity holds about 70 kB, and a busy one about 68 bytes a row with
-at most an eighth of its rows not yet used:
-
-    column                       bytes/row
-    address (bytearray)          16
-    mapped IPv4, port            4 + 2
-    flags, bubble count          1 + 1
-    last rx, last tx, last use   3 x 4     (uint32 ticks of 10 ms)
-    4 most recent bubble times   4 x 4     (exact section 5.2.6 window, see below)
-    LRU prev / next row          2 x 4
-                                 = 60, plus the hash index: 4 bytes x 2 slots = 8
-
-The index is open addressing with linear probing in an `array('i')` of row+1 (0 = empty), at a
-load factor of at most 1/2 (rebuilt at twice the size when the rows pass half of it: O(rows),
-amortized O(1) per insert), with backward-shift deletion (no tombstones, so a churn of inserts
-and removals never degrades it). Slots come from Python's `hash()` of the address `bytes`,
-which is SipHash with a per-process random key: a flood of crafted addresses cannot aim at one
-probe chain (RFC 4380 section 7.3.3, cache flooding). Nonces and queues are rare and live in
-side dicts keyed by row, each with a bound.
-
-Rows are handles: valid until the row is removed, evicted (by `insert`) or expired (by
-`expire`); look the address up again after any of those.
+Each peer is one row of fixed-size columns (core/peerrows.py: the columns, the hash index, the
+LRU lists and the tick clock, with their sizes); rows are handles, valid until the row is
+removed, evicted (by `insert`) or expired (by `expire`): look the address up again after any
+of those. Nonces and queues are rare and live in side dicts keyed by row, each with a bound.
 
 Eviction policy (section 5.2 SHOULD "LRU"; section 7.3.5 relays SHOULD limit state kept for new
 peers), for an `insert` into a full table (every row in use and the capacity reached):
@@ -63,21 +41,27 @@ One API for every caller (the client's machine, the relay's, the kernel map's mi
   `bubble_count`), the nonce, the queues; `stats`, `nbytes`, `allocated`.
 
 Time: every method that needs the time takes `now` (seconds, monotonic, from the driver) and
-never reads a clock. Times are stored as uint32 ticks of 10 ms from `epoch - 3600 s` (the hour
-of slack makes "now - 30 s" and "now - 600 s" representable from the first call). Rules are
-evaluated on times rounded to 10 ms. uint32 ticks would last 497 days; the table rebases all
-stored times once `now` passes about 248 days from the base (one O(capacity) pass, about a
-second at a million rows, once every 248 days); times that fall before the new base become
-"an hour or more ago", which no rule distinguishes from older. `now` should not go backwards:
-if it does, nothing breaks, ages are read as zero and expiry is merely delayed.
+never reads a clock (core/peerrows.py says how it is stored). Rules are evaluated on times
+rounded to 10 ms.
 """
 
 from __future__ import annotations
 
-from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
+
+from teredo.core.peerrows import (
+    _F_LOCAL,
+    _F_TRUSTED,
+    _F_USED,
+    _NONE,
+    _REBASE_AT,
+    _TICKS,
+    _TRUSTED,
+    _UNTRUSTED,
+    PeerRows,
+)
 
 # --- RFC 4380 constants (TEREDO-SPEC.md section 9) -------------------------------------------
 
@@ -100,34 +84,17 @@ BUBBLE_WINDOW = 300.0
 QUEUE_BYTES_PER_PEER = 1280
 #: Miredo's relay limit with libJudy (1024 without): a sensible relay capacity.
 MIREDO_MAX_PEERS = 1_048_576
-#: Rows allocated at construction (or the capacity, if smaller); the columns grow from there.
-INITIAL_ROWS = 1024
-#: Below this many rows the hash index is kept at most a quarter full (16 bytes a row), from
-#: there on at most half full (8 bytes a row).
-SPARSE_INDEX_ROWS = 65536
 #: Charged to the overall queue budget for each queued packet on top of its length: a
 #: `bytes` object's header and its list slot, so a flood of tiny packets stays bounded too.
 QUEUE_PACKET_OVERHEAD = 64
 #: The longest nonce kept (section 5.2.9 asks for at least 64 bits; an HMAC may be longer).
 MAX_NONCE_BYTES = 32
 
-_TICKS = 100  # ticks per second (10 ms)
 _VALID_TICKS = round(PEER_VALIDITY * _TICKS)
 _VALID_LOCAL_TICKS = round(PEER_VALIDITY_LOCAL * _TICKS)
 _NEW_AGE_TICKS = round(NEW_ENTRY_AGE * _TICKS)
 _GAP_TICKS = round(BUBBLE_MIN_INTERVAL * _TICKS)
 _WINDOW_TICKS = round(BUBBLE_WINDOW * _TICKS)
-# Recency (LRU position and last use) is kept to 1 s: a row used again within 1 s of its last
-# move stays where it is, which spares the list surgery for most packets of a busy peer.
-_RECENCY_TICKS = _TICKS
-_SLACK = 3600.0  # seconds of representable past before the epoch
-_REBASE_AT = 1 << 31  # rebase at half the uint32 range
-_F_USED = 1
-_F_TRUSTED = 2
-_F_LOCAL = 4
-_NONE = -1
-_UNTRUSTED = 0  # list numbers: the trusted flag's value
-_TRUSTED = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,54 +150,23 @@ class _Queue:
         self.cost = 0  # payload + overhead, against the overall limit
 
 
-def _index_slots(rows: int) -> int:
-    """Hash index slots for `rows` rows: a power of two, at least 4 times the rows (load <= 1/4,
-    short probe chains) while that costs little, at least twice (load <= 1/2) from
-    `SPARSE_INDEX_ROWS` rows on, where 8 more bytes a row would matter."""
-    want = (4 if rows < SPARSE_INDEX_ROWS else 2) * rows
-    slots = 2
-    while slots < want:
-        slots <<= 1
-    return slots
-
-
-class PeerTable:
+class PeerTable(PeerRows):
     """A bounded peer list whose memory grows with the peers (see the module docstring)."""
 
     __slots__ = (
-        "_addr",
-        "_base",
-        "_bub",
-        "_count",
-        "_flags",
-        "_free",
-        "_head",
         "_idle_ticks",
-        "_index",
-        "_ip",
-        "_mask",
         "_max_nonces",
-        "_nbub",
-        "_next",
         "_nonces",
-        "_port",
-        "_prev",
         "_queue_bytes",
         "_queue_per_peer",
         "_queue_total",
         "_queues",
-        "_rows",
-        "_rx",
         "_stat_evicted",
         "_stat_expired",
         "_stat_inserts",
         "_stat_queue_drops",
         "_stat_refused",
-        "_tail",
-        "_tx",
         "_untrusted_ticks",
-        "_used",
-        "capacity",
         "watch",
     )
 
@@ -265,8 +201,6 @@ class PeerTable:
             raise ValueError("timeouts must be > 0")
         if queue_bytes_per_peer < 0 or total_queue_bytes < 0:
             raise ValueError("queue limits must be >= 0")
-        self.capacity = capacity
-        self._base = epoch - _SLACK
         self._idle_ticks = round(idle_timeout * _TICKS)
         untrusted = idle_timeout if untrusted_timeout is None else untrusted_timeout
         self._untrusted_ticks = round(untrusted * _TICKS)
@@ -274,7 +208,7 @@ class PeerTable:
         self._queue_total = total_queue_bytes
         self._max_nonces = min(capacity, 16384) if max_nonces is None else max(0, max_nonces)
         self.watch = watch
-        self._allocate()
+        super().__init__(capacity, epoch)
         self._stat_inserts = 0
         self._stat_evicted = [0, 0]
         self._stat_refused = 0
@@ -282,230 +216,12 @@ class PeerTable:
         self._stat_queue_drops = 0
 
     def _allocate(self) -> None:
-        """(Re)create every column with `INITIAL_ROWS` rows (at most `capacity`), all free."""
-        rows = self._rows = min(self.capacity, INITIAL_ROWS)
-        self._mask = _index_slots(rows) - 1
-        self._index = array("i", [0]) * (self._mask + 1)
-        self._addr = bytearray(16 * rows)
-        self._ip = array("I", [0]) * rows
-        self._port = array("H", [0]) * rows
-        self._flags = bytearray(rows)
-        self._nbub = bytearray(rows)
-        self._rx = array("I", [0]) * rows
-        self._tx = array("I", [0]) * rows
-        self._used = array("I", [0]) * rows
-        self._bub = array("I", [0]) * (4 * rows)
-        self._prev = array("i", [_NONE]) * rows
-        # Free rows are chained through `_next`, lowest row first.
-        self._next = array("i", range(1, rows + 1))
-        self._next[rows - 1] = _NONE
-        self._free = 0
-        self._head = [_NONE, _NONE]  # MRU end, per list (untrusted, trusted)
-        self._tail = [_NONE, _NONE]  # LRU end
-        self._count = [0, 0]
+        """(Re)create every column with `INITIAL_ROWS` rows (at most `capacity`), all free,
+        and forget the queues and nonces."""
+        super()._allocate()
         self._queues: dict[int, _Queue] = {}
         self._queue_bytes = 0
         self._nonces: OrderedDict[int, bytes] = OrderedDict()
-
-    def _grow(self) -> bool:
-        """More rows (an eighth more, up to the capacity) when every row is in use; False at
-        capacity.
-
-        The columns are extended in place (at C speed: an eighth more keeps the rows not yet
-        used, and the RSS they cost, small), and the index, when the rows pass half its slots,
-        rebuilt at twice the size: O(rows) per doubling, so O(1) per insert on average (about
-        0.5 s once, from 2**20 to 2**21 slots)."""
-        old = self._rows
-        rows = min(self.capacity, old + max(old >> 3, INITIAL_ROWS))
-        if rows == old:
-            return False
-        add = rows - old
-        zeros = memoryview(bytes(16 * add))  # one temporary for every column
-        self._addr += zeros
-        self._flags += zeros[:add]
-        self._nbub += zeros[:add]
-        for col in (self._ip, self._port, self._rx, self._tx, self._used):
-            col.frombytes(zeros[: col.itemsize * add])
-        self._bub.frombytes(zeros)
-        del zeros
-        self._prev.frombytes(b"\xff" * (4 * add))  # _NONE (-1) in every new row
-        self._next.extend(range(old + 1, rows + 1))
-        self._next[rows - 1] = _NONE
-        self._free = old  # every old row is in use: the new ones are the free list
-        self._rows = rows
-        slots = _index_slots(rows)
-        if slots > self._mask + 1:
-            self._rehash(slots)
-        return True
-
-    def _rehash(self, slots: int) -> None:
-        """Rebuild the index with `slots` slots (every row in use is indexed again)."""
-        mask = slots - 1
-        index = array("i", [0]) * slots
-        keys = self._addr
-        flags = self._flags
-        for r in range(self._rows):
-            if flags[r] & _F_USED:
-                o = r << 4
-                i = hash(bytes(keys[o : o + 16])) & mask
-                while index[i]:
-                    i = (i + 1) & mask
-                index[i] = r + 1
-        self._index = index
-        self._mask = mask
-
-    # --- time ---------------------------------------------------------------------------------
-
-    def _tick(self, now: float) -> int:
-        t = int((now - self._base) * _TICKS + 0.5)
-        if t >= _REBASE_AT:
-            self._rebase(now)
-            t = int((now - self._base) * _TICKS + 0.5)
-        return t if t > 0 else 0
-
-    def _rebase(self, now: float) -> None:
-        """Move the base to `now - 1 h` so that ticks stay far from the uint32 limit."""
-        shift = int((now - _SLACK - self._base) * _TICKS)
-        if shift <= 0:
-            return
-        self._base += shift / _TICKS
-        for name in ("_rx", "_tx", "_used", "_bub"):
-            col: array[int] = getattr(self, name)
-            setattr(self, name, array("I", (t - shift if t > shift else 0 for t in col)))
-
-    def _time(self, tick: int) -> float:
-        return self._base + tick / _TICKS
-
-    # --- index --------------------------------------------------------------------------------
-
-    def lookup(self, addr: bytes) -> int | None:
-        """The row of peer `addr` (16 bytes), or None. Reads only: recency is not changed."""
-        if len(addr) != 16:
-            return None
-        index = self._index
-        mask = self._mask
-        keys = self._addr
-        i = hash(addr) & mask
-        while True:
-            r = index[i]
-            if not r:
-                return None
-            r -= 1
-            # startswith(prefix, start) compares in place: no slice object per probe.
-            if keys.startswith(addr, r << 4):
-                return r
-            i = (i + 1) & mask
-
-    def __contains__(self, addr: object) -> bool:
-        return isinstance(addr, bytes) and self.lookup(addr) is not None
-
-    def __len__(self) -> int:
-        return self._count[0] + self._count[1]
-
-    @property
-    def allocated(self) -> int:
-        """Rows allocated so far (the columns grow with the peers, up to `capacity`)."""
-        return self._rows
-
-    def address(self, row: int) -> bytes:
-        """The IPv6 address of the peer in `row`."""
-        o = row << 4
-        return bytes(self._addr[o : o + 16])
-
-    def trusted_peers(self) -> list[tuple[bytes, int, int]]:
-        """(address, IPv4, port) of every trusted peer, most recently used first (O(trusted)):
-        what a `PeerWatch` attached late, or rebuilding its copy, starts from."""
-        out: list[tuple[bytes, int, int]] = []
-        keys = self._addr
-        r = self._head[_TRUSTED]
-        while r != _NONE:
-            o = r << 4
-            out.append((bytes(keys[o : o + 16]), self._ip[r], self._port[r]))
-            r = self._next[r]
-        return out
-
-    def _index_delete(self, row: int) -> None:
-        """Linear-probing deletion by backward shift: later entries of the cluster that may
-        live in the freed slot move back, so no tombstones accumulate."""
-        index = self._index
-        mask = self._mask
-        keys = self._addr
-        o = row << 4
-        i = hash(bytes(keys[o : o + 16])) & mask
-        while index[i] != row + 1:
-            i = (i + 1) & mask
-        j = i
-        while True:
-            j = (j + 1) & mask
-            r = index[j]
-            if not r:
-                break
-            o = (r - 1) << 4
-            home = hash(bytes(keys[o : o + 16])) & mask
-            # Keep r where it is when its home slot lies cyclically in (i, j].
-            if (i < home <= j) if i <= j else (home > i or home <= j):
-                continue
-            index[i] = r
-            i = j
-        index[i] = 0
-
-    # --- LRU lists ----------------------------------------------------------------------------
-
-    def _link_head(self, row: int, lst: int) -> None:
-        head = self._head[lst]
-        self._prev[row] = _NONE
-        self._next[row] = head
-        if head == _NONE:
-            self._tail[lst] = row
-        else:
-            self._prev[head] = row
-        self._head[lst] = row
-
-    def _unlink(self, row: int, lst: int) -> None:
-        p = self._prev[row]
-        n = self._next[row]
-        if p == _NONE:
-            self._head[lst] = n
-        else:
-            self._next[p] = n
-        if n == _NONE:
-            self._tail[lst] = p
-        else:
-            self._prev[n] = p
-
-    def _touch(self, row: int, t: int) -> None:
-        """Mark `row` used at tick `t`: it moves to the most recently used end of its list,
-        unless it moved there less than 1 s ago (then nothing changes, so the lists stay sorted
-        by last use and expiry is at most 1 s early). On the data path: `_unlink` and
-        `_link_head` written out, with locals."""
-        used = self._used
-        if t - used[row] < _RECENCY_TICKS:
-            return
-        used[row] = t
-        lst = (self._flags[row] >> 1) & 1
-        heads = self._head
-        head = heads[lst]
-        if head == row:
-            return
-        prev = self._prev
-        nxt = self._next
-        p = prev[row]  # never _NONE: row is not the head
-        n = nxt[row]
-        nxt[p] = n
-        if n == _NONE:
-            self._tail[lst] = p
-        else:
-            prev[n] = p
-        prev[row] = _NONE
-        nxt[row] = head
-        prev[head] = row
-        heads[lst] = row
-
-    def _check(self, row: int) -> int:
-        flags = self._flags[row]
-        if not flags & _F_USED:
-            raise ValueError(f"row {row} is not in use")
-        return flags
 
     # --- insert, remove, expire ---------------------------------------------------------------
 

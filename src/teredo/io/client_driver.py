@@ -12,19 +12,16 @@ name resolution, network changes and netlink; a lost interface is created again 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from teredo.core.addr import (
     format_prefix,
     int_to_ipv4,
-    ipv4_to_int,
 )
 from teredo.core.client import (
     AddressChanged,
@@ -38,14 +35,14 @@ from teredo.core.client import (
     SymmetricNat,
 )
 from teredo.core.config import DatapathMode
-from teredo.io.client_io import ClientIO
+from teredo.io.client_io import ClientIO, send_errors
 from teredo.io.client_log import EventLog
+from teredo.io.client_options import ClientOptions
 from teredo.io.datathread import DataThread, Feed
 from teredo.io.discovery import (
-    DiscoverySocket,
+    LocalDiscovery,
     configure_multicast_sending,
-    discovery_interfaces,
-    local_address_towards,
+    local_address,
 )
 from teredo.io.driver import LockedTimer, Reload, StartError, Undo, bind_error
 from teredo.io.hook import HookRunner
@@ -61,7 +58,7 @@ from teredo.io.tunnel import (
     disable_kernel_link_local,
     ipv6_text,
 )
-from teredo.io.udp import drain, open_udp_socket
+from teredo.io.udp import open_udp_socket
 from teredo.io.upnp import UpnpMapper, upnp_status
 
 if TYPE_CHECKING:
@@ -75,36 +72,6 @@ log = logging.getLogger("teredo.client")
 TUN_RECREATE_MAX = 5
 TUN_RECREATE_WINDOW = 60.0
 EXIT_FAILED = 1  # also: the socket asked for on SIGHUP cannot be opened
-
-
-@dataclass(frozen=True, slots=True)
-class ClientOptions:
-    """What the daemon needs from the settings and flags (cli/client.py builds it)."""
-
-    server: str
-    server2: str | None = None
-    more_servers: tuple[str, ...] = ()  # to fail over to (core/failover.py)
-    interface: str = "teredo"
-    bind_address: str = "0.0.0.0"  # noqa: S104 (any local address, as Miredo's default)
-    bind_port: int = 0
-    prefix: bytes = b"\x20\x01\x00\x00"
-    refresh_interval: float = 30.0
-    local_discovery: bool = True
-    hook: str | None = None
-    default_route: bool = True
-    refuse_symmetric: bool = False  # SymmetricNat refuse: RFC 4380 5.2.1 strictly
-    upnp: bool = False  # UPnP yes: map the port on a UPnP IGD NAT (io/upnp.py, RFC 6081)
-    # The kernel data path (io/kclient.py): the daemon is handed the loaded programs; this
-    # says what to do when they cannot attach (kernel: no start; auto: the Python path).
-    datapath: DatapathMode = DatapathMode.USER
-    # sendmmsg when the C library has it. Off: at the rates measured (docs/benchmarks.md,
-    # "Client") a wake-up carries one or two datagrams, and filling the batch costs more
-    # Python time than the system calls it saves (as the server found).
-    batch: bool = False
-
-    @property
-    def socket_key(self) -> tuple[str, int]:
-        return self.bind_address, self.bind_port
 
 
 class ClientDaemon:
@@ -128,7 +95,7 @@ class ClientDaemon:
         self.machine: ClientMachine | None = None
         self.resolution: Resolution | None = None
         self.sock: socket.socket | None = None
-        self.discovery: DiscoverySocket | None = None
+        self.discovery = LocalDiscovery(loop, self._on_discovery, self._after_input)
         self.tun: TunDevice | None = None
         self.netlink: ThreadedInterface | None = None
         # Every use of the machine (and of `io`, which it drives) holds this lock: the data
@@ -196,7 +163,7 @@ class ClientDaemon:
             raise StartError(str(exc.strerror or exc)) from None
         self._attach_kernel(strict=opts.datapath is DatapathMode.KERNEL)
         self._undo.push(self._stop_data_path)
-        self._undo.push(self._close_discovery)
+        self._undo.push(self.discovery.close)
         self._serve_socket(sock, tun)
 
     def _bind(self) -> socket.socket:
@@ -211,7 +178,7 @@ class ClientDaemon:
     def _serve_socket(self, sock: socket.socket, tun: TunDevice) -> None:
         addresses: list[str] = []
         if self.options.local_discovery:
-            addresses = self._open_discovery()
+            addresses = self.discovery.open(self.options.bind_address)
         batch = self.options.batch
         if batch:
             from teredo.io import mmsg  # noqa: PLC0415 (ctypes: 10 ms at start)
@@ -219,23 +186,6 @@ class ClientDaemon:
             batch = mmsg.available()
         self.io = ClientIO(sock, tun.fd, addresses, batch=batch)
         self._start_data_path(sock, tun.fd)
-
-    def _open_discovery(self) -> list[str]:
-        try:
-            interfaces = discovery_interfaces()
-            if self.options.bind_address != "0.0.0.0":  # noqa: S104
-                interfaces = [i for i in interfaces if i.address == self.options.bind_address]
-            if not interfaces:
-                log.info("local discovery: no interface with a private IPv4 address")
-                return []
-            self.discovery = DiscoverySocket(interfaces)
-        except OSError as exc:
-            # Discovery is optional (RFC 4380 section 5.2.8): the client runs without it.
-            log.warning("local discovery disabled: %s", exc.strerror or exc)
-            return []
-        self.loop.add_reader(self.discovery.sock.fileno(), self._drain_discovery)
-        log.info("local discovery on %s", ", ".join(f"{i.name} {i.address}" for i in interfaces))
-        return [i.address for i in interfaces]
 
     def start(self) -> None:
         """Resolves the server; qualification starts once it has an address."""
@@ -266,7 +216,7 @@ class ClientDaemon:
             prefix=opts.prefix,
             refresh_interval=opts.refresh_interval,
             local_address=local,
-            local_discovery=self.discovery is not None,
+            local_discovery=self.discovery.active,
             refuse_symmetric=opts.refuse_symmetric,
         )
 
@@ -313,11 +263,6 @@ class ClientDaemon:
             machine = self.machine
             if machine is not None:
                 machine.receive_discovery(data, source, self.loop.clock())
-
-    def _drain_discovery(self) -> None:
-        if self.discovery is not None:
-            drain(self.discovery.sock, self._on_discovery)
-        self._after_input()
 
     # --- events and timers ------------------------------------------------------------------
 
@@ -543,7 +488,7 @@ class ClientDaemon:
             self.tunnel.offline()
         self._timed.armed = None
         self._close_socket()
-        self._close_discovery()
+        self.discovery.close()
         if self.tun is not None:
             self._serve_socket(self._bind(), self.tun)
         self.start()
@@ -551,18 +496,12 @@ class ClientDaemon:
     def summary(self) -> str:
         with self._lock:
             machine = self.machine
-            status: dict[str, object] = (
-                machine.status() if machine is not None else {"state": "resolving the server"}
-            )
-        io = getattr(self, "io", None)
-        errors = (
-            (io.udp_errors, io.tun_errors, io.discovery_errors) if io is not None else (0, 0, 0)
-        )
-        with self._lock:
+            status = machine.status() if machine is not None else {"state": "resolving the server"}
             kernel = self.kernel.summary() if self.kernel is not None else "data path: user"
+        e = send_errors(getattr(self, "io", None))
         return (
-            f"status {status}, send errors udp {errors[0]} tun {errors[1]} "
-            f"discovery {errors[2]}, configuration errors {self.tunnel.errors}; {kernel}"
+            f"status {status}, send errors udp {e['udp']} tun {e['tun']} "
+            f"discovery {e['discovery']}, configuration errors {self.tunnel.errors}; {kernel}"
         )
 
     def status(self) -> dict[str, object]:
@@ -574,12 +513,7 @@ class ClientDaemon:
                 if machine is not None
                 else {"state": "resolving the server", "server": self.options.server}
             )
-        io = getattr(self, "io", None)
-        status["send_errors"] = {
-            "udp": io.udp_errors if io is not None else 0,
-            "tun": io.tun_errors if io is not None else 0,
-            "discovery": io.discovery_errors if io is not None else 0,
-        }
+        status["send_errors"] = send_errors(getattr(self, "io", None))
         tunnel = getattr(self, "tunnel", None)
         status["configuration_errors"] = tunnel.errors if tunnel is not None else 0
         status["data_path_faults"] = self.data_path_faults
@@ -588,7 +522,7 @@ class ClientDaemon:
             status["kernel"] = self.kernel.counters() if self.kernel is not None else None
         status["tun"] = self.tun.name if self.tun is not None else None
         status["local_port"] = self.local_port
-        status["local_discovery"] = self.discovery is not None
+        status["local_discovery"] = self.discovery.active
         status["offline_reason"] = self.events.last_offline
         status.update(self.servers.status())
         if self.upnp is not None:
@@ -649,13 +583,6 @@ class ClientDaemon:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-
-    def _close_discovery(self) -> None:
-        discovery, self.discovery = self.discovery, None
-        if discovery is not None:
-            with contextlib.suppress(ValueError, OSError):
-                self.loop.remove_reader(discovery.sock.fileno())
-            discovery.close()
 
     def _close_tun(self) -> None:
         if self.tun is not None:
@@ -721,16 +648,12 @@ class ClientDaemon:
         self._after_input()
 
     def _local_address(self, server: int | None = None) -> tuple[int, int] | None:
-        """The socket's local IPv4 and port towards the server (NatType.NONE test); None
-        when the kernel has no route there (the uplink is gone)."""
+        """The socket's local IPv4 and port towards the server (io/discovery.py)."""
         if server is None:
             if self.resolution is None:
                 return None
             server = self.resolution[0]
-        towards = local_address_towards(server, self.local_port)
-        if towards is not None and self.options.bind_address != "0.0.0.0":  # noqa: S104
-            return ipv4_to_int(self.options.bind_address), self.local_port
-        return towards
+        return local_address(server, self.local_port, self.options.bind_address)
 
     # --- network changes (issue 13, io/netwatch.py) -------------------------------------------
 
@@ -757,8 +680,8 @@ class ClientDaemon:
         """Local discovery (RFC 4380 5.2.8) on the interfaces and addresses of now."""
         if not self.options.local_discovery:
             return
-        self._close_discovery()
-        self.io.discovery_addresses = self._open_discovery()
+        self.discovery.close()
+        self.io.discovery_addresses = self.discovery.open(self.options.bind_address)
 
     # --- several servers (issue 13, io/servers.py) ---------------------------------------------
 

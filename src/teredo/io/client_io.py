@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 MMSG_BATCH = 64  # datagrams per sendmmsg call
 
 
+def send_errors(io: ClientIO | None) -> dict[str, int]:
+    """The send errors of `io` by kind (none yet before the daemon opened its sockets)."""
+    if io is None:
+        return {"udp": 0, "tun": 0, "discovery": 0}
+    return {"udp": io.udp_errors, "tun": io.tun_errors, "discovery": io.discovery_errors}
+
+
 class ClientIO:
     """The ClientTransmit of a running client: the Teredo socket, discovery, the TUN."""
 

@@ -7,18 +7,20 @@ that sends discovery bubbles; `local_address_towards` tells whether a NAT is in 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from teredo.core.addr import TEREDO_PORT, int_to_ipv4, ipv4_to_int, is_global_ipv4
+from teredo.core.addr import TEREDO_PORT, Address, int_to_ipv4, ipv4_to_int, is_global_ipv4
+from teredo.io.udp import drain
 
 if TYPE_CHECKING:
-    pass
+    from teredo.io.loop import DaemonLoop
 
 log = logging.getLogger("teredo.client")
 
@@ -45,6 +47,16 @@ def local_address_towards(server: int, port: int) -> tuple[int, int] | None:
 # SIOCGIFADDR (linux/sockios.h) on a struct ifreq: the interface's primary IPv4 address.
 _SIOCGIFADDR = 0x8915
 _IFREQ = struct.Struct("16s16x")
+
+
+def local_address(server: int, port: int, bind_address: str) -> tuple[int, int] | None:
+    """The client socket's local IPv4 and `port` towards `server` (the NatType.NONE test of
+    RFC 4380 section 5.2.1): the bound address when there is one; None when the kernel has no
+    route there (the uplink is gone)."""
+    towards = local_address_towards(server, port)
+    if towards is not None and bind_address != "0.0.0.0":  # noqa: S104
+        return ipv4_to_int(bind_address), port
+    return towards
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +116,58 @@ class DiscoverySocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class LocalDiscovery:
+    """The daemon's local discovery (optional, RFC 4380 section 5.2.8): the group socket on
+    the private interfaces of now, read by the asyncio loop; `feed(data, source)` gets each
+    datagram, `after()` runs once a burst is read."""
+
+    def __init__(
+        self,
+        loop: DaemonLoop,
+        feed: Callable[[bytes, Address], None],
+        after: Callable[[], None],
+    ) -> None:
+        self.loop = loop
+        self._feed = feed
+        self._after = after
+        self.socket: DiscoverySocket | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.socket is not None
+
+    def open(self, bind_address: str) -> list[str]:
+        """Joins the group on the private interfaces (those of `bind_address` only, when it
+        is not 0.0.0.0); returns their addresses, [] when discovery cannot run."""
+        try:
+            interfaces = discovery_interfaces()
+            if bind_address != "0.0.0.0":  # noqa: S104
+                interfaces = [i for i in interfaces if i.address == bind_address]
+            if not interfaces:
+                log.info("local discovery: no interface with a private IPv4 address")
+                return []
+            self.socket = DiscoverySocket(interfaces)
+        except OSError as exc:
+            # Discovery is optional (RFC 4380 section 5.2.8): the client runs without it.
+            log.warning("local discovery disabled: %s", exc.strerror or exc)
+            return []
+        self.loop.add_reader(self.socket.sock.fileno(), self._drain)
+        log.info("local discovery on %s", ", ".join(f"{i.name} {i.address}" for i in interfaces))
+        return [i.address for i in interfaces]
+
+    def _drain(self) -> None:
+        if self.socket is not None:
+            drain(self.socket.sock, self._feed)
+        self._after()
+
+    def close(self) -> None:
+        sock, self.socket = self.socket, None
+        if sock is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(sock.sock.fileno())
+            sock.close()
 
 
 def configure_multicast_sending(sock: socket.socket) -> None:

@@ -12,6 +12,7 @@ from types import FrameType
 from teredo.lab import watch
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import Impl
+from teredo.lab.statusline import status_line
 from teredo.lab.system import LabError
 from teredo.lab.teredoaddr import TeredoInfo
 from teredo.lab.topology import (
@@ -21,7 +22,6 @@ from teredo.lab.topology import (
     SERVER_V4_2,
     Lab,
     ping_counts,
-    status_line,
 )
 
 DEFAULT_NATS = (

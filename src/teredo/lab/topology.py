@@ -19,13 +19,11 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -33,10 +31,12 @@ from typing import IO, Any
 from teredo.lab import system, upnp
 from teredo.lab.nat import NatKind, nft_ruleset
 from teredo.lab.roles import TUN_NAME, Impl, Role, command, config_text
+from teredo.lab.site import Site
+from teredo.lab.statusline import status_line
 from teredo.lab.system import LabError, ProcRecord
+from teredo.lab.teardown import STATE_ROOT, cleanup, sigint_deferred, stop_records
 from teredo.lab.teredoaddr import TeredoInfo, decode
 
-STATE_ROOT = Path("/run/teredo-lab")
 DEFAULT_PREFIX = "tdo-"
 MAX_SITES = 50
 
@@ -58,50 +58,6 @@ TEREDO_PREFIX = "2001::/32"
 
 # Host name -> namespace suffix for the fixed hosts; sites add nat<i> -> n<i>, client<i> -> c<i>.
 _FIXED = {"wan": "wan", "server": "srv", "relay": "rly", "native": "v6"}
-
-
-@dataclass(frozen=True)
-class Site:
-    """One client and the NAT in front of it (none for NatKind.NONE). A NatKind.SHARED site has
-    no NAT of its own: its client sits on the local network of site `host_site`, behind that
-    site's NAT (which does not hairpin: nothing in its rules sends a packet for its own public
-    address back inside)."""
-
-    index: int
-    nat: NatKind
-    host_site: int | None = None  # NatKind.SHARED: the site whose NAT and network it shares
-
-    @property
-    def client_host(self) -> str:
-        return f"client{self.index}"
-
-    @property
-    def nat_host(self) -> str | None:
-        return None if self.nat in (NatKind.NONE, NatKind.SHARED) else f"nat{self.index}"
-
-    @property
-    def lan(self) -> int:
-        """The index whose 192.168.<n>.0/24 network the client is on."""
-        return self.host_site if self.host_site is not None else self.index
-
-    @property
-    def public_ip(self) -> str:
-        """The address the IPv4 internet sees: the NAT's outside address, or the client's own."""
-        if self.nat is NatKind.NONE:
-            return f"203.0.113.{100 + self.index}"
-        return f"203.0.113.{10 + self.lan}"
-
-    @property
-    def client_ip(self) -> str:
-        if self.nat is NatKind.NONE:
-            return self.public_ip
-        if self.nat is NatKind.SHARED:
-            return f"192.168.{self.lan}.{100 + self.index}"
-        return f"192.168.{self.index}.2"
-
-    @property
-    def nat_inside_ip(self) -> str:
-        return f"192.168.{self.lan}.1"
 
 
 _PING_COUNTS = re.compile(r"(\d+) packets transmitted, (\d+) received")
@@ -494,7 +450,7 @@ class Lab:
 
     def stop(self, host: str) -> None:
         """Stop every recorded process of `host` (and their descendants)."""
-        _stop_records([r for r in self.procs if r.host == host])
+        stop_records([r for r in self.procs if r.host == host])
 
     def log_tail(self, host: str, lines: int = 20) -> str:
         out = []
@@ -576,9 +532,9 @@ class Lab:
 
     def down(self, *, keep_logs: bool = False) -> list[str]:
         """Stop every process, delete every namespace of the prefix; returns what was left."""
-        with _sigint_deferred():
+        with sigint_deferred():
             # What this object started, first (the state file may lag behind by one process).
-            _stop_records(self.procs)
+            stop_records(self.procs)
             leftovers = cleanup(self.prefix, self.state_dir.parent, keep_logs=keep_logs)
             for proc in self._popens:
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -706,110 +662,9 @@ class Lab:
         return [d for d in docs if isinstance(d, dict)]
 
 
-def status_line(doc: dict[str, Any]) -> str:
-    """One short line of a daemon's status document (for `teredo lab status`)."""
-    st = doc.get("status")
-    st = st if isinstance(st, dict) else {}
-    drops = st.get("drops")
-    dropped = sum(v for v in drops.values() if isinstance(v, int)) if isinstance(drops, dict) else 0
-    role = doc.get("role")
-    if role == "client":
-        text = f"client {st.get('state')} {st.get('address') or ''} NAT {st.get('nat')}"
-    elif role == "server":
-        text = (
-            f"server RAs {st.get('router_advertisements')}, bubbles {st.get('bubbles_forwarded')}"
-            f", packets {st.get('packets_forwarded')}, native {st.get('native_forwarded')}"
-        )
-    elif role == "relay":
-        counters = st.get("counters")
-        c = counters if isinstance(counters, dict) else {}
-        text = (
-            f"relay peers {st.get('peers')}/{st.get('capacity')} ({st.get('trusted_peers')} "
-            f"trusted), to teredo {c.get('to_teredo')}, from teredo {c.get('from_teredo')}"
-        )
-    else:
-        text = str(role)
-    if doc.get("error"):
-        text += f" (error: {doc['error']})"
-    return " ".join(text.split()) + f", drops {dropped}"
-
-
 def _check_tools() -> None:
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, nftables); run it as root")
     for tool in ("ip", "nft", "sysctl"):
         if shutil.which(tool) is None:
             raise LabError(f"the lab needs `{tool}`; run scripts/setup.sh")
-
-
-def _stop_records(records: Sequence[ProcRecord]) -> list[int]:
-    targets: dict[int, int] = {}
-    for rec in records:
-        if not rec.alive():
-            continue
-        targets[rec.pid] = rec.start_time
-        # Daemons fork helpers (Miredo: an unprivileged child, miredo-privproc, the client hook);
-        # they are ours because they descend from a PID we recorded.
-        for pid in system.descendants(rec.pid):
-            st = system.start_time(pid)
-            if st is not None:
-                targets[pid] = st
-    return system.kill_pids(targets)
-
-
-def cleanup(prefix: str, state_root: Path = STATE_ROOT, *, keep_logs: bool = False) -> list[str]:
-    """Take down whatever is recorded or exists under `prefix`; returns what could not be removed.
-
-    Order: recorded processes (and their descendants), then any process still inside one of the
-    prefix's namespaces (it can only have been started there through this lab), then the
-    namespaces themselves (which removes their veths and bridges), then the state directory.
-    """
-    system.check_prefix(prefix)
-    state_dir = state_root / prefix.rstrip("-")
-    leftovers: list[str] = []
-    records: list[ProcRecord] = []
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        state = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
-        records = [ProcRecord.from_json(r) for r in state.get("procs", [])]
-    leftovers += [f"process {pid}" for pid in _stop_records(records)]
-    namespaces = system.namespaces_with_prefix(prefix)
-    stray: dict[int, int] = {}
-    for ns in namespaces:
-        for pid in system.namespace_pids(ns):
-            st = system.start_time(pid)
-            if st is not None:
-                stray[pid] = st
-    leftovers += [f"process {pid}" for pid in system.kill_pids(stray)]
-    for ns in namespaces:
-        system.delete_namespace(ns, prefix)
-    leftovers += [f"namespace {ns}" for ns in system.namespaces_with_prefix(prefix)]
-    if state_dir.exists():
-        if keep_logs:
-            for path in state_dir.iterdir():
-                if path.suffix != ".log":
-                    path.unlink(missing_ok=True)
-        else:
-            shutil.rmtree(state_dir, ignore_errors=True)
-    return leftovers
-
-
-@contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Let a teardown finish even if Ctrl-C is pressed again meanwhile (re-raised after)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    hit: list[int] = []
-
-    def note(signum: int, _frame: object) -> None:
-        hit.append(signum)
-
-    old_int = signal.signal(signal.SIGINT, note)
-    old_term = signal.signal(signal.SIGTERM, note)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
-    if hit:
-        raise KeyboardInterrupt

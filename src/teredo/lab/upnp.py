@@ -32,7 +32,8 @@ from teredo.lab.nat import (
 from teredo.lab.system import LabError, said_ready
 
 if TYPE_CHECKING:
-    from teredo.lab.topology import Lab, Site
+    from teredo.lab.site import Site
+    from teredo.lab.topology import Lab
 
 STUN_PORTS = (3478, 3479)
 STUN_LIFETIME = 30.0  # seconds: miniupnpd asks once at start (4 requests, 3 tries, 3 s each)
