@@ -230,6 +230,21 @@ def test_relay_block(capsys: pytest.CaptureFixture[str]) -> None:
     assert "  packets    to teredo 5, from teredo 6, queued 0" in lines
     assert "  faults     data path faults 1" in lines
     assert "  drops      none" in lines
+    assert "  datapath   user" in lines
+
+
+def test_relay_block_kernel_datapath(capsys: pytest.CaptureFixture[str]) -> None:
+    name = unique("relay")
+    kernel = {"map_entries": 2, "encap": 40, "encap_partial": 3, "encap_stale": 1, "decap": 50}
+    kernel |= {"decap_no_peer": 2, "decap_other": 5}
+    relay_status: dict[str, object] = {"datapath": "kernel", "kernel": {"counters": kernel}}
+    with serving((ControlIdentity(name, "relay", "teredo"), lambda: relay_status)):
+        assert main(["status", name]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    expected = (
+        "  datapath   kernel: map 2, encapsulated 40 (passed up 4), decapsulated 50 (passed up 7)"
+    )
+    assert expected in lines
 
 
 def test_a_status_error_is_shown(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,10 +8,14 @@
 * Our host-specific relay on a dual-stack native host talks to the Miredo client directly:
   no relay runs in the lab, and the NAT sees the client's flows go to the host's own IPv4.
 * SIGHUP re-reads the configuration; SIGTERM removes the interface and exits 0.
+* The data path: the default (`auto`) must pick the kernel's programs here, and the client's
+  traffic must be decapsulated there (issue 8); one relay and one host-specific run use
+  `--datapath user`, the Python path.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -188,10 +192,29 @@ def _stop(proc: subprocess.Popen[bytes], lab: Lab, host: str) -> None:
     assert link.returncode != 0, f"{TUN_NAME} still exists after SIGTERM: {link.stdout}"
 
 
-@pytest.mark.parametrize("server_impl", ["miredo", "teredo"])
-def test_miredo_client_through_our_relay(lab_factory: list[Lab], server_impl: str) -> None:
+def _datapath_used(lab: Lab, host: str, datapath: str) -> dict[str, int] | None:
+    """The data path the relay says it runs (SIGUSR1 line; `auto`, the default, must pick the
+    kernel on this machine) and, for the kernel, its counters (`teredo status`)."""
+    log = _log(lab, host)
+    want = "user" if datapath == "user" else "kernel"
+    assert f"data path: {want}" in log, log
+    got = lab.exec(host, [sys.executable, "-m", "teredo", "status", "--json"], check=False)
+    assert got.returncode == 0, got.stdout + got.stderr
+    (doc,) = [d for d in json.loads(got.stdout) if d.get("role") == "relay"]
+    status = doc["status"]
+    assert status["datapath"] == want, status
+    return None if want == "user" else dict(status["kernel"]["counters"])
+
+
+@pytest.mark.parametrize(
+    ("server_impl", "datapath"), [("miredo", "auto"), ("teredo", "auto"), ("miredo", "user")]
+)
+def test_miredo_client_through_our_relay(
+    lab_factory: list[Lab], server_impl: str, datapath: str
+) -> None:
+    tag = "y" if server_impl == "miredo" else "z"
     lab = Lab(
-        prefix_for("y" if server_impl == "miredo" else "z"),
+        prefix_for(tag if datapath == "auto" else "l"),
         [NatKind.PORT_RESTRICTED],
         server_impl=server_impl,
         relay_impl=None,
@@ -199,7 +222,8 @@ def test_miredo_client_through_our_relay(lab_factory: list[Lab], server_impl: st
     lab_factory.append(lab)
     lab.up()
     relay_conf = config_text(Role.RELAY, server=SERVER_V4, relay=RELAY_V4)
-    relay = _start_our_relay(lab, "relay", relay_conf, "--peers", str(FLOOD_PEERS))
+    flags = () if datapath == "auto" else ("--datapath", datapath)
+    relay = _start_our_relay(lab, "relay", relay_conf, "--peers", str(FLOOD_PEERS), *flags)
     info = lab.wait_qualified(1, timeout=QUALIFY_TIMEOUT)
 
     # The native host first: the relay has no entry, bubbles through the client's server and
@@ -219,6 +243,10 @@ def test_miredo_client_through_our_relay(lab_factory: list[Lab], server_impl: st
     established = _summary(lab, "relay", relay)
     assert established["to_teredo"] > TRANSFER_BYTES // 1280, established
     assert established["from_teredo"] > TRANSFER_BYTES // 1280, established
+    kernel = _datapath_used(lab, "relay", datapath)
+    if kernel is not None:
+        # The client's TCP segments were decapsulated in the kernel (docs/kernel.md).
+        assert kernel["decap"] > 0, kernel
 
     # A burst of new peers, far beyond the table, while the client is being served.
     flood_count = 40 * FLOOD_PEERS
@@ -263,9 +291,12 @@ def test_miredo_client_through_our_relay(lab_factory: list[Lab], server_impl: st
     _stop(relay, lab, "relay")
 
 
-def test_host_specific_relay_talks_to_miredo_client_directly(lab_factory: list[Lab]) -> None:
+@pytest.mark.parametrize("datapath", ["auto", "user"])
+def test_host_specific_relay_talks_to_miredo_client_directly(
+    lab_factory: list[Lab], datapath: str
+) -> None:
     lab = Lab(
-        prefix_for("k"),
+        prefix_for("k" if datapath == "auto" else "1"),
         [NatKind.PORT_RESTRICTED],
         server_impl="miredo",
         relay_impl=None,
@@ -275,7 +306,8 @@ def test_host_specific_relay_talks_to_miredo_client_directly(lab_factory: list[L
     lab.up()
     conf = f"RelayType host\nInterfaceName {TUN_NAME}\nBindAddress {NATIVE_V4}\n"
     conf += f"BindPort {RELAY_PORT}\n"
-    host = _start_our_relay(lab, "native", conf, "--peers", "1024")
+    flags = () if datapath == "auto" else ("--datapath", datapath)
+    host = _start_our_relay(lab, "native", conf, "--peers", "1024", *flags)
     info = lab.wait_qualified(1, timeout=QUALIFY_TIMEOUT)
     served = re.search(r"serving \d+ own addresses: (.*)", _log(lab, "native"))
     assert served, _log(lab, "native")
@@ -301,6 +333,9 @@ def test_host_specific_relay_talks_to_miredo_client_directly(lab_factory: list[L
     counters = _summary(lab, "native", host)
     assert counters["from_teredo"] > TRANSFER_BYTES // 1280, counters
     assert counters["to_teredo"] > TRANSFER_BYTES // 1280, counters
+    kernel = _datapath_used(lab, "native", datapath)
+    if kernel is not None:
+        assert kernel["decap"] > 0, kernel
     # No relay in between: the client's NAT holds a flow straight to the host's own IPv4.
     flows = lab.exec("nat1", ["conntrack", "-L", "-p", "udp", "--orig-dst", NATIVE_V4]).stdout
     assert f"dport={RELAY_PORT}" in flows, f"no direct flow to {NATIVE_V4}: {flows!r}"

@@ -262,7 +262,7 @@ def test_kernel_never_forwards_to_a_mapping_the_core_left(lab_factory: list[Lab]
             _send(lab, n, 100, 50)
         status = _counters(lab)
         assert status["datapath"] == "kernel", status
-        assert status["kernel"]["encap"] >= 50, status["kernel"]
+        assert status["kernel"]["counters"]["encap"] >= 50, status["kernel"]
         table = peer_map(relay.pid)
         assert table[PEERS[1]] == (PEER_V4, PORTS[1]), table
         assert table[PEERS[2]] == (PEER_V4, PORTS[2]), table
@@ -280,7 +280,7 @@ def test_kernel_never_forwards_to_a_mapping_the_core_left(lab_factory: list[Lab]
                 lambda: fake.report()["seqs"][NEW_PORT],
                 IDLE + 25,
             )
-            at_move = _counters(lab)["kernel"]["encap"]
+            at_move = _counters(lab)["kernel"]["counters"]["encap"]
             time.sleep(3)  # the stream goes on at the new mapping
         finally:
             stream.kill()
@@ -292,7 +292,7 @@ def test_kernel_never_forwards_to_a_mapping_the_core_left(lab_factory: list[Lab]
         assert max(old) < min(new), f"forwarded to the old mapping after the move: {got}"
         assert len(new) >= 5, got
         assert peer_map(relay.pid)[PEERS[1]] == (PEER_V4, NEW_PORT)
-        kernel = _counters(lab)["kernel"]
+        kernel = _counters(lab)["kernel"]["counters"]
         assert kernel["encap_stale"] >= 1, kernel  # the kernel left the stale peer to Python
         assert kernel["encap"] > at_move, kernel  # and carries it again at its new mapping
 

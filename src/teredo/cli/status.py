@@ -215,7 +215,24 @@ def _relay_lines(st: Mapping[str, object]) -> list[str]:
         f"{_int(c.get('from_teredo'))}, queued {_int(c.get('queued'))}",
         f"bubbles    sent {_int(c.get('indirect_bubbles'))}+{_int(c.get('direct_bubbles'))}, "
         f"received {_int(c.get('bubbles_received'))}",
+        _datapath_line(st),
     ]
+
+
+def _datapath_line(st: Mapping[str, object]) -> str:
+    """The data path (issue 8, docs/kernel.md) and what the kernel's programs did."""
+    k = _map(_map(st.get("kernel")).get("counters"))
+    if st.get("datapath") != "kernel" or not k:
+        return f"datapath   {_text(st.get('datapath') or 'user')}"
+    up_encap = _int(k.get("encap_no_peer")) + _int(k.get("encap_stale"))
+    up_encap += _int(k.get("encap_partial")) + _int(k.get("encap_other"))
+    up_decap = _int(k.get("decap_no_peer")) + _int(k.get("decap_mapping"))
+    up_decap += _int(k.get("decap_other"))
+    return (
+        f"datapath   kernel: map {_int(k.get('map_entries'))}, encapsulated "
+        f"{_int(k.get('encap'))} (passed up {up_encap}), decapsulated {_int(k.get('decap'))} "
+        f"(passed up {up_decap})"
+    )
 
 
 _ROLE_LINES: Final[dict[str, Callable[[Mapping[str, object]], list[str]]]] = {

@@ -437,7 +437,8 @@ class RelayDaemon:
                 counters["from_teredo"] = int(str(counters["from_teredo"])) + kernel["decap"]
         return {
             "datapath": "kernel" if kernel is not None else "user",
-            "kernel": kernel,
+            # io/metrics.py kernel_families: teredo_kernel_<name>_total.
+            "kernel": {"counters": kernel} if kernel is not None else None,
             "local": f"{self.local[0]}:{self.local[1]}",
             "tun": self.tun.name,
             "prefix": self.endpoint.prefix,
