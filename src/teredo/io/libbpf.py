@@ -42,6 +42,7 @@ __all__ = [
     "BpfObject",
     "BpfProgram",
     "TestRun",
+    "attached_count",
     "libbpf",
     "possible_cpus",
 ]
@@ -136,6 +137,7 @@ class _Lib:
             "bpf_obj_pin": (ci, [ci, cp]),
             "bpf_obj_get": (ci, [cp]),
             "bpf_prog_test_run_opts": (ci, [ci, ctypes.POINTER(_TestRunOpts)]),
+            "bpf_prog_query": (ci, [ci, ci, cu32, ctypes.POINTER(cu32), vp, ctypes.POINTER(cu32)]),
             "libbpf_num_possible_cpus": (ci, []),
             "libbpf_set_print": (vp, [_PRINT_FN]),
         }
@@ -190,6 +192,20 @@ def possible_cpus() -> int:
     """How many per-CPU slots a per-CPU map's value has (libbpf_num_possible_cpus)."""
     lib = libbpf()
     return lib.check("libbpf_num_possible_cpus", lib.lib.libbpf_num_possible_cpus())
+
+
+def attached_count(ifindex: int, attach_type: int) -> int:
+    """How many programs are attached at `attach_type` (BPF_TCX_INGRESS, BPF_TCX_EGRESS) of
+    interface `ifindex` in this network namespace (BPF_PROG_QUERY): what the clean-up tests
+    check, since bpftool 7.1 (Debian 12) does not list tcx links by interface."""
+    lib = libbpf()
+    flags = ctypes.c_uint32(0)
+    count = ctypes.c_uint32(0)
+    rc = lib.lib.bpf_prog_query(
+        ifindex, attach_type, 0, ctypes.byref(flags), None, ctypes.byref(count)
+    )
+    lib.check(f"query of interface {ifindex}", rc)
+    return int(count.value)
 
 
 @dataclass(frozen=True, slots=True)

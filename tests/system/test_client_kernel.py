@@ -1,0 +1,287 @@
+"""Our client's kernel data path in the lab (issue 8, docs/kernel.md "The client's programs").
+
+One lab: Miredo's server, our relay, two of our clients behind port-restricted NATs (the
+default `--datapath auto`, so the kernel programs). Checked:
+
+- UDP between the two clients and with the native host (through the relay) is carried by the
+  kernel programs both ways (their counters), and arrives;
+- a peer whose mapping changes in the core (the native host's relay moves to another port:
+  the ping test finds it there, section 5.2.9) is never forwarded to at the old mapping once
+  the core has the new one; a peer that goes silent (its client killed) is not forwarded to
+  after its validity ends (30 s after its last packet, section 5.2.4);
+- `--datapath user` carries the same traffic with no program attached;
+- SIGTERM and SIGKILL leave no program attached in the client's namespace, and the next start
+  uses the kernel path again.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from teredo.lab import clientfaults
+from teredo.lab.nat import NatKind
+from teredo.lab.roles import RELAY_PORT, Impl, Role
+from teredo.lab.system import ProcRecord
+from teredo.lab.topology import NATIVE_V6, Lab
+
+from .conftest import prefix_for, received, tear_down
+
+pytestmark = pytest.mark.system
+
+QUALIFY_TIMEOUT = 40.0
+PAYLOAD = 300  # bytes of UDP payload: data datagrams are told from bubbles by their size
+DATA_LENGTH = 200  # outer IPv4 length above which a datagram is data (a bubble is 68)
+OTHER_RELAY_PORT = RELAY_PORT + 7
+
+# A bounded UDP tool run inside the namespaces (every loop ends by count and by time).
+UDP_TOOL = r"""
+import socket, sys, time
+mode = sys.argv[1]
+if mode == "send":
+    dest, port, count, rate = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    end = time.monotonic() + count / rate + 5
+    for i in range(count):
+        try:
+            s.sendto(b"k" * int(sys.argv[6]), (dest, port))
+        except OSError:
+            pass
+        time.sleep(1 / rate)
+        if time.monotonic() > end:
+            break
+    print("sent", i + 1, flush=True)
+else:
+    port, seconds = int(sys.argv[2]), float(sys.argv[3])
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.bind(("::", port)); s.settimeout(0.5)
+    print("ready", flush=True)
+    n = 0; end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            s.recv(2048); n += 1
+        except socket.timeout:
+            pass
+    print("received", n, flush=True)
+"""
+
+# A counter of data datagrams (not bubbles) for one UDP destination on a host's eth0.
+COUNTER_RULES = """table inet kc_count {{
+  counter data {{ }}
+  chain count {{
+    type filter hook {hook} priority -300; policy accept;
+    {match} udp dport {port} meta length > {length} counter name data
+  }}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    lab = Lab(
+        prefix_for("k"),
+        [NatKind.PORT_RESTRICTED, NatKind.PORT_RESTRICTED],
+        relay_impl=Impl.TEREDO,
+        client_impl=Impl.TEREDO,
+    )
+    try:
+        lab.up()
+        yield lab
+    finally:
+        tear_down(lab)
+
+
+def status(lab: Lab, host: str) -> dict[str, object]:
+    proc = lab.exec(host, [sys.executable, "-m", "teredo", "status", "--json"], check=False)
+    assert proc.returncode == 0, f"{host}: teredo status failed: {proc.stderr}"
+    docs = json.loads(proc.stdout)
+    [client] = [d for d in docs if d.get("role") == "client"] if isinstance(docs, list) else [docs]
+    st = client["status"]
+    assert isinstance(st, dict)
+    return st
+
+
+def kernel(lab: Lab, host: str) -> dict[str, int]:
+    st = status(lab, host)
+    assert st["datapath"] == "kernel", f"{host}: data path {st['datapath']}\n{lab.log_tail(host)}"
+    counters = st["kernel"]
+    assert isinstance(counters, dict)
+    return counters
+
+
+def address(lab: Lab, index: int) -> str:
+    return str(lab.wait_qualified(index, timeout=QUALIFY_TIMEOUT).address)
+
+
+def udp(lab: Lab, src: str, dst: str, dst_host: str, *, count: int = 400, rate: float = 200) -> int:
+    """`count` datagrams from `src` to `dst` (on `dst_host`); how many arrived."""
+    port = 40000 + int(time.monotonic() * 10) % 20000
+    seconds = count / rate + 4
+    receiver = lab.popen(
+        dst_host,
+        [sys.executable, "-u", "-c", UDP_TOOL, "recv", str(port), str(seconds)],
+        name=f"{dst_host}-udp-{port}",
+    )
+    log = Path(lab.procs[-1].log)
+    time.sleep(0.5)
+    sender = [sys.executable, "-c", UDP_TOOL, "send", dst, str(port), str(count), str(rate)]
+    lab.exec(src, [*sender, str(PAYLOAD)], timeout=seconds + 10)
+    receiver.wait(timeout=seconds + 10)
+    text = log.read_text(encoding="utf-8")
+    assert "received" in text, text
+    return int(text.split("received")[-1].split()[0])
+
+
+def add_counter(lab: Lab, host: str, port: int, *, inbound: bool) -> None:
+    hook, match = ("prerouting", 'iifname "eth0"') if inbound else ("postrouting", 'oifname "eth0"')
+    rules = COUNTER_RULES.format(hook=hook, match=match, port=port, length=DATA_LENGTH)
+    lab.exec(host, ["nft", "-f", "-"], input_text=rules)
+
+
+def data_count(lab: Lab, host: str) -> int:
+    out = lab.exec(host, ["nft", "-j", "list", "counter", "inet", "kc_count", "data"]).stdout
+    for item in json.loads(out)["nftables"]:
+        if "counter" in item:
+            return int(item["counter"]["packets"])
+    raise AssertionError(f"{host}: no counter in {out}")
+
+
+def client_record(lab: Lab, host: str) -> ProcRecord:
+    [record] = [r for r in lab.procs if r.host == host and r.role == "client" and r.alive()]
+    return record
+
+
+ATTACHED = """
+import socket
+from teredo.io.libbpf import BPF_TCX_EGRESS, BPF_TCX_INGRESS, attached_count
+for index, name in socket.if_nameindex():
+    for kind, at in (("ingress", BPF_TCX_INGRESS), ("egress", BPF_TCX_EGRESS)):
+        n = attached_count(index, at)
+        if n:
+            print(f"{name} tcx {kind} {n}")
+"""
+
+
+def attached(lab: Lab, host: str) -> str:
+    """The tcx programs attached in `host`'s namespace, one line per interface and direction
+    (BPF_PROG_QUERY), '' when none."""
+    return lab.exec(host, [sys.executable, "-c", ATTACHED]).stdout.strip()
+
+
+def test_udp_is_carried_by_the_kernel_both_ways(lab: Lab) -> None:
+    a1, a2 = address(lab, 1), address(lab, 2)
+    # The first packets set up trust on the Python path (bubbles, the ping test).
+    for src, dst in (("client1", a2), ("client2", a1), ("client1", NATIVE_V6)):
+        assert received(lab.ping(src, dst, count=4, deadline=15).stdout) >= 2, (src, dst)
+    assert received(lab.ping("native", a1, count=4, deadline=15).stdout) >= 2
+    before1, before2 = kernel(lab, "client1"), kernel(lab, "client2")
+    assert udp(lab, "client1", a2, "client2") >= 360
+    assert udp(lab, "client2", a1, "client1") >= 360
+    assert udp(lab, "client1", NATIVE_V6, "native") >= 360
+    assert udp(lab, "native", a1, "client1") >= 360
+    after1, after2 = kernel(lab, "client1"), kernel(lab, "client2")
+    # Each client sent its datagrams in the kernel and received the other's there.
+    assert after1["encap"] - before1["encap"] >= 720, (before1, after1)
+    assert after1["decap"] - before1["decap"] >= 720, (before1, after1)
+    assert after2["encap"] - before2["encap"] >= 360, (before2, after2)
+    assert after2["decap"] - before2["decap"] >= 360, (before2, after2)
+    assert after1["serving"] == 1
+    assert after1["mirror_errors"] == 0
+
+
+def test_remapped_native_peer_is_never_sent_to_at_the_old_mapping(lab: Lab) -> None:
+    """The relay moves to another port: the native host's packets arrive from the new one, the
+    client's ping test (section 5.2.9) trusts it there, and from then on nothing goes to the
+    old port, in the kernel or in Python."""
+    a1 = address(lab, 1)
+    assert received(lab.ping("client1", NATIVE_V6, count=4, deadline=15).stdout) >= 2
+    assert udp(lab, "client1", NATIVE_V6, "native", count=100) >= 80
+    add_counter(lab, "relay", RELAY_PORT, inbound=True)
+    lab.stop("relay")
+    lab.start(Role.RELAY, Impl.TEREDO, extra=["--bind-port", str(OTHER_RELAY_PORT)])
+    time.sleep(2)
+    inserts = kernel(lab, "client1")["mirror_inserts"]
+    # The native host talks first (through the relay, now at the other port): the client
+    # checks that relay with its ping test and trusts the native host at the new mapping.
+    deadline = time.monotonic() + 30
+    while kernel(lab, "client1")["mirror_inserts"] == inserts:
+        assert time.monotonic() < deadline, lab.log_tail("client1", 30)
+        lab.ping("native", a1, count=2, deadline=3)
+    old_port = data_count(lab, "relay")
+    assert udp(lab, "client1", NATIVE_V6, "native", count=200) >= 160
+    assert udp(lab, "native", a1, "client1", count=200) >= 160
+    assert data_count(lab, "relay") == old_port, "data went to the relay's old port"
+
+
+def test_silent_peer_is_not_forwarded_to_after_its_validity(lab: Lab) -> None:
+    a1, a2 = address(lab, 1), address(lab, 2)
+    site2 = lab.site(2)
+    assert site2.nat_host is not None
+    mapped = lab.wait_qualified(2).mapped_port
+    add_counter(lab, site2.nat_host, mapped, inbound=True)
+    # Fresh contact both ways, then client2 dies: its last packet reaches client1 now.
+    assert received(lab.ping("client2", a1, count=3, deadline=10).stdout) >= 2
+    assert received(lab.ping("client1", a2, count=3, deadline=10).stdout) >= 2
+    record = client_record(lab, "client2")
+    killed = time.monotonic()
+    lab._popens[[p.pid for p in lab._popens].index(record.pid)].send_signal(signal.SIGKILL)
+    before = kernel(lab, "client1")
+    # 10 datagrams a second for 40 s to the dead peer's mapping.
+    sender = [sys.executable, "-c", UDP_TOOL, "send", a2, "9", "400", "10", str(PAYLOAD)]
+    proc = lab.popen("client1", sender, name="client1-to-dead")
+    time.sleep(max(0.0, killed + 31 - time.monotonic()))
+    at_validity_end = data_count(lab, site2.nat_host)
+    proc.wait(timeout=60)
+    after = kernel(lab, "client1")
+    assert at_validity_end >= 100, "the valid peer was sent to before"
+    assert data_count(lab, site2.nat_host) == at_validity_end, "sent to an invalid peer"
+    assert after["encap"] - before["encap"] >= 100, "forwarded in the kernel while valid"
+    assert after["encap_stale"] > before["encap_stale"], "the kernel refused the stale peer"
+    # client2 again, for the tests after this one.
+    clientfaults.start_client(lab, 2)
+    address(lab, 2)
+
+
+def test_user_datapath_carries_the_same_traffic(lab: Lab) -> None:
+    lab.stop("client1")
+    clientfaults.start_client(lab, 1, "--datapath", "user")
+    a1, a2 = address(lab, 1), address(lab, 2)
+    try:
+        assert status(lab, "client1")["datapath"] == "user"
+        assert status(lab, "client1")["kernel"] is None
+        assert attached(lab, "client1") == ""
+        for src, dst in (("client1", a2), ("client2", a1), ("client1", NATIVE_V6)):
+            assert received(lab.ping(src, dst, count=4, deadline=15).stdout) >= 2, (src, dst)
+        assert received(lab.ping("native", a1, count=4, deadline=15).stdout) >= 2
+        assert udp(lab, "client1", a2, "client2", count=200) >= 160
+        assert udp(lab, "native", a1, "client1", count=200) >= 160
+    finally:
+        lab.stop("client1")
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_stopping_leaves_no_program_attached(lab: Lab, how: signal.Signals) -> None:
+    lab.stop("client1")
+    clientfaults.start_client(lab, 1)
+    a1 = address(lab, 1)
+    assert received(lab.ping("client1", NATIVE_V6, count=3, deadline=15).stdout) >= 2
+    running = attached(lab, "client1")
+    assert "teredo tcx egress 1" in running, running
+    assert "eth0 tcx ingress 1" in running, running
+    record = client_record(lab, "client1")
+    popen = lab._popens[[p.pid for p in lab._popens].index(record.pid)]
+    popen.send_signal(how)
+    popen.wait(timeout=20)
+    # The TUN goes with the process; the IPv4 side must be bare too.
+    assert attached(lab, "client1") == "", "a program is still attached"
+    # The next start finds nothing in its way and uses the kernel path again.
+    clientfaults.start_client(lab, 1)
+    a1 = address(lab, 1)
+    assert received(lab.ping("native", a1, count=3, deadline=15).stdout) >= 2
+    assert kernel(lab, "client1")["serving"] == 1
