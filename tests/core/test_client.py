@@ -296,6 +296,8 @@ def test_symmetric_nat_is_refused_when_strict() -> None:
         "step": 1,
         "same_ipv4": True,
         "text": "symmetric, sequential ports +1",
+        "reach": "ports predicted (RFC 6081 Random Port trailers): relays, cone, restricted "
+        "and port-restricted peers work; random-port symmetric ones do not",
     }
 
 

@@ -48,9 +48,9 @@ def test_demo_passes_every_step_and_cleans_up() -> None:
 
 
 def test_demo_behind_a_symmetric_nat() -> None:
-    """`teredo lab demo --nat symmetric`: a cone-NAT client is added (Miredo's, the demo's second
-    client); ours behind the symmetric NAT qualifies, pings the native host both ways, and the
-    two clients are tried both ways."""
+    """`teredo lab demo --nat symmetric`: two cone-NAT clients are added (Miredo's, the demo's
+    second client, and ours, the third); ours behind the symmetric NAT qualifies, pings the
+    native host both ways, and each cone client is tried both ways: ours works both ways."""
     prefix = prefix_for("h")
     argv = [sys.executable, "-m", "teredo.cli.lab", "demo", "--prefix", prefix, "--count", "2"]
     try:
@@ -67,6 +67,9 @@ def test_demo_behind_a_symmetric_nat() -> None:
     assert "client2 (miredo) behind a full-cone NAT" in output
     # Miredo's cone client accepts our symmetric client's new port: measured to work.
     assert "PASS  client2 -> client1 (full-cone to symmetric)" in summary, output
-    assert "[5c] client1 -> client2 (symmetric to full-cone)" in output
+    assert "[5c] client1 -> client2 (symmetric to full-cone, the cone client is miredo)" in output
+    assert "PASS  client1 -> client3 (symmetric to full-cone)" in summary, output
+    assert "PASS  client3 -> client1 (full-cone to symmetric)" in summary, output
+    assert "FAIL" not in summary, output
     assert "nothing left behind" in output
     assert_nothing_left(prefix, [])

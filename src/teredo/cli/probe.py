@@ -185,12 +185,11 @@ def format_table(results: Sequence[ProbeResult]) -> str:
                 host, port = result.secondary_mapping
                 lines.append(f"  ! the secondary address saw {host}:{port}: symmetric NAT")
                 what = behaviour.describe() if behaviour is not None else "symmetric"
-                lines.append(
-                    f"  ! NAT {what}: a client qualifies with the primary mapping "
-                    "(RFC 6081; relays work, peers behind port-restricted NATs may not)"
-                )
+                lines.append(f"  ! NAT {what}: a client qualifies with the primary mapping")
+                if behaviour is not None:
+                    lines.append(f"  ! {behaviour.reach()}")
             elif behaviour is not None and behaviour.ports is PortAllocation.PRESERVED:
-                lines.append(f"  ! NAT {behaviour.describe()}")
+                lines.append(f"  ! NAT {behaviour.describe()}: {behaviour.reach()}")
     return "\n".join(lines)
 
 

@@ -142,11 +142,11 @@ def _client_lines(st: Mapping[str, object]) -> list[str]:
         # What qualification saw of the NAT (core/natbehaviour.py), also when refused.
         lines[-1] += f" ({behaviour['text']})"
     if st.get("nat") == "symmetric":
+        reach = behaviour.get("reach") or "relays work, peers may not"
         lines.append(
             "           symmetric NAT: "
             + (
-                "qualified with the primary server's mapping (RFC 6081); relays work, "
-                "peers behind port-restricted or symmetric NATs may not"
+                f"qualified with the primary server's mapping (RFC 6081); {reach}"
                 if st.get("state") == "qualified"
                 else "not qualified (SymmetricNat refuse, RFC 4380 5.2.1)"
             )

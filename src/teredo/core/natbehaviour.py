@@ -62,6 +62,24 @@ class NatBehaviour:
             words.append("a new IPv4 per destination")
         return ", ".join(words)
 
+    def reach(self) -> str:
+        """What our client reaches behind this NAT (measured: docs/client.md's table)."""
+        if not self.symmetric:
+            if self.ports is PortAllocation.PRESERVED:
+                return "to RFC 4380 a restricted NAT: every peer but random-port symmetric ones"
+            return ""
+        if not self.same_ipv4:
+            return "peers see another IPv4 than the address embeds: relays work, peers may not"
+        if self.ports is PortAllocation.SEQUENTIAL:
+            return (
+                "ports predicted (RFC 6081 Random Port trailers): relays, cone, restricted and "
+                "port-restricted peers work; random-port symmetric ones do not"
+            )
+        return (
+            "relays, cone and address-restricted peers work (RFC 6081); port-restricted and "
+            "symmetric ones do not, unless UPnP maps the port"
+        )
+
     def as_dict(self) -> dict[str, object]:
         return {
             "symmetric": self.symmetric,
@@ -69,6 +87,7 @@ class NatBehaviour:
             "step": self.step,
             "same_ipv4": self.same_ipv4,
             "text": self.describe(),
+            "reach": self.reach(),
         }
 
 

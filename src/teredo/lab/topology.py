@@ -445,6 +445,15 @@ class Lab:
         conf.write_text(config_text(role, server=SERVER_V4, relay=RELAY_V4), encoding="ascii")
         pidfile = self.state_dir / f"{host}.pid"
         argv = command(role, impl_value, conf, pidfile, self.user) + list(extra)
+        # Behind the UPnP-enabled NAT ours maps its port (RFC 6081; Miredo cannot).
+        if (
+            role is Role.CLIENT
+            and impl_value is Impl.TEREDO
+            and index is not None
+            and self.site(index).nat is NatKind.SYMMETRIC_UPNP
+            and "--upnp" not in extra
+        ):
+            argv.append("--upnp")
         self.popen(host, argv, name=host, role=role.value, impl=impl_value.value)
         return self.procs[-1]
 

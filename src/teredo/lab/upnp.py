@@ -162,6 +162,9 @@ def start(lab: Lab, site: Site, inside: str, stun_host: str, stun_addresses: Seq
         if "does not support port forwarding" in text or "filters incoming" in text:
             raise LabError(f"miniupnpd in {site.nat_host} disabled port forwarding:\n{text}")
         if "HTTP listening" in text and "Port forwarding is now enabled" in text:
+            # Its test is done: free the STUN ports for the next UPnP site of the lab.
+            stun.terminate()
+            stun.wait(5)
             return
         if "EXITING" in text or "Performing STUN failed" in text:
             raise LabError(f"miniupnpd in {site.nat_host} failed:\n{text}")
