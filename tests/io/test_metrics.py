@@ -173,7 +173,12 @@ def test_relay_and_server_documents(exporters: list[MetricsExporter]) -> None:
     server = {
         "role": "server",
         "worker": 1,
-        "status": {"router_advertisements": 4, "addresses": ["198.51.100.10", "198.51.100.11"]},
+        "status": {
+            "router_advertisements": 4,
+            "addresses": ["198.51.100.10", "198.51.100.11"],
+            "datapath": "kernel",
+            "kernel": {"counters": {"ra": 3, "passed": 9}, "drops": {"rs_rate_limited": 5}},
+        },
     }
     relay_exporter = MetricsExporter(LOOPBACK, lambda: [relay])
     exporters.append(relay_exporter)
@@ -193,6 +198,10 @@ def test_relay_and_server_documents(exporters: list[MetricsExporter]) -> None:
     assert got["teredo_server_router_advertisements_total", (("worker", "1"),)] == 4
     assert got["teredo_server_router_advertisements_total", (("worker", "2"),)] == 6
     assert got["teredo_drops_total", (("reason", "rs_rate_limited"), ("worker", "2"))] == 0
+    # The server's XDP program (io/kserver.py), through the "kernel" hook.
+    assert got["teredo_kernel_ra_total", (("worker", "1"),)] == 3
+    assert got["teredo_kernel_passed_total", (("worker", "1"),)] == 9
+    assert got["teredo_kernel_drops_total", (("reason", "rs_rate_limited"), ("worker", "1"))] == 5
 
 
 def test_unreadable_status_is_a_gauge_not_an_error(exporters: list[MetricsExporter]) -> None:

@@ -23,7 +23,7 @@ from teredo.cli.options import (
     privilege_target,
     report_config_error,
 )
-from teredo.core.config import ConfigError, Role, ServerSettings
+from teredo.core.config import ConfigError, DatapathMode, Role, ServerSettings
 from teredo.core.server import ServerLimits, ServerParams
 from teredo.io.announce import (
     AnnounceError,
@@ -32,6 +32,7 @@ from teredo.io.announce import (
     server_prefixes,
 )
 from teredo.io.control import ControlIdentity
+from teredo.io.datapath import DatapathError, start_kernel
 from teredo.io.driver import StartError, reload_handler
 from teredo.io.loop import Daemon, DaemonLoop
 from teredo.io.sdnotify import Notifier
@@ -42,6 +43,7 @@ from teredo.io.server_driver import (
 )
 
 if TYPE_CHECKING:
+    from teredo.io.kserver import ServerKernelPath
     from teredo.io.metrics import MetricsExporter
     from teredo.io.privileges import Target
 
@@ -124,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.workers <= MAX_WORKERS:
         print(f"command line: --workers: must be 1..{MAX_WORKERS}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.workers > 1 and settings.datapath is DatapathMode.KERNEL:
+        # One XDP program would answer for all workers, but each reports its own status.
+        print("command line: --datapath kernel needs --workers 1", file=sys.stderr)
+        return EXIT_CONFIG
     if args.workers > 1 and settings.metrics_address is not None and args.no_control:
         # The supervisor reads its workers' metrics from their status sockets.
         print("command line: --metrics with --workers needs the status sockets", file=sys.stderr)
@@ -155,6 +161,13 @@ def run(args: argparse.Namespace) -> int:
             )
             if args.workers == 1:
                 control = control_identity(args, "server")
+                # Loaded and attached while this process still has CAP_BPF and CAP_NET_ADMIN
+                # (the privilege drop keeps only the latter).
+                kernel = start_kernel(
+                    settings.datapath,
+                    f"server on {_addresses(params)}",
+                    lambda: _start_kernel(params),
+                )
                 return _serve(
                     args,
                     params,
@@ -164,13 +177,23 @@ def run(args: argparse.Namespace) -> int:
                     announcement=announcement,
                     drain=drain,
                     user=user,
+                    kernel=kernel,
                 )
+            if settings.datapath is DatapathMode.AUTO:
+                log.info("data path: user (the kernel data path serves --workers 1 only)")
             return _supervise(
                 args, params, sets, settings, announcement=announcement, drain=drain, user=user
             )
-    except (StartError, PidFileError, AnnounceError) as err:
+    except (StartError, PidFileError, AnnounceError, DatapathError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED
+
+
+def _start_kernel(params: ServerParams) -> ServerKernelPath:
+    # Imported here: a daemon with --datapath user never loads libbpf.
+    from teredo.io.kserver import ServerKernelPath  # noqa: PLC0415
+
+    return ServerKernelPath(params)
 
 
 def _serve(
@@ -183,6 +206,7 @@ def _serve(
     announcement: Announcement | None = None,
     drain: float = 0.0,
     user: Target | None = None,
+    kernel: ServerKernelPath | None = None,
 ) -> int:
     """One server process on `sockets` until SIGTERM or SIGINT; SIGHUP re-reads the file.
 
@@ -192,8 +216,10 @@ def _serve(
     loop = DaemonLoop()
     try:
         if not loop.drop_privileges(user, log):
+            if kernel is not None:
+                kernel.close()
             return EXIT_START_FAILED
-        daemon = ServerDaemon(params, loop, sockets)
+        daemon = ServerDaemon(params, loop, sockets, kernel)
         served: Daemon = daemon
         if announcement is not None:
             try:

@@ -10,13 +10,33 @@ the RA the core builds for destination ::, which the program only completes per 
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import struct
+from pathlib import Path
 from typing import Final
 
-from teredo.core.server import ServerParams, router_advertisement
+from pyroute2 import IPRoute
 
-__all__ = ["RA_TEMPLATE_LEN", "pack_config", "pack_limit"]
+from teredo.core.server import ServerParams, router_advertisement
+from teredo.io.kmirror import KernelPrograms, read_counters
+from teredo.io.libbpf import BPF_XDP, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, BpfLink, BpfObject
+
+__all__ = [
+    "COUNTERS",
+    "OBJECT",
+    "RA_TEMPLATE_LEN",
+    "ServerKernelPath",
+    "pack_config",
+    "pack_limit",
+    "server_interfaces",
+]
+
+OBJECT: Final = "teredo_server"
+#: enum of teredo_server.bpf.c's server_counters, in order.
+COUNTERS: Final = ("ra", "rs_rate_limited", "passed")
+_ZERO: Final = struct.pack("=I", 0)
+_DEFAULT_TTL: Final = Path("/proc/sys/net/ipv4/ip_default_ttl")
 
 # struct server_cfg: primary, secondary (network order), ttl, enabled, three struct limit
 # {rate, burst, full_ns} (socket, ipv4, total), ra[96]; native order, no padding (184 bytes).
@@ -53,3 +73,100 @@ def pack_config(params: ServerParams, ttl: int, *, enabled: bool = True) -> byte
         *pack_limit(limits.rs_total_rate, limits.rs_total_rate),
         ra,
     )
+
+
+def host_ttl() -> int:
+    """The TTL the stack gives this network namespace's UDP datagrams (the Python path's)."""
+    try:
+        return int(_DEFAULT_TTL.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return 64
+
+
+def server_interfaces(params: ServerParams) -> list[tuple[int, str, str]]:
+    """(ifindex, name, link kind) of each interface holding a server address, each once, or
+    OSError naming the address that no interface holds."""
+    found: dict[int, tuple[int, str, str]] = {}
+    with IPRoute() as ipr:
+        addrs = ipr.get_addr(family=2)
+        for ipv4 in (params.primary, params.secondary):
+            dotted = str(ipaddress.IPv4Address(ipv4))
+            index = next(
+                (
+                    int(m["index"])
+                    for m in addrs
+                    if dotted in (m.get("IFA_LOCAL"), m.get("IFA_ADDRESS"))
+                ),
+                None,
+            )
+            if index is None:
+                raise OSError(f"no interface holds {dotted}")
+            if index not in found:
+                link = ipr.get_links(index)[0]
+                info = link.get("IFLA_LINKINFO")
+                kind = str(info.get("IFLA_INFO_KIND") or "") if info is not None else ""
+                found[index] = (index, str(link.get("IFLA_IFNAME")), kind)
+    return list(found.values())
+
+
+def xdp_mode(kind: str) -> int:
+    """Native XDP, except on a veth: there a frame sent back with XDP_TX reaches the peer only
+    if the peer runs NAPI (GRO on, or an XDP program of its own), which this host cannot see
+    or set from here; in generic (SKB) mode it goes out as any transmitted skb."""
+    return XDP_FLAGS_SKB_MODE if kind == "veth" else XDP_FLAGS_DRV_MODE
+
+
+class ServerKernelPath:
+    """server_rs attached to the interfaces of the server's addresses, configured from the core
+    (`pack_config`); `close` detaches it (closing descriptors; nothing is pinned)."""
+
+    def __init__(self, params: ServerParams) -> None:
+        self.interfaces = server_interfaces(params)
+        self.ttl = host_ttl()
+        cfg = pack_config(params, self.ttl)
+        slots = params.limits.bucket_slots
+
+        def configure(obj: BpfObject) -> None:
+            obj.map("server_cfg").update(_ZERO, cfg)
+
+        self._programs = KernelPrograms(
+            OBJECT,
+            max_entries={"rs_socket": slots, "rs_ipv4": slots},
+            configure=configure,
+            attach=(),
+        )
+        # Attached here rather than by KernelPrograms: an XDP link carries its mode.
+        self._links: list[BpfLink] = []
+        try:
+            program = self._programs.obj.program("server_rs")
+            for index, _, kind in self.interfaces:
+                self._links.append(program.attach(index, BPF_XDP, xdp_mode(kind)))
+        except BaseException:
+            self.close()
+            raise
+        self._counters = self._programs.map("server_counters")
+
+    def configure(self, params: ServerParams) -> None:
+        """A reload: the new limits (and MTU, prefix) at once; the buckets carry on."""
+        self._programs.map("server_cfg").update(_ZERO, pack_config(params, self.ttl))
+
+    def counters(self) -> dict[str, int]:
+        return read_counters(self._counters, COUNTERS)
+
+    def describe(self) -> str:
+        return ", ".join(
+            f"{name} ({'generic' if xdp_mode(kind) == XDP_FLAGS_SKB_MODE else 'native'} XDP)"
+            for _, name, kind in self.interfaces
+        )
+
+    def summary(self) -> str:
+        c = self.counters()
+        return (
+            f"data path: kernel on {self.describe()}: RAs {c['ra']}, rate-limited RS dropped "
+            f"{c['rs_rate_limited']}, passed up {c['passed']}"
+        )
+
+    def close(self) -> None:
+        while self._links:
+            self._links.pop().destroy()
+        self._programs.close()

@@ -36,6 +36,8 @@ __all__ = [
     "BPF_TCX_EGRESS",
     "BPF_TCX_INGRESS",
     "BPF_XDP",
+    "XDP_FLAGS_DRV_MODE",
+    "XDP_FLAGS_SKB_MODE",
     "BpfError",
     "BpfLink",
     "BpfMap",
@@ -52,6 +54,9 @@ __all__ = [
 BPF_XDP: Final = 37
 BPF_TCX_INGRESS: Final = 46
 BPF_TCX_EGRESS: Final = 47
+# XDP attach modes (include/uapi/linux/if_link.h), the flags of an XDP link.
+XDP_FLAGS_SKB_MODE: Final = 1 << 1
+XDP_FLAGS_DRV_MODE: Final = 1 << 2
 # bpf_map_update_elem flags.
 BPF_ANY: Final = 0
 BPF_NOEXIST: Final = 1
@@ -96,6 +101,12 @@ class _TestRunOpts(ctypes.Structure):
         ("cpu", ctypes.c_uint32),
         ("batch_size", ctypes.c_uint32),
     )
+
+
+class _LinkCreateOpts(ctypes.Structure):
+    """The head of struct bpf_link_create_opts (libbpf checks `sz`; the rest stays zero)."""
+
+    _fields_ = (("sz", ctypes.c_size_t), ("flags", ctypes.c_uint32))
 
 
 # libbpf_print_fn_t: int (*)(enum libbpf_print_level, const char *fmt, va_list ap)
@@ -228,13 +239,15 @@ class BpfProgram:
         lib = libbpf()
         return lib.check(f"program {self.name}: fd", lib.lib.bpf_program__fd(self._ptr))
 
-    def attach(self, ifindex: int, attach_type: int) -> BpfLink:
-        """Attach to device `ifindex` as BPF_TCX_INGRESS/EGRESS or BPF_XDP, through a link."""
+    def attach(self, ifindex: int, attach_type: int, flags: int = 0) -> BpfLink:
+        """Attach to device `ifindex` as BPF_TCX_INGRESS/EGRESS or BPF_XDP, through a link;
+        `flags`: an XDP link's mode (XDP_FLAGS_SKB_MODE or XDP_FLAGS_DRV_MODE)."""
         lib = libbpf()
+        opts = _LinkCreateOpts(ctypes.sizeof(_LinkCreateOpts), flags)
         with lib.lock:
             fd = lib.check(
-                f"attach {self.name} to ifindex {ifindex} (type {attach_type})",
-                lib.lib.bpf_link_create(self.fd, ifindex, attach_type, None),
+                f"attach {self.name} to ifindex {ifindex} (type {attach_type}, flags {flags})",
+                lib.lib.bpf_link_create(self.fd, ifindex, attach_type, ctypes.byref(opts)),
             )
         return BpfLink(fd, f"{self.name}@{ifindex}")
 

@@ -234,6 +234,9 @@ def _server(out: _Families, st: Mapping[str, object], base: Sequence[str]) -> No
         },
         base,
     )
+    kernel = st.get("kernel")
+    if isinstance(kernel, dict):
+        kernel_families(out, kernel, base)
 
 
 _RELAY_COUNTERS: Final = {

@@ -1,7 +1,9 @@
 """Runs a ServerMachine on real sockets: UDP 3544 on both addresses and a raw IPv6 socket.
 
 The machine decides; this module only moves bytes: datagrams from either socket go in with
-the time, the machine's output goes out through `_Sockets`.
+the time, the machine's output goes out through `_Sockets`. With the kernel data path
+(io/kserver.py, started before the privileges are dropped), plain RS are answered in XDP and
+never reach the sockets; status and summary add the program's counters.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import functools
 import logging
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from teredo.core.addr import TEREDO_PORT, Address
 from teredo.core.counters import DropReason
@@ -17,6 +20,9 @@ from teredo.core.server import ServerMachine, ServerParams
 from teredo.io.driver import Reload, StartError, Undo, bind_udp, changed
 from teredo.io.loop import DaemonLoop
 from teredo.io.udp import DRAIN_BUDGET
+
+if TYPE_CHECKING:
+    from teredo.io.kserver import ServerKernelPath
 
 log = logging.getLogger("teredo.server")
 
@@ -102,13 +108,20 @@ class ServerDaemon:
     """A server machine, its sockets and its loop."""
 
     def __init__(
-        self, params: ServerParams, loop: DaemonLoop, sockets: ServerSockets | None = None
+        self,
+        params: ServerParams,
+        loop: DaemonLoop,
+        sockets: ServerSockets | None = None,
+        kernel: ServerKernelPath | None = None,
     ) -> None:
         self.loop = loop
+        self._undo = Undo()
+        self.kernel = kernel
+        if kernel is not None:
+            self._undo.push(kernel.close)  # detached last, after the sockets are closed
         if sockets is None:
             sockets = open_server_sockets(params)
         self.primary, self.secondary, self.raw = sockets
-        self._undo = Undo()
         for sock in sockets:
             self._undo.push(sock.close)
         self.transmit = _Sockets(self.primary, self.secondary, self.raw)
@@ -162,30 +175,60 @@ class ServerDaemon:
         fresh.stats = self.machine.stats
         fresh.drops = self.machine.drops
         self.machine = fresh
+        if self.kernel is not None:
+            self.kernel.configure(params)
         return Reload(applied=changed(old, params))
+
+    def _totals(self) -> tuple[int, dict[str, int], dict[str, int] | None]:
+        """RAs and drops by reason, Python's and the kernel's together; the kernel's counters."""
+        ras = self.machine.stats.router_advertisements
+        drops = self.machine.drops.snapshot()
+        if self.kernel is None:
+            return ras, drops, None
+        kernel = self.kernel.counters()
+        ras += kernel["ra"]
+        limited = kernel["rs_rate_limited"]
+        if limited:
+            reason = DropReason.RS_RATE_LIMITED.name.lower()
+            drops[reason] = drops.get(reason, 0) + limited
+        return ras, drops, kernel
 
     def summary(self) -> str:
         stats = self.machine.stats
-        drops = self.machine.drops.snapshot()
-        return (
-            f"RAs {stats.router_advertisements}, bubbles {stats.bubbles_forwarded}, "
+        ras, drops, _ = self._totals()
+        line = (
+            f"RAs {ras}, bubbles {stats.bubbles_forwarded}, "
             f"packets {stats.packets_forwarded}, native {stats.native_forwarded}, "
             f"send errors {self.transmit.udp_errors + self.transmit.native_errors}, "
             f"drops {drops or 'none'}"
         )
+        if self.kernel is not None:
+            line += f"; {self.kernel.summary()}"
+        return line
 
     def status(self) -> dict[str, object]:
         """Counters of summary() by name, for the control socket."""
         machine = self.machine
         stats = machine.stats
         params = machine.params
+        ras, drops, kernel = self._totals()
         return {
+            "datapath": "kernel" if kernel is not None else "user",
+            # Of the totals below, what the XDP program did (RAs sent, RS dropped by the
+            # limits, frames passed up to the sockets).
+            "kernel": None
+            if kernel is None
+            else {
+                "interfaces": self.kernel.describe() if self.kernel is not None else "",
+                "counters": {"ra": kernel["ra"], "passed": kernel["passed"]},
+                "drops": {DropReason.RS_RATE_LIMITED.name.lower(): kernel["rs_rate_limited"]},
+            },
             "addresses": [
                 socket.inet_ntoa(ip.to_bytes(4, "big")) for ip in (params.primary, params.secondary)
             ],
             "prefix": socket.inet_ntop(socket.AF_INET6, params.prefix + bytes(12)) + "/32",
             "mtu": params.mtu,
-            "router_advertisements": stats.router_advertisements,
+            "router_advertisements": ras,
             "bubbles_forwarded": stats.bubbles_forwarded,
             "packets_forwarded": stats.packets_forwarded,
             "native_forwarded": stats.native_forwarded,
@@ -193,7 +236,7 @@ class ServerDaemon:
                 "udp": self.transmit.udp_errors,
                 "native": self.transmit.native_errors,
             },
-            "drops": machine.drops.snapshot(),
+            "drops": drops,
         }
 
     def close(self) -> None:
