@@ -193,3 +193,20 @@ def test_pack_address_matches_miredo_capture_addresses() -> None:
         srv = embedded_server(raw)
         ipv4, port = embedded_mapping(raw)
         assert pack_address(TEREDO_PREFIX, srv, embedded_flags(raw), port, ipv4) == raw
+
+
+def test_endpoint_cache_converts_both_ways_and_stays_bounded() -> None:
+    from teredo.core.addr import EndpointCache
+
+    cache = EndpointCache(limit=4)
+    assert cache.ipv4_of("203.0.113.7") == 0xCB007107
+    assert cache.ipv4_of("bogus") is None
+    assert cache.ipv4_of("::1") is None
+    assert "bogus" not in cache.ipv4
+    assert cache.sockaddr_of(0xCB007107, 3544) == ("203.0.113.7", 3544)
+    assert cache.sockaddr((0xC6336414 << 16) | 1) == ("198.51.100.20", 1)
+    for i in range(20):
+        assert cache.ipv4_of(f"198.51.100.{i}") == 0xC6336400 + i
+        assert cache.sockaddr_of(0xC6336400 + i, i) == (f"198.51.100.{i}", i)
+        assert len(cache.ipv4) <= 4
+        assert len(cache.sockaddrs) <= 4

@@ -19,11 +19,71 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass
-from socket import inet_ntoa  # a pure conversion: no socket is created
+from socket import inet_aton, inet_ntoa  # pure conversions: no socket is created
 
 #: A UDP/IPv4 endpoint as the socket module gives and takes it: (dotted quad, port). The one
 #: endpoint type of every machine's UDP input and output (the I/O layer passes these through).
 Address = tuple[str, int]
+
+
+def parse_ipv4(host: str) -> int | None:
+    """The int of a datagram's source host (a dotted quad, as the sockets give it), or None
+    when it is no IPv4 address: the one conversion of a source into the core."""
+    try:
+        return int.from_bytes(inet_aton(host), "big")
+    except (OSError, TypeError, ValueError):
+        return None
+
+
+#: Conversions an `EndpointCache` remembers in each direction before it starts afresh.
+ENDPOINT_CACHE = 4096
+
+
+class EndpointCache:
+    """An endpoint's two forms, converted once and remembered (bounded): `Address`, as the
+    sockets give and take it, and (IPv4 int, port), as the core compares, stores and tests it.
+
+    Every machine (client, relay, server) holds one: datagram sources enter the core through
+    `ipv4`, destinations leave it through `sockaddrs` (keyed `(ipv4 << 16) | port`, the peer
+    table's `mapping_key`). The dicts are read inline on the fast paths (one dict look-up per
+    datagram, no string and no tuple made); a miss goes through `ipv4_of` / `sockaddr`, which
+    empty a dict that reached `limit`, so memory stays bounded whatever the number of senders.
+    """
+
+    __slots__ = ("ipv4", "limit", "sockaddrs")
+
+    def __init__(self, limit: int = ENDPOINT_CACHE) -> None:
+        self.ipv4: dict[str, int] = {}
+        self.sockaddrs: dict[int, Address] = {}
+        self.limit = limit
+
+    def ipv4_of(self, host: str) -> int | None:
+        """The int of a dotted quad, or None when `host` is no IPv4 address."""
+        cache = self.ipv4
+        got = cache.get(host)
+        if got is None:
+            got = parse_ipv4(host)
+            if got is None:
+                return None
+            if len(cache) >= self.limit:
+                cache.clear()
+            cache[host] = got
+        return got
+
+    def sockaddr(self, key: int) -> Address:
+        """The socket address of `(ipv4 << 16) | port`."""
+        cache = self.sockaddrs
+        got = cache.get(key)
+        if got is None:
+            if len(cache) >= self.limit:
+                cache.clear()
+            got = cache[key] = (inet_ntoa((key >> 16).to_bytes(4, "big")), key & 0xFFFF)
+        return got
+
+    def sockaddr_of(self, ipv4: int, port: int) -> Address:
+        """The socket address of (ipv4, port)."""
+        return self.sockaddr((ipv4 << 16) | port)
+
 
 TEREDO_PORT = 3544  # RFC 4380 section 2.7: server UDP port
 TEREDO_PREFIX = b"\x20\x01\x00\x00"  # 2001:0000::/32, RFC 4380 section 2.6

@@ -18,15 +18,14 @@ import hmac
 import ipaddress
 from collections import deque
 from collections.abc import Callable
-from socket import inet_aton
 
 from teredo.core.addr import (
     ALL_NODES,
     TEREDO_PORT,
     Address,
+    EndpointCache,
     embedded_mapping,
     embedded_server,
-    int_to_ipv4,
     is_global_ipv4,
 )
 from teredo.core.counters import DropCounters, DropReason
@@ -129,13 +128,6 @@ def _is_link_local(addr16: bytes) -> bool:
     return addr16[0] == 0xFE and addr16[1] & 0xC0 == 0x80
 
 
-def _ipv4(host: str) -> int | None:
-    try:
-        return int.from_bytes(inet_aton(host), "big")
-    except (OSError, TypeError, ValueError):
-        return None
-
-
 class ClientMachine(Qualification, ClientProcedures, Rfc6081Peers):
     """A client: the data path (reception, transmission, discovery, peers) over its
     qualification (core/qualify.py), its bubble and ping procedures (core/procedure.py) and
@@ -174,8 +166,9 @@ class ClientMachine(Qualification, ClientProcedures, Rfc6081Peers):
         )
         self._init_procedures(params)
         # Data-path caches (bounded): source host string -> IPv4 int, mapping -> sockaddr.
-        self._ipv4_cache: dict[str, int] = {}
-        self._dest_cache: dict[tuple[int, int], Address] = {}
+        self._endpoints = EndpointCache(_CACHE_LIMIT)
+        self._ipv4_cache = self._endpoints.ipv4
+        self._dest_cache = self._endpoints.sockaddrs
         # Inputs that took the full path. The fast paths emit no event and never bring a
         # deadline forward (they only date a trusted peer's last use later), so a driver needs
         # to look at events and deadlines only after a batch in which this count moved.
@@ -297,7 +290,7 @@ class ClientMachine(Qualification, ClientProcedures, Rfc6081Peers):
             return DropReason.BAD_DISCOVERY  # MUST: a well-formed Teredo source
         if src == self.address:
             return DropReason.OWN_ADDRESS
-        ipv4 = _ipv4(source[0])
+        ipv4 = self._endpoints.ipv4_of(source[0])
         if ipv4 is None:
             return DropReason.BAD_UDP_SOURCE
         # We cannot know the local IPv4 subnet here; we use the MAY of 5.2.8 instead: the
@@ -374,13 +367,9 @@ class ClientMachine(Qualification, ClientProcedures, Rfc6081Peers):
         host = source[0]
         ipv4 = self._ipv4_cache.get(host)
         if ipv4 is None:
-            ipv4 = _ipv4(host)
+            ipv4 = self._endpoints.ipv4_of(host)
             if ipv4 is None:
                 return DropReason.BAD_UDP_SOURCE
-            cache = self._ipv4_cache
-            if len(cache) >= _CACHE_LIMIT:
-                cache.clear()  # bounded whatever the number of senders
-            cache[host] = ipv4
         port = source[1]
         d = pkt.data
         o = pkt.ip6_offset
@@ -543,7 +532,7 @@ class ClientMachine(Qualification, ClientProcedures, Rfc6081Peers):
             self.drops.count(DropReason.ORIGIN_BUBBLE_LIMIT)
             return
         src = pkt.src
-        self.out.send_udp(build_bubble(address, src), (int_to_ipv4(ipv4), port))
+        self.out.send_udp(build_bubble(address, src), self._endpoints.sockaddr_of(ipv4, port))
         if src[:4] == self._prefix:
             self._adoption.bubbled(src, ipv4, now)  # RFC 6081: its answer may use a new port
             if self._prediction.active:
@@ -551,7 +540,7 @@ class ClientMachine(Qualification, ClientProcedures, Rfc6081Peers):
                 # peer's NAT does not know: tell it through the peer's server (RFC 6081).
                 trailer = self._prediction.trailer(origin)
                 if trailer:
-                    server = (int_to_ipv4(embedded_server(src)), _SERVER_PORT)
+                    server = self._endpoints.sockaddr_of(embedded_server(src), _SERVER_PORT)
                     self.out.send_udp(build_bubble(address, src) + trailer, server)
 
     def _trust(self, row: int, addr: bytes, ipv4: int, port: int, now: float) -> None:
@@ -560,7 +549,7 @@ class ClientMachine(Qualification, ClientProcedures, Rfc6081Peers):
         waiting = peers.trust(row, ipv4, port, now)
         self._probes.pop(addr, None)
         if waiting:
-            dest = (int_to_ipv4(ipv4), port)
+            dest = self._endpoints.sockaddr_of(ipv4, port)
             for packet in waiting:
                 self.out.send_udp(packet, dest)
         if peers.queued_bytes(row):
@@ -592,10 +581,10 @@ class ClientMachine(Qualification, ClientProcedures, Rfc6081Peers):
             peers = self._peers
             row = peers.send_row(packet[24:40], now)
             if row is not None:
-                key = peers.mapping(row)
+                key = peers.mapping_key(row)
                 dest = self._dest_cache.get(key)
                 if dest is None:
-                    dest = self._sockaddr_cached(key)
+                    dest = self._endpoints.sockaddr(key)
                 self.out.send_udp(packet, dest)
                 return
         self.slow_inputs += 1
@@ -625,7 +614,7 @@ class ClientMachine(Qualification, ClientProcedures, Rfc6081Peers):
         # Case 1: a valid trusted peer.
         row = peers.send_row(dst, now)
         if row is not None:
-            self.out.send_udp(packet, self._sockaddr_cached(peers.mapping(row)))
+            self.out.send_udp(packet, self._endpoints.sockaddr(peers.mapping_key(row)))
             return None
         if _is_link_local(dst):
             return DropReason.LINK_LOCAL_DESTINATION
@@ -656,16 +645,6 @@ class ClientMachine(Qualification, ClientProcedures, Rfc6081Peers):
         if dst in self._probes:
             return None  # a procedure is running; the packet waits with the others
         return self._start_probe(row, dst, kind, now)
-
-    def _sockaddr_cached(self, mapping: tuple[int, int]) -> Address:
-        """The socket address of a mapping, from a bounded cache (no string per packet)."""
-        cache = self._dest_cache
-        dest = cache.get(mapping)
-        if dest is None:
-            if len(cache) >= _CACHE_LIMIT:
-                cache.clear()
-            dest = cache[mapping] = sockaddr(mapping)
-        return dest
 
     def status(self) -> dict[str, object]:
         stats = self._peers.stats()

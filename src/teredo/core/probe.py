@@ -31,7 +31,6 @@ import ipaddress
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from socket import inet_aton
 
 from teredo.core.addr import (
     LINK_LOCAL_CONE,
@@ -41,12 +40,13 @@ from teredo.core.addr import (
     Address,
     int_to_ipv4,
     is_global_ipv4,
+    parse_ipv4,
     server_link_local,
 )
-from teredo.core.client import NatType, RaInfo, check_ra, default_secondary
 from teredo.core.counters import DropCounters, DropReason
 from teredo.core.ipv6 import build_rs
 from teredo.core.natbehaviour import NatBehaviour, classify
+from teredo.core.qualify import NatType, RaInfo, check_ra, default_secondary
 from teredo.core.wire import build_auth, parse_payload
 
 Datagram = tuple[bytes, Address]
@@ -190,13 +190,6 @@ def unreachable_result(name: str, server: str, server2: str, error: str) -> Prob
     return ProbeResult(server=server, server2=server2, reachable=False, errors=(error,), name=name)
 
 
-def _ipv4(host: str) -> int | None:
-    try:
-        return int.from_bytes(inet_aton(host), "big")
-    except (OSError, TypeError, ValueError):
-        return None
-
-
 class ProbeMachine:
     """One server's probe. The driver calls `start`, then `receive` for every datagram of the
     server's socket and `handle_timer` at `next_deadline()`; each returns the datagrams to send.
@@ -329,7 +322,7 @@ class ProbeMachine:
 
     def _receive(self, data: bytes, source: Address, now: float) -> list[Datagram] | DropReason:
         host, port = source
-        ipv4 = _ipv4(host)
+        ipv4 = parse_ipv4(host)
         if ipv4 is None:
             return DropReason.BAD_UDP_SOURCE
         # Only the server's two addresses, port 3544, may talk to a probe socket (5.2.1).

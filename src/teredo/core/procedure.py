@@ -19,14 +19,14 @@ from teredo.core.addr import (
     ALL_NODES,
     LINK_LOCAL_RESTRICTED,
     TEREDO_PORT,
+    EndpointCache,
     embedded_mapping,
     embedded_server,
-    int_to_ipv4,
 )
 from teredo.core.counters import DropCounters, DropReason
 from teredo.core.ipv6 import NH_ICMPV6, UNREACH_ADDRESS, build_bubble, build_echo, build_unreachable
 from teredo.core.peers import BUBBLE_MAX_COUNT, PeerTable
-from teredo.core.qualify import ClientParams, ClientTransmit, sockaddr
+from teredo.core.qualify import ClientParams, ClientTransmit
 from teredo.core.ratelimit import TokenBucket
 from teredo.core.symmetric import PortAdoption
 
@@ -128,6 +128,7 @@ class ClientProcedures:
     _adoption: PortAdoption
     _prediction: PortPrediction
     _server_addr: tuple[str, int]
+    _endpoints: EndpointCache
 
     if TYPE_CHECKING:
 
@@ -195,11 +196,15 @@ class ClientProcedures:
             mapping = embedded_mapping(addr)
             bubble += self._hairpin_trailer(addr, now)  # RFC 6081 Hairpinning: same NAT only
             bubble += self._prediction.trailer(mapping)  # RFC 6081: behind a sequential NAT
-            self.out.send_udp(bubble, sockaddr(mapping))
-            self.out.send_udp(bubble, (int_to_ipv4(embedded_server(addr)), TEREDO_PORT))
+            self.out.send_udp(bubble, self._endpoints.sockaddr_of(*mapping))
+            self.out.send_udp(
+                bubble, self._endpoints.sockaddr_of(embedded_server(addr), TEREDO_PORT)
+            )
             self._adoption.bubbled(addr, mapping[0], now)  # RFC 6081 Symmetric NAT Support
         elif kind is _LOCAL:
-            self.out.send_udp(build_bubble(address, addr), sockaddr(peers.mapping(row)))
+            self.out.send_udp(
+                build_bubble(address, addr), self._endpoints.sockaddr(peers.mapping_key(row))
+            )
             if self.params.local_discovery:
                 self.out.send_discovery(build_bubble(address, ALL_NODES, hop_limit=1))
         else:

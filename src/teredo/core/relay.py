@@ -44,13 +44,13 @@ from __future__ import annotations
 import hashlib
 from array import array
 from dataclasses import dataclass, replace
-from socket import inet_aton, inet_ntoa
 from typing import Protocol
 
 from teredo.core.addr import (
     TEREDO_PORT,
     TEREDO_PREFIX,
     Address,
+    EndpointCache,
     embedded_mapping,
     is_global_ipv4,
 )
@@ -84,8 +84,8 @@ MAX_PEER_TIMEOUT = 86400.0
 EXPIRE_BUDGET = 256
 #: Retries handled per timer call at most (the rest wait for the next call, at once).
 RETRY_BUDGET = 1024
-#: Socket addresses converted (int <-> dotted quad) and remembered, at most: the conversion
-#: costs more than the rest of the hot path's bookkeeping; the caches are emptied when full.
+#: Socket addresses converted (int <-> dotted quad) and remembered, at most (core/addr.py
+#: EndpointCache): the conversion costs more than the rest of the hot path's bookkeeping.
 ADDRESS_CACHE = 1024
 
 _HEADER = 40
@@ -284,8 +284,11 @@ class RelayMachine:
         # Untrusted peers (rows) for which a native packet arrived since their last bubble:
         # only they get a repeat (one bubble per native packet at most). Each is in the ring.
         self._wanted: set[int] = set()
-        self._to_sockaddr: dict[int, Address] = {}
-        self._from_host: dict[str, int] = {}
+        # One bounded cache converts endpoints where datagrams enter and leave the machine;
+        # its two dicts are read inline on the hot paths.
+        self._endpoints = EndpointCache(ADDRESS_CACHE)
+        self._to_sockaddr = self._endpoints.sockaddrs
+        self._from_host = self._endpoints.ipv4
 
     # --- configuration ----------------------------------------------------------------------
 
@@ -345,7 +348,7 @@ class RelayMachine:
             key = peers.mapping_key(row)
             destination = self._to_sockaddr.get(key)
             if destination is None:
-                destination = self._sockaddr(key)
+                destination = self._endpoints.sockaddr(key)
             self.out.send_udp(packet, destination)
             self.stats.to_teredo += 1
             return
@@ -399,15 +402,6 @@ class RelayMachine:
             return None
         return DropReason.QUEUE_FULL
 
-    def _sockaddr(self, key: int) -> Address:
-        """("a.b.c.d", port) for a mapping `(ipv4 << 16) | port`, remembered for the next
-        packets (the conversion costs more than the rest of the hot path's bookkeeping)."""
-        cache = self._to_sockaddr
-        if len(cache) >= ADDRESS_CACHE:
-            cache.clear()
-        got = cache[key] = (inet_ntoa((key >> 16).to_bytes(4, "big")), key & 0xFFFF)
-        return got
-
     def _bubble(self, row: int, peer: bytes, server: int, now: float) -> None:
         """Case 3: an indirect bubble via the peer's server, plus a direct one when configured
         (section 5.4.1); counted against the section 5.2.6 limits."""
@@ -423,12 +417,11 @@ class RelayMachine:
         key = (server << 16) | TEREDO_PORT
         destination = cache.get(key)
         if destination is None:
-            destination = self._sockaddr(key)
+            destination = self._endpoints.sockaddr(key)
         self.out.send_udp(bubble, destination)
         self.stats.indirect_bubbles += 1
         if self._direct:
-            ipv4, port = self.peers.mapping(row)
-            self.out.send_udp(bubble, (inet_ntoa(ipv4.to_bytes(4, "big")), port))
+            self.out.send_udp(bubble, self._endpoints.sockaddr(self.peers.mapping_key(row)))
             self.stats.direct_bubbles += 1
 
     # --- Teredo client -> native IPv6 (section 5.4.2) ---------------------------------------
@@ -470,13 +463,9 @@ class RelayMachine:
         host, port = source
         ipv4 = self._from_host.get(host)
         if ipv4 is None:
-            try:
-                ipv4 = int.from_bytes(inet_aton(host), "big")
-            except OSError:
+            ipv4 = self._endpoints.ipv4_of(host)
+            if ipv4 is None:
                 return DropReason.BAD_UDP_SOURCE
-            if len(self._from_host) >= ADDRESS_CACHE:
-                self._from_host.clear()
-            self._from_host[host] = ipv4
         peers = self.peers
         # Reception case 1 (hot path): a trusted peer, from its recorded mapping.
         row = peers.receive_row(src, ipv4, port, now)

@@ -13,7 +13,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from teredo.core.addr import TEREDO_PORT, embedded_mapping, int_to_ipv4, is_global_ipv4
+from teredo.core.addr import (
+    TEREDO_PORT,
+    EndpointCache,
+    embedded_mapping,
+    int_to_ipv4,
+    is_global_ipv4,
+)
 from teredo.core.counters import DropReason
 from teredo.core.hairpin import HairpinRecords, alternates
 from teredo.core.ipv6 import build_bubble
@@ -27,7 +33,7 @@ from teredo.core.portpredict import (
     tried_ports,
 )
 from teredo.core.procedure import Procedure
-from teredo.core.qualify import ClientTransmit, sockaddr
+from teredo.core.qualify import ClientTransmit
 from teredo.core.ratelimit import BucketTable
 from teredo.core.symmetric import PortAdoption
 from teredo.core.wire import AlternateAddressTrailer, TeredoPacket
@@ -47,6 +53,7 @@ class Rfc6081Peers:
     _adoption: PortAdoption
     _hairpin: HairpinRecords
     _origin_bubbles: BucketTable
+    _endpoints: EndpointCache
     _raw_out: ClientTransmit
     _prediction: PortPrediction
     _predicted: PredictedPorts
@@ -57,6 +64,18 @@ class Rfc6081Peers:
     if TYPE_CHECKING:
 
         def _trust(self, row: int, addr: bytes, ipv4: int, port: int, now: float) -> None: ...
+
+    def _trust_at(
+        self, row: int | None, src: bytes, ipv4: int, port: int, now: float
+    ) -> int | None:
+        """A peer believed at ipv4:port by one of the rules below: trusted there, with an entry
+        made first when it has none; None when the table is full (the peer stays unknown)."""
+        if row is None:
+            row = self._peers.insert(src, now)
+            if row is None:
+                return None
+        self._trust(row, src, ipv4, port, now)
+        return row
 
     def _adopt_port(self, row: int | None, src: bytes, ipv4: int, port: int, now: float) -> bool:
         """RFC 6081 Symmetric NAT Support, receiving side (core/symmetric.py has the bounds):
@@ -76,12 +95,10 @@ class Rfc6081Peers:
             return False
         if not self._adoption.claim(src, ipv4, now):
             return False
+        row = self._trust_at(row, src, ipv4, port, now)
         if row is None:
-            row = peers.insert(src, now)  # trusted just below
-            if row is None:
-                return False
-        self._trust(row, src, ipv4, port, now)
-        self.out.send_udp(build_bubble(address, src), (int_to_ipv4(ipv4), port))
+            return False
+        self.out.send_udp(build_bubble(address, src), self._endpoints.sockaddr_of(ipv4, port))
         peers.touch_tx(row, now)
         return True
 
@@ -134,11 +151,8 @@ class Rfc6081Peers:
             return False
         if not self._predicted.accept(src, ipv4, port, now):
             return False
-        if row is None:
-            row = peers.insert(src, now)  # trusted just below
-            if row is None:
-                return False
-        self._trust(row, src, ipv4, port, now)
+        if self._trust_at(row, src, ipv4, port, now) is None:
+            return False
         if not pkt.is_bubble:
             self.out.write_tun(pkt.ipv6)
         return True
@@ -180,7 +194,7 @@ class Rfc6081Peers:
         bubble = build_bubble(address, src) + self._hairpin_trailer(src, now)
         for alt in found:
             if self._origin_bubbles.allow(alt, now):
-                self.out.send_udp(bubble, sockaddr(alt))
+                self.out.send_udp(bubble, self._endpoints.sockaddr_of(*alt))
         self._hairpin.tried(src, found, now)
 
     def _hairpin_accept(
@@ -218,7 +232,7 @@ class Rfc6081Peers:
         if why == "listed":
             # It answered our offer from its local address and waits for a bubble from ours.
             reply = build_bubble(address, src) + self._hairpin_trailer(src, now)
-            self.out.send_udp(reply, sockaddr(source))
+            self.out.send_udp(reply, self._endpoints.sockaddr_of(*source))
         self._trust(row, src, source[0], source[1], now)
         if not bubble:
             self.out.write_tun(pkt.ipv6)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from socket import inet_aton
 from typing import Protocol
 
 from teredo.core.addr import (
@@ -22,8 +21,8 @@ from teredo.core.addr import (
     TEREDO_PORT,
     TEREDO_PREFIX,
     Address,
+    EndpointCache,
     embedded_mapping,
-    embedded_sockaddr,
     is_global_ipv4,
     server_link_local,
 )
@@ -163,7 +162,9 @@ class ServerMachine:
         self._ra_cache: dict[bytes, bytes] = {}
         # RS bytes after an Authentication header (nonce-only) -> (RA, cone bit of its source).
         self._rs_known: dict[bytes, tuple[bytes, bool]] = {}
-        self._source_cache: dict[str, int] = {}
+        # One bounded cache converts endpoints where datagrams enter and leave the machine.
+        self._endpoints = EndpointCache(_SOURCE_CACHE_LIMIT)
+        self._from_host = self._endpoints.ipv4
         limits = params.limits
         # Keyed by (IPv4, port): one client; and by the IPv4 alone: one NAT or one host.
         self._rs_buckets = BucketTable(limits.rs_rate, limits.rs_burst, limits.bucket_slots)
@@ -229,19 +230,12 @@ class ServerMachine:
 
         Remembered for the last few thousand sources: a flood or a busy NAT repeats them.
         """
-        known = self._source_cache.get(host)
-        if known is not None:
-            return known
-        try:
-            ipv4 = int.from_bytes(inet_aton(host), "big")
-        except OSError:
-            ipv4 = _NOT_IPV4
-        if ipv4 >= 0 and not is_global_ipv4(ipv4):
-            ipv4 = -1
-        if len(self._source_cache) >= _SOURCE_CACHE_LIMIT:
-            self._source_cache.clear()  # bounded memory whatever the number of sources
-        self._source_cache[host] = ipv4
-        return ipv4
+        ipv4 = self._from_host.get(host)
+        if ipv4 is None:
+            ipv4 = self._endpoints.ipv4_of(host)
+            if ipv4 is None:
+                return _NOT_IPV4
+        return ipv4 if is_global_ipv4(ipv4) else -1
 
     def _receive(
         self, data: bytes, source: Address, on_secondary: bool, now: float
@@ -259,9 +253,8 @@ class ServerMachine:
             return DropReason.NOT_BUBBLE_OR_ICMPV6
         # Check 3: the IPv4 source must be global unicast.
         host, port = source
-        try:
-            source_ipv4 = int.from_bytes(inet_aton(host), "big")
-        except OSError:
+        source_ipv4 = self._endpoints.ipv4_of(host)
+        if source_ipv4 is None:
             return DropReason.BAD_UDP_SOURCE
         if not is_global_ipv4(source_ipv4):
             return DropReason.NOT_GLOBAL_IPV4
@@ -295,9 +288,10 @@ class ServerMachine:
             self.out.send_ipv6(packet.ipv6)
             self.stats.native_forwarded += 1
             return None
-        destination = embedded_sockaddr(dst)
-        if not is_global_ipv4(embedded_mapping(dst)[0]):
+        target_ipv4, target_port = embedded_mapping(dst)
+        if not is_global_ipv4(target_ipv4):
             return DropReason.DESTINATION_NOT_GLOBAL_IPV4
+        destination = self._endpoints.sockaddr_of(target_ipv4, target_port)
         # Per target: spoofed sources, each under its own limit, must not aim the forwarded
         # bubbles at one victim (RFC 4380 section 7.4: no amplifier or reflector).
         if not (
