@@ -1,5 +1,6 @@
-"""Loss on the wan (issue 12, "Faults"): qualification succeeds and a TCP transfer through the
-relay completes intact, with 10 % and 30 % of the UDP datagrams dropped in the wan.
+"""Faults on the wan (issue 12, "Faults"): qualification succeeds and a TCP transfer through the
+relay completes intact, with 10 % of the UDP datagrams dropped in the wan, or duplicated and
+reordered.
 
 Lab: Miredo's server and relay, our client behind a port-restricted NAT; the loss is an
 nftables `numgen random` rule in the wan namespace (teredo.lab.wanfaults: no sch_netem here).
@@ -50,3 +51,18 @@ def test_qualifies_and_transfers_intact_under_loss(lab: Lab, percent: int) -> No
     result = wanfaults.tcp_transfer(lab, "client1", ("native", NATIVE_V6), TRANSFER_BYTES)
     assert result.intact, (result, lab.log_tail("client1", 30))
     assert wanfaults.dropped(lab) > 0, "the loss rule dropped nothing: not tested"
+
+
+def test_duplication_and_reordering_leave_a_transfer_intact(lab: Lab) -> None:
+    """10 % of the wan's Teredo datagrams sent twice, 20 % held back in a slow class so that
+    later ones overtake them (no sch_netem here: teredo.lab.wanfaults)."""
+    wanfaults.set_duplication(lab, 10)
+    wanfaults.set_reorder(lab, 20)
+    clientfaults.start_client(lab, 1)
+    assert lab.wait_qualified(1, timeout=QUALIFY_TIMEOUT).address is not None
+    before = wanfaults.out_of_order(lab, "native")
+    result = wanfaults.tcp_transfer(lab, "client1", ("native", NATIVE_V6), 4 * TRANSFER_BYTES)
+    assert result.intact, (result, lab.log_tail("client1", 30))
+    assert wanfaults.duplicated(lab) > 0, "nothing duplicated: not tested"
+    # The reordering reached TCP: segments that arrived after later ones.
+    assert wanfaults.out_of_order(lab, "native") > before, "nothing reordered: not tested"
