@@ -10,7 +10,9 @@ behind a full-cone NAT (refreshing every 2 s) and behind a symmetric NAT.
   anchor interface goes with it), the client is reachable again within the measured time, a
   TCP connection through the relays survives; the relay restarted takes traffic again;
 * SIGTERM of a relay: withdrawn first, drained, no echo lost, exit status 0;
-* kill -9 of a server: clients keep qualified and refreshing through the other one.
+* kill -9 of a server: clients keep qualified and refreshing through the other one; SIGTERM of
+  a server: withdrawn, drained, exits, clients refresh through the other; restarted, either
+  takes its clients' RS again.
 
 Figures (withdraw time, echoes lost, longest round trip) are in the assertion messages and
 printed with `pytest -s`; docs/scale.md has the measured ones.
@@ -239,14 +241,14 @@ def test_relay_kill9_failover_keeps_tcp(lab: Lab) -> None:
 
 
 def test_relay_kill9_failover_our_client(lab: Lab) -> None:
-    # Our client runs the section 5.2.9 ping test towards the new relay only 2 s after its
-    # last transmission to the native host (it applies the 5.2.6 bubble gap), so its outage
-    # is about 2 s, and longer while it keeps sending: measured, bounded loosely here.
+    # Our client runs the section 5.2.9 ping test towards the new relay at once (the 5.2.6
+    # bubble gap does not apply to it, core test
+    # test_a_stale_relay_is_tested_again_at_once_without_the_bubble_gap): as Miredo's.
     target = address(lab, OURS_PR)
     assert received(lab.ping("native", target, count=2).stdout) == 2
     failover = anycast.stop_relay_under_ping(lab, target, signal.SIGKILL, seconds=4.0)
     print(f"\n{failover.line()}")
-    assert failover.outage_seconds < 3 * MAX_OUTAGE, failover.line()
+    assert failover.outage_seconds < MAX_OUTAGE, failover.line()
     assert received(lab.ping("native", target, count=3).stdout) >= 3
     restart_relay(lab, int(failover.relay.removeprefix("relay")))
 
@@ -325,5 +327,56 @@ def test_server_kill9_clients_keep_refreshing(lab: Lab) -> None:
     assert received(lab.ping("client3", NATIVE_V6, count=3).stdout) == 3
     for index in (OURS_PR, MIREDO_PR):
         assert lab.teredo_address(index) is not None
+    restart_server_takes_traffic(lab, victim)
+
+
+def test_server_sigterm_drains_and_restarted_takes_traffic_again(lab: Lab) -> None:
+    site = lab.site(OURS_CONE)
+    before_address = address(lab, OURS_CONE)
+    victim = anycast.server_for(lab, site.public_ip, SERVER_V4)
+    assert victim is not None
+    record = anycast.daemon_record(lab, victim)
+    assert record is not None
+    os.kill(record.pid, signal.SIGTERM)
+    took = anycast.wait_paths(lab, "up4", f"{SERVER_V4}/32", SPEC.servers - 1, timeout=15)
+    print(f"\nSIGTERM {victim}: withdrawn in {took * 1000:.0f} ms")
+    survivor = anycast.server_for(lab, site.public_ip, SERVER_V4)
+    assert survivor not in (None, victim)
+    # Withdrawn first, then it serves the drain time (what is still on its way), then exits.
+    deadline = time.monotonic() + 30
+    while record.alive():
+        assert time.monotonic() < deadline, f"{victim} still running after its drain"
+        time.sleep(0.1)
+    log = (lab.state_dir / f"{victim}.log").read_text()
+    assert log.index("withdrawn") < log.index("draining") < log.index("stopping"), log
+    start = _ras(lab)[str(survivor)]
+    deadline = time.monotonic() + 6 * REFRESH + 10
+    while _ras(lab)[str(survivor)] < start + 3:
+        assert time.monotonic() < deadline, json.dumps(status_of(lab, "client3"))
+        time.sleep(0.5)
+    assert address(lab, OURS_CONE) == before_address
+    assert status_of(lab, "client3")["state"] == "qualified"
+    restart_server_takes_traffic(lab, victim)
+
+
+def restart_server_takes_traffic(lab: Lab, victim: str) -> None:
+    """Start `victim` again: it announces, up4 has every path again, and the clients' RS
+    that up4 hashes to it are answered by it (its RA count grows)."""
     anycast.start_server(lab, int(victim.removeprefix("server")), SPEC)
-    anycast.wait_paths(lab, "up4", f"{SERVER_V4}/32", SPEC.servers, timeout=30)
+    for prefix in (f"{SERVER_V4}/32", f"{SERVER_V4_2}/32"):
+        anycast.wait_paths(lab, "up4", prefix, SPEC.servers, timeout=30)
+    # up4 hashes on addresses only: which client's RS go to the restarted server is fixed.
+    # Client3 refreshes every REFRESH s (to the primary address; qualifying also uses the
+    # secondary): a pair of client3's that up4 sends to `victim` brings RAs to it soon.
+    public = lab.site(OURS_CONE).public_ip
+    pairs = [anycast.server_for(lab, public, s) for s in (SERVER_V4, SERVER_V4_2)]
+    if victim not in pairs:
+        others = [lab.site(i).public_ip for i in (OURS_PR, MIREDO_PR, OURS_SYMMETRIC)]
+        hashed = {anycast.server_for(lab, ip, s) for ip in others for s in (SERVER_V4, SERVER_V4_2)}
+        assert victim in hashed, f"up4 sends no client's RS to the restarted {victim}"
+        return  # those clients refresh every 30 s: routing to it is checked, not its RAs
+    deadline = time.monotonic() + 6 * REFRESH + 10
+    while _ras(lab).get(victim, 0) < 1:
+        assert time.monotonic() < deadline, f"restarted {victim} answers no RS: {_ras(lab)}"
+        time.sleep(0.5)
+    assert status_of(lab, "client3")["state"] == "qualified"
