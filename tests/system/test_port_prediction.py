@@ -4,7 +4,7 @@ either side starting (a fresh pair per direction). The sequential side announces
 NAT gives the flow toward the peer in a Random Port trailer (core/portpredict.py); the
 port-restricted side bubbles that port, which opens its NAT to it, and believes packets from a
 tried port of the peer's IPv4 once. Without it these pairs never meet (docs/client.md table:
-port-restricted <-> symmetric-sequential "no"). Miredo's server and relay.
+port-restricted <-> symmetric-sequential "no"). Miredo's server and relay, then ours.
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ QUALIFY_TIMEOUT = 40.0
 STARTS = ["port-restricted", "sequential"]
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+@pytest.fixture(scope="module", params=[Impl.MIREDO, Impl.TEREDO], ids=["miredo", "teredo"])
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    infra: Impl = request.param
     sites = [NatKind.PORT_RESTRICTED, NatKind.SYMMETRIC_SEQUENTIAL] * len(STARTS)
     lab = Lab(
-        prefix_for("i"),
+        prefix_for("i" if infra is Impl.MIREDO else "t"),
         sites,
-        server_impl=Impl.MIREDO,
-        relay_impl=Impl.MIREDO,
+        server_impl=infra,
+        relay_impl=infra,
         client_impl=Impl.TEREDO,
     )
     try:

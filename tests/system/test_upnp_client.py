@@ -9,7 +9,7 @@ it never contacted gets a datagram through, native IPv6 works both ways, port-re
 random-port symmetric NAT (site 4), which the same NAT without UPnP never admits (docs/client.md
 table: symmetric -> symmetric-port-preserving "no"). After SIGTERM, miniupnpd (asked with
 Debian's `upnpc -i -l` from inside the NAT) holds no mapping of the client any more.
-Miredo's server and relay.
+Miredo's server and relay, then ours.
 """
 
 from __future__ import annotations
@@ -50,13 +50,14 @@ for _ in range(int(count)):
 """
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+@pytest.fixture(scope="module", params=[Impl.MIREDO, Impl.TEREDO], ids=["miredo", "teredo"])
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    infra: Impl = request.param
     lab = Lab(
-        prefix_for("j"),
+        prefix_for("j" if infra is Impl.MIREDO else "2"),
         KINDS,
-        server_impl=Impl.MIREDO,
-        relay_impl=Impl.MIREDO,
+        server_impl=infra,
+        relay_impl=infra,
         client_impl=[None, Impl.TEREDO, Impl.TEREDO, Impl.TEREDO],
     )
     try:
