@@ -58,7 +58,7 @@ ETH_IP6 = bytes(6) + bytes((2, 0, 0, 0, 0, 1)) + b"\x86\xdd"
 ETH_IP4 = bytes(6) + bytes((2, 0, 0, 0, 0, 1)) + b"\x08\x00"
 NOW = 1000.0
 _PEER = struct.Struct("=4s2sHII")  # struct teredo_peer
-_CFG = struct.Struct("=4s2sBBII16s")  # struct client_config
+_CFG = struct.Struct("=4s2sBBII16sI")  # struct client_config
 
 
 def teredo_address(ip: str, port: int, server: str = SERVER) -> bytes:
@@ -215,7 +215,7 @@ def mirror(
     obj.map("client_peers").update(addr, value)
 
 
-def configure(obj: BpfObject, address: bytes, l2: int = 14) -> None:
+def configure(obj: BpfObject, address: bytes, l2: int = 14, flags: int = 0) -> None:
     cfg = _CFG.pack(
         socket.inet_aton(LOCAL_IP),
         LOCAL_PORT.to_bytes(2, "big"),
@@ -224,6 +224,7 @@ def configure(obj: BpfObject, address: bytes, l2: int = 14) -> None:
         OUT_IFINDEX,
         TUN_IFINDEX,
         address,
+        flags,
     )
     obj.map("client_cfg").update(struct.pack("=I", 0), cfg)
     mirror(obj, PEER, (PEER_IP, PEER_PORT))
@@ -556,3 +557,31 @@ def test_decap_is_the_core_or_passes_up(
         if at < len(datagram) and not 12 <= at < 16 and not 20 <= at < 22:
             datagram[at] = value
     check_decap(shared_obj, bytes(datagram[: max(20, len(datagram) - cut)]), source)
+
+
+def test_checksum_left_to_the_device_where_the_device_completes_it(address: bytes) -> None:
+    """CFG_DEVICE_CSUM (the output interface completes checksums in software): a TCP segment of
+    a local socket (CHECKSUM_PARTIAL: only the pseudo-header sum in its checksum field) is
+    encapsulated as it is; once the device completes it, the bytes are those the core sends
+    from the TUN (which completed it before the core read it)."""
+    complete = tcp6(address, PEER, b"upload " * 20)
+    length = len(complete) - 40
+    pseudo = checksum(address + PEER + struct.pack("!IxxxB", length, 6))
+    partial = complete[:56] + struct.pack("!H", pseudo) + complete[58:]
+    with load("teredo_client") as obj:
+        configure(obj, address, flags=1)
+        got = run(obj.program("client_encap"), ETH_IP6 + partial)
+        assert got.retval == TC_ACT_REDIRECT
+        inner = got.data[42:]
+        assert inner == partial, "encapsulated as it is, for the device to complete"
+        # What the device does: the one's complement of the sum from the TCP header on.
+        done = 0xFFFF - checksum(inner[40:]) or 0xFFFF
+        completed = inner[:56] + struct.pack("!H", done) + inner[58:]
+        c = core()
+        c.machine.receive_tun(complete, NOW + 1)
+        assert c.out.udp == [(completed, (PEER_IP, PEER_PORT))]
+    # Without the flag (the default) the same segment takes the Python path.
+    with load("teredo_client") as obj:
+        configure(obj, address)
+        got = run(obj.program("client_encap"), ETH_IP6 + partial)
+        assert (got.retval, got.data) == (TC_ACT_OK, ETH_IP6 + partial)

@@ -16,6 +16,7 @@ default `--datapath auto`, so the kernel programs). Checked:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import sys
@@ -285,3 +286,67 @@ def test_stopping_leaves_no_program_attached(lab: Lab, how: signal.Signals) -> N
     a1 = address(lab, 1)
     assert received(lab.ping("native", a1, count=3, deadline=15).stdout) >= 2
     assert kernel(lab, "client1")["serving"] == 1
+
+
+TCP_SINK = r"""
+import hashlib, socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", int(sys.argv[1]))); s.listen(1); s.settimeout(30)
+print("listening", flush=True)
+c, _ = s.accept(); c.settimeout(30)
+h = hashlib.sha256(); n = 0
+while True:
+    d = c.recv(65536)
+    if not d:
+        break
+    h.update(d); n += len(d)
+print("got", n, h.hexdigest(), flush=True)
+"""
+TCP_SOURCE = r"""
+import socket, sys, time
+data = bytes(range(256)) * (int(sys.argv[3]) // 256)
+end = time.monotonic() + 10
+while True:
+    try:
+        c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+        break
+    except OSError:
+        if time.monotonic() > end:
+            raise
+        time.sleep(0.2)
+c.sendall(data); c.shutdown(socket.SHUT_WR); c.recv(1); c.close()
+"""
+
+
+def test_local_tcp_in_the_kernel_where_the_device_completes_checksums(lab: Lab) -> None:
+    """A local socket's TCP leaves its checksum to the device (CHECKSUM_PARTIAL): with the IPv4
+    interface's TX checksum offload off, the kernel completes it after encapsulation, so the
+    client sends its single TCP segments (here the ACKs of a download) in the kernel too
+    (docs/kernel.md); the bytes arrive intact both ways."""
+    lab.exec("client1", ["ethtool", "-K", "eth0", "tx", "off"])
+    try:
+        lab.stop("client1")
+        clientfaults.start_client(lab, 1)
+        a1 = address(lab, 1)
+        assert received(lab.ping("client2", a1, count=3, deadline=15).stdout) >= 2
+        before = kernel(lab, "client1")
+        assert before["device_checksum"] == 1, before
+        size = 4 << 20
+        sink = lab.popen("client1", [sys.executable, "-u", "-c", TCP_SINK, "5001"], name="sink")
+        log = Path(lab.procs[-1].log)
+        time.sleep(0.5)
+        lab.exec("client2", [sys.executable, "-c", TCP_SOURCE, a1, "5001", str(size)], timeout=60)
+        sink.wait(timeout=40)
+        got = log.read_text(encoding="utf-8").split()
+        want = hashlib.sha256(bytes(range(256)) * (size // 256)).hexdigest()
+        assert got[-2:] == [str(size), want], got
+        after = kernel(lab, "client1")
+        # About 3,400 segments of 1,220 bytes came in, decapsulated in the kernel; the ACKs
+        # (single segments, checksum left to the device) went out in the kernel.
+        assert after["decap"] - before["decap"] >= 3000, (before, after)
+        assert after["encap"] - before["encap"] >= 300, (before, after)
+    finally:
+        lab.exec("client1", ["ethtool", "-K", "eth0", "tx", "on"], check=False)
+        lab.stop("client1")
+        clientfaults.start_client(lab, 1)

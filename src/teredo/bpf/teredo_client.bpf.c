@@ -36,7 +36,16 @@ struct client_config {
 	__u32 out_ifindex;  /* where encapsulated packets go (bpf_redirect_neigh routes there) */
 	__u32 tun_ifindex;  /* where decapsulated packets enter the IPv6 stack (the TUN) */
 	__u8 address[16];   /* our Teredo address (packets must come from it / go to it) */
+	__u32 flags;        /* CFG_DEVICE_CSUM */
 };
+
+/* The output interface completes a checksum left to the device in software before the packet
+ * leaves this host (its TX checksum offload is off: validate_xmit_skb does it, at the inner
+ * header's offset, which encapsulation in front of it does not move). Then a CHECKSUM_PARTIAL
+ * packet (every TCP segment a local socket sends) may be encapsulated here: it leaves with the
+ * bytes the TUN path would have sent. Without the flag such packets take the Python path: on a
+ * veth with offload on, the checksum would reach another namespace's UDP socket unfinished. */
+#define CFG_DEVICE_CSUM 1
 
 enum client_counter {
 	C_ENCAP = 0,        /* encapsulated and redirected */
@@ -135,7 +144,8 @@ static __always_inline int encap_at(struct __sk_buff *skb, const struct client_c
 	if (ip6->nexthdr == IPPROTO_TCP || ip6->nexthdr == IPPROTO_UDP) {
 		__u32 at = ip6->nexthdr == IPPROTO_TCP ? 16 : 6;
 
-		if (bpf_skb_load_bytes(skb, l2 + TEREDO_IP6_LEN + at, &check, sizeof(check)) == 0 &&
+		if (!(cfg->flags & CFG_DEVICE_CSUM) &&
+		    bpf_skb_load_bytes(skb, l2 + TEREDO_IP6_LEN + at, &check, sizeof(check)) == 0 &&
 		    teredo_ip6_l4_looks_partial(ip6, check)) {
 			teredo_count(&client_counters, C_ENCAP_PARTIAL);
 			return TC_ACT_OK;

@@ -20,6 +20,7 @@ kernel detaches the programs and frees the maps.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import logging
 import socket
@@ -52,9 +53,13 @@ COUNTERS: Final = (
 )
 #: The core's peer capacity (ClientParams.peer_capacity's default).
 CAPACITY: Final = 65536
-_CFG = struct.Struct("=4s2sBBII16s")  # struct client_config
+_CFG = struct.Struct("=4s2sBBII16sI")  # struct client_config
 _ZERO = struct.pack("=I", 0)
-_OFF = _CFG.pack(bytes(4), bytes(2), 0, 14, 0, 0, bytes(16))
+_OFF = _CFG.pack(bytes(4), bytes(2), 0, 14, 0, 0, bytes(16), 0)
+CFG_DEVICE_CSUM: Final = 1
+# SIOCETHTOOL with ETHTOOL_GTXCSUM (linux/ethtool.h): is TX checksum offload on?
+_SIOCETHTOOL = 0x8946
+_ETHTOOL_GTXCSUM = 0x16
 # SIOCGIFADDR (linux/sockios.h) on a struct ifreq: an interface's primary IPv4 address.
 _SIOCGIFADDR = 0x8915
 _IFREQ = struct.Struct("16s16x")
@@ -72,6 +77,19 @@ def interface_of(ipv4: int) -> int | None:
             if int.from_bytes(got[20:24], "big") == ipv4:
                 return index
     return None
+
+
+def tx_checksum_offload(name: str) -> bool | None:
+    """Whether interface `name` leaves checksums to its device (TX checksum offload on); None
+    when the interface does not say (then it is taken as on: the safe answer)."""
+    value = ctypes.create_string_buffer(struct.pack("=II", _ETHTOOL_GTXCSUM, 0), 8)
+    request = struct.pack("16sP16x", name.encode(), ctypes.addressof(value))  # struct ifreq
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            fcntl.ioctl(probe, _SIOCETHTOOL, request)
+        except OSError:
+            return None
+    return bool(struct.unpack("=II", value.raw)[1])  # struct ethtool_value
 
 
 class ClientKernelPath:
@@ -93,8 +111,8 @@ class ClientKernelPath:
         self._decap: BpfLink | None = None
         self.tun_ifindex = 0
         self.v4_ifindex = 0
-        #: What the programs serve now: (Teredo address, IPv4, port), None when off.
-        self.serving: tuple[bytes, int, int] | None = None
+        #: What the programs serve now: (Teredo address, IPv4, port, flags), None when off.
+        self.serving: tuple[bytes, int, int, int] | None = None
         self._why_off: str | None = None
 
     @classmethod
@@ -144,7 +162,11 @@ class ClientKernelPath:
         except OSError as exc:
             self._off(f"cannot attach to the IPv4 interface: {exc}")
             return
-        if self.serving == (address, ipv4, port):
+        # Local TCP (checksum left to the device) in the kernel only where the output interface
+        # completes checksums in software before they leave (teredo_client.bpf.c).
+        offload = tx_checksum_offload(socket.if_indextoname(ifindex))
+        flags = CFG_DEVICE_CSUM if offload is False else 0
+        if self.serving == (address, ipv4, port, flags):
             return
         cfg = _CFG.pack(
             ipv4.to_bytes(4, "big"),
@@ -154,9 +176,10 @@ class ClientKernelPath:
             ifindex,
             self.tun_ifindex,
             address,
+            flags,
         )
         self._cfg.update(_ZERO, cfg)
-        self.serving = (address, ipv4, port)
+        self.serving = (address, ipv4, port, flags)
         if self._why_off is not None:
             log.info("data path: kernel again (interface %d)", ifindex)
         self._why_off = None
@@ -192,6 +215,7 @@ class ClientKernelPath:
         """The programs' counters summed over the CPUs, and the mirror's own."""
         out = read_counters(self._counters, COUNTERS) | self.mirror.counters()
         out["serving"] = int(self.serving is not None)
+        out["device_checksum"] = int(self.serving is not None and bool(self.serving[3]))
         return out
 
     def summary(self) -> str:
