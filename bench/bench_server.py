@@ -40,7 +40,12 @@ REPO = Path(__file__).resolve().parents[1]
 MAX_FLOODERS = 4
 SOCKETS_PER_FLOODER = 64
 COUNT_PER_FLOODER = 5_000_000  # a bound far above what one process can send in a minute
-RAISED = ["--rs-rate", "1e9", "--rs-burst", "1e9", "--rs-total-rate", "1e9"]
+# Every RS limit out of the way (the per-IPv4 one too: a flooder host is one IPv4).
+RAISED = [
+    *("--rs-rate", "1e9", "--rs-burst", "1e9"),
+    *("--rs-ipv4-rate", "1e9", "--rs-ipv4-burst", "1e9"),
+    *("--rs-total-rate", "1e9"),
+]
 COUNTERS = f"""table inet tbench {{
   counter rs_in {{ }}
   counter ra_out {{ }}

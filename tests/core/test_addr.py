@@ -203,6 +203,9 @@ def test_endpoint_cache_converts_both_ways_and_stays_bounded() -> None:
     assert cache.ipv4_of("bogus") is None
     assert cache.ipv4_of("::1") is None
     assert "bogus" not in cache.ipv4
+    assert cache.global_ipv4_of("203.0.113.7") == 0xCB007107
+    assert cache.global_ipv4_of("192.168.1.2") == -1
+    assert cache.global_ipv4_of("bogus") == -2
     assert cache.sockaddr_of(0xCB007107, 3544) == ("203.0.113.7", 3544)
     assert cache.sockaddr((0xC6336414 << 16) | 1) == ("198.51.100.20", 1)
     for i in range(20):

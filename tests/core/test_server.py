@@ -428,6 +428,7 @@ def test_any_datagram_is_handled_or_dropped_with_a_reason(
     assert handled + server.drops.total() == 2
     assert len(server._rs_known) <= 32
     assert len(server._endpoints.ipv4) <= 4096
+    assert len(server._endpoints.global_ipv4) <= 4096
 
 
 def test_thousands_of_clients_behind_one_nat_keep_refreshing() -> None:

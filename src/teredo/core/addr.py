@@ -50,10 +50,11 @@ class EndpointCache:
     empty a dict that reached `limit`, so memory stays bounded whatever the number of senders.
     """
 
-    __slots__ = ("ipv4", "limit", "sockaddrs")
+    __slots__ = ("global_ipv4", "ipv4", "limit", "sockaddrs")
 
     def __init__(self, limit: int = ENDPOINT_CACHE) -> None:
         self.ipv4: dict[str, int] = {}
+        self.global_ipv4: dict[str, int] = {}
         self.sockaddrs: dict[int, Address] = {}
         self.limit = limit
 
@@ -65,6 +66,20 @@ class EndpointCache:
             got = parse_ipv4(host)
             if got is None:
                 return None
+            if len(cache) >= self.limit:
+                cache.clear()
+            cache[host] = got
+        return got
+
+    def global_ipv4_of(self, host: str) -> int:
+        """The int of `host` when it is a global unicast IPv4 (RFC 4380 section 5.2.4), -1
+        when it is another IPv4, -2 when it is none: the server's check of every source,
+        remembered in `global_ipv4` so that a known source costs one look-up."""
+        cache = self.global_ipv4
+        got = cache.get(host)
+        if got is None:
+            ipv4 = self.ipv4_of(host)
+            got = -2 if ipv4 is None else ipv4 if is_global_ipv4(ipv4) else -1
             if len(cache) >= self.limit:
                 cache.clear()
             cache[host] = got

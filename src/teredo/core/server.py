@@ -39,7 +39,7 @@ from teredo.core.wire import AUTH_MIN_LEN, TeredoPacket, build_origin, parse_pay
 
 _AUTH_LEAD = b"\x00\x01\x00\x00"  # Authentication header, nonce-only: ID-len = AU-len = 0
 _CONFIRMATION_OK = b"\x00"
-_NOT_IPV4 = -2  # _global_ipv4: the source is not an IPv4 address (BAD_UDP_SOURCE)
+_NOT_IPV4 = -2  # EndpointCache.global_ipv4_of: the source is no IPv4 address (BAD_UDP_SOURCE)
 
 # Router Advertisements are cached by RS source address: clients use one of a handful of
 # link-local sources (TEREDO-SPEC 1.4), so the RA's IPv6 part, checksum included, is a constant.
@@ -164,7 +164,7 @@ class ServerMachine:
         self._rs_known: dict[bytes, tuple[bytes, bool]] = {}
         # One bounded cache converts endpoints where datagrams enter and leave the machine.
         self._endpoints = EndpointCache(_SOURCE_CACHE_LIMIT)
-        self._from_host = self._endpoints.ipv4
+        self._global = self._endpoints.global_ipv4  # read inline on the RS fast path
         limits = params.limits
         # Keyed by (IPv4, port): one client; and by the IPv4 alone: one NAT or one host.
         self._rs_buckets = BucketTable(limits.rs_rate, limits.rs_burst, limits.bucket_slots)
@@ -191,7 +191,9 @@ class ServerMachine:
             known = self._rs_known.get(data[AUTH_MIN_LEN:])
             if known is not None:
                 host, port = source
-                source_ipv4 = self._global_ipv4(host)
+                source_ipv4 = self._global.get(host)
+                if source_ipv4 is None:
+                    source_ipv4 = self._endpoints.global_ipv4_of(host)
                 if source_ipv4 < 0:  # check 3
                     self.drops.count(
                         DropReason.BAD_UDP_SOURCE
@@ -223,19 +225,6 @@ class ServerMachine:
             and self._rs_ipv4.allow(source[0], now)
             and self._rs_total.allow(now)
         )
-
-    def _global_ipv4(self, host: str) -> int:
-        """The source address as an int, -1 when it is not global unicast (check 3), or
-        _NOT_IPV4 when it is not an IPv4 address at all.
-
-        Remembered for the last few thousand sources: a flood or a busy NAT repeats them.
-        """
-        ipv4 = self._from_host.get(host)
-        if ipv4 is None:
-            ipv4 = self._endpoints.ipv4_of(host)
-            if ipv4 is None:
-                return _NOT_IPV4
-        return ipv4 if is_global_ipv4(ipv4) else -1
 
     def _receive(
         self, data: bytes, source: Address, on_secondary: bool, now: float
