@@ -9,9 +9,10 @@ The core (core/peers.py) decides; the mirror copies, and keeps no per-peer state
 
 - insert / update / delete: the mirror is the table's `PeerWatch`, told synchronously of every
   change to the trusted set (`trusted`: a new peer or a new mapping; `untrusted`: distrusted,
-  removed, evicted or expired; `cleared`). The kernel map holds exactly the core's trusted
-  peers at their mappings: a peer remapped or expired in the core is never forwarded to at the
-  old mapping.
+  removed, evicted or expired; `cleared`). The kernel map holds the core's trusted peers at
+  their mappings, and nothing else: a peer remapped or expired in the core is never forwarded
+  to at the old mapping. It may hold fewer (an LRU hash smaller than the table keeps the active
+  ones, the relay's): a peer missing from the map only means the Python path.
 - validity (section 5.2.4, 30 s after the last reception): a time, not an event, so the map
   value carries the last reception and the program itself refuses a stale peer. The value's
   `last_rx` is written at trust and kept at the newest reception either path saw: the kernel's

@@ -35,6 +35,11 @@ COUNTERS: Final = (
     "encap_stale",
 )
 CFG_HOST_SPECIFIC: Final = 1
+#: relay_peers holds at most this many trusted peers (an LRU hash: the active ones; see
+#: teredo_relay.bpf.c and docs/peers.md "Kernel maps"), whatever the peer table's capacity.
+MAP_ENTRIES: Final = 16384
+#: ... and room for this many in a small table (an LRU hash keeps free entries per CPU).
+MIN_MAP_ENTRIES: Final = 1024
 _CFG = struct.Struct("=4s2sBBII4s")  # struct relay_config
 _ZERO = struct.pack("=I", 0)
 
@@ -88,7 +93,7 @@ class RelayKernelPath:
 
         self._programs = KernelPrograms(
             OBJECT,
-            max_entries={"relay_peers": capacity},
+            max_entries={"relay_peers": min(MAP_ENTRIES, max(capacity, MIN_MAP_ENTRIES))},
             configure=configure,
             attach=(
                 ("relay_encap", tun_ifindex, BPF_TCX_EGRESS),
