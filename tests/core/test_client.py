@@ -947,6 +947,51 @@ def test_a_ping_test_outlasts_lost_echoes_under_tcp_retransmissions() -> None:
     assert client.drops.total() == 0
 
 
+def test_a_repeated_ping_bubbles_again_the_relay_holding_our_echo_reply() -> None:
+    """Issue 12, 30 % loss: the relay queued our echo reply and bubbled us through the server;
+    our direct bubble back was lost, and a Miredo relay bubbles again only for a new reply
+    (at most 4 in 300 s). Each repeated ping now re-sends that direct bubble, so the relay
+    flushes the reply it holds."""
+    client, out, event = qualified_client()
+    start = T0 + 1.0
+    _data, nonce = start_ping(client, out, event.address, start)
+    relay_source = ipaddress.IPv6Address("fe80::1234").packed  # Miredo relay's HMAC source
+    relayed = build_origin(ipv4_to_int(RELAY[0]), RELAY[1]) + build_bubble(
+        relay_source, event.address
+    )
+    client.receive_udp(relayed, SRV, start + 0.1)
+    bubble = (build_bubble(event.address, relay_source), RELAY)
+    assert out.udp == [bubble]  # the answer of section 5.2.3 (lost on the way)
+    out.clear()
+    client.handle_timer(start + 3.0)  # the bubble again, then the second ping
+    assert [d for _p, d in out.udp] == [RELAY, SRV]
+    assert out.udp[0] == bubble
+    out.clear()
+    client.handle_timer(start + 7.0)
+    assert [d for _p, d in out.udp] == [RELAY, SRV]
+    # The relay got it and sends the reply it held: the test succeeds, nothing more.
+    reply = build_echo(NATIVE, event.address, 5, 5, nonce, reply=True)
+    client.receive_udp(reply, RELAY, start + 7.1)
+    out.clear()
+    client.handle_timer(start + 15.0)
+    assert out.udp == []
+    assert client.drops.total() == 0
+
+
+def test_without_a_running_test_an_indirect_bubble_gets_one_answer() -> None:
+    client, out, event = qualified_client()
+    relay_source = ipaddress.IPv6Address("fe80::1234").packed
+    relayed = build_origin(ipv4_to_int(RELAY[0]), RELAY[1]) + build_bubble(
+        relay_source, event.address
+    )
+    client.receive_udp(relayed, SRV, T0 + 1.0)
+    out.clear()
+    # A ping test started afterwards does not bubble that relay: it was not waiting for us.
+    start_ping(client, out, event.address, T0 + 2.0)
+    client.handle_timer(T0 + 5.0)
+    assert [d for _p, d in out.udp] == [SRV]
+
+
 def test_unsolicited_native_packet_is_held_for_a_ping_test() -> None:
     client, out, event = qualified_client()
     hello = build_echo(NATIVE, event.address, 1, 1, b"unsolicited")

@@ -533,6 +533,8 @@ class ClientMachine(Qualification, ClientProcedures, Rfc6081Peers):
             return
         src = pkt.src
         self.out.send_udp(build_bubble(address, src), self._endpoints.sockaddr_of(ipv4, port))
+        if src[:4] != self._prefix and self._probes:
+            self.relay_bubbled(origin, src, now)  # a relay's bubble, during a procedure
         if src[:4] == self._prefix:
             self._adoption.bubbled(src, ipv4, now)  # RFC 6081: its answer may use a new port
             if self._prediction.active:

@@ -27,7 +27,7 @@ from teredo.core.counters import DropCounters, DropReason
 from teredo.core.ipv6 import NH_ICMPV6, UNREACH_ADDRESS, build_bubble, build_echo, build_unreachable
 from teredo.core.peers import BUBBLE_MAX_COUNT, PeerTable
 from teredo.core.qualify import ClientParams, ClientTransmit
-from teredo.core.ratelimit import TokenBucket
+from teredo.core.ratelimit import BucketTable, TokenBucket
 from teredo.core.symmetric import PortAdoption
 
 if TYPE_CHECKING:
@@ -49,6 +49,14 @@ BUBBLE_SENDS = 4
 # - the error sent when the test fails aborts a TCP connect at once (an ICMPv6 error in
 #   SYN-SENT), so a test given up early kills a connection TCP's own retries would have made.
 PING_WAITS = (3.0, 4.0, 8.0, 8.0)
+# While a ping test runs, each repeated ping also re-sends our direct bubble to the relays
+# whose indirect bubbles reached us (origin indications, section 5.2.3) in the last 23 s (a
+# test's length), at most this many relays. Why: a relay holding our echo reply waits for that
+# bubble; if it is lost, a Miredo relay bubbles us again only for a new echo reply, at most
+# once per 2 s and 4 times per 300 s (section 5.2.6), so under 30 % loss a test could fail
+# with the reply queued at the relay (issue 12). The bubbles go through the origin limits.
+RELAY_ORIGINS = 8
+RELAY_ORIGIN_KEEP = 23.0
 # Miredo's ping test: hop limit 128 (1.0.5 NEWS: some hosts were unreachable with less).
 PING_HOP_LIMIT = 128
 PING_NONCE_LEN = 16  # section 5.2.9: at least 64 bits; 128 keeps the echo at 24 bytes
@@ -129,6 +137,8 @@ class ClientProcedures:
     _prediction: PortPrediction
     _server_addr: tuple[str, int]
     _endpoints: EndpointCache
+    _origin_bubbles: BucketTable
+    _origin_bubbles_ipv4: BucketTable
 
     if TYPE_CHECKING:
 
@@ -143,6 +153,8 @@ class ClientProcedures:
         self._unreach = TokenBucket(UNREACH_RATE, UNREACH_RATE)
         self._ping_id = int.from_bytes(self._random(2), "big")
         self._ping_seq = 0
+        # Relays that bubbled us through our server: origin -> (their bubble's source, when).
+        self._relay_origins: dict[tuple[int, int], tuple[bytes, float]] = {}
 
     def _start_probe(
         self, row: int, addr: bytes, kind: ProcedureKind, now: float
@@ -212,6 +224,8 @@ class ClientProcedures:
             if nonce is None:
                 nonce = self._random(PING_NONCE_LEN)
                 peers.set_nonce(row, nonce)
+            if probe.sends > 1:
+                self._rebubble_relays(address, now)
             self._ping_seq = (self._ping_seq + 1) & 0xFFFF
             echo = build_echo(
                 address, addr, self._ping_id, self._ping_seq, nonce, hop_limit=PING_HOP_LIMIT
@@ -222,6 +236,27 @@ class ClientProcedures:
             return None
         self._arm(addr, probe, now + BUBBLE_INTERVAL)
         return None
+
+    def relay_bubbled(self, origin: tuple[int, int], src: bytes, now: float) -> None:
+        """A relay's indirect bubble reached us from `origin` with source `src` (kept for
+        `_rebubble_relays`; the oldest goes when RELAY_ORIGINS are kept)."""
+        origins = self._relay_origins
+        origins.pop(origin, None)
+        if len(origins) >= RELAY_ORIGINS:
+            del origins[next(iter(origins))]
+        origins[origin] = (src, now)
+
+    def _rebubble_relays(self, address: bytes, now: float) -> None:
+        """A repeated ping: our direct bubble again to the relays that recently bubbled us."""
+        for origin, (src, seen) in list(self._relay_origins.items()):
+            if now - seen > RELAY_ORIGIN_KEEP:
+                del self._relay_origins[origin]
+                continue
+            ipv4 = origin[0]
+            if self._origin_bubbles.allow(origin, now) and self._origin_bubbles_ipv4.allow(
+                ipv4, now
+            ):
+                self.out.send_udp(build_bubble(address, src), self._endpoints.sockaddr_of(*origin))
 
     def _arm(self, addr: bytes, probe: Procedure, when: float) -> None:
         probe.deadline = when
