@@ -22,6 +22,7 @@ import pytest
 from teredo.core.counters import DropReason
 from teredo.core.ipv6 import build_echo, build_rs
 from teredo.lab.hostile import (
+    GOOD_RS,
     SEND,
     Kind,
     client_kinds,
@@ -41,33 +42,6 @@ pytestmark = pytest.mark.system
 ATTACKER_V4 = "203.0.113.102"  # site 2: NatKind.NONE, no client of its own
 RSS_BOUND_KIB = 200 * 1024  # what a server may use at all (ours idles near 40 MiB)
 RSS_GROWTH_KIB = 16 * 1024  # what the attack may add (the tables are bounded; nothing is kept)
-
-# A regular client's RS, one every 0.3 s from the attacker's site (its real address), during
-# the attack; prints how many were answered by an RA with its nonce.
-GOOD_RS = """
-import socket, sys, time
-server, n = sys.argv[1], int(sys.argv[2])
-rs = bytes.fromhex(sys.argv[3])
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.bind(("0.0.0.0", 45000))
-sock.settimeout(0.3)
-print("ready", flush=True)
-answered = 0
-for i in range(n):
-    nonce = (0x1000 + i).to_bytes(8, "big")
-    sock.sendto(bytes((0, 1, 0, 0)) + nonce + bytes(1) + rs, (server, 3544))
-    deadline = time.monotonic() + 1.0
-    while time.monotonic() < deadline:
-        try:
-            data = sock.recv(2048)
-        except TimeoutError:
-            continue
-        if data[4:12] == nonce:
-            answered += 1
-            break
-    time.sleep(0.2)
-print(answered, flush=True)
-"""
 
 
 def _status(lab: Lab, host: str, role: str) -> dict[str, Any]:

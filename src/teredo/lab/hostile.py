@@ -27,7 +27,7 @@ from teredo.core.counters import DropReason
 from teredo.core.ipv6 import build_bubble, build_echo, build_ra, build_rs, pack_header
 from teredo.core.wire import build_auth, build_origin
 
-__all__ = ["SEND", "Kind", "client_kinds", "relay_kinds", "server_kinds", "to_json"]
+__all__ = ["GOOD_RS", "SEND", "Kind", "client_kinds", "relay_kinds", "server_kinds", "to_json"]
 
 
 @dataclass(frozen=True)
@@ -299,4 +299,31 @@ for src, sport, payload, count, use_raw in kinds:
                 sent += 1
                 time.sleep(0.001)
 print(sent, flush=True)
+"""
+
+# A regular client's RS, one every 0.3 s from the attacker's site (its real address), during
+# the attack; prints how many were answered by an RA with its nonce.
+GOOD_RS = """
+import socket, sys, time
+server, n = sys.argv[1], int(sys.argv[2])
+rs = bytes.fromhex(sys.argv[3])
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("0.0.0.0", 45000))
+sock.settimeout(0.3)
+print("ready", flush=True)
+answered = 0
+for i in range(n):
+    nonce = (0x1000 + i).to_bytes(8, "big")
+    sock.sendto(bytes((0, 1, 0, 0)) + nonce + bytes(1) + rs, (server, 3544))
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(2048)
+        except TimeoutError:
+            continue
+        if data[4:12] == nonce:
+            answered += 1
+            break
+    time.sleep(0.2)
+print(answered, flush=True)
 """
