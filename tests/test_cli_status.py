@@ -348,3 +348,15 @@ def test_human_view_with_upnp(
     assert said in lines
     if upnp["cone"]:
         assert "  NAT        cone, mapping 203.0.113.11:3339" in lines
+
+
+def test_human_view_counts_rfc6081_extensions(capsys: pytest.CaptureFixture[str]) -> None:
+    name = unique("rfc6081")
+    doc = dict(CLIENT_STATUS, symmetric_ports_adopted=2, predicted_peers=1, hairpin_peers=0)
+    with serving((ControlIdentity(name, "client", "teredo"), lambda: doc)):
+        assert main(["status", name]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  RFC 6081   ports adopted 2, predicted peers 1" in lines
+    with serving((ControlIdentity(name, "client", "teredo"), lambda: dict(CLIENT_STATUS))):
+        assert main(["status", name]) == 0
+    assert "RFC 6081" not in capsys.readouterr().out  # nothing at work: no line

@@ -58,6 +58,11 @@ CLIENT_DOC: dict[str, object] = {
         "queued_bytes": 120,
         "suspends": 0,
         "slow_inputs": 0,
+        "symmetric_ports_adopted": 2,
+        "hairpin_peers": 0,
+        "predicted_peers": 1,
+        "random_ports_announced": 0,
+        "upnp": {"state": "in use", "mapping": "203.0.113.11:34952", "cone": True},
         "drops": {"multicast_destination": 7, "bad_checksum": 1},
         "send_errors": {"udp": 1, "tun": 0, "discovery": 0},
         "configuration_errors": 0,
@@ -143,6 +148,10 @@ def test_client_document_as_metrics(exporters: list[MetricsExporter]) -> None:
     assert got["teredo_client_refresh_interval_seconds", ()] == 27.5
     assert got["teredo_send_errors_total", (("socket", "udp"),)] == 1
     assert got["teredo_configuration_errors_total", ()] == 0
+    assert got["teredo_client_symmetric_ports_adopted_total", ()] == 2
+    assert got["teredo_client_predicted_peers_total", ()] == 1
+    assert got["teredo_client_hairpin_peers_total", ()] == 0
+    assert got["teredo_client_upnp_cone", ()] == 1
     client_info = dict(k for k in next(k for n, k in got if n == "teredo_client_info"))
     assert client_info["address"] == "2001:0:c633:640a:8000:1234:5678:9abc"
     assert client_info["nat"] == "restricted"

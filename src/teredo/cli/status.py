@@ -169,6 +169,18 @@ def _client_lines(st: Mapping[str, object]) -> list[str]:
         shown = ", ".join(f"{n} ({t})" if t else str(n) for n, t in zip(servers, tags, strict=True))
         lines.append(f"servers    {shown}; moves {_int(failover.get('moves'))}")
     lines.append(f"MTU        {_text(st.get('mtu'))}")
+    extensions = [
+        f"{what} {_int(st.get(key))}"
+        for key, what in (
+            ("symmetric_ports_adopted", "ports adopted"),
+            ("hairpin_peers", "hairpin peers"),
+            ("predicted_peers", "predicted peers"),
+            ("random_ports_announced", "ports announced"),
+        )
+        if _int(st.get(key))
+    ]
+    if extensions:  # RFC 6081 at work (docs/client.md)
+        lines.append("RFC 6081   " + ", ".join(extensions))
     lines.append(
         f"peers      {_int(st.get('peers'))} ({_int(st.get('trusted_peers'))} trusted), "
         f"{_int(st.get('queued_bytes'))} B queued"

@@ -180,6 +180,14 @@ def _common(out: _Families, doc: Mapping[str, object], base: Sequence[str]) -> N
         kernel_families(out, kernel, base)
 
 
+_RFC6081_COUNTERS: Final = {
+    "symmetric_ports_adopted": "symmetric-NAT peers' new ports believed (RFC 6081)",
+    "hairpin_peers": "peers behind our NAT reached over the local network (RFC 6081)",
+    "predicted_peers": "peers met at a port their Random Port trailer announced (RFC 6081)",
+    "random_ports_announced": "Random Port trailers sent behind a sequential NAT (RFC 6081)",
+}
+
+
 def _client(out: _Families, st: Mapping[str, object], base: Sequence[str]) -> None:
     state = str(st.get("state", ""))
     for known in sorted({*(s.value for s in ClientState), state}):
@@ -209,6 +217,17 @@ def _client(out: _Families, st: Mapping[str, object], base: Sequence[str]) -> No
     out.gauge("client_probes", "bubble and ping procedures running", st.get("probes"), base)
     out.counter("client_suspends", "clock jumps seen (suspend)", st.get("suspends"), base)
     out.counter("client_slow_inputs", "inputs that took too long", st.get("slow_inputs"), base)
+    # RFC 6081 extensions at work (core/symmetric.py, core/hairpin.py, core/portpredict.py).
+    for key, text in _RFC6081_COUNTERS.items():
+        out.counter(f"client_{key}", text, st.get(key), base)
+    upnp = _mapping(st.get("upnp"))
+    if upnp:
+        out.gauge(
+            "client_upnp_cone",
+            "1 while a UPnP mapping makes the NAT a cone",
+            int(upnp.get("cone") is True),
+            base,
+        )
 
 
 _SERVER_COUNTERS: Final = {
