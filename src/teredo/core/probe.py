@@ -39,14 +39,13 @@ from teredo.core.addr import (
     TEREDO_PREFIX,
     Address,
     int_to_ipv4,
-    is_global_ipv4,
     parse_ipv4,
     server_link_local,
 )
 from teredo.core.counters import DropCounters, DropReason
 from teredo.core.ipv6 import build_rs
 from teredo.core.natbehaviour import NatBehaviour, classify
-from teredo.core.qualify import NatType, RaInfo, check_ra, default_secondary
+from teredo.core.qualify import NatType, RaInfo, check_ra, default_secondary, server_problem
 from teredo.core.wire import build_auth, parse_payload
 
 Datagram = tuple[bytes, Address]
@@ -79,11 +78,10 @@ class ProbeParams:
 
     def check(self) -> str | None:
         """Why these parameters cannot be probed, or None."""
-        for name, ipv4 in (("primary", self.server), ("secondary", self.secondary)):
-            if not 0 <= ipv4 <= 0xFFFFFFFF or not is_global_ipv4(ipv4):
-                # Section 5.2.4 / Miredo: a server that is not global cannot serve; the probe
-                # also never sends anything to such an address.
-                return f"the {name} address {int_to_ipv4(ipv4 & 0xFFFFFFFF)} is not global unicast"
+        # The probe never sends anything to an address a client could not use.
+        problem = server_problem(self.server, self.secondary)
+        if problem is not None:
+            return problem
         if self.server == self.secondary:
             return "the primary and secondary addresses are the same"
         if len(self.prefix) != 4:

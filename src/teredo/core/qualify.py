@@ -171,6 +171,16 @@ _STATE = {
 }
 
 
+def server_problem(server: int, server2: int) -> str | None:
+    """Why a client cannot use these server addresses, or None: both must be global unicast
+    (section 5.2.4; Miredo refuses a server that is not global, its clients' addresses would
+    embed it). Shared by the client and `teredo probe` (core/probe.py)."""
+    for name, ipv4 in (("primary", server), ("secondary", server2)):
+        if not 0 <= ipv4 <= 0xFFFFFFFF or not is_global_ipv4(ipv4):
+            return f"the {name} address {int_to_ipv4(ipv4 & 0xFFFFFFFF)} is not global unicast"
+    return None
+
+
 def default_secondary(server: int) -> int:
     """The secondary server address when none is configured: primary + 1 (TEREDO-SPEC 3.1;
     Windows and Miredo assume it, RFC 4380 section 5.2.1 needs a second address)."""
@@ -287,10 +297,9 @@ class Qualification:
             raise ValueError("the server address is an IPv4 address")
         if server2 is None:
             server2 = default_secondary(server)
-        # Miredo refuses a server that is not global: its clients' addresses would embed it.
-        for ipv4 in (server, server2):
-            if not is_global_ipv4(ipv4):
-                raise ValueError(f"server address {int_to_ipv4(ipv4)} is not global unicast")
+        problem = server_problem(server, server2)
+        if problem is not None:
+            raise ValueError(problem)
         self._server = server
         self._server2 = server2
         self._server_addr: Address = (int_to_ipv4(server), _SERVER_PORT)
