@@ -22,10 +22,11 @@ ends, + the ksoftirqd threads' time less their rate over `--idle` seconds just b
 packet received. The whole machine's /proc/stat delta (less its rate before) is printed beside
 it as context: on a shared machine it moves with the others' load.
 
-Before measuring, `ethtool -K DEV tx off` on every veth of the lab's namespaces (`--offload
-keep` leaves them): with tx checksum offload the lab's TCP reaches the kernel programs as
-CHECKSUM_PARTIAL / TSO super-packets, which they pass up to Python; a real NIC delivers
-complete checksums. All three paths get the same links.
+Before measuring, `ethtool -K DEV tx off` on every veth of the lab's namespaces and `tx off
+tso off gso off` on the relay's and the client's TUN (`--offload keep` leaves them): with
+offload the lab's TCP reaches the kernel programs as CHECKSUM_PARTIAL / GSO super-packets,
+which they pass up to Python; a real NIC delivers complete checksums. All three paths get the
+same links. Our daemons' kernel counters ("kernel" in `teredo status`) are printed at the end.
 
 Output: one table with the three paths, ours/miredo and the fraction of plain forwarding each
 Teredo path reaches, then one JSON line.
@@ -76,6 +77,7 @@ CLIENT_V6 = "2001:db8:3::2"
 CLIENT_NET = "2001:db8:3::/64"
 NATIVE_NET = "2001:db8:1::/64"
 DATAPATH_RE = re.compile(r"data path: (kernel|user)\b")
+TUN_OFFLOAD_OFF = ("tx", "off", "tso", "off", "gso", "off")
 DAEMON_HOSTS = ("server", "relay", "client1")
 
 
@@ -154,6 +156,38 @@ def veth_offload_off(lab: Lab) -> list[str]:
     return changed
 
 
+def tun_offload_off(lab: Lab) -> list[str]:
+    """`ethtool -K DEV tx off tso off gso off` on the TUN devices of the relay's and the
+    client's namespaces (our daemons' and Miredo's): the client host's own TCP reaches the
+    TUN's egress program as a GSO super-packet otherwise (the stack segments only after tc
+    egress), which the program passes up to Python. Returns the devices changed, "ns/dev"
+    (a refusal is listed with "!")."""
+    changed: list[str] = []
+    for host in ("relay", "client1"):
+        ns = lab.ns(host)
+        out = system.run(["ip", "-n", ns, "-j", "link", "show", "type", "tun"])
+        for link in json.loads(out.stdout or "[]"):
+            dev = str(link["ifname"])
+            done = system.run(
+                ["ip", "netns", "exec", ns, "ethtool", "-K", dev, *TUN_OFFLOAD_OFF],
+                check=False,
+            )
+            changed.append(f"{ns}/{dev}" + ("" if done.returncode == 0 else "!"))
+    return changed
+
+
+def kernel_counters(lab: Lab) -> dict[str, object]:
+    """The "kernel" counters of our daemons' status (what the programs forwarded and why they
+    passed packets up), by host; {} for Miredo or the Python path."""
+    found: dict[str, object] = {}
+    for host in DAEMON_HOSTS:
+        for doc in lab.daemon_status(host) or []:
+            st = doc.get("status")
+            if isinstance(st, dict) and st.get("kernel"):
+                found[host] = st["kernel"]
+    return found
+
+
 @contextlib.contextmanager
 def path_lab(path: str, args: argparse.Namespace) -> Iterator[tuple[Lab, str]]:
     """The lab of `path` and the client's address to measure to; always taken down."""
@@ -178,6 +212,8 @@ def path_lab(path: str, args: argparse.Namespace) -> Iterator[tuple[Lab, str]]:
         lab.start(Role.RELAY, impl, extra=extra)
         lab.start(Role.CLIENT, impl, 1, extra=extra)
         info = lab.wait_qualified(1, timeout=30)
+        if args.offload == "off":
+            args.tun_devices = tun_offload_off(lab)
         # The first packets set up the relay's peer entry (bubbles, RFC 4380 section 5.4):
         # measure the forwarding, not the setting up.
         ping = lab.ping("native", str(info.address), count=3)
@@ -266,6 +302,7 @@ def measure(path: str, args: argparse.Namespace) -> dict[str, float | None]:
         if path == "teredo":
             modes = _datapaths(lab)
             args.datapaths_seen.append(modes)
+            args.kernel_counters.append(kernel_counters(lab))
     return results
 
 
@@ -361,13 +398,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.datapaths_seen = []
     args.offload_devices = 0
+    args.tun_devices = []
+    args.kernel_counters = []
     notes: list[str] = []
     results = run_rounds(paths, args.rounds, lambda p: measure(p, args), notes)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"\n== path: all-miredo, all-ours (--datapath {args.datapath}), plain IPv6")
     print(f"   ours' data path (teredo status): {args.datapaths_seen}  (load {load_average()})")
-    print(f"   veth tx offload: {args.offload} ({args.offload_devices} devices in the last lab)")
+    print(
+        f"   tx offload: {args.offload} ({args.offload_devices} veths in the last lab; TUNs"
+        f" {args.tun_devices})"
+    )
+    print(f"   our kernel counters at the end: {args.kernel_counters}")
     print(f"   CPU/pkt method: {labcpu.METHOD}")
     headers = ["metric", "miredo", "teredo", "plain", "ours/miredo", "miredo/plain", "ours/plain"]
     print(format_table(headers, report_rows(results)))
@@ -390,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         "datapath": args.datapath,
         "datapaths_seen": args.datapaths_seen,
         "offload": args.offload,
+        "kernel_counters": args.kernel_counters,
         "cpu_method": labcpu.METHOD,
         "seconds": args.seconds,
         "cpu_pps": args.cpu_pps,
