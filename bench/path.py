@@ -363,7 +363,25 @@ def report_rows(results: Mapping[str, Mapping[str, float | None]]) -> list[list[
                 format_ratio(ratio(got["teredo"], got["plain"])),
             ]
         rows.append([label, got["miredo"], got["teredo"], got["plain"], *ratios])
+        if key.startswith("cpu_") and key.endswith("_us_per_pkt") and key.count("_") == 4:
+            # What Teredo adds to plain forwarding: the endpoints' iperf3 work is in all three.
+            over = {p: _minus(got[p], got["plain"]) for p in ("miredo", "teredo")}
+            rows.append(
+                [
+                    f"  above plain us/pkt {key.split('_')[1]} (Teredo's own)",
+                    over["miredo"],
+                    over["teredo"],
+                    None,
+                    format_ratio(ratio(over["teredo"], over["miredo"])),
+                    "",
+                    "",
+                ]
+            )
     return rows
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else max(0.0, a - b)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,3 +49,18 @@ def test_sample_sees_ksoftirqd_and_reaped_children() -> None:
     assert after.lab == {}
     assert after.children - before.children >= 0.15
     assert after.ksoftirqd >= before.ksoftirqd
+
+
+def test_path_report_gives_teredos_own_cpu_above_plain_forwarding() -> None:
+    from bench.path import report_rows
+
+    results = {
+        "miredo": {"cpu_down_us_per_pkt": 10.0},
+        "teredo": {"cpu_down_us_per_pkt": 9.0},
+        "plain": {"cpu_down_us_per_pkt": 8.0},
+    }
+    rows = {str(r[0]): r for r in report_rows(results)}
+    assert rows["lab CPU us/pkt down (fixed rate)"][4] == "0.90x"
+    above = rows["  above plain us/pkt down (Teredo's own)"]
+    assert above[1:3] == [2.0, 1.0]
+    assert above[4] == "0.50x"
