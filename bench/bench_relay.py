@@ -36,6 +36,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bench.lab_bench import (
     FAKE_SERVER,
@@ -60,6 +61,7 @@ from bench.lab_bench import (
     transfer_metric_labels,
     transfer_metrics,
 )
+from bench.path import veth_offload_off
 from teredo.core.peers import MIREDO_MAX_PEERS
 from teredo.lab import system
 from teredo.lab.roles import RELAY_PORT, TUN_NAME, Impl, Role, command
@@ -77,8 +79,33 @@ def fake_ns(lab: Lab) -> str:
     return lab.prefix + FAKE_SUFFIX
 
 
+def _our_kernel_counters(lab: Lab) -> dict[str, float | None]:
+    """Our relay's data path and what its kernel programs carried (`teredo status`)."""
+    got = lab.exec("relay", [sys.executable, "-m", "teredo", "status", "--json"], check=False)
+    docs = json.loads(got.stdout or "[]") if got.returncode == 0 else []
+    status: dict[str, Any] = next((d["status"] for d in docs if d.get("role") == "relay"), {})
+    kernel: dict[str, Any] = (status.get("kernel") or {}).get("counters") or {}
+    return {
+        "kernel_datapath": 1.0 if status.get("datapath") == "kernel" else 0.0,
+        "kernel_encap": float(kernel.get("encap", 0)),
+        "kernel_decap": float(kernel.get("decap", 0)),
+        "python_to_teredo": float(status.get("counters", {}).get("to_teredo", 0))
+        - float(kernel.get("encap", 0)),
+        "python_from_teredo": float(status.get("counters", {}).get("from_teredo", 0))
+        - float(kernel.get("decap", 0)),
+    }
+
+
 def run_transfer(impl: str, args: argparse.Namespace) -> dict[str, float | None]:
-    with bench_lab(server="miredo", relay=impl, client="miredo", prefix=args.prefix) as lab:
+    ours = impl == "teredo"
+    relay = None if ours else impl
+    with bench_lab(server="miredo", relay=relay, client="miredo", prefix=args.prefix) as lab:
+        if args.offload == "off":
+            veth_offload_off(lab)
+        if ours:
+            # Started here so that `--datapath` reaches it (the lab starts it without flags).
+            lab.start(Role.RELAY, Impl.TEREDO, extra=["--datapath", args.datapath])
+            wait_relay_ready(lab)
         info = lab.wait_qualified(1, timeout=30)
         results: dict[str, float | None] = {"load1": float(load_average().split()[0])}
         results.update(
@@ -91,6 +118,8 @@ def run_transfer(impl: str, args: argparse.Namespace) -> dict[str, float | None]
                 udp_pps=args.udp_pps,
             )
         )
+        if ours:
+            results.update(_our_kernel_counters(lab))
         return results
 
 
@@ -330,6 +359,14 @@ def run_memory(impl: str, args: argparse.Namespace) -> dict[str, float | None]:
 
 
 TRANSFER = transfer_metric_labels("client")
+#: Ours only: what its kernel programs carried (all runs of the round added up).
+KERNEL = (
+    ("kernel_datapath", "ours: kernel data path (1) or Python (0)"),
+    ("kernel_encap", "ours: packets encapsulated by the kernel"),
+    ("kernel_decap", "ours: packets decapsulated by the kernel"),
+    ("python_to_teredo", "ours: native->Teredo packets in Python"),
+    ("python_from_teredo", "ours: Teredo->native packets in Python"),
+)
 MEMORY = (
     ("rate", "datagrams offered per second"),
     ("peers_sent", "datagrams sent (one per peer)"),
@@ -388,6 +425,20 @@ def main(argv: list[str] | None = None) -> int:
         "--tests", default="transfer,memory", help="transfer, memory (default both)"
     )
     parser.add_argument(
+        "--datapath",
+        default="auto",
+        choices=("auto", "kernel", "user"),
+        help="our relay's data path in the transfer test (default auto: the kernel's eBPF "
+        "programs where they load)",
+    )
+    parser.add_argument(
+        "--offload",
+        default="keep",
+        choices=("keep", "off"),
+        help="tx checksum/TSO offload of the lab's veths in the transfer test (off: as a real "
+        "NIC delivers, so that the kernel programs see complete checksums; bench/path.py)",
+    )
+    parser.add_argument(
         "--prefix",
         default=PREFIX,
         help=f"namespace prefix of the labs (default {PREFIX}); the fake clients live in "
@@ -441,12 +492,14 @@ def main(argv: list[str] | None = None) -> int:
     if "transfer" in tests:
         print_report(
             "relay-transfer",
-            (*TRANSFER, ("load1", "load average (1 min) at start")),
+            (*TRANSFER, *KERNEL, ("load1", "load average (1 min) at start")),
             transfer,
             {
                 "seconds": args.seconds,
                 "udp_pps_offered": args.udp_pps,
                 "rounds": args.rounds,
+                "datapath": args.datapath,
+                "offload": args.offload,
                 "notes": notes,
             },
         )

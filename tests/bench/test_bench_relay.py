@@ -20,6 +20,8 @@ from teredo.lab.topology import Lab
         ["--prefix", ""],
         ["--teredo-peer-timeout", "10"],
         ["--teredo-peer-timeout", "1e6"],
+        ["--datapath", "xdp"],
+        ["--offload", "on"],
     ],
 )
 def test_bad_prefix_or_peer_timeout_is_a_usage_error(
