@@ -6,7 +6,9 @@ router up4 (ECMP); one client of ours.
 * up4 learns both servers' routes from FRR; the client qualifies through them;
 * SIGTERM of a server: it deletes its routes, FRR withdraws them, up4 drops the path; restarted,
   the server is announced again;
-* kill -9 of a server: FRR 8.4 keeps announcing it (strict xfail, the evidence in the message).
+* kill -9 of a server: FRR 8.4 keeps announcing it (strict xfail, the evidence in the message);
+  the operator's work-around (a unit's ExecStopPost= adds the routes again, then deletes them:
+  zebra hears the deletion) withdraws it.
 
 The relays' 2001::/32 is not tried here: FRR 8.4 has no `ipv6 import-table` (lab/frr.py).
 """
@@ -130,3 +132,29 @@ def test_kill9_withdraws_through_frr(lab: Lab) -> None:
     finally:
         # Whatever FRR did, a new server replaces the stale routes (same prefixes, new anchor).
         restart_server(lab, 2)
+
+
+def notify_withdrawn(lab: Lab, host: str) -> None:
+    """What docs/scale.md has an FRR operator's unit run after the daemon is gone whatever
+    killed it (ExecStopPost=): each route added again and deleted, so that zebra is told."""
+    for prefix in PREFIXES:
+        for op in ("replace", "del"):
+            argv = ["ip", "route", op, prefix, "dev", "lo", "table", "100", "proto", "84"]
+            lab.exec(host, argv)
+
+
+def test_kill9_then_the_stop_post_work_around_withdraws(lab: Lab) -> None:
+    record = anycast.daemon_record(lab, "server2")
+    assert record is not None
+    assert record.alive()
+    os.kill(record.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while record.alive():
+        assert time.monotonic() < deadline, "server2 survived SIGKILL"
+        time.sleep(0.05)
+    notify_withdrawn(lab, "server2")
+    for prefix in PREFIXES:
+        anycast.wait_paths(lab, "up4", prefix, 1, timeout=15)
+        assert paths(lab, prefix) == [anycast.server_link(1)[1]]
+    assert "T[100]" not in frr_routes(lab, "server2")
+    restart_server(lab, 2)

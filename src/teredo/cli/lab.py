@@ -311,6 +311,7 @@ def _anycast_demo(args: argparse.Namespace) -> int:
             [c for c in clients if c is not None],
             server_impl=args.server or Impl.TEREDO,
             count=args.count,
+            routing=args.routing,
         )
     except LabError as exc:
         return _fail(exc)

@@ -39,12 +39,13 @@ def run_anycast_demo(
     *,
     server_impl: Impl = Impl.TEREDO,
     count: int = 3,
+    routing: str = "bird",
     out: Callable[[str], None] = print,
 ) -> int:
     """Run the demo; 0 when every step worked. The lab is torn down however it ends."""
     if relays < 2:
         raise LabError("the anycast demo needs at least 2 relays (--relays 3)")
-    spec = anycast.AnycastSpec(relays, servers)
+    spec = anycast.AnycastSpec(relays, servers, routing=routing)
     spec.check()
     clients = list(client_impl)[: len(nats)]
     clients += [Impl.TEREDO] * (len(nats) - len(clients))
