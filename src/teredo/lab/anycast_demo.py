@@ -50,13 +50,8 @@ def run_anycast_demo(
     clients = list(client_impl)[: len(nats)]
     clients += [Impl.TEREDO] * (len(nats) - len(clients))
     old_term = signal.signal(signal.SIGTERM, raise_interrupt)
-    lab = Lab(
-        prefix,
-        nats,
-        server_impl=None if servers else server_impl,
-        relay_impl=None,
-        client_impl=None,
-    )
+    server = None if servers else server_impl
+    lab = Lab(prefix, nats, server_impl=server, relay_impl=None, client_impl=None)
     results: list[Result] = []
     try:
         out(f"== Teredo anycast demo: {relays} relays, {servers or 1} server(s), prefix {prefix!r}")
