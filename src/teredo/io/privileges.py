@@ -143,6 +143,13 @@ PRELOAD: Final = (
     "teredo.io.netlink",
     "teredo.io.hook",
     "teredo.io.metrics",
+    # The kernel data path, started after the drop by the relay and the server: its object
+    # is found with importlib.resources, whose readers module is imported on first use (the
+    # interpreter's own files may be unreadable for the user), and libbpf through ctypes.
+    "importlib.readers",
+    "teredo.io.datapath",
+    "teredo.io.libbpf",
+    "teredo.io.kmirror",
 )
 
 
