@@ -18,6 +18,7 @@ import sys
 import pytest
 
 from teredo.core.ipv6 import build_rs
+from teredo.lab.hostile import MANY_CLIENTS as MANY
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import Impl
 from teredo.lab.topology import SERVER_V4, Lab
@@ -29,47 +30,6 @@ pytestmark = pytest.mark.system
 CLIENTS = 2000
 ROUNDS = 2
 ROUND_S = 12.0
-
-# CLIENTS sockets, ROUNDS rounds each spread over ROUND_S s; prints the RAs matched per round.
-MANY = """
-import json, resource, selectors, socket, sys, time
-server, clients, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-spread = float(sys.argv[4])
-rs = bytes.fromhex(sys.argv[5])
-resource.setrlimit(resource.RLIMIT_NOFILE, (clients + 100, clients + 100))
-socks = []
-for _ in range(clients):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", 0))
-    s.setblocking(False)
-    socks.append(s)
-sel = selectors.DefaultSelector()
-for i, s in enumerate(socks):
-    sel.register(s, selectors.EVENT_READ, i)
-answered = []
-for r in range(rounds):
-    got = set()
-    t0 = time.monotonic()
-    def drain(timeout):
-        for key, _ in sel.select(timeout):
-            try:
-                data = key.fileobj.recv(2048)
-            except BlockingIOError:
-                continue
-            if data[4:12] == (r << 32 | key.data).to_bytes(8, "big"):
-                got.add(key.data)
-    for i, s in enumerate(socks):
-        nonce = (r << 32 | i).to_bytes(8, "big")
-        s.sendto(bytes((0, 1, 0, 0)) + nonce + bytes(1) + rs, (server, 3544))
-        due = t0 + spread * (i + 1) / clients  # paced: refreshes are spread over time
-        while (wait := due - time.monotonic()) > 0:
-            drain(wait)
-    end = time.monotonic() + 3.0
-    while time.monotonic() < end and len(got) < clients:
-        drain(0.2)
-    answered.append(len(got))
-print(json.dumps(answered), flush=True)
-"""
 
 
 def test_thousands_of_clients_behind_one_nat_all_refresh(lab_factory: list[Lab]) -> None:

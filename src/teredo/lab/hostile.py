@@ -27,7 +27,16 @@ from teredo.core.counters import DropReason
 from teredo.core.ipv6 import build_bubble, build_echo, build_ra, build_rs, pack_header
 from teredo.core.wire import build_auth, build_origin
 
-__all__ = ["GOOD_RS", "SEND", "Kind", "client_kinds", "relay_kinds", "server_kinds", "to_json"]
+__all__ = [
+    "GOOD_RS",
+    "MANY_CLIENTS",
+    "SEND",
+    "Kind",
+    "client_kinds",
+    "relay_kinds",
+    "server_kinds",
+    "to_json",
+]
 
 
 @dataclass(frozen=True)
@@ -326,4 +335,46 @@ for i in range(n):
             break
     time.sleep(0.2)
 print(answered, flush=True)
+"""
+
+# Many clients behind one NAT (issue 12, CGNAT): argv clients sockets, rounds rounds each
+# spread over `spread` s; prints the RAs matched per round.
+MANY_CLIENTS = """
+import json, resource, selectors, socket, sys, time
+server, clients, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+spread = float(sys.argv[4])
+rs = bytes.fromhex(sys.argv[5])
+resource.setrlimit(resource.RLIMIT_NOFILE, (clients + 100, clients + 100))
+socks = []
+for _ in range(clients):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 0))
+    s.setblocking(False)
+    socks.append(s)
+sel = selectors.DefaultSelector()
+for i, s in enumerate(socks):
+    sel.register(s, selectors.EVENT_READ, i)
+answered = []
+for r in range(rounds):
+    got = set()
+    t0 = time.monotonic()
+    def drain(timeout):
+        for key, _ in sel.select(timeout):
+            try:
+                data = key.fileobj.recv(2048)
+            except BlockingIOError:
+                continue
+            if data[4:12] == (r << 32 | key.data).to_bytes(8, "big"):
+                got.add(key.data)
+    for i, s in enumerate(socks):
+        nonce = (r << 32 | i).to_bytes(8, "big")
+        s.sendto(bytes((0, 1, 0, 0)) + nonce + bytes(1) + rs, (server, 3544))
+        due = t0 + spread * (i + 1) / clients  # paced: refreshes are spread over time
+        while (wait := due - time.monotonic()) > 0:
+            drain(wait)
+    end = time.monotonic() + 3.0
+    while time.monotonic() < end and len(got) < clients:
+        drain(0.2)
+    answered.append(len(got))
+print(json.dumps(answered), flush=True)
 """
