@@ -34,8 +34,10 @@ from teredo.io.announce import (
     announce_while_serving,
     relay_prefixes,
 )
+from teredo.io.datapath import load_early
 from teredo.io.driver import StartError, reload_handler
 from teredo.io.health import DEFAULT_INTERVAL, announce_while_server_answers
+from teredo.io.krelay import RelayKernelPath
 from teredo.io.loop import Daemon, DaemonLoop
 from teredo.io.relay_driver import (
     RelayDaemon,
@@ -219,14 +221,19 @@ def run(args: argparse.Namespace) -> int:
     loop = DaemonLoop()
     try:
         with PidFile(args.pidfile):
+            params = params_from(settings, args)
+            # Loaded before the privilege drop (loading needs CAP_BPF); attached by the daemon
+            # with the CAP_NET_ADMIN it keeps (docs/kernel.md).
+            kernel_load = load_early(settings.datapath, lambda: RelayKernelPath(params.peers))
             if not loop.drop_privileges(user, log):
                 return EXIT_START_FAILED
             daemon = RelayDaemon(
-                params_from(settings, args),
+                params,
                 endpoint_from(settings),
                 loop,
                 secret=os.urandom(32),
                 datapath=settings.datapath,
+                kernel_load=kernel_load,
             )
             kind = "host-specific relay" if settings.host_specific else "relay"
             log.info(

@@ -25,7 +25,7 @@ from typing import Final, TypeVar
 
 from teredo.core.config import DatapathMode
 
-__all__ = ["DatapathError", "object_path", "probe", "start_kernel"]
+__all__ = ["DatapathError", "load_early", "object_path", "probe", "start_kernel"]
 
 _log = logging.getLogger("teredo.datapath")
 _T = TypeVar("_T")
@@ -89,3 +89,26 @@ def start_kernel(mode: DatapathMode, what: str, start: Callable[[], _T]) -> _T |
         return None
     _log.info("data path: kernel (eBPF) for %s", what)
     return handle
+
+
+def load_early(mode: DatapathMode, load: Callable[[], _T]) -> Callable[[], _T] | None:
+    """Run `load` now, before the privilege drop (loading needs CAP_BPF, and after the drop the
+    daemon may no longer even read its interpreter's own modules); None for `user`.
+
+    Returns what `start_kernel`'s `start` gets later, once the daemon knows its interfaces: a
+    function that gives the loaded handle or raises the load's error, so that the one log line
+    (or the start error of `kernel`) comes from `start_kernel` as for every daemon."""
+    if mode is DatapathMode.USER:
+        return None
+    from teredo.io.libbpf import BpfError  # noqa: PLC0415
+
+    try:
+        handle = load()
+    except (BpfError, OSError) as exc:
+        failure = exc
+
+        def failed() -> _T:
+            raise failure
+
+        return failed
+    return lambda: handle

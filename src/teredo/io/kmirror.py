@@ -125,10 +125,14 @@ class KernelPrograms:
             self.obj.load()
             configure(self.obj)
             for program, ifindex, kind in attach:
-                self._links.append(self.obj.program(program).attach(ifindex, kind))
+                self.attach(program, ifindex, kind)
         except BaseException:
             self.close()
             raise
+
+    def attach(self, program: str, ifindex: int, kind: int) -> None:
+        """Attach `program` at ifindex (`close` detaches it): after load, with CAP_NET_ADMIN."""
+        self._links.append(self.obj.program(program).attach(ifindex, kind))
 
     def map(self, name: str) -> BpfMap:
         return self.obj.map(name)

@@ -15,7 +15,7 @@ from pyroute2 import IPRoute
 
 from teredo.core.peers import PeerTable
 from teredo.io.kmirror import KernelPrograms, PeerMapMirror, read_counters
-from teredo.io.libbpf import BPF_TCX_EGRESS, BPF_TCX_INGRESS, BpfObject
+from teredo.io.libbpf import BPF_TCX_EGRESS, BPF_TCX_INGRESS
 
 __all__ = ["COUNTERS", "OBJECT", "RelayKernelPath", "ipv4_interface"]
 
@@ -67,7 +67,22 @@ class RelayKernelPath:
     """The relay's two programs attached, their configuration written, and the mirror of the
     core's trusted peers (`mirror`: set it as the peer table's watch)."""
 
-    def __init__(
+    def __init__(self, capacity: int) -> None:
+        """Open, size and load the object: before the privilege drop, since loading needs
+        CAP_BPF and the daemon keeps only CAP_NET_ADMIN (io/privileges.py). BpfError/OSError
+        where the kernel cannot. Nothing is attached until `attach`."""
+        self._programs = KernelPrograms(
+            OBJECT,
+            max_entries={"relay_peers": min(MAP_ENTRIES, max(capacity, MIN_MAP_ENTRIES))},
+            configure=lambda obj: None,
+            attach=(),
+        )
+        self.interfaces = (0, 0)
+        self._own = self._programs.map("relay_own")
+        self._counters = self._programs.map("relay_counters")
+        self.mirror = PeerMapMirror(self._programs.map("relay_peers"))
+
+    def attach(
         self,
         *,
         tun_ifindex: int,
@@ -76,8 +91,9 @@ class RelayKernelPath:
         port: int,
         prefix: bytes,
         host_specific: bool,
-        capacity: int,
     ) -> None:
+        """Write the configuration, then attach both programs (CAP_NET_ADMIN is enough): a
+        program never sees an unconfigured map."""
         cfg = _CFG.pack(
             ipv4.to_bytes(4, "big"),
             port.to_bytes(2, "big"),
@@ -87,23 +103,10 @@ class RelayKernelPath:
             CFG_HOST_SPECIFIC if host_specific else 0,
             prefix,
         )
-
-        def configure(obj: BpfObject) -> None:
-            obj.map("relay_cfg").update(_ZERO, cfg)
-
-        self._programs = KernelPrograms(
-            OBJECT,
-            max_entries={"relay_peers": min(MAP_ENTRIES, max(capacity, MIN_MAP_ENTRIES))},
-            configure=configure,
-            attach=(
-                ("relay_encap", tun_ifindex, BPF_TCX_EGRESS),
-                ("relay_decap", v4_ifindex, BPF_TCX_INGRESS),
-            ),
-        )
+        self._programs.map("relay_cfg").update(_ZERO, cfg)
+        self._programs.attach("relay_encap", tun_ifindex, BPF_TCX_EGRESS)
+        self._programs.attach("relay_decap", v4_ifindex, BPF_TCX_INGRESS)
         self.interfaces = (tun_ifindex, v4_ifindex)
-        self._own = self._programs.map("relay_own")
-        self._counters = self._programs.map("relay_counters")
-        self.mirror = PeerMapMirror(self._programs.map("relay_peers"))
 
     def sync(self, peers: PeerTable, now: float) -> None:
         self.mirror.sync(peers, now)

@@ -190,9 +190,13 @@ class RelayDaemon:
         *,
         secret: bytes,
         datapath: DatapathMode = DatapathMode.USER,
+        kernel_load: Callable[[], RelayKernelPath] | None = None,
     ) -> None:
         self.loop = loop
         self.datapath = datapath
+        #: The programs loaded before the privilege drop (datapath.load_early), else None: the
+        #: daemon loads them itself (as root, e.g. in tests).
+        self._kernel_load = kernel_load
         #: The kernel data path (io/krelay.py), None on the Python path.
         self.kernel: RelayKernelPath | None = None
         self.endpoint = endpoint
@@ -271,16 +275,24 @@ class RelayDaemon:
         self._start_data_path()
 
     def _start_kernel(self, params: RelayParams) -> RelayKernelPath:
-        v4_ifindex, ipv4 = ipv4_interface(self.local[0])
-        return RelayKernelPath(
-            tun_ifindex=self.netlink.index(),
-            v4_ifindex=v4_ifindex,
-            ipv4=ipv4,
-            port=self.local[1],
-            prefix=params.prefix,
-            host_specific=params.host_specific,
-            capacity=params.peers,
-        )
+        if self._kernel_load is not None:
+            kernel = self._kernel_load()
+        else:
+            kernel = RelayKernelPath(params.peers)
+        try:
+            v4_ifindex, ipv4 = ipv4_interface(self.local[0])
+            kernel.attach(
+                tun_ifindex=self.netlink.index(),
+                v4_ifindex=v4_ifindex,
+                ipv4=ipv4,
+                port=self.local[1],
+                prefix=params.prefix,
+                host_specific=params.host_specific,
+            )
+        except BaseException:
+            kernel.close()
+            raise
+        return kernel
 
     def _after_timer(self, rows: int) -> None:
         if rows != self._rows:
