@@ -39,6 +39,7 @@ COUNTERS = (
     "decap_other",
     "decap_error",
     "encap_stale",
+    "decap_checksum",
 )
 ETH_IP6 = bytes(6) + bytes((2, 0, 0, 0, 0, 1)) + b"\x86\xdd"
 ETH_IP4 = bytes(6) + bytes((2, 0, 0, 0, 0, 1)) + b"\x08\x00"
@@ -331,13 +332,25 @@ def teredo_datagram(
     return udp4(src, sport, RELAY_IP, RELAY_PORT, inner, csum=csum)
 
 
+def bad_checksum(inner: bytes) -> bytes:
+    """A datagram whose UDP checksum is off by one: the stack would drop it."""
+    good = bytearray(teredo_datagram(inner, csum="full"))
+    check = struct.unpack("!H", good[26:28])[0]
+    good[26:28] = struct.pack("!H", check - 1 if check > 1 else 0x1234)
+    return bytes(good)
+
+
 def test_decap_trusted_peer_is_the_core_bytes(relay_obj: BpfObject) -> None:
     before = counters(relay_obj)
     inner = udp6(PEER, NATIVE, b"from the client")
     assert check_decap(relay_obj, teredo_datagram(inner), (PEER_IP, PEER_PORT))
     assert check_decap(relay_obj, teredo_datagram(inner, csum="partial"), (PEER_IP, PEER_PORT))
+    # A complete checksum that no device verified (test_run's CHECKSUM_NONE): checked here.
+    assert check_decap(relay_obj, teredo_datagram(inner, csum="full"), (PEER_IP, PEER_PORT))
+    long = udp6(PEER, NATIVE, bytes(range(256)) * 5 + b"odd")  # 3 chunks, an odd tail
+    assert check_decap(relay_obj, teredo_datagram(long, csum="full"), (PEER_IP, PEER_PORT))
     after = counters(relay_obj)
-    assert after["decap"] - before["decap"] == 2
+    assert after["decap"] - before["decap"] == 4
     stamp = relay_obj.map("relay_peers").lookup(PEER)
     assert stamp is not None
     assert struct.unpack("=4s2sHII", stamp)[4] != 0
@@ -370,7 +383,7 @@ def test_decap_passes_up_what_it_must_not_forward(relay_obj: BpfObject) -> None:
         "trailer": (teredo_datagram(inner + b"\x00\x01\x00\x00"), src),
         "origin indication": (teredo_datagram(bytes(8) + inner), src),
         "fragment": (bytes(frag), src),
-        "full checksum, not verified by a device": (teredo_datagram(inner, csum="full"), src),
+        "wrong checksum, not verified by a device": (bad_checksum(inner), src),
         "other port": (udp4(PEER_IP, PEER_PORT, RELAY_IP, 3545, inner), src),
         "truncated": (teredo_datagram(inner)[:60], src),
     }
@@ -427,4 +440,9 @@ def test_decap_is_the_core_or_passes_up(
         if at < len(datagram) and not 12 <= at < 16 and not 20 <= at < 22:
             datagram[at] = value
     data = bytes(datagram[: max(20, len(datagram) - cut)])
-    check_decap(host_obj if host_specific else relay_obj, data, source, host_specific=host_specific)
+    obj = host_obj if host_specific else relay_obj
+    if check_decap(obj, data, source, host_specific=host_specific) and csum == "full":
+        # Forwarded with a checksum nobody verified: it must be one the stack would accept.
+        ulen = struct.unpack("!H", data[24:26])[0]
+        pseudo = data[12:20] + struct.pack("!xBH", 17, ulen)
+        assert checksum(pseudo + data[20 : 20 + ulen]) == 0xFFFF

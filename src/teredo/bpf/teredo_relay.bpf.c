@@ -47,6 +47,7 @@ enum relay_counter {
 	C_DECAP_OTHER,      /* not ours, bubbles, ICMPv6, options, fragments...: Python */
 	C_DECAP_ERROR,
 	C_ENCAP_STALE,      /* in the map, but no reception for RELAY_VALID_UNITS: Python */
+	C_DECAP_CHECKSUM,   /* a UDP checksum nobody verified that is wrong, or too long to check */
 	C_MAX,
 };
 
@@ -171,6 +172,63 @@ int relay_encap(struct __sk_buff *skb)
 	return encap_at(skb, cfg, 0);
 }
 
+/* Scratch space for checking a datagram's UDP checksum (one per CPU; tc programs do not nest). */
+#define CSUM_CHUNK 512 /* bpf_csum_diff's limit */
+#define CSUM_CHUNKS 3  /* datagrams up to 1536 bytes: the lab's and the Internet's MTU */
+struct relay_scratch {
+	__u8 b[CSUM_CHUNK];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct relay_scratch);
+} relay_scratch SEC(".maps");
+
+/* 1 when the UDP checksum of the `ulen`-byte datagram at `off` verifies (RFC 768: the one's
+ * complement sum over the IPv4 pseudo header, the header and the data is 0xffff), as the
+ * stack's UDP receive path would check it before the daemon's socket saw the datagram. */
+static __always_inline int udp4_checksum_ok(struct __sk_buff *skb, __u32 off, __u32 ulen,
+					    __be32 saddr, __be32 daddr)
+{
+	__u32 zero = 0;
+	struct relay_scratch *buf = bpf_map_lookup_elem(&relay_scratch, &zero);
+	__u64 sum = teredo_sum_words((const __u8 *)&saddr, 4) +
+		    teredo_sum_words((const __u8 *)&daddr, 4) + IPPROTO_UDP + ulen;
+
+	if (!buf || ulen < 8 || ulen > CSUM_CHUNK * CSUM_CHUNKS)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < CSUM_CHUNKS; i++) {
+		__u32 done = i * CSUM_CHUNK;
+		__u32 n, pad;
+		__s64 part;
+
+		if (done >= ulen)
+			break;
+		n = ulen - done;
+		if (n > CSUM_CHUNK)
+			n = CSUM_CHUNK;
+		if (n < 1)
+			return 0;
+		/* The last 4-byte word, zeroed first: the pad to a multiple of 4 adds nothing. */
+		pad = (n - 1) & ~3U;
+		if (pad > CSUM_CHUNK - 4)
+			return 0;
+		*(__u32 *)(buf->b + pad) = 0;
+		if (bpf_skb_load_bytes(skb, off + done, buf->b, n))
+			return 0;
+		part = bpf_csum_diff(NULL, 0, (__be32 *)buf->b, pad + 4, 0);
+		if (part < 0)
+			return 0;
+		/* bpf_csum_diff adds the bytes as host-order words: its folded sum is the network-order
+		 * sum byte-swapped (one's complement sums commute with the swap; chunks are even). */
+		sum += bpf_ntohs(teredo_fold((__u32)part));
+	}
+	return teredo_fold(sum) == 0xffff;
+}
+
 static __always_inline int decap_at(struct __sk_buff *skb, const struct relay_config *cfg, const __u32 l2)
 {
 	void *data = (void *)(long)skb->data;
@@ -181,6 +239,8 @@ static __always_inline int decap_at(struct __sk_buff *skb, const struct relay_co
 	struct teredo_peer *peer;
 	struct teredo_key key;
 	__u32 tot, ulen;
+	__be32 saddr, daddr;
+	int verify;
 	__u8 d0;
 
 	if ((void *)(ip6 + 1) > data_end)
@@ -202,10 +262,11 @@ static __always_inline int decap_at(struct __sk_buff *skb, const struct relay_co
 	/* The UDP checksum: the stack would verify it. Accepted here when there is none, when the
 	 * device verified it (CHECKSUM_UNNECESSARY), or when it is left to the device by a sender
 	 * on this host or a veth peer (CHECKSUM_PARTIAL, which the stack trusts as well); otherwise
-	 * the stack checks it on the Python path. */
-	if (udp->check && bpf_csum_level(skb, BPF_CSUM_LEVEL_QUERY) < 0 &&
-	    !teredo_udp4_looks_partial(ip, udp))
-		goto other;
+	 * verified below (udp4_checksum_ok) before the packet is decapsulated. */
+	verify = udp->check && bpf_csum_level(skb, BPF_CSUM_LEVEL_QUERY) < 0 &&
+		 !teredo_udp4_looks_partial(ip, udp);
+	saddr = ip->saddr;
+	daddr = ip->daddr;
 	/* Inner: a bare IPv6 packet filling the datagram exactly (no origin indication or
 	 * authentication, no trailers), TCP or UDP (not a bubble, not ICMPv6), hop limit > 1. */
 	if (ip6->version != 6 || TEREDO_IP6_LEN + bpf_ntohs(ip6->payload_len) + sizeof(*udp) != ulen)
@@ -233,6 +294,12 @@ static __always_inline int decap_at(struct __sk_buff *skb, const struct relay_co
 	}
 	if (peer->ipv4 != ip->saddr || peer->port != udp->source) {
 		teredo_count(&relay_counters, C_DECAP_MAPPING);
+		return TC_ACT_OK;
+	}
+	/* Last, once everything else says "forward": a checksum no device verified (CHECKSUM_NONE,
+	 * or CHECKSUM_COMPLETE from some NICs), which the stack would check on the Python path. */
+	if (verify && !udp4_checksum_ok(skb, l2 + sizeof(*ip), ulen, saddr, daddr)) {
+		teredo_count(&relay_counters, C_DECAP_CHECKSUM);
 		return TC_ACT_OK;
 	}
 	if (teredo_decap(skb)) {

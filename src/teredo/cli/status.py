@@ -239,7 +239,7 @@ def _datapath_line(st: Mapping[str, object]) -> str:
     up_encap = _int(k.get("encap_no_peer")) + _int(k.get("encap_stale"))
     up_encap += _int(k.get("encap_partial")) + _int(k.get("encap_other"))
     up_decap = _int(k.get("decap_no_peer")) + _int(k.get("decap_mapping"))
-    up_decap += _int(k.get("decap_other"))
+    up_decap += _int(k.get("decap_other")) + _int(k.get("decap_checksum"))
     return (
         f"datapath   kernel: map {_int(k.get('map_entries'))}, encapsulated "
         f"{_int(k.get('encap'))} (passed up {up_encap}), decapsulated {_int(k.get('decap'))} "

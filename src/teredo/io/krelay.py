@@ -33,6 +33,7 @@ COUNTERS: Final = (
     "decap_other",
     "decap_error",
     "encap_stale",
+    "decap_checksum",
 )
 CFG_HOST_SPECIFIC: Final = 1
 #: relay_peers holds at most this many trusted peers (an LRU hash: the active ones; see
@@ -137,7 +138,8 @@ class RelayKernelPath:
             f"data path: kernel (map {c['map_entries']}, of the above encapsulated {c['encap']} "
             f"(passed up: no peer {c['encap_no_peer']}, stale {c['encap_stale']}, checksum/GSO "
             f"{c['encap_partial']}, other {c['encap_other']}), decapsulated {c['decap']} (passed "
-            f"up: no peer {c['decap_no_peer']}, other mapping {c['decap_mapping']}, other "
+            f"up: no peer {c['decap_no_peer']}, other mapping {c['decap_mapping']}, bad checksum "
+            f"{c['decap_checksum']}, other "
             f"{c['decap_other']}))"
         )
 
