@@ -94,3 +94,9 @@ def test_status_lines_show_sessions_routes_and_next_hops() -> None:
     assert "kernel ECMP via 2001:db8:10:1::2, 2001:db8:10:2::2" in lines[2]
     assert lines[3].split() == ["relay1", "bird", "BGP", "up", "announces", "2001::/32"]
     assert lines[4].split() == ["relay2", "bird", "BGP", "DOWN", "announces"]
+
+
+def test_ping_duplicates_from_the_summary() -> None:
+    dup = "200 packets transmitted, 200 received, +2 duplicates, 0% packet loss, time 4805ms"
+    assert anycast.ping_duplicates(dup) == 2
+    assert anycast.ping_duplicates("200 packets transmitted, 200 received, 0% packet loss") == 0

@@ -225,6 +225,7 @@ def test_relay_kill9_failover_keeps_tcp(lab: Lab) -> None:
     assert anycast.daemon_record(lab, victim) is not None
     assert not anycast.daemon_record(lab, victim).alive()  # type: ignore[union-attr]
     assert failover.outage_seconds < MAX_OUTAGE, failover.line()
+    assert failover.duplicates == 0, failover.line()  # no two relays forwarding one echo
     assert tcp, "the TCP client did not finish"
     assert tcp[0].returncode == 0, tcp[0].stderr
     assert tcp[0].stdout.startswith("echoed "), tcp[0].stdout
@@ -249,6 +250,7 @@ def test_relay_kill9_failover_our_client(lab: Lab) -> None:
     failover = anycast.stop_relay_under_ping(lab, target, signal.SIGKILL, seconds=4.0)
     print(f"\n{failover.line()}")
     assert failover.outage_seconds < MAX_OUTAGE, failover.line()
+    assert failover.duplicates == 0, failover.line()  # no two relays forwarding one echo
     assert received(lab.ping("native", target, count=3).stdout) >= 3
     restart_relay(lab, int(failover.relay.removeprefix("relay")))
 
@@ -263,6 +265,7 @@ def test_relay_sigterm_drains_without_loss(lab: Lab) -> None:
     failover = anycast.stop_relay_under_ping(lab, target, signal.SIGTERM, seconds=3.0)
     print(f"\n{failover.line()}")
     assert failover.lost == 0, failover.line()
+    assert failover.duplicates == 0, failover.line()
     deadline = time.monotonic() + 30
     while record.alive():
         assert time.monotonic() < deadline, f"{victim} still running after its drain"

@@ -548,6 +548,9 @@ class Failover:
     received: int
     max_rtt_ms: float  # echoes held in the new relay's queue while it bubbles the client
     interval: float
+    #: Echo replies received twice (ping's "+N duplicates"): two relays both forwarding one
+    #: packet during the handover would show here; 0 in every run measured (docs/scale.md).
+    duplicates: int = 0
 
     @property
     def lost(self) -> int:
@@ -560,14 +563,22 @@ class Failover:
         return self.lost * self.interval + self.max_rtt_ms / 1000
 
     def line(self) -> str:
+        dup = f", {self.duplicates} DUPLICATED" if self.duplicates else ""
         return (
             f"{self.how} {self.relay}: withdrawn in {self.withdraw_seconds * 1000:.0f} ms, "
-            f"{self.received}/{self.sent} echoes ({self.lost} lost), longest round trip "
+            f"{self.received}/{self.sent} echoes ({self.lost} lost{dup}), longest round trip "
             f"{self.max_rtt_ms:.1f} ms: client unreachable for {self.outage_seconds:.3f} s"
         )
 
 
 _RTT = re.compile(r"time=([\d.]+) ms")
+_DUPLICATES = re.compile(r"\+(\d+) duplicates")
+
+
+def ping_duplicates(output: str) -> int:
+    """Echo replies ping received more than once ("+N duplicates" in its summary)."""
+    found = _DUPLICATES.search(output)
+    return int(found.group(1)) if found else 0
 
 
 def stop_relay_under_ping(
@@ -615,6 +626,7 @@ def stop_relay_under_ping(
         received=counts[1],
         max_rtt_ms=max(rtts, default=0.0),
         interval=interval,
+        duplicates=ping_duplicates(output),
     )
 
 
