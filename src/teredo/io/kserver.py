@@ -83,9 +83,21 @@ def host_ttl() -> int:
         return 64
 
 
+_IFF_LOOPBACK: Final = 0x8
+
+
+def _link(ipr: IPRoute, index: int) -> tuple[int, str, str, bool]:
+    link = ipr.get_links(index)[0]
+    info = link.get("IFLA_LINKINFO")
+    kind = str(info.get("IFLA_INFO_KIND") or "") if info is not None else ""
+    return index, str(link.get("IFLA_IFNAME")), kind, bool(link["flags"] & _IFF_LOOPBACK)
+
+
 def server_interfaces(params: ServerParams) -> list[tuple[int, str, str]]:
-    """(ifindex, name, link kind) of each interface holding a server address, each once, or
-    OSError naming the address that no interface holds."""
+    """(ifindex, name, link kind) of each interface the server's datagrams arrive on, each
+    once: the interface holding a server address; for an address on the loopback or held by a
+    local route only (anycast: docs/scale.md), the interfaces of the default IPv4 routes, where
+    the router delivers it. OSError when there is none."""
     found: dict[int, tuple[int, str, str]] = {}
     with IPRoute() as ipr:
         addrs = ipr.get_addr(family=2)
@@ -99,13 +111,23 @@ def server_interfaces(params: ServerParams) -> list[tuple[int, str, str]]:
                 ),
                 None,
             )
-            if index is None:
-                raise OSError(f"no interface holds {dotted}")
-            if index not in found:
-                link = ipr.get_links(index)[0]
-                info = link.get("IFLA_LINKINFO")
-                kind = str(info.get("IFLA_INFO_KIND") or "") if info is not None else ""
-                found[index] = (index, str(link.get("IFLA_IFNAME")), kind)
+            link = _link(ipr, index) if index is not None else None
+            if link is not None and not link[3]:
+                found.setdefault(link[0], link[:3])
+                continue
+            routed = [
+                int(r.get("RTA_OIF"))
+                for r in ipr.get_routes(family=2)
+                if r["dst_len"] == 0 and r.get("RTA_OIF")
+            ]
+            if not routed:
+                raise OSError(f"{dotted} is on no interface but the loopback and no default route")
+            for oif in routed:
+                out = _link(ipr, oif)
+                if not out[3]:
+                    found.setdefault(out[0], out[:3])
+    if not found:
+        raise OSError("no interface but the loopback receives the server's datagrams")
     return list(found.values())
 
 
