@@ -19,7 +19,7 @@ from teredo.core.addr import Address
 from teredo.core.counters import DropReason
 from teredo.core.ipv6 import build_rs
 from teredo.core.server import ServerLimits, ServerMachine, ServerParams
-from teredo.io.kserver import pack_config
+from teredo.io.kserver import pack_config, reset_buckets
 from teredo.io.libbpf import BpfObject, possible_cpus
 
 from .bpftest import load
@@ -292,6 +292,16 @@ def test_rate_limit_per_socket(obj: BpfObject) -> None:
     assert verdicts == [(XDP_TX, True)] * 3 + [(XDP_DROP, False)] * 2 + [(XDP_TX, True)]
     assert pair.core.drops.get(DropReason.RS_RATE_LIMITED) == 2
     assert pair.counters() == {"ra": 4, "rs_rate_limited": 2, "passed": 0}
+
+
+def test_reset_buckets_gives_a_full_burst_again(obj: BpfObject) -> None:
+    """A reload (io/kserver.ServerKernelPath.configure) starts the buckets afresh, as the core's."""
+    limits = ServerLimits(rs_rate=SLOW, rs_burst=2.0, rs_ipv4_burst=1e6, rs_total_rate=1e6)
+    pair = Pair(obj, limits)
+    rs = frame(auth() + build_rs())
+    assert [pair.kernel(rs)[0] for _ in range(3)] == [XDP_TX, XDP_TX, XDP_DROP]
+    reset_buckets(obj)
+    assert [pair.kernel(rs)[0] for _ in range(3)] == [XDP_TX, XDP_TX, XDP_DROP]
 
 
 def test_rate_limit_per_ipv4_and_overall(obj: BpfObject) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "ServerKernelPath",
     "pack_config",
     "pack_limit",
+    "reset_buckets",
     "server_interfaces",
 ]
 
@@ -131,6 +132,16 @@ def server_interfaces(params: ServerParams) -> list[tuple[int, str, str]]:
     return list(found.values())
 
 
+def reset_buckets(obj: BpfObject) -> None:
+    """Every RS bucket full again: the per-socket and per-IPv4 entries deleted (a bucket never
+    seen holds a full burst), the overall one stamped 0 (full at its next RS)."""
+    for name in ("rs_socket", "rs_ipv4"):
+        buckets = obj.map(name)
+        for key in list(buckets.keys()):
+            buckets.delete(key)
+    obj.map("rs_total").update(_ZERO, bytes(16))
+
+
 def xdp_mode(kind: str) -> int:
     """Native XDP, except on a veth: there a frame sent back with XDP_TX reaches the peer only
     if the peer runs NAPI (GRO on, or an XDP program of its own), which this host cannot see
@@ -169,8 +180,10 @@ class ServerKernelPath:
         self._counters = self._programs.map("server_counters")
 
     def configure(self, params: ServerParams) -> None:
-        """A reload: the new limits (and MTU, prefix) at once; the buckets carry on."""
+        """A reload: the new limits (and MTU, prefix) at once; the buckets start afresh, as
+        the Python path's do (a new ServerMachine)."""
         self._programs.map("server_cfg").update(_ZERO, pack_config(params, self.ttl))
+        reset_buckets(self._programs.obj)
 
     def counters(self) -> dict[str, int]:
         return read_counters(self._counters, COUNTERS)
