@@ -46,7 +46,7 @@ from teredo.io.discovery import (
 )
 from teredo.io.driver import LockedTimer, Reload, StartError, Undo, bind_error
 from teredo.io.hook import HookRunner
-from teredo.io.kmirror import SYNC_INTERVAL
+from teredo.io.kmirror import MirrorTimer
 from teredo.io.loop import DaemonLoop
 from teredo.io.netwatch import Change, NetworkWatch
 from teredo.io.resolve import Resolution, ServerResolver, is_literal, resolve_ipv4
@@ -563,7 +563,14 @@ class ClientDaemon:
             return
         if not self._mirror_timer:
             self._mirror_timer = True
-            self.loop.add_machine(_MirrorTimer(self))
+            self.loop.add_machine(
+                MirrorTimer(
+                    lambda: self.kernel,
+                    lambda: None if self.machine is None else self.machine.peers,
+                    self._lock,
+                    self.loop.clock,
+                )
+            )
 
     def _close_kernel(self) -> None:
         with self._lock:
@@ -692,35 +699,6 @@ class ClientDaemon:
 
     def _start_servers(self) -> None:
         self.servers.start(self._candidates(), self.options.bind_address)
-
-
-class _MirrorTimer:
-    """The kernel mirror's reconciliation (io/kmirror.py `sync`: the kernel's use read back
-    into the core, the core's receptions written down) as a timer of the loop, under the lock."""
-
-    __slots__ = ("_daemon",)
-
-    def __init__(self, daemon: ClientDaemon) -> None:
-        self._daemon = daemon
-
-    def next_deadline(self) -> float | None:
-        kernel = self._daemon.kernel
-        if kernel is None:
-            return None
-        if kernel.next_sync is None:
-            kernel.next_sync = self._daemon.loop.clock() + SYNC_INTERVAL
-        return kernel.next_sync
-
-    def handle_timer(self, now: float) -> None:
-        daemon = self._daemon
-        with daemon._lock:
-            kernel = daemon.kernel
-            if kernel is None or (kernel.next_sync is not None and now < kernel.next_sync):
-                return
-            if daemon.machine is None:
-                kernel.next_sync = now + SYNC_INTERVAL
-                return
-            kernel.sync(daemon.machine.peers, now)
 
 
 def _ignore(data: bytes, source: tuple[str, int], now: float) -> None:

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import math
 import struct
+import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Final, Protocol
 
 from teredo.core.peers import PeerTable
 from teredo.io.datapath import object_path
@@ -46,6 +47,7 @@ __all__ = [
     "SYNC_CYCLE",
     "SYNC_INTERVAL",
     "KernelPrograms",
+    "MirrorTimer",
     "PeerMapMirror",
     "boottime",
     "read_counters",
@@ -266,3 +268,51 @@ class PeerMapMirror:
             "mirror_repairs": self.repaired,
             "mirror_errors": self.errors,
         }
+
+
+class _Mirrored(Protocol):
+    """A daemon's kernel path (io/krelay.py, io/kclient.py): its mirror's `sync` and when."""
+
+    next_sync: float | None
+
+    def sync(self, peers: PeerTable, now: float) -> None: ...
+
+
+class MirrorTimer:
+    """The mirror's reconciliation (`PeerMapMirror.sync`: the kernel's use read back into the
+    core, the core's receptions written down) as a timer of a daemon's loop, under the lock of
+    its data path. One for every daemon: `kernel()` and `peers()` say what there is now (None:
+    no kernel path any more, or no machine yet)."""
+
+    __slots__ = ("_clock", "_kernel", "_lock", "_peers")
+
+    def __init__(
+        self,
+        kernel: Callable[[], _Mirrored | None],
+        peers: Callable[[], PeerTable | None],
+        lock: threading.Lock,
+        clock: Callable[[], float],
+    ) -> None:
+        self._kernel = kernel
+        self._peers = peers
+        self._lock = lock
+        self._clock = clock
+
+    def next_deadline(self) -> float | None:
+        kernel = self._kernel()
+        if kernel is None:
+            return None
+        if kernel.next_sync is None:
+            kernel.next_sync = self._clock() + SYNC_INTERVAL
+        return kernel.next_sync
+
+    def handle_timer(self, now: float) -> None:
+        with self._lock:
+            kernel = self._kernel()
+            if kernel is None or (kernel.next_sync is not None and now < kernel.next_sync):
+                return
+            peers = self._peers()
+            if peers is None:
+                kernel.next_sync = now + SYNC_INTERVAL
+                return
+            kernel.sync(peers, now)

@@ -38,7 +38,7 @@ from teredo.core.relay import RelayMachine, RelayParams
 from teredo.io.datapath import DatapathError, start_kernel
 from teredo.io.datathread import DataThread, Feed
 from teredo.io.driver import LockedTimer, Reload, StartError, Undo, bind_udp
-from teredo.io.kmirror import SYNC_INTERVAL
+from teredo.io.kmirror import MirrorTimer
 from teredo.io.krelay import RelayKernelPath, ipv4_interface
 from teredo.io.loop import DaemonLoop
 from teredo.io.memory import release_free_memory
@@ -154,31 +154,6 @@ def ipv6_forwarding_enabled() -> bool | None:
         return None
 
 
-class _MirrorTimer:
-    """The kernel mirror's reconciliation (io/kmirror.py `sync`) as a timer of the loop, under the
-    data path's lock."""
-
-    __slots__ = ("_kernel", "_lock", "_machine")
-
-    def __init__(
-        self, kernel: RelayKernelPath, machine: RelayMachine, lock: threading.Lock, now: float
-    ) -> None:
-        self._kernel = kernel
-        self._machine = machine
-        self._lock = lock
-        kernel.next_sync = now + SYNC_INTERVAL
-
-    def next_deadline(self) -> float | None:
-        return self._kernel.next_sync
-
-    def handle_timer(self, now: float) -> None:
-        due = self._kernel.next_sync
-        if due is not None and now < due:
-            return
-        with self._lock:
-            self._kernel.sync(self._machine.peers, now)
-
-
 class RelayDaemon:
     """A relay machine, its socket, TUN interface, netlink watcher and loop."""
 
@@ -258,7 +233,10 @@ class RelayDaemon:
             self._undo.push(lambda: setattr(self.machine.peers, "watch", None))
             if params.host_specific:
                 kernel.set_own_addresses(self.machine.own_addresses)
-            self.loop.add_machine(_MirrorTimer(kernel, self.machine, self.lock, self.loop.clock()))
+            machine = self.machine
+            self.loop.add_machine(
+                MirrorTimer(lambda: kernel, lambda: machine.peers, self.lock, self.loop.clock)
+            )
         self._rows = self.machine.peers.allocated
         self.loop.add_machine(
             LockedTimer(
