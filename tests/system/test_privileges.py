@@ -94,6 +94,11 @@ def test_daemons_run_unprivileged_and_serve(lab: Lab) -> None:
     assert client["datapath"] == "kernel", client
     assert client["kernel"]["serving"] == 1, client["kernel"]
     assert client["kernel"]["encap"] > 0, client["kernel"]
+    # So did the relay and the server (the relay used to load after the drop and crash).
+    for host in ("relay", "server"):
+        shown = lab.exec(host, status, timeout=20, check=False)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)[0]["status"]["datapath"] == "kernel", (host, shown.stdout)
     drop = ["setpriv", "--reuid", USER, "--regid", USER, "--clear-groups"]
     as_user = lab.exec("client1", [*drop, *status], timeout=20, check=False)
     assert as_user.returncode == 0, as_user.stderr
