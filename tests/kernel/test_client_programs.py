@@ -53,6 +53,7 @@ COUNTERS = (
     "decap_error",
     "encap_stale",
     "decap_stale",
+    "encap_gso",
 )
 ETH_IP6 = bytes(6) + bytes((2, 0, 0, 0, 0, 1)) + b"\x86\xdd"
 ETH_IP4 = bytes(6) + bytes((2, 0, 0, 0, 0, 1)) + b"\x08\x00"
@@ -585,3 +586,96 @@ def test_checksum_left_to_the_device_where_the_device_completes_it(address: byte
         configure(obj, address)
         got = run(obj.program("client_encap"), ETH_IP6 + partial)
         assert (got.retval, got.data) == (TC_ACT_OK, ETH_IP6 + partial)
+
+
+# --- GSO packets of a local TCP socket (client_encap) ----------------------------------------
+
+# struct __sk_buff (uapi bpf.h; its layout is ABI): bpf_prog_test_run_opts takes gso_segs and
+# gso_size from it, and gives them back after the run.
+SKB_CTX_SIZE = 192
+GSO_SEGS_AT = 164
+GSO_SIZE_AT = 176
+MSS = 1208  # what the TUN's MTU of 1280 makes of a TCP segment with timestamps
+ACK_PSH = 0x18
+
+
+def gso_ctx(segs: int, size: int) -> bytes:
+    ctx = bytearray(SKB_CTX_SIZE)
+    struct.pack_into("=I", ctx, GSO_SEGS_AT, segs)
+    struct.pack_into("=I", ctx, GSO_SIZE_AT, size)
+    return bytes(ctx)
+
+
+def ctx_gso(ctx: bytes) -> tuple[int, int]:
+    return struct.unpack_from("=I", ctx, GSO_SEGS_AT)[0], struct.unpack_from(
+        "=I", ctx, GSO_SIZE_AT
+    )[0]
+
+
+def tcp_segment(
+    src: bytes, dst: bytes, seq: int, flags: int, body: bytes, *, partial: bool
+) -> bytes:
+    """An IPv6 TCP segment, its checksum complete or (`partial`) only the pseudo-header sum,
+    as a local socket leaves it to the device (CHECKSUM_PARTIAL)."""
+    length = 20 + len(body)
+    pseudo = src + dst + struct.pack("!IxxxB", length, 6)
+    head = struct.pack("!HHIIBBHHH", 1234, 80, seq, 7, 5 << 4, flags, 65535, 0, 0)
+    csum = checksum(pseudo) if partial else 0xFFFF - checksum(pseudo + head + body) or 0xFFFF
+    return ipv6(src, dst, head[:16] + struct.pack("!H", csum) + head[18:] + body, nh=6)
+
+
+def tcp_gso(src: bytes, dst: bytes, count: int) -> bytes:
+    """A local socket's GSO packet of `count` full segments: one IPv6 + TCP header in front of
+    all the data, the checksum left to the device (the stack segments it at the device)."""
+    data = bytes(i * 7 & 0xFF for i in range(count * MSS))
+    return tcp_segment(src, dst, 1000, ACK_PSH, data, partial=True)
+
+
+def test_gso_packet_the_kernel_cannot_grow_goes_up_unchanged(address: bytes) -> None:
+    """CFG_DEVICE_CSUM: a TCP GSO packet for a trusted peer reaches the encapsulation (the
+    system test tests/system/test_client_kernel.py shows real ones carried, segmented by the
+    device, bytes intact). test_run cannot mark a packet TCP GSO (struct __sk_buff has
+    gso_size and gso_segs, not gso_type), and bpf_skb_adjust_room refuses a GSO packet of
+    another kind before changing it: so here the packet must go up as it was, counted as a
+    helper error, never half made. (test_run takes at most a page: 2 segments.)"""
+    with load("teredo_client") as obj:
+        configure(obj, address, flags=1)
+        for dst in (PEER, NATIVE):
+            whole = tcp_gso(address, dst, 2)
+            before = counters(obj)
+            got = obj.program("client_encap").test_run(ETH_IP6 + whole, ctx=gso_ctx(2, MSS))
+            assert (got.retval, got.data) == (TC_ACT_OK, ETH_IP6 + whole)
+            assert ctx_gso(got.ctx) == (2, MSS)
+            after = counters(obj)
+            assert after["encap_error"] - before["encap_error"] == 1
+            assert after["encap"] == before["encap"]
+            assert after["encap_gso"] == before["encap_gso"] == 0
+
+
+def test_gso_packets_go_up_where_the_device_would_not_segment_them(address: bytes) -> None:
+    """Without CFG_DEVICE_CSUM (a veth's TSO would carry the whole packet, partial checksums
+    inside, to the next namespace), for a peer not in the map or stale, and for a UDP GSO
+    packet (UDP_SEGMENT): the Python path, the packet unchanged."""
+    whole = tcp_gso(address, PEER, 2)
+    udp_whole = udp6(address, PEER, bytes(2 * MSS))
+    unknown = tcp_gso(address, UNKNOWN_PEER, 2)
+    with load("teredo_client") as obj:
+        configure(obj, address)
+        got = obj.program("client_encap").test_run(ETH_IP6 + whole, ctx=gso_ctx(2, MSS))
+        assert (got.retval, got.data) == (TC_ACT_OK, ETH_IP6 + whole)
+        assert counters(obj)["encap_partial"] == 1
+    with load("teredo_client") as obj:
+        configure(obj, address, flags=1)
+        for packet in (udp_whole, unknown):
+            got = obj.program("client_encap").test_run(ETH_IP6 + packet, ctx=gso_ctx(2, MSS))
+            assert (got.retval, got.data) == (TC_ACT_OK, ETH_IP6 + packet)
+        mirror(obj, PEER, (PEER_IP, PEER_PORT), ago=31)
+        got = obj.program("client_encap").test_run(ETH_IP6 + whole, ctx=gso_ctx(2, MSS))
+        assert (got.retval, got.data) == (TC_ACT_OK, ETH_IP6 + whole)
+        c = counters(obj)
+        assert (c["encap"], c["encap_partial"], c["encap_no_peer"], c["encap_stale"]) == (
+            0,
+            1,
+            1,
+            1,
+        )

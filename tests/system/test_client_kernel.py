@@ -350,3 +350,72 @@ def test_local_tcp_in_the_kernel_where_the_device_completes_checksums(lab: Lab) 
         lab.exec("client1", ["ethtool", "-K", "eth0", "tx", "on"], check=False)
         lab.stop("client1")
         clientfaults.start_client(lab, 1)
+
+
+# Datagrams leaving the client's host, as the NAT receives them: all of them, and those longer
+# than the link's MTU (a GSO packet that crossed the veth whole, unsegmented).
+NAT_RULES = """table inet kc_nat {
+  counter teredo { }
+  counter oversize { }
+  chain count {
+    type filter hook prerouting priority -300; policy accept;
+    iifname "in0" meta l4proto udp meta length > 1000 counter name teredo
+    iifname "in0" meta l4proto udp meta length > 1500 counter name oversize
+  }
+}
+"""
+
+
+def nat_count(lab: Lab, name: str) -> int:
+    out = lab.exec("nat1", ["nft", "-j", "list", "counter", "inet", "kc_nat", name]).stdout
+    for item in json.loads(out)["nftables"]:
+        if "counter" in item:
+            return int(item["counter"]["packets"])
+    raise AssertionError(f"nat1: no counter {name} in {out}")
+
+
+def upload(lab: Lab, dst_host: str, dst: str, size: int, port: int) -> list[str]:
+    """`size` bytes by TCP from client1 to `dst` (on `dst_host`): the sink's "got N sha256"."""
+    sink = lab.popen(dst_host, [sys.executable, "-u", "-c", TCP_SINK, str(port)], name="sink")
+    log = Path(lab.procs[-1].log)
+    time.sleep(0.5)
+    lab.exec("client1", [sys.executable, "-c", TCP_SOURCE, dst, str(port), str(size)], timeout=90)
+    sink.wait(timeout=60)
+    return log.read_text(encoding="utf-8").split()[-2:]
+
+
+def test_bulk_tcp_upload_is_segmented_after_encapsulation_in_the_kernel(lab: Lab) -> None:
+    """The client host's own bulk TCP reaches client_encap as GSO packets of up to 64 KiB
+    (tcp_sendmsg builds them whatever the TUN's features; the stack segments them only after
+    tc egress). With the IPv4 interface's TX checksum offload off, the program encapsulates
+    them whole as UDP tunnel packets and the device segments them in software, each segment
+    with the outer header and a complete inner checksum (docs/kernel.md): 4 MiB uploads to
+    the other client and to the native host (through our relay) arrive intact, the GSO
+    packets counted in encap_gso, none passed up, and no datagram longer than the link's MTU
+    reaches the NAT."""
+    lab.exec("client1", ["ethtool", "-K", "eth0", "tx", "off"])
+    lab.exec("nat1", ["nft", "-f", "-"], input_text=NAT_RULES)
+    try:
+        lab.stop("client1")
+        clientfaults.start_client(lab, 1)
+        a1, a2 = address(lab, 1), address(lab, 2)
+        for src, dst in (("client1", a2), ("client2", a1), ("client1", NATIVE_V6)):
+            assert received(lab.ping(src, dst, count=3, deadline=15).stdout) >= 2, (src, dst)
+        size = 4 << 20
+        want = [str(size), hashlib.sha256(bytes(range(256)) * (size // 256)).hexdigest()]
+        for dst_host, dst, port in (("client2", a2, 5002), ("native", NATIVE_V6, 5003)):
+            before, sent0 = kernel(lab, "client1"), nat_count(lab, "teredo")
+            assert before["device_checksum"] == 1, before
+            assert upload(lab, dst_host, dst, size, port) == want, dst_host
+            after = kernel(lab, "client1")
+            gso = after["encap_gso"] - before["encap_gso"]
+            # 4 MiB is about 3,500 segments of 1,208 bytes; a GSO packet carries 2 to 45.
+            assert gso >= 20, (dst_host, before, after)
+            assert after["encap_partial"] == before["encap_partial"], (dst_host, before, after)
+            assert nat_count(lab, "teredo") - sent0 >= 3400, dst_host
+        assert nat_count(lab, "oversize") == 0
+    finally:
+        lab.exec("nat1", ["nft", "delete", "table", "inet", "kc_nat"], check=False)
+        lab.exec("client1", ["ethtool", "-K", "eth0", "tx", "on"], check=False)
+        lab.stop("client1")
+        clientfaults.start_client(lab, 1)

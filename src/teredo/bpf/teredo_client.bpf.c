@@ -60,6 +60,7 @@ enum client_counter {
 	C_DECAP_ERROR,
 	C_ENCAP_STALE,      /* in the map, last reception too old (section 5.2.4): Python */
 	C_DECAP_STALE,      /* the same on reception (the core may be re-checking the peer) */
+	C_ENCAP_GSO,        /* of C_ENCAP: TCP GSO super-packets (the device segments them) */
 	C_MAX,
 };
 
@@ -103,6 +104,18 @@ static __always_inline int is_ours(const struct client_config *cfg, const __u8 *
 	return a[0] == b[0] && a[1] == b[1];
 }
 
+/* teredo_encap() for a GSO packet: the same outer header, the segment size kept. */
+static __always_inline int encap_gso(struct __sk_buff *skb, __u32 l2, const struct teredo_outer *h)
+{
+	int err = bpf_skb_adjust_room(skb, TEREDO_ENCAP_LEN, BPF_ADJ_ROOM_MAC,
+				      BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
+					      BPF_F_ADJ_ROOM_FIXED_GSO);
+
+	if (err)
+		return err;
+	return bpf_skb_store_bytes(skb, l2, h, sizeof(*h), 0);
+}
+
 static __always_inline int encap_at(struct __sk_buff *skb, const struct client_config *cfg, const __u32 l2)
 {
 	void *data = (void *)(long)skb->data;
@@ -113,6 +126,7 @@ static __always_inline int encap_at(struct __sk_buff *skb, const struct client_c
 	struct teredo_key key;
 	__u32 len = skb->len - l2;
 	__u16 check;
+	int gso;
 
 	if ((void *)(ip6 + 1) > data_end || skb->len < l2 + TEREDO_IP6_LEN)
 		goto other;
@@ -136,12 +150,18 @@ static __always_inline int encap_at(struct __sk_buff *skb, const struct client_c
 		teredo_count(&client_counters, C_ENCAP_STALE);
 		return TC_ACT_OK;
 	}
-	if (skb->gso_segs > 1 || skb->gso_size) {
-		/* Segmenting is the TUN path's job (validate_xmit_skb). */
+	gso = skb->gso_size != 0;
+	if (gso && (!(cfg->flags & CFG_DEVICE_CSUM) || ip6->nexthdr != IPPROTO_TCP)) {
+		/* A GSO packet (a local TCP socket's bulk write, tcp_sendmsg builds them whatever
+		 * the TUN's features) is encapsulated as a UDP tunnel packet below, segmented by
+		 * the output device (software GSO: validate_xmit_skb) with complete checksums:
+		 * only where that device completes checksums (else its TSO would carry the whole
+		 * packet, partial checksums inside, to the next namespace). Other GSO kinds
+		 * (UDP_SEGMENT) are the TUN path's. */
 		teredo_count(&client_counters, C_ENCAP_PARTIAL);
 		return TC_ACT_OK;
 	}
-	if (ip6->nexthdr == IPPROTO_TCP || ip6->nexthdr == IPPROTO_UDP) {
+	if (!gso && (ip6->nexthdr == IPPROTO_TCP || ip6->nexthdr == IPPROTO_UDP)) {
 		__u32 at = ip6->nexthdr == IPPROTO_TCP ? 16 : 6;
 
 		if (!(cfg->flags & CFG_DEVICE_CSUM) &&
@@ -154,7 +174,11 @@ static __always_inline int encap_at(struct __sk_buff *skb, const struct client_c
 	if (len > 0xffff - TEREDO_ENCAP_LEN)
 		goto other;
 	teredo_outer_fill(&outer, cfg->ipv4, cfg->port, peer->ipv4, peer->port, len);
-	if (teredo_encap(skb, l2, &outer)) {
+	/* A GSO packet keeps its segment size (BPF_F_ADJ_ROOM_FIXED_GSO): each segment is the
+	 * one the TUN path would read (the TUN's MTU made the MSS), with the outer header in
+	 * front, which the segmentation copies to each (lengths, IPv4 ID + n and header checksum
+	 * rewritten per segment; UDP checksum 0, SKB_GSO_UDP_TUNNEL). */
+	if (gso ? encap_gso(skb, l2, &outer) : teredo_encap(skb, l2, &outer)) {
 		teredo_count(&client_counters, C_ENCAP_ERROR);
 		return TC_ACT_OK; /* adjust_room failed before changing the packet */
 	}
@@ -172,6 +196,8 @@ static __always_inline int encap_at(struct __sk_buff *skb, const struct client_c
 	}
 	teredo_touch(&peer->last_tx);
 	teredo_count(&client_counters, C_ENCAP);
+	if (gso)
+		teredo_count(&client_counters, C_ENCAP_GSO);
 	return bpf_redirect_neigh(cfg->out_ifindex, NULL, 0, 0);
 other:
 	teredo_count(&client_counters, C_ENCAP_OTHER);

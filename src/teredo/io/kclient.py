@@ -50,6 +50,7 @@ COUNTERS: Final = (
     "decap_error",
     "encap_stale",
     "decap_stale",
+    "encap_gso",
 )
 #: The core's peer capacity (ClientParams.peer_capacity's default).
 CAPACITY: Final = 65536
@@ -223,6 +224,7 @@ class ClientKernelPath:
         state = "on" if c["serving"] else f"off ({self._why_off or 'not qualified'})"
         return (
             f"data path: kernel {state} (map {c['map_entries']}, encapsulated {c['encap']} "
+            f"(GSO {c['encap_gso']}) "
             f"(passed up: no peer {c['encap_no_peer']}, stale {c['encap_stale']}, checksum/GSO "
             f"{c['encap_partial']}, other {c['encap_other']}), decapsulated {c['decap']} (passed "
             f"up: no peer {c['decap_no_peer']}, other mapping {c['decap_mapping']}, stale "

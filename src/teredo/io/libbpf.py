@@ -226,6 +226,7 @@ class TestRun:
     retval: int
     data: bytes
     duration_ns: int
+    ctx: bytes = b""  # the struct __sk_buff after the run, when one was given
 
 
 class BpfProgram:
@@ -251,9 +252,13 @@ class BpfProgram:
             )
         return BpfLink(fd, f"{self.name}@{ifindex}")
 
-    def test_run(self, data: bytes, *, repeat: int = 1, out_size: int = 4096) -> TestRun:
+    def test_run(
+        self, data: bytes, *, repeat: int = 1, out_size: int = 4096, ctx: bytes | None = None
+    ) -> TestRun:
         """Run the program once (or `repeat` times) on `data`, a packet from its Ethernet
-        header on (tc and XDP programs), without a device: the tests' way into the kernel."""
+        header on (tc and XDP programs), without a device: the tests' way into the kernel.
+        `ctx`: a struct __sk_buff for a tc program (the kernel takes a few fields of it, e.g.
+        gso_segs and gso_size), returned as it is after the run in TestRun.ctx."""
         lib = libbpf()
         din = ctypes.create_string_buffer(data, len(data))
         dout = ctypes.create_string_buffer(max(out_size, len(data) + 256))
@@ -264,9 +269,18 @@ class BpfProgram:
         opts.data_out = ctypes.cast(dout, ctypes.c_void_p)
         opts.data_size_out = len(dout)
         opts.repeat = repeat
+        cin = cout = None
+        if ctx is not None:
+            cin = ctypes.create_string_buffer(ctx, len(ctx))
+            cout = ctypes.create_string_buffer(len(ctx))
+            opts.ctx_in = ctypes.cast(cin, ctypes.c_void_p)
+            opts.ctx_size_in = len(ctx)
+            opts.ctx_out = ctypes.cast(cout, ctypes.c_void_p)
+            opts.ctx_size_out = len(ctx)
         with lib.lock:
             lib.check(f"test run of {self.name}", lib.lib.bpf_prog_test_run_opts(self.fd, opts))
-        return TestRun(opts.retval, dout.raw[: opts.data_size_out], opts.duration)
+        ctx_out = cout.raw[: opts.ctx_size_out] if cout is not None else b""
+        return TestRun(opts.retval, dout.raw[: opts.data_size_out], opts.duration, ctx_out)
 
 
 class BpfMap:
