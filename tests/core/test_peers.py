@@ -1005,3 +1005,25 @@ def test_a_grown_table_agrees_with_a_dict_under_churn(monkeypatch: pytest.Monkey
     assert len(model) <= table.stats().allocated <= 500
     table.clear()
     assert table.stats().allocated == 1
+
+
+def test_trusted_used_since_lists_the_recent_uses_first() -> None:
+    """The mirror's re-insert walk (io/kmirror.py): trusted peers used after a time, newest
+    first, bounded; untrusted peers and older uses are not listed."""
+    table = PeerTable(16, epoch=0.0)
+    rows = []
+    for i in range(4):
+        row = table.insert(bytes(15) + bytes((i,)), 1.0)
+        assert row is not None
+        table.trust(row, 0x0A000001, 4000 + i, 1.0)
+        rows.append(row)
+    untrusted = table.insert(bytes(15) + b"\x09", 1.0)
+    assert untrusted is not None
+    table.touch_tx(rows[1], 3.0)
+    table.touch_rx(rows[3], 4.0)
+    table.touch_tx(untrusted, 4.5)
+    assert table.trusted_used_since(2.0, 10) == [rows[3], rows[1]]
+    assert table.trusted_used_since(2.0, 1) == [rows[3]]
+    assert table.trusted_used_since(4.0, 10) == []
+    assert table.trusted_used_since(0.0, 10)[:2] == [rows[3], rows[1]]
+    assert len(table.trusted_used_since(0.0, 10)) == 4

@@ -12,10 +12,12 @@ from collections.abc import Iterator
 import pytest
 
 from teredo.core.peers import PeerTable
+from teredo.io import kmirror
+from teredo.io.datapath import object_path
 from teredo.io.kmirror import MIN_BUDGET, PEER_VALUE, PeerMapMirror, boottime, stamp
 from teredo.io.libbpf import BpfMap, BpfObject
 
-from .bpftest import load
+from .bpftest import TC_ACT_OK, TC_ACT_REDIRECT, load, run
 
 T0 = boottime()
 
@@ -145,3 +147,103 @@ def test_the_walk_covers_a_large_map_in_bounded_steps(relay_obj: BpfObject) -> N
             break
     assert mirror.entries == n, "one walk saw every entry once"
     assert len(entries(m)) == n
+
+
+# --- re-insert on use (an entry the kernel's LRU evicted) ------------------------------------
+
+
+def test_a_peer_gone_from_the_map_comes_back_on_its_next_use(relay_obj: BpfObject) -> None:
+    table, mirror, m, _ = setup(relay_obj)
+    a, b = mapping("203.0.113.11", 40000), mapping("203.0.113.12", 50000)
+    row1 = trusted(table, 1, a, T0)
+    trusted(table, 2, b, T0)
+    mirror.sync(table, T0 + 1)
+    m.delete(addr(1))  # what the kernel's LRU does to a full map, without telling anyone
+    m.delete(addr(2))
+    # The Python path sends to peer 1 (sending case 1: still valid, heard at T0).
+    assert table.send_row(addr(1), T0 + 2.5) == row1
+    mirror.sync(table, T0 + 3)
+    got = entries(m)
+    assert set(got) == {addr(1)}, "used: back in the kernel; unused: stays on the Python path"
+    assert got[addr(1)][0] == a
+    assert got[addr(1)][2] == stamp(table.last_rx(row1)), "valid as long as the core says"
+    assert mirror.reinserted == 1
+    # A present entry is left as it is (the kernel's own stamps are not reset).
+    raw, flags, _, rx = PEER_VALUE.unpack(m.lookup(addr(1)) or b"")
+    m.update(addr(1), PEER_VALUE.pack(raw, flags, stamp(T0 + 3.5), rx))
+    table.touch_rx(row1, T0 + 4.5)
+    mirror.sync(table, T0 + 5)
+    assert entries(m)[addr(1)][1] == stamp(T0 + 3.5)
+    assert mirror.reinserted == 1
+    assert mirror.errors == 0
+
+
+def test_a_stale_or_untrusted_peer_is_not_put_back(relay_obj: BpfObject) -> None:
+    table, mirror, m, _ = setup(relay_obj, capacity=8)
+    a = mapping("203.0.113.11", 40000)
+    row1 = trusted(table, 1, a, T0)
+    row2 = trusted(table, 2, a, T0)
+    mirror.sync(table, T0 + 1)
+    m.delete(addr(1))
+    m.delete(addr(2))
+    table.touch_tx(row1, T0 + 31)  # used, but no reception for 31 s: not valid (5.2.4)
+    table.untrust(row2)
+    table.touch_tx(row2, T0 + 31)
+    mirror.sync(table, T0 + 32)
+    assert entries(m) == {}
+    assert mirror.reinserted == 0
+
+
+def test_re_inserts_are_bounded_per_sync(
+    relay_obj: BpfObject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kmirror, "REINSERT_BUDGET", 3)
+    table, mirror, m, _ = setup(relay_obj)
+    a = mapping("203.0.113.11", 40000)
+    rows = [trusted(table, i, a, T0) for i in range(10)]
+    mirror.sync(table, T0 + 1)
+    for i in range(10):
+        m.delete(addr(i))
+    for row in rows:
+        table.touch_tx(row, T0 + 2.5)
+    mirror.sync(table, T0 + 3)
+    assert len(entries(m)) == 3, "at most REINSERT_BUDGET a sync"
+    assert set(entries(m)) == {addr(9), addr(8), addr(7)}, "the most recently used first"
+
+
+def test_an_lru_evicted_peer_is_carried_by_the_kernel_again() -> None:
+    """The relay's map for real: an LRU hash smaller than the trusted set evicts; the evicted
+    peer's next use on the Python path puts it back, and relay_encap forwards to it again."""
+    from .test_relay_programs import ETH_IP6, NATIVE, configure, udp6
+
+    size = 1024
+    obj = BpfObject(object_path("teredo_relay"))
+    try:
+        obj.map("relay_peers").set_max_entries(size)
+        obj.load()
+        configure(obj)  # relay_cfg (and the other tests' peer, deleted below)
+        m = obj.map("relay_peers")
+        for key in list(m.keys()):
+            m.delete(key)
+        clock = Clock()
+        clock.now = boottime()
+        mirror = PeerMapMirror(m, clock)
+        table = PeerTable(4 * size, epoch=clock.now, idle_timeout=30.0, watch=mirror)
+        a = mapping("203.0.113.11", 40000)
+        n = 2 * size
+        rows = [trusted(table, i, a, clock.now) for i in range(n)]
+        mirror.sync(table, clock.now)
+        present = set(entries(m))
+        evicted = [i for i in range(n) if addr(i) not in present]
+        assert evicted, "the LRU map holds fewer than the trusted peers"
+        assert mirror.errors == 0, "an LRU map evicts instead of refusing"
+        gone = evicted[0]
+        packet = udp6(NATIVE, addr(gone), b"to an evicted peer")
+        assert run(obj.program("relay_encap"), ETH_IP6 + packet).retval == TC_ACT_OK
+        clock.now += 1.5
+        assert table.send_row(addr(gone), clock.now) == rows[gone], "the Python path sends"
+        mirror.sync(table, clock.now + 0.1)
+        assert addr(gone) in entries(m)
+        assert run(obj.program("relay_encap"), ETH_IP6 + packet).retval == TC_ACT_REDIRECT
+    finally:
+        obj.close()

@@ -248,6 +248,24 @@ class PeerRows:
             r = self._next[r]
         return out
 
+    def trusted_used_since(self, since: float, limit: int) -> list[int]:
+        """Rows of the trusted peers used (sent to, heard from, trusted) after `since`, most
+        recently used first, at most `limit`: the head of the trusted LRU list, O(result).
+
+        A row moves to the head only when used 1 s or more after its last move, so a peer used
+        again within a second of its previous use may be listed one call late; the list is
+        ordered by the time of the calls that moved the rows, which is what a caller walking
+        it once per interval (`since` = the previous call's time) needs."""
+        out: list[int] = []
+        t = int((since - self._base) * _TICKS + 0.5)
+        used = self._used
+        nxt = self._next
+        r = self._head[_TRUSTED]
+        while r != _NONE and len(out) < limit and used[r] > t:
+            out.append(r)
+            r = nxt[r]
+        return out
+
     def _index_delete(self, row: int) -> None:
         """Linear-probing deletion by backward shift: later entries of the cluster that may
         live in the freed slot move back, so no tombstones accumulate."""

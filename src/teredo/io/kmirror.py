@@ -20,6 +20,13 @@ The core (core/peers.py) decides; the mirror copies, and keeps no per-peer state
   never the newer one, so the kernel is never the one to send to an invalid peer.
 - use: `sync` reads the kernel's send and reception stamps back into the core (`touch_tx`,
   `touch_rx`), so that traffic the kernel carries keeps the peer alive as Python's own does.
+- re-insert on use: an entry may leave the map without the core's say (the relay's LRU hash
+  evicts its least recently used entries when full; an insert may have failed). Such a peer's
+  traffic takes the Python path, which moves it to the head of the core's trusted LRU list; so
+  `sync` first walks that head, the valid trusted peers used on the Python path since the
+  previous sync (at most `REINSERT_BUDGET`), and inserts each one the map lacks
+  (BPF_NOEXIST: an entry present is left as it is) with the core's mapping and last reception.
+  The kernel carries the peer again from its next packet on.
 
 `sync` walks the map with BPF_MAP_LOOKUP_BATCH, a bounded part each call: the whole map once in
 `SYNC_CYCLE` seconds whatever its size, so that the core (idle timeout 30 s) hears of the
@@ -31,6 +38,7 @@ kernel detaches the programs and frees the maps.
 
 from __future__ import annotations
 
+import errno
 import math
 import struct
 import threading
@@ -40,10 +48,12 @@ from typing import Final, Protocol
 
 from teredo.core.peers import PeerTable
 from teredo.io.datapath import object_path
-from teredo.io.libbpf import BpfLink, BpfMap, BpfObject, possible_cpus
+from teredo.io.libbpf import BPF_NOEXIST, BpfLink, BpfMap, BpfObject, possible_cpus
 
 __all__ = [
+    "PEER_LOCAL",
     "PEER_VALUE",
+    "REINSERT_BUDGET",
     "SYNC_CYCLE",
     "SYNC_INTERVAL",
     "KernelPrograms",
@@ -68,6 +78,12 @@ MIN_BUDGET: Final = 4096
 RX_CHECK: Final = 10.0
 #: ... and written down when it is newer by this much.
 RX_PUSH: Final = 1.0
+#: Trusted peers used on the Python path that one sync puts back into the map at most (the
+#: syscalls of a sync stay bounded when more peers are active than the map holds: the kernel's
+#: LRU and ours then take turns, and a peer not put back this time is on its next use).
+REINSERT_BUDGET: Final = 4096
+#: struct teredo_peer's flags: a client's local peer (section 5.2.8, valid 600 s).
+PEER_LOCAL: Final = 1
 #: struct teredo_peer: be32 ipv4, be16 port, u16 flags, u32 last_tx, u32 last_rx.
 PEER_VALUE: Final = struct.Struct("=6sHII")
 _STAMP_NS: Final = 1 << 20
@@ -163,7 +179,12 @@ class PeerMapMirror:
         self._walk_start = 0
         self._read_back_to = 0
         self.next_sync: float | None = None
+        #: When the previous sync ran (the re-insert walk looks at the uses since).
+        self._last_sync: float | None = None
         self.inserted = 0
+        #: Trusted peers missing from the map (evicted by the kernel's LRU, a failed insert)
+        #: put back on their use by the Python path.
+        self.reinserted = 0
         self.deleted = 0
         #: Map entries the walk found that the core does not trust at that mapping (a failed
         #: delete; the events make none otherwise), deleted then.
@@ -209,6 +230,9 @@ class PeerMapMirror:
         for a part of the map: at least MIN_BUDGET entries, and enough that the whole map is walked
         once in SYNC_CYCLE seconds."""
         self.next_sync = now + SYNC_INTERVAL
+        # Before the walk below, whose read-back moves the rows the kernel used to the head of
+        # the core's list too: the rows at the head now are the Python path's since last time.
+        self._reinsert(peers, now)
         now_stamp = stamp(now)
         if self._cursor is None and self._walked == 0:
             self._read_back_to, self._walk_start = self._walk_start, now_stamp
@@ -231,6 +255,27 @@ class PeerMapMirror:
             if self._cursor is None:
                 self.entries, self._walked = self._walked, 0
                 break
+
+    def _reinsert(self, peers: PeerTable, now: float) -> None:
+        """Put back the valid trusted peers used since the previous sync that the map lacks."""
+        since = self._last_sync
+        self._last_sync = now
+        if since is None:
+            return  # every peer trusted until now was inserted on trust
+        for row in peers.trusted_used_since(since, REINSERT_BUDGET):
+            if not peers.is_valid(row, now):
+                continue  # the kernel would pass it up as stale: Python's ping test decides
+            flags = PEER_LOCAL if peers.is_local(row) else 0
+            value = PEER_VALUE.pack(
+                _mapping(*peers.mapping(row)), flags, 0, stamp(peers.last_rx(row))
+            )
+            try:
+                self._map.update(peers.address(row), value, BPF_NOEXIST)
+            except OSError as exc:
+                if exc.errno != errno.EEXIST:
+                    self.errors += 1
+                continue
+            self.reinserted += 1
 
     def _visit(self, peers: PeerTable, key: bytes, value: bytes, now: float) -> None:
         """One entry with news (a kernel stamp since the last walk) or an old kernel reception
@@ -264,6 +309,7 @@ class PeerMapMirror:
         return {
             "map_entries": self.entries,
             "mirror_inserts": self.inserted,
+            "mirror_reinserts": self.reinserted,
             "mirror_deletes": self.deleted,
             "mirror_repairs": self.repaired,
             "mirror_errors": self.errors,
