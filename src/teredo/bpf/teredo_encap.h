@@ -144,11 +144,13 @@ static __always_inline void teredo_outer_fill(struct teredo_outer *h, __be32 sad
 }
 
 /* Grow room for the outer header in front of the IPv6 packet at `l2` and write it; skb->protocol
- * becomes IPv4. Returns 0 or a negative errno (the packet is then unchanged). */
-static __always_inline int teredo_encap(struct __sk_buff *skb, __u32 l2, const struct teredo_outer *h)
+ * becomes IPv4. `flags`: BPF_F_ADJ_ROOM_FIXED_GSO for a GSO packet (the segment size kept), or 0.
+ * Returns 0 or a negative errno (the packet is then unchanged). */
+static __always_inline int teredo_encap(struct __sk_buff *skb, __u32 l2, const struct teredo_outer *h,
+					__u64 flags)
 {
 	int err = bpf_skb_adjust_room(skb, TEREDO_ENCAP_LEN, BPF_ADJ_ROOM_MAC,
-				      BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP);
+				      BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP | flags);
 
 	if (err)
 		return err;
@@ -177,6 +179,203 @@ static __always_inline void teredo_count(void *map, __u32 slot)
 
 	if (c)
 		*c += 1;
+}
+
+/* The first slots of the client's and the relay's counters (io/kmirror.py SHARED_COUNTERS
+ * names them in this order); each program's own enum goes on from C_SHARED. */
+enum teredo_counter {
+	C_ENCAP = 0,        /* encapsulated and redirected */
+	C_ENCAP_NO_PEER,    /* destination not in the map: Python */
+	C_ENCAP_PARTIAL,    /* checksum left to the device, or GSO: Python */
+	C_ENCAP_OTHER,      /* malformed, not IPv6 (the client: not from our address...): Python */
+	C_ENCAP_ERROR,      /* a helper failed: Python */
+	C_DECAP,            /* decapsulated and handed to the IPv6 stack */
+	C_DECAP_NO_PEER,    /* inner source not in the map: Python */
+	C_DECAP_MAPPING,    /* in the map, but from another IPv4:port: Python (the core decides) */
+	C_DECAP_OTHER,      /* not ours, bubbles, ICMPv6, options, fragments...: Python */
+	C_DECAP_ERROR,      /* a helper failed: Python */
+	C_ENCAP_STALE,      /* in the map, last reception too old (section 5.2.4): Python */
+	C_SHARED,
+};
+
+/* The IPv6 packet at `l2` of an encapsulating program, or NULL (then the caller counts
+ * C_ENCAP_OTHER and passes it up): within the packet, Ethernet type IPv6 on an L2 device, and
+ * the core's first checks of receive_tun, version 6 and a payload length within the packet. */
+static __always_inline struct ipv6hdr *teredo_ip6_at(struct __sk_buff *skb, __u32 l2)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ipv6hdr *ip6 = data + l2;
+
+	if ((void *)(ip6 + 1) > data_end || skb->len < l2 + TEREDO_IP6_LEN)
+		return NULL;
+	if (l2 && *(__be16 *)(data + 12) != bpf_htons(ETH_P_IPV6))
+		return NULL;
+	if (ip6->version != 6 || TEREDO_IP6_LEN + bpf_ntohs(ip6->payload_len) > skb->len - l2)
+		return NULL;
+	return ip6;
+}
+
+/* The trusted peer the destination names (sections 5.2.4 case 1 and 5.4.1), or NULL, counted
+ * C_ENCAP_NO_PEER. */
+static __always_inline struct teredo_peer *teredo_encap_peer(void *peers, void *counters,
+							     const struct ipv6hdr *ip6)
+{
+	struct teredo_peer *peer;
+	struct teredo_key key;
+
+	__builtin_memcpy(key.addr, ip6->daddr.in6_u.u6_addr8, 16);
+	peer = bpf_map_lookup_elem(peers, &key);
+	if (!peer)
+		teredo_count(counters, C_ENCAP_NO_PEER);
+	return peer;
+}
+
+/* 1 when the TCP or UDP checksum of the packet is left to the device (then counted as
+ * C_ENCAP_PARTIAL where no device completes it after us: teredo_ip6_l4_looks_partial). */
+static __always_inline int teredo_l4_partial(struct __sk_buff *skb, __u32 l2,
+					     const struct ipv6hdr *ip6)
+{
+	__u32 at = ip6->nexthdr == IPPROTO_TCP ? 16 : 6;
+	__u16 check;
+
+	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
+		return 0;
+	return bpf_skb_load_bytes(skb, l2 + TEREDO_IP6_LEN + at, &check, sizeof(check)) == 0 &&
+	       teredo_ip6_l4_looks_partial(ip6, check);
+}
+
+/* What every encapsulating program does once the core's rule says "send to this trusted peer"
+ * (sections 5.2.4 case 1 and 5.4.1): the `len`-byte IPv6 packet at `l2` in a datagram from
+ * (saddr, sport) to the peer's mapping (`flags`: more bpf_skb_adjust_room flags), an L2 header
+ * for bpf_redirect_neigh, the peer's last_tx stamped and C_ENCAP counted. TC_ACT_UNSPEC then
+ * (the caller redirects the packet), else the verdict to return: TC_ACT_OK when it is unchanged
+ * (too long, or a helper failed first), TC_ACT_SHOT when half made. */
+static __always_inline int teredo_encap_send(struct __sk_buff *skb, __u32 l2, __u32 len,
+					     struct teredo_peer *peer, __be32 saddr, __be16 sport,
+					     __u64 flags, void *counters)
+{
+	struct teredo_outer outer;
+
+	if (len > 0xffff - TEREDO_ENCAP_LEN) {
+		teredo_count(counters, C_ENCAP_OTHER);
+		return TC_ACT_OK;
+	}
+	teredo_outer_fill(&outer, saddr, sport, peer->ipv4, peer->port, len);
+	if (teredo_encap(skb, l2, &outer, flags)) {
+		teredo_count(counters, C_ENCAP_ERROR);
+		return TC_ACT_OK; /* adjust_room failed before changing the packet */
+	}
+	if (l2) {
+		if (teredo_set_ethertype(skb, ETH_P_IP))
+			return TC_ACT_SHOT; /* the packet is half made: nothing else may see it */
+	} else {
+		/* From an L3 device (the TUN) to an Ethernet one: an L2 header for
+		 * bpf_redirect_neigh, which fills in the addresses (Cilium's add_l2_hdr). */
+		__be16 proto = bpf_htons(ETH_P_IP);
+
+		if (bpf_skb_change_head(skb, ETH_HLEN, 0) ||
+		    bpf_skb_store_bytes(skb, 12, &proto, sizeof(proto), 0))
+			return TC_ACT_SHOT;
+	}
+	teredo_touch(&peer->last_tx);
+	teredo_count(counters, C_ENCAP);
+	return TC_ACT_UNSPEC;
+}
+
+/* The IPv4 header at `l2` of a datagram for the daemon's socket at (ipv4, or any when 0; port),
+ * with room for the UDP and inner IPv6 headers behind it, or NULL (then the caller counts
+ * C_DECAP_OTHER and passes it up unchanged): Ethernet type IPv4 on an L2 device, IPv4 without
+ * options, not a fragment, UDP, the IPv4 and UDP lengths consistent and within the packet.
+ * *ulen is then the UDP length. */
+static __always_inline struct iphdr *teredo_outer_at(struct __sk_buff *skb, __u32 l2, __be32 ipv4,
+						     __be16 port, __u32 *ulen)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *ip = data + l2;
+	struct udphdr *udp = (void *)(ip + 1);
+	struct ipv6hdr *ip6 = (void *)(udp + 1);
+	__u32 tot;
+
+	if ((void *)(ip6 + 1) > data_end)
+		return NULL;
+	if (l2 && *(__be16 *)(data + 12) != bpf_htons(ETH_P_IP))
+		return NULL;
+	if (ip->version != 4 || ip->ihl != 5 || ip->protocol != IPPROTO_UDP ||
+	    (ip->frag_off & bpf_htons(0x3fff)))
+		return NULL;
+	if (ipv4 && ip->daddr != ipv4)
+		return NULL;
+	if (udp->dest != port)
+		return NULL;
+	tot = bpf_ntohs(ip->tot_len);
+	*ulen = bpf_ntohs(udp->len);
+	if (tot + l2 > skb->len || *ulen + sizeof(*ip) != tot)
+		return NULL;
+	return ip;
+}
+
+/* 1 when nobody verified the datagram's UDP checksum: there is one, no device verified it
+ * (CHECKSUM_UNNECESSARY) and no sender of this host or a veth peer left it to the device
+ * (CHECKSUM_PARTIAL, which the stack trusts as well). The stack would check it. */
+static __always_inline int teredo_udp4_unverified(struct __sk_buff *skb, const struct iphdr *ip,
+						  const struct udphdr *udp)
+{
+	return udp->check && bpf_csum_level(skb, BPF_CSUM_LEVEL_QUERY) < 0 &&
+	       !teredo_udp4_looks_partial(ip, udp);
+}
+
+/* 1 when the inner packet is one a decapsulating program may forward: a bare IPv6 packet
+ * filling the `ulen`-byte datagram exactly (no authentication, origin indication or trailer),
+ * TCP or UDP (not a bubble, not ICMPv6). */
+static __always_inline int teredo_inner_ok(const struct ipv6hdr *ip6, __u32 ulen)
+{
+	if (ip6->version != 6 ||
+	    TEREDO_IP6_LEN + bpf_ntohs(ip6->payload_len) + sizeof(struct udphdr) != ulen)
+		return 0;
+	return ip6->nexthdr == IPPROTO_TCP || ip6->nexthdr == IPPROTO_UDP;
+}
+
+/* The trusted peer the inner source names, heard at its recorded mapping (reception case 1 of
+ * sections 5.2.3 and 5.4.2), or NULL, counted C_DECAP_NO_PEER or C_DECAP_MAPPING. */
+static __always_inline struct teredo_peer *teredo_decap_peer(void *peers, void *counters,
+							     const struct iphdr *ip,
+							     const struct udphdr *udp,
+							     const struct ipv6hdr *ip6)
+{
+	struct teredo_peer *peer;
+	struct teredo_key key;
+
+	__builtin_memcpy(key.addr, ip6->saddr.in6_u.u6_addr8, 16);
+	peer = bpf_map_lookup_elem(peers, &key);
+	if (!peer) {
+		teredo_count(counters, C_DECAP_NO_PEER);
+		return NULL;
+	}
+	if (peer->ipv4 != ip->saddr || peer->port != udp->source) {
+		teredo_count(counters, C_DECAP_MAPPING);
+		return NULL;
+	}
+	return peer;
+}
+
+/* What every decapsulating program does once it forwards the packet of `peer`: the outer header
+ * removed, the Ethernet type IPv6 on an L2 device, the peer's last_rx stamped and C_DECAP
+ * counted. TC_ACT_UNSPEC then (the caller hands the packet on), else the verdict to return:
+ * TC_ACT_OK when the helper failed before changing the packet, TC_ACT_SHOT when half made. */
+static __always_inline int teredo_decap_forward(struct __sk_buff *skb, __u32 l2,
+						struct teredo_peer *peer, void *counters)
+{
+	if (teredo_decap(skb)) {
+		teredo_count(counters, C_DECAP_ERROR);
+		return TC_ACT_OK;
+	}
+	if (l2 && teredo_set_ethertype(skb, ETH_P_IPV6))
+		return TC_ACT_SHOT;
+	teredo_touch(&peer->last_rx);
+	teredo_count(counters, C_DECAP);
+	return TC_ACT_UNSPEC;
 }
 
 #endif

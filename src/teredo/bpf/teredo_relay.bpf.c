@@ -35,19 +35,11 @@ struct relay_config {
 	__u8 prefix[4];     /* the Teredo prefix, 2001:0000::/32 */
 };
 
+/* The slots shared with the client (enum teredo_counter, teredo_encap.h; C_ENCAP_STALE: no
+ * reception for RELAY_VALID_UNITS), then the relay's own. */
 enum relay_counter {
-	C_ENCAP = 0,        /* encapsulated and redirected */
-	C_ENCAP_NO_PEER,    /* destination not in the map: Python */
-	C_ENCAP_PARTIAL,    /* checksum left to the device, or GSO: Python */
-	C_ENCAP_OTHER,      /* malformed or not IPv6: Python */
-	C_ENCAP_ERROR,      /* a helper failed: Python */
-	C_DECAP,            /* decapsulated and handed to the IPv6 stack */
-	C_DECAP_NO_PEER,    /* inner source not in the map: Python */
-	C_DECAP_MAPPING,    /* in the map, but from another IPv4:port: Python (the core drops) */
-	C_DECAP_OTHER,      /* not ours, bubbles, ICMPv6, options, fragments...: Python */
-	C_DECAP_ERROR,
-	C_ENCAP_STALE,      /* in the map, but no reception for RELAY_VALID_UNITS: Python */
-	C_DECAP_CHECKSUM,   /* a UDP checksum nobody verified that is wrong, or too long to check */
+	C_DECAP_CHECKSUM = C_SHARED, /* a UDP checksum nobody verified that is wrong, or too long
+				      * to check */
 	C_MAX,
 };
 
@@ -87,75 +79,30 @@ struct {
 
 static __always_inline int encap_at(struct __sk_buff *skb, const struct relay_config *cfg, const __u32 l2)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ipv6hdr *ip6 = data + l2;
+	struct ipv6hdr *ip6 = teredo_ip6_at(skb, l2); /* the core's checks of receive_tun */
 	struct teredo_peer *peer;
-	struct teredo_outer outer;
-	struct teredo_key key;
-	__u32 len = skb->len - l2;
-	__u16 check;
+	int ret;
 
-	if ((void *)(ip6 + 1) > data_end || skb->len < l2 + TEREDO_IP6_LEN) {
+	if (!ip6) {
 		teredo_count(&relay_counters, C_ENCAP_OTHER);
 		return TC_ACT_OK;
 	}
-	if (l2 && *(__be16 *)(data + 12) != bpf_htons(ETH_P_IPV6)) {
-		teredo_count(&relay_counters, C_ENCAP_OTHER);
+	peer = teredo_encap_peer(&relay_peers, &relay_counters, ip6);
+	if (!peer)
 		return TC_ACT_OK;
-	}
-	/* The core's checks of receive_tun: version 6, payload length within the packet. */
-	if (ip6->version != 6 || TEREDO_IP6_LEN + bpf_ntohs(ip6->payload_len) > len) {
-		teredo_count(&relay_counters, C_ENCAP_OTHER);
-		return TC_ACT_OK;
-	}
-	__builtin_memcpy(key.addr, ip6->daddr.in6_u.u6_addr8, 16);
-	peer = bpf_map_lookup_elem(&relay_peers, &key);
-	if (!peer) {
-		teredo_count(&relay_counters, C_ENCAP_NO_PEER);
-		return TC_ACT_OK;
-	}
 	if ((__u32)(teredo_stamp() - peer->last_rx) >= RELAY_VALID_UNITS) {
 		teredo_count(&relay_counters, C_ENCAP_STALE);
 		return TC_ACT_OK;
 	}
-	if (skb->gso_segs > 1 || skb->gso_size) {
-		/* Segmenting is the TUN path's job (validate_xmit_skb). */
+	/* Segmenting is the TUN path's job (validate_xmit_skb). */
+	if (skb->gso_segs > 1 || skb->gso_size || teredo_l4_partial(skb, l2, ip6)) {
 		teredo_count(&relay_counters, C_ENCAP_PARTIAL);
 		return TC_ACT_OK;
 	}
-	if (ip6->nexthdr == IPPROTO_TCP || ip6->nexthdr == IPPROTO_UDP) {
-		__u32 at = ip6->nexthdr == IPPROTO_TCP ? 16 : 6;
-
-		if (bpf_skb_load_bytes(skb, l2 + TEREDO_IP6_LEN + at, &check, sizeof(check)) == 0 &&
-		    teredo_ip6_l4_looks_partial(ip6, check)) {
-			teredo_count(&relay_counters, C_ENCAP_PARTIAL);
-			return TC_ACT_OK;
-		}
-	}
-	if (len > 0xffff - TEREDO_ENCAP_LEN) {
-		teredo_count(&relay_counters, C_ENCAP_OTHER);
-		return TC_ACT_OK;
-	}
-	teredo_outer_fill(&outer, cfg->ipv4, cfg->port, peer->ipv4, peer->port, len);
-	if (teredo_encap(skb, l2, &outer)) {
-		teredo_count(&relay_counters, C_ENCAP_ERROR);
-		return TC_ACT_OK; /* adjust_room failed before changing the packet */
-	}
-	if (l2) {
-		if (teredo_set_ethertype(skb, ETH_P_IP))
-			return TC_ACT_SHOT; /* the packet is half made: nothing else may see it */
-	} else {
-		/* From an L3 device (the TUN) to an Ethernet one: an L2 header for
-		 * bpf_redirect_neigh, which fills in the addresses (Cilium's add_l2_hdr). */
-		__be16 proto = bpf_htons(ETH_P_IP);
-
-		if (bpf_skb_change_head(skb, ETH_HLEN, 0) ||
-		    bpf_skb_store_bytes(skb, 12, &proto, sizeof(proto), 0))
-			return TC_ACT_SHOT;
-	}
-	teredo_touch(&peer->last_tx);
-	teredo_count(&relay_counters, C_ENCAP);
+	ret = teredo_encap_send(skb, l2, skb->len - l2, peer, cfg->ipv4, cfg->port, 0,
+				&relay_counters);
+	if (ret != TC_ACT_UNSPEC)
+		return ret;
 	return bpf_redirect_neigh(cfg->out_ifindex, NULL, 0, 0);
 }
 
@@ -231,49 +178,29 @@ static __always_inline int udp4_checksum_ok(struct __sk_buff *skb, __u32 off, __
 
 static __always_inline int decap_at(struct __sk_buff *skb, const struct relay_config *cfg, const __u32 l2)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct iphdr *ip = data + l2;
-	struct udphdr *udp = (void *)(ip + 1);
-	struct ipv6hdr *ip6 = (void *)(udp + 1);
+	__u32 ulen;
+	struct iphdr *ip = teredo_outer_at(skb, l2, cfg->ipv4, cfg->port, &ulen);
+	struct udphdr *udp;
+	struct ipv6hdr *ip6;
 	struct teredo_peer *peer;
 	struct teredo_key key;
-	__u32 tot, ulen;
 	__be32 saddr, daddr;
-	int verify;
+	int verify, ret;
 	__u8 d0;
 
-	if ((void *)(ip6 + 1) > data_end)
-		goto other;
-	if (l2 && *(__be16 *)(data + 12) != bpf_htons(ETH_P_IP))
-		goto other;
 	/* Outer: IPv4 without options, not a fragment, UDP, to the relay's own address and port. */
-	if (ip->version != 4 || ip->ihl != 5 || ip->protocol != IPPROTO_UDP ||
-	    (ip->frag_off & bpf_htons(0x3fff)))
+	if (!ip)
 		goto other;
-	if (cfg->ipv4 && ip->daddr != cfg->ipv4)
-		goto other;
-	if (udp->dest != cfg->port)
-		goto other;
-	tot = bpf_ntohs(ip->tot_len);
-	ulen = bpf_ntohs(udp->len);
-	if (tot + l2 > skb->len || ulen + sizeof(*ip) != tot)
-		goto other;
-	/* The UDP checksum: the stack would verify it. Accepted here when there is none, when the
-	 * device verified it (CHECKSUM_UNNECESSARY), or when it is left to the device by a sender
-	 * on this host or a veth peer (CHECKSUM_PARTIAL, which the stack trusts as well); otherwise
-	 * verified below (udp4_checksum_ok) before the packet is decapsulated. */
-	verify = udp->check && bpf_csum_level(skb, BPF_CSUM_LEVEL_QUERY) < 0 &&
-		 !teredo_udp4_looks_partial(ip, udp);
+	udp = (void *)(ip + 1);
+	ip6 = (void *)(udp + 1);
+	/* The UDP checksum: the stack would verify it. Accepted here when there is none, or a device
+	 * verified it or will complete it (teredo_udp4_unverified); otherwise verified below
+	 * (udp4_checksum_ok) before the packet is decapsulated. */
+	verify = teredo_udp4_unverified(skb, ip, udp);
 	saddr = ip->saddr;
 	daddr = ip->daddr;
-	/* Inner: a bare IPv6 packet filling the datagram exactly (no origin indication or
-	 * authentication, no trailers), TCP or UDP (not a bubble, not ICMPv6), hop limit > 1. */
-	if (ip6->version != 6 || TEREDO_IP6_LEN + bpf_ntohs(ip6->payload_len) + sizeof(*udp) != ulen)
-		goto other;
-	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
-		goto other;
-	if (ip6->hop_limit <= 1)
+	/* Inner: a bare TCP or UDP IPv6 packet filling the datagram exactly, hop limit > 1. */
+	if (!teredo_inner_ok(ip6, ulen) || ip6->hop_limit <= 1)
 		goto other;
 	/* Destination: one the relay serves (core/relay.py _from_teredo). */
 	if (cfg->flags & CFG_HOST_SPECIFIC) {
@@ -286,30 +213,18 @@ static __always_inline int decap_at(struct __sk_buff *skb, const struct relay_co
 			goto other;
 	}
 	/* Source: a trusted peer, heard at its recorded mapping (section 5.4.2, reception case 1). */
-	__builtin_memcpy(key.addr, ip6->saddr.in6_u.u6_addr8, 16);
-	peer = bpf_map_lookup_elem(&relay_peers, &key);
-	if (!peer) {
-		teredo_count(&relay_counters, C_DECAP_NO_PEER);
+	peer = teredo_decap_peer(&relay_peers, &relay_counters, ip, udp, ip6);
+	if (!peer)
 		return TC_ACT_OK;
-	}
-	if (peer->ipv4 != ip->saddr || peer->port != udp->source) {
-		teredo_count(&relay_counters, C_DECAP_MAPPING);
-		return TC_ACT_OK;
-	}
 	/* Last, once everything else says "forward": a checksum no device verified (CHECKSUM_NONE,
 	 * or CHECKSUM_COMPLETE from some NICs), which the stack would check on the Python path. */
 	if (verify && !udp4_checksum_ok(skb, l2 + sizeof(*ip), ulen, saddr, daddr)) {
 		teredo_count(&relay_counters, C_DECAP_CHECKSUM);
 		return TC_ACT_OK;
 	}
-	if (teredo_decap(skb)) {
-		teredo_count(&relay_counters, C_DECAP_ERROR);
-		return TC_ACT_OK;
-	}
-	if (l2 && teredo_set_ethertype(skb, ETH_P_IPV6))
-		return TC_ACT_SHOT;
-	teredo_touch(&peer->last_rx);
-	teredo_count(&relay_counters, C_DECAP);
+	ret = teredo_decap_forward(skb, l2, peer, &relay_counters);
+	if (ret != TC_ACT_UNSPEC)
+		return ret;
 	return TC_ACT_OK; /* now an IPv6 packet: the stack routes it */
 other:
 	teredo_count(&relay_counters, C_DECAP_OTHER);
