@@ -20,24 +20,31 @@ ROUTES = """{"vrfId": 0, "routerId": "198.51.100.130", "routes": {
  "198.51.100.11/32": [{"valid": true, "bestpath": true}]}}"""
 
 
-def test_speaker_imports_table_and_redistributes_it_with_bfd() -> None:
+def test_speaker_redistributes_the_main_tables_announced_routes_with_bfd() -> None:
+    prefixes = ["198.51.100.10/32", "198.51.100.11/32"]
     configs = speaker_configs(
-        "server1", "198.51.100.130", 65201, Peer("198.51.100.129", 65000, "u"), 100
+        "server1", "198.51.100.130", 65201, Peer("198.51.100.129", 65000, "u"), prefixes
     )
-    assert "ip import-table 100\n" in configs["zebra"]
+    # Not `ip import-table`: its imported copy outlives a kill -9 (docs/scale.md, FRR).
+    assert "import-table" not in configs["zebra"]
     bgpd = configs["bgpd"]
     assert "router bgp 65201\n" in bgpd
     assert " neighbor 198.51.100.129 remote-as 65000\n" in bgpd
     assert " neighbor 198.51.100.129 bfd profile lab\n" in bgpd
-    assert "  redistribute table 100\n" in bgpd
+    assert "  redistribute kernel route-map teredo-announce\n" in bgpd
+    # Only the announced prefixes of the main table (not its default route).
+    assert "ip prefix-list teredo-announce seq 5 permit 198.51.100.10/32\n" in bgpd
+    assert "ip prefix-list teredo-announce seq 10 permit 198.51.100.11/32\n" in bgpd
+    assert " match ip address prefix-list teredo-announce\n" in bgpd
     # Nothing learned from upstream: the speaker only announces.
     assert "route-map nothing-in deny 10" in bgpd
     assert "receive-interval 100" in configs["bfdd"]
 
 
-def test_ipv6_upstream_refused_frr_84_has_no_ipv6_import_table() -> None:
-    with pytest.raises(LabError, match="IPv4 routes only"):
-        speaker_configs("relay1", "198.51.100.21", 65101, Peer("2001:db8:10:1::1", 65000, "u"), 100)
+def test_ipv6_refused_frr_84_cannot_export_a_relays_prefix() -> None:
+    upstream = Peer("2001:db8:10:1::1", 65000, "u")
+    with pytest.raises(LabError, match="IPv4 announcements only"):
+        speaker_configs("relay1", "198.51.100.21", 65101, upstream, ["2001::/32"])
 
 
 def test_daemons_keep_every_file_in_their_own_directory() -> None:

@@ -43,14 +43,27 @@ def test_server_directives_and_large_table() -> None:
     assert (got.announce_table, got.announce_drain) == (65536, 0.0)
 
 
+def test_server_may_announce_in_the_main_table() -> None:
+    # Its /32 are local addresses (the local table wins): FRR 8.4's `redistribute kernel`
+    # reads the main table only, and withdraws after a kill -9 there (docs/scale.md, FRR).
+    got = parse_server("ServerBindAddress 198.51.100.10\nAnnounceTable 254\n", "s.conf")
+    assert got.announce_table == 254
+
+
 @pytest.mark.parametrize(
     ("text", "role", "message"),
     [
         (
             "RelayType cone\nAnnounceTable 254\n",
             None,
-            "t.conf:2: AnnounceTable: table 254 is the "
-            "kernel's own (default, main or local): pick another",
+            "t.conf:2: AnnounceTable: table 254 is the main one, where a relay's prefix "
+            "route would replace its own: pick another",
+        ),
+        (
+            "RelayType cone\nAnnounceTable 255\n",
+            None,
+            "t.conf:2: AnnounceTable: table 255 is the kernel's own (default or local): "
+            "pick another",
         ),
         (
             "RelayType cone\nAnnounceTable 0\n",

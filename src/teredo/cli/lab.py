@@ -144,8 +144,9 @@ def _anycast_options(p: argparse.ArgumentParser) -> None:
         "--routing",
         choices=anycast.ROUTING,
         default="bird",
-        help="the servers' BGP speakers: bird (default) or frr (zebra ip import-table; the "
-        "relays' speakers stay BIRD: FRR 8.4 has no ipv6 import-table)",
+        help="the servers' BGP speakers: bird (default) or frr (the servers announce in the "
+        "main table, bgpd redistribute kernel; the relays' speakers stay BIRD: FRR 8.4 cannot "
+        "export their IPv6 prefix)",
     )
 
 

@@ -89,9 +89,12 @@ MAX_REFRESH_INTERVAL: Final = 3600.0
 # BGP to move traffic elsewhere (milliseconds in a LAN; a WAN's BGP takes longer).
 DEFAULT_ANNOUNCE_DRAIN: Final = 2.0
 MAX_ANNOUNCE_DRAIN: Final = 600.0
-# Routing tables 253-255 are the kernel's default, main and local ones, 0 means "unspecified":
-# an announcement there would route real traffic (table N is only read by the routing daemon).
-_RESERVED_TABLES: Final = frozenset({0, 253, 254, 255})
+# Routing tables 253 and 255 are the kernel's default and local ones, 0 means "unspecified": an
+# announcement there would route real traffic (table N is only read by the routing daemon).
+# The main table (254) is allowed for a server, whose /32 are local addresses anyway: it is what
+# FRR 8.4 withdraws after a kill -9 (docs/scale.md, FRR); a relay refuses it (core/config.py).
+_RESERVED_TABLES: Final = frozenset({0, 253, 255})
+MAIN_TABLE: Final = 254
 MAX_TABLE: Final = 0xFFFFFFFF
 MIN_MTU: Final = 1280  # IPv6 minimum link MTU (RFC 8200 section 5)
 MAX_MTU: Final = 65535
@@ -469,7 +472,7 @@ def _yes_no(d: Directive) -> bool:
 def _table(d: Directive) -> int:
     table = _uint(d, 1, MAX_TABLE, "routing table")
     if table in _RESERVED_TABLES:
-        raise d.error(f"table {table} is the kernel's own (default, main or local): pick another")
+        raise d.error(f"table {table} is the kernel's own (default or local): pick another")
     return table
 
 

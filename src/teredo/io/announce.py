@@ -3,7 +3,8 @@
 Our daemons do not speak BGP. While healthy, a daemon started with `--announce-table N` keeps
 one route per prefix it serves in kernel routing table N, with protocol number ANNOUNCE_PROTO,
 on an interface of its own; the routing daemon next to it (BIRD's kernel protocol with
-`learn`, FRR's `ip import-table N`) exports what it finds there over BGP.
+`learn`; FRR 8.4 next to a server: table 254 and `redistribute kernel`, docs/scale.md) exports
+what it finds there over BGP.
 
 The interface is the *anchor*: a non-persistent TUN device that no packet ever uses. The kernel
 removes a non-persistent TUN, and every route on it, when its last descriptor closes, which
@@ -14,7 +15,8 @@ once the daemon has dropped its privileges. Creating the anchor and its routes n
 CAP_NET_ADMIN, at start, before privileges are dropped.
 
 Table N is never consulted for forwarding (no rule points at it): it is only the contract
-between the daemon and the routing daemon.
+between the daemon and the routing daemon. The exception is a server with FRR, which announces
+in the main table (254): its /32 are local addresses, which the local table routes first.
 """
 
 from __future__ import annotations
@@ -142,9 +144,9 @@ class Announcement:
     def _delete_routes(self, ifname: str) -> None:
         """Delete our routes one by one before the anchor goes, so that the kernel tells every
         listener (RTM_DELROUTE). When a device goes, the kernel flushes its IPv4 routes without
-        a notification; BIRD rescans (`scan time`) and sees them gone, but FRR 8.4's zebra drops
-        them from its copy of table N and keeps the route it imported from it (`ip import-table`)
-        announced (docs/scale.md, FRR). Best effort: it needs CAP_NET_ADMIN, which a daemon may
+        a notification; BIRD rescans (`scan time`) and sees them gone, and FRR 8.4's zebra drops
+        them with the interface, but a listener that keeps its own copy needs telling (zebra's
+        `ip import-table` keeps what it imported: docs/scale.md, FRR). Best effort: it needs CAP_NET_ADMIN, which a daemon may
         have dropped; closing the anchor still removes the routes then. In a thread of its own:
         pyroute2's synchronous API runs an asyncio loop, which fails inside the daemon's."""
         thread = threading.Thread(

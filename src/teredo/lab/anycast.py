@@ -82,8 +82,8 @@ class AnycastSpec:
     relays: int
     servers: int
     drain: float = LAB_DRAIN
-    #: The servers' speakers: BIRD or FRR. The relays' stay BIRD: FRR 8.4 cannot import the
-    #: IPv6 routes of table N (no `ipv6 import-table`; lab/frr.py).
+    #: The servers' speakers: BIRD or FRR (the servers then announce in the main table). The
+    #: relays' stay BIRD: FRR 8.4 cannot export their IPv6 prefix (lab/frr.py).
     routing: str = "bird"
 
     def check(self) -> None:
@@ -277,9 +277,10 @@ def _wire(lab: Lab, spec: AnycastSpec) -> None:
 
 def _server_addresses(spec: AnycastSpec) -> list[str]:
     """How a server holds S and S+1: on lo, or for FRR as local routes (AnyIP). zebra makes a
-    connected route of an address (distance 0), which beats the route it imports from table N
-    (distance 15, at least 1): bgpd would never see the announcement. A local route in table
-    local makes the address ours just the same, and zebra leaves that table alone."""
+    connected route of an address (distance 0), which beats the kernel route the server keeps
+    in the main table (a connected route wins over a kernel one): bgpd would never see the
+    announcement. A local route in table local makes the address ours just the same, and zebra
+    leaves that table alone."""
     if spec.routing == "frr":
         return [f"route add local {a}/32 dev lo table local" for a in (SERVER_V4, SERVER_V4_2)]
     return [f"addr add {a}/32 dev lo" for a in (SERVER_V4, SERVER_V4_2)]
@@ -327,7 +328,8 @@ def _frr_files(lab: Lab, host: str) -> frr.Files:
 
 
 def _start_frr(lab: Lab, host: str, router_id: str, local_as: int, upstream: Peer) -> None:
-    configs = frr.speaker_configs(host, router_id, local_as, upstream, ANNOUNCE_TABLE)
+    prefixes = [f"{a}/32" for a in (SERVER_V4, SERVER_V4_2)]
+    configs = frr.speaker_configs(host, router_id, local_as, upstream, prefixes)
     files = frr.prepare(_frr_files(lab, host).root, configs)
     for daemon in frr.DAEMONS:
         name = f"frr-{daemon}-{host}"
@@ -365,6 +367,7 @@ def start_relay(lab: Lab, i: int, spec: AnycastSpec) -> ProcRecord:
 
 def start_server(lab: Lab, j: int, spec: AnycastSpec) -> ProcRecord:
     host = server_host(j)
+    table = frr.TABLE if spec.routing == "frr" else ANNOUNCE_TABLE
     argv = [
         sys.executable,
         "-m",
@@ -373,7 +376,7 @@ def start_server(lab: Lab, j: int, spec: AnycastSpec) -> ProcRecord:
         "--bind",
         SERVER_V4,
         "--announce-table",
-        str(ANNOUNCE_TABLE),
+        str(table),
         "--announce-drain",
         f"{spec.drain:g}",
     ]

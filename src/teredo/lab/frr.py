@@ -1,17 +1,23 @@
 """FRR in the lab (issue 11): the other routing daemon an operator may run next to a server,
 as the speaker of the announce-table contract (docs/scale.md).
 
-zebra imports kernel table N (`ip import-table N`: the routes our daemon keeps there, protocol
-84, on its anchor interface), bgpd announces them to the upstream BIRD router (`redistribute
-table N`), bfdd runs BFD on the session. Each daemon runs in the speaker's namespace in the
-foreground (its PID is the one the lab records), as user frr, with its own config, PID file,
-zserv socket and vty sockets in a directory of the lab's state; the host's /etc/frr and its frr
-service are never used. `vtysh --vty_socket DIR` asks them.
+The server announces in the main table (`--announce-table 254`): bgpd announces the kernel
+routes zebra reads there (`redistribute kernel`), filtered by a prefix list of the server's two
+/32, bfdd runs BFD on the session. Not table 100 with `ip import-table 100` (the earlier
+configuration): after a kill -9 the kernel flushes the anchor's IPv4 routes without an
+RTM_DELROUTE, and zebra 8.4 then drops the kernel route from its copy of table 100 but keeps the
+route it imported from it, announced; a kernel route of the main table on a deleted interface
+it does drop, and bgpd withdraws it (measured, docs/scale.md).
 
-FRR 8.4 (Debian 12) has `ip import-table` for IPv4 only: it can speak for the servers (their
-two /32) and for a relay's `--anycast-ipv4`, not for a relay's 2001::/32 (no `ipv6
-import-table`), so the lab's relays keep BIRD. It also keeps a route it imported after the
-kernel flushed it with its device (a daemon killed with SIGKILL): see docs/scale.md.
+Each daemon runs in the speaker's namespace in the foreground (its PID is the one the lab
+records), as user frr, with its own config, PID file, zserv socket and vty sockets in a
+directory of the lab's state; the host's /etc/frr and its frr service are never used.
+`vtysh --vty_socket DIR` asks them.
+
+FRR 8.4 (Debian 12) cannot speak for a relay's 2001::/32: `ip import-table` is IPv4 only (no
+`ipv6 import-table`, no `table-direct`), this kernel has no VRF device (CONFIG_NET_VRF), and in
+the main table the relay's own 2001::/32 route to its Teredo interface would be replaced
+(core/config.py refuses it). The lab's relays keep BIRD.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import json
 import pwd
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,10 @@ FRR_DIR = Path("/usr/lib/frr")
 USER = "frr"
 #: zebra first: bgpd and bfdd connect to its zserv socket (and retry until it is there).
 DAEMONS = ("zebra", "bfdd", "bgpd")
+#: The kernel table a server announces in when FRR speaks for it: the main one (see above).
+TABLE = 254
+#: Route map and prefix list that pick the announced routes among the main table's.
+FILTER = "teredo-announce"
 
 
 @dataclass(frozen=True)
@@ -61,19 +72,24 @@ def _head(hostname: str) -> str:
 
 
 def speaker_configs(
-    hostname: str, router_id: str, local_as: int, upstream: Peer, table: int
+    hostname: str, router_id: str, local_as: int, upstream: Peer, prefixes: Sequence[str]
 ) -> dict[str, str]:
-    """zebra, bfdd and bgpd configuration of a speaker exporting kernel table `table` (IPv4)."""
-    if ":" in upstream.address:
-        raise LabError("lab/frr.py: FRR 8.4 imports IPv4 routes only (ip import-table)")
-    zebra = _head(hostname) + f"ip import-table {table}\n"
+    """zebra, bfdd and bgpd configuration of a speaker exporting the IPv4 `prefixes` the
+    daemon keeps in the main table (TABLE)."""
+    if ":" in upstream.address or any(":" in p for p in prefixes):
+        raise LabError("lab/frr.py: FRR 8.4 speaks for IPv4 announcements only (docs/scale.md)")
+    zebra = _head(hostname)
     bfdd = _head(hostname) + (
         "bfd\n profile lab\n"
         f"  receive-interval {BFD_INTERVAL_MS}\n  transmit-interval {BFD_INTERVAL_MS}\n"
         f"  detect-multiplier {BFD_MULTIPLIER}\n !\n!\n"
     )
     peer = upstream.address
+    allowed = "".join(
+        f"ip prefix-list {FILTER} seq {5 * n} permit {p}\n" for n, p in enumerate(prefixes, 1)
+    )
     bgpd = _head(hostname) + (
+        allowed + f"route-map {FILTER} permit 10\n match ip address prefix-list {FILTER}\n!\n"
         f"router bgp {local_as}\n"
         f" bgp router-id {router_id}\n"
         " no bgp ebgp-requires-policy\n"
@@ -81,7 +97,7 @@ def speaker_configs(
         f" neighbor {peer} bfd profile lab\n"
         f" neighbor {peer} timers connect 1\n"
         " address-family ipv4 unicast\n"
-        f"  redistribute table {table}\n"
+        f"  redistribute kernel route-map {FILTER}\n"
         f"  neighbor {peer} route-map nothing-in in\n"
         " exit-address-family\n"
         "route-map nothing-in deny 10\n"
