@@ -146,9 +146,10 @@ class Announcement:
         listener (RTM_DELROUTE). When a device goes, the kernel flushes its IPv4 routes without
         a notification; BIRD rescans (`scan time`) and sees them gone, and FRR 8.4's zebra drops
         them with the interface, but a listener that keeps its own copy needs telling (zebra's
-        `ip import-table` keeps what it imported: docs/scale.md, FRR). Best effort: it needs CAP_NET_ADMIN, which a daemon may
-        have dropped; closing the anchor still removes the routes then. In a thread of its own:
-        pyroute2's synchronous API runs an asyncio loop, which fails inside the daemon's."""
+        `ip import-table` keeps what it imported: docs/scale.md, FRR). Best effort: it needs
+        CAP_NET_ADMIN, which a daemon may have dropped; closing the anchor still removes the
+        routes then. In a thread of its own: pyroute2's synchronous API runs an asyncio loop,
+        which fails inside the daemon's."""
         thread = threading.Thread(
             target=self._delete_routes_now, args=(ifname,), name="withdraw", daemon=True
         )
