@@ -30,7 +30,7 @@ from typing import IO, Any
 
 from teredo.lab import system, upnp
 from teredo.lab.nat import NatKind, nft_ruleset
-from teredo.lab.roles import TUN_NAME, Impl, Role, command, config_text
+from teredo.lab.roles import TEREDO_PORT, TUN_NAME, Impl, Role, command, config_text
 from teredo.lab.site import Site
 from teredo.lab.statusline import status_line
 from teredo.lab.system import LabError, ProcRecord
@@ -197,6 +197,10 @@ class Lab:
             self._build()
             if self.server_impl:
                 self.start(Role.SERVER, self.server_impl)
+                # Whoever sends right after up() (bench.cgnat's 2,000 RS) must find the
+                # server's socket bound: our Python server binds ~0.5 s after its start,
+                # Miredo's at once, and RS sent before that were lost (UdpNoPorts, issue 12).
+                self.wait_udp_port("server", TEREDO_PORT)
             if self.relay_impl:
                 self.start(Role.RELAY, self.relay_impl)
             for site, impl in zip(self.sites, self.client_impls, strict=True):
@@ -501,6 +505,25 @@ class Lab:
             if time.monotonic() > deadline:
                 raise LabError(f"{host}: not qualified after {timeout} s\n{self.log_tail(host)}")
             time.sleep(0.2)
+
+    def wait_udp_port(self, host: str, port: int, timeout: float = 30.0) -> None:
+        """Poll until a UDP socket is bound to `port` in `host`'s namespace (/proc/net/udp;
+        bounded by `timeout`); raises LabError with the daemon's log when none is."""
+        want = f":{port:04X}"
+        deadline = time.monotonic() + timeout
+        while True:
+            table = self.exec(host, ["cat", "/proc/net/udp"], check=False).stdout
+            locals_ = [line.split()[1] for line in table.splitlines()[1:] if line.split()]
+            if any(local.endswith(want) for local in locals_):
+                return
+            recs = [r for r in self.procs if r.host == host]
+            if recs and not any(r.alive() for r in recs):
+                raise LabError(f"{host}: exited before binding UDP {port}\n{self.log_tail(host)}")
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"{host}: nothing bound UDP {port} in {timeout} s\n{self.log_tail(host)}"
+                )
+            time.sleep(0.05)
 
     def ping(
         self, host: str, dest: str, *, count: int = 3, deadline: float = 10.0
