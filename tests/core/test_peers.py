@@ -598,19 +598,27 @@ class Mirror:
 
     def __init__(self) -> None:
         self.peers: dict[bytes, tuple[int, int]] = {}
+        self.local: set[bytes] = set()
         self.calls = 0
 
-    def trusted(self, addr: bytes, ipv4: int, port: int) -> None:
-        assert self.peers.get(addr) != (ipv4, port), "an event that changes nothing"
+    def trusted(self, addr: bytes, ipv4: int, port: int, local: bool) -> None:
+        was = (self.peers.get(addr), addr in self.local)
+        assert was != ((ipv4, port), local), "an event that changes nothing"
         self.peers[addr] = (ipv4, port)
+        if local:
+            self.local.add(addr)
+        else:
+            self.local.discard(addr)
         self.calls += 1
 
     def untrusted(self, addr: bytes) -> None:
         del self.peers[addr]  # a KeyError: told of a peer that was not trusted
+        self.local.discard(addr)
         self.calls += 1
 
     def cleared(self) -> None:
         self.peers.clear()
+        self.local.clear()
         self.calls += 1
 
 
@@ -922,6 +930,7 @@ class PeerTableMachine(RuleBasedStateMachine):
             assert round(expiry * TICK) == min(ends)
         # The watch was told every change: its copy is the trusted set with the mappings.
         assert self.mirror.peers == {a: (ip, port) for a, ip, port in trusted}
+        assert self.mirror.local == {a for a, _, _ in trusted if self.peers[a].local}
         stats = table.stats()
         assert stats.trusted == len(self.lru[1])
         assert stats.queued_bytes == sum(p.queued for p in self.peers.values())

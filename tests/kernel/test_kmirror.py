@@ -247,3 +247,71 @@ def test_an_lru_evicted_peer_is_carried_by_the_kernel_again() -> None:
         assert run(obj.program("relay_encap"), ETH_IP6 + packet).retval == TC_ACT_REDIRECT
     finally:
         obj.close()
+
+
+# --- a client's local peers (section 5.2.8) ----------------------------------------------------
+
+
+def test_a_local_peer_keeps_the_cores_600_s_of_validity_in_the_kernel() -> None:
+    """RFC 4380 section 5.2.8: a peer found by local discovery is valid 600 s after its last
+    reception (section 5.2.4), not 30 s. The client core trusts it through a discovery bubble
+    and its direct bubble from its local address; the mirror flags its entry local, so that
+    client_encap still forwards to it 100 s later, as the core does, and no longer once the
+    core takes the flag away."""
+    from teredo.core.addr import ALL_NODES, ipv4_to_int
+    from teredo.core.client import ClientMachine, ClientParams
+    from teredo.core.ipv6 import build_bubble
+
+    from .test_client_programs import (
+        ETH_IP6,
+        MAPPING,
+        SERVER,
+        SERVER2,
+        FakeRandom,
+        Recorder,
+        _ra,
+        configure,
+        kernel_stamp,
+        teredo_address,
+        udp6,
+    )
+
+    out = Recorder()
+    params = ClientParams(ipv4_to_int(SERVER), peer_capacity=64, local_discovery=True)
+    client = ClientMachine(params, out, FakeRandom())
+    now = boottime()
+    client.start(now - 10)
+    client.receive_udp(_ra(out.udp[-1][0], SERVER), (SERVER, 3544), now - 9.9)
+    client.receive_udp(_ra(out.udp[-1][0], SERVER), (SERVER2, 3544), now - 9.8)
+    address = client.address
+    assert address is not None
+    peer = teredo_address(MAPPING[0], 40001)  # behind our NAT: it embeds our mapped IPv4
+    local = ("192.168.1.3", 3545)
+    with load("teredo_client") as obj:
+        configure(obj, address)
+        m = obj.map("client_peers")
+        client.peers.watch = PeerMapMirror(m)
+        client.receive_discovery(build_bubble(peer, ALL_NODES), local, now)
+        client.receive_udp(build_bubble(peer, address), local, now)  # case 5: trusted
+        row = client.peers.lookup(peer)
+        assert row is not None
+        assert client.peers.is_trusted(row)
+        assert client.peers.is_local(row)
+        raw, flags, _, _ = PEER_VALUE.unpack(m.lookup(peer) or b"")
+        assert raw == socket.inet_aton(local[0]) + local[1].to_bytes(2, "big")
+        assert flags == kmirror.PEER_LOCAL
+        # 100 s without a reception (the kernel's stamp set back): the core still sends to
+        # the peer directly, and so does the kernel.
+        m.update(peer, PEER_VALUE.pack(raw, flags, 0, kernel_stamp(100)))
+        packet = udp6(address, peer, b"to a local peer")
+        # (The peer list's sending case 1: the whole client would be re-qualifying by then.)
+        assert client.peers.send_row(peer, now + 100) == row, "the core: valid for 600 s"
+        got = run(obj.program("client_encap"), ETH_IP6 + packet)
+        assert got.retval == TC_ACT_REDIRECT, "the kernel: the core's validity"
+        assert got.data[14 + 16 : 14 + 20] == socket.inet_aton(local[0])
+        # No longer local (set_local(False) on a trusted peer): the kernel's 30 s again.
+        client.peers.set_local(row, False)
+        _, flags, _, _ = PEER_VALUE.unpack(m.lookup(peer) or b"")
+        assert flags == 0
+        m.update(peer, PEER_VALUE.pack(raw, flags, 0, kernel_stamp(100)))
+        assert run(obj.program("client_encap"), ETH_IP6 + packet).retval == TC_ACT_OK

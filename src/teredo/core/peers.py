@@ -128,8 +128,9 @@ class PeerWatch(Protocol):
     be sent to; validity passes with time, without an event: a mirror keeps the last reception
     date itself. The calls must not call back into the table."""
 
-    def trusted(self, addr: bytes, ipv4: int, port: int) -> None:
-        """`addr` became trusted at ipv4:port, or a trusted peer's mapping changed."""
+    def trusted(self, addr: bytes, ipv4: int, port: int, local: bool) -> None:
+        """`addr` became trusted at ipv4:port, or a trusted peer's mapping or local flag changed
+        (`local`: found by local discovery, section 5.2.8, valid 600 s instead of 30 s)."""
 
     def untrusted(self, addr: bytes) -> None:
         """`addr` is no longer a trusted peer: distrusted, removed, evicted or expired."""
@@ -392,7 +393,7 @@ class PeerTable(PeerRows):
         self._ip[row] = ipv4
         self._port[row] = port
         if flags & _F_TRUSTED and self.watch is not None:
-            self.watch.trusted(self.address(row), ipv4, port)
+            self.watch.trusted(self.address(row), ipv4, port, bool(flags & _F_LOCAL))
 
     def is_trusted(self, row: int) -> bool:
         return bool(self._flags[row] & _F_TRUSTED)
@@ -420,6 +421,9 @@ class PeerTable(PeerRows):
         """A peer found by local discovery (section 5.2.8): valid 600 s instead of 30 s."""
         flags = self._check(row)
         self._flags[row] = (flags | _F_LOCAL) if local else (flags & ~_F_LOCAL)
+        if flags & _F_TRUSTED and bool(flags & _F_LOCAL) != local and self.watch is not None:
+            # The validity a copy elsewhere applies changes with it (the kernel's maps).
+            self.watch.trusted(self.address(row), self._ip[row], self._port[row], local)
 
     def last_rx(self, row: int) -> float:
         return self._time(self._rx[row])
@@ -532,7 +536,7 @@ class PeerTable(PeerRows):
         self._nbub[row] = 0
         self._touch(row, t)
         if changed and self.watch is not None:
-            self.watch.trusted(self.address(row), ipv4, port)
+            self.watch.trusted(self.address(row), ipv4, port, bool(flags & _F_LOCAL))
         if row not in self._queues:
             return []
         queued = self.drain(row)
