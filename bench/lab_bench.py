@@ -284,6 +284,24 @@ def parse_snmp_udp(text: str) -> dict[str, int]:
     return {name: int(value) for name, value in zip(rows[0], rows[1], strict=True)}
 
 
+def parse_snmp6_udp_rcvbuf(text: str) -> int:
+    """Udp6RcvbufErrors from the contents of /proc/net/snmp6 (one "name value" a line)."""
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "Udp6RcvbufErrors":
+            return int(parts[1])
+    raise ValueError("no Udp6RcvbufErrors line in /proc/net/snmp6")
+
+
+def socket_buffer_drops(lab: Lab, host: str) -> int:
+    """Datagrams `host`'s namespace dropped for a full socket receive buffer, IPv4 and IPv6
+    sockets together (Udp RcvbufErrors + Udp6RcvbufErrors): where a UDP run loses packets
+    when the receiving process (a Teredo daemon's socket, iperf3's) falls behind."""
+    v4 = parse_snmp_udp(lab.exec(host, ["cat", "/proc/net/snmp"]).stdout)
+    v6 = parse_snmp6_udp_rcvbuf(lab.exec(host, ["cat", "/proc/net/snmp6"]).stdout)
+    return v4.get("RcvbufErrors", 0) + v6
+
+
 def parse_link_drops(text: str) -> tuple[int, int]:
     """(rx dropped, tx dropped) of the one link in `ip -s -j link show dev X` output. On a TUN
     device tx is the kernel -> daemon direction: tx dropped = packets the daemon did not read
@@ -659,7 +677,9 @@ def transfer_metrics(
         results[f"tcp_{direction}_cpu_pct"] = 100.0 * cpu / wall
         results[f"tcp_{direction}_other_cpu_pct"] = 100.0 * other / wall
     bitrate = udp_pps * payload * 8
+    hosts = lab.hosts()
     for direction, extra in (("down", []), ("up", ["-R"])):
+        drops0 = {host: socket_buffer_drops(lab, host) for host in hosts}
         text, (cpu, other), wall = _measured_iperf3(
             lab,
             (daemon_host, other_host),
@@ -674,6 +694,12 @@ def transfer_metrics(
         results[f"udp_{direction}_loss_pct"] = 100.0 * udp.loss
         results[f"udp_{direction}_cpu_pct"] = 100.0 * cpu / wall
         results[f"udp_{direction}_other_cpu_pct"] = 100.0 * other / wall
+        # Where the lost datagrams went: full socket buffers, all namespaces and the receiving
+        # end's (the Teredo client's host down, the native host up).
+        drops = {host: socket_buffer_drops(lab, host) - drops0[host] for host in hosts}
+        receiver = client_host if direction == "down" else native_host
+        results[f"udp_{direction}_rcvbuf_drops"] = float(sum(drops.values()))
+        results[f"udp_{direction}_rcvbuf_drops_receiver"] = float(drops.get(receiver, 0))
         # CPU per packet that crossed: the figure least dependent on who else is running.
         results[f"udp_{direction}_us_per_pkt"] = 1e6 * cpu / udp.received if udp.received else None
     return results
@@ -690,11 +716,15 @@ def transfer_metric_labels(other: str) -> tuple[tuple[str, str], ...]:
         ("tcp_up_other_cpu_pct", f"  {other} CPU %"),
         ("udp_down_pps", "UDP 64 B native->client pkt/s"),
         ("udp_down_loss_pct", "  loss %"),
+        ("udp_down_rcvbuf_drops", "  socket buffer drops, all hosts"),
+        ("udp_down_rcvbuf_drops_receiver", "  of which at the client host"),
         ("udp_down_cpu_pct", "  tested daemon CPU %"),
         ("udp_down_other_cpu_pct", f"  {other} CPU %"),
         ("udp_down_us_per_pkt", "  tested daemon CPU us/pkt"),
         ("udp_up_pps", "UDP 64 B client->native pkt/s"),
         ("udp_up_loss_pct", "  loss %"),
+        ("udp_up_rcvbuf_drops", "  socket buffer drops, all hosts"),
+        ("udp_up_rcvbuf_drops_receiver", "  of which at the native host"),
         ("udp_up_cpu_pct", "  tested daemon CPU %"),
         ("udp_up_other_cpu_pct", f"  {other} CPU %"),
         ("udp_up_us_per_pkt", "  tested daemon CPU us/pkt"),

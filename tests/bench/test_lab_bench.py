@@ -27,6 +27,7 @@ from bench.lab_bench import (
     parse_iperf3_udp,
     parse_link_drops,
     parse_loadavg,
+    parse_snmp6_udp_rcvbuf,
     parse_snmp_udp,
     parse_stat_cpu_ticks,
     parse_vm_rss,
@@ -308,6 +309,13 @@ def test_udp_counters_of_a_namespace() -> None:
     assert counters["InDatagrams"] == 944328
     with pytest.raises(ValueError, match="Udp"):
         parse_snmp_udp("Ip: Forwarding\nIp: 1\n")
+
+
+def test_udp6_socket_buffer_drops_of_a_namespace() -> None:
+    text = "Udp6InDatagrams                 \t298674\nUdp6RcvbufErrors                \t166\n"
+    assert parse_snmp6_udp_rcvbuf(text) == 166
+    with pytest.raises(ValueError, match="Udp6RcvbufErrors"):
+        parse_snmp6_udp_rcvbuf("Ip6InReceives 5\n")
 
 
 def test_link_drops_from_ip_json() -> None:
