@@ -7,6 +7,9 @@ tests with the reason, never skips them.
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 
 import pytest
@@ -45,3 +48,25 @@ def run(program: BpfProgram, packet: bytes) -> Verdict:
     """Run `program` once on `packet` (from its Ethernet header on)."""
     result = program.test_run(packet)
     return Verdict(result.retval, result.data)
+
+
+def enumerators(name: str, enum: str) -> list[tuple[str, int]]:
+    """The enumerators of `enum` in src/teredo/bpf/`name`.bpf.o, in order, with their values, as
+    the compiler saw them: from the object's DWARF (clang -g) with llvm-dwarfdump. Not from its
+    BTF: the BPF backend emits only the types that maps, globals and programs use there, and an
+    enum of slot numbers is none of them."""
+    tool = shutil.which("llvm-dwarfdump")
+    if tool is None:
+        pytest.fail("llvm-dwarfdump not found (scripts/setup.sh installs llvm)")
+    dump = subprocess.run(
+        [tool, f"--name={enum}", "--show-children", str(object_path(name))],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    found = re.findall(
+        r'DW_TAG_enumerator\s+DW_AT_name\s+\("(\w+)"\)\s+DW_AT_const_value\s+\((\d+)\)', dump
+    )
+    assert found, f"no enum {enum} in {name}.bpf.o's debug information"
+    return [(n, int(v)) for n, v in found]

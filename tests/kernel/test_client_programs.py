@@ -24,6 +24,7 @@ from teredo.core.client import ClientMachine, ClientParams
 from teredo.core.counters import DropReason
 from teredo.core.ipv6 import build_bubble, build_echo, build_ra, parse_echo
 from teredo.core.wire import build_auth, build_origin, parse_payload
+from teredo.io.kclient import COUNTERS
 from teredo.io.libbpf import BpfObject, possible_cpus
 
 from .bpftest import TC_ACT_OK, TC_ACT_REDIRECT, load, run
@@ -40,21 +41,6 @@ NATIVE = bytes.fromhex("20010db8000100000000000000000100")  # 2001:db8:1::100
 OTHER_NATIVE = bytes.fromhex("20010db8000100000000000000000200")
 OUT_IFINDEX = 3
 TUN_IFINDEX = 5
-COUNTERS = (
-    "encap",
-    "encap_no_peer",
-    "encap_partial",
-    "encap_other",
-    "encap_error",
-    "decap",
-    "decap_no_peer",
-    "decap_mapping",
-    "decap_other",
-    "decap_error",
-    "encap_stale",
-    "decap_stale",
-    "encap_gso",
-)
 ETH_IP6 = bytes(6) + bytes((2, 0, 0, 0, 0, 1)) + b"\x86\xdd"
 ETH_IP4 = bytes(6) + bytes((2, 0, 0, 0, 0, 1)) + b"\x08\x00"
 NOW = 1000.0

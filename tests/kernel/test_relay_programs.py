@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from teredo.core.addr import Address
 from teredo.core.relay import RelayMachine, RelayParams
+from teredo.io.krelay import COUNTERS
 from teredo.io.libbpf import BpfObject, possible_cpus
 
 from .bpftest import TC_ACT_OK, TC_ACT_REDIRECT, load, run
@@ -27,20 +28,6 @@ NATIVE = bytes.fromhex("20010db8000100000000000000000100")  # 2001:db8:1::100
 OTHER_NATIVE = bytes.fromhex("20010db8000100000000000000000200")
 PEER_IP = "203.0.113.11"
 PEER_PORT = 40000
-COUNTERS = (
-    "encap",
-    "encap_no_peer",
-    "encap_partial",
-    "encap_other",
-    "encap_error",
-    "decap",
-    "decap_no_peer",
-    "decap_mapping",
-    "decap_other",
-    "decap_error",
-    "encap_stale",
-    "decap_checksum",
-)
 ETH_IP6 = bytes(6) + bytes((2, 0, 0, 0, 0, 1)) + b"\x86\xdd"
 ETH_IP4 = bytes(6) + bytes((2, 0, 0, 0, 0, 1)) + b"\x08\x00"
 NOW = 1000.0

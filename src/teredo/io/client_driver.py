@@ -565,7 +565,7 @@ class ClientDaemon:
             self._mirror_timer = True
             self.loop.add_machine(
                 MirrorTimer(
-                    lambda: self.kernel,
+                    lambda: None if self.kernel is None else self.kernel.mirror,
                     lambda: None if self.machine is None else self.machine.peers,
                     self._lock,
                     self.loop.clock,

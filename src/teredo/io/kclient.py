@@ -27,8 +27,13 @@ import socket
 import struct
 from typing import Final
 
-from teredo.core.peers import PeerTable
-from teredo.io.kmirror import KernelPrograms, PeerMapMirror, read_counters
+from teredo.io.kmirror import (
+    SHARED_COUNTERS,
+    KernelPrograms,
+    PeerMapMirror,
+    path_summary,
+    read_counters,
+)
 from teredo.io.libbpf import BPF_TCX_EGRESS, BPF_TCX_INGRESS, BpfLink, BpfObject
 
 __all__ = ["COUNTERS", "OBJECT", "ClientKernelPath"]
@@ -36,22 +41,9 @@ __all__ = ["COUNTERS", "OBJECT", "ClientKernelPath"]
 log = logging.getLogger("teredo.client")
 
 OBJECT: Final = "teredo_client"
-#: enum client_counter of teredo_client.bpf.c, in order.
-COUNTERS: Final = (
-    "encap",
-    "encap_no_peer",
-    "encap_partial",
-    "encap_other",
-    "encap_error",
-    "decap",
-    "decap_no_peer",
-    "decap_mapping",
-    "decap_other",
-    "decap_error",
-    "encap_stale",
-    "decap_stale",
-    "encap_gso",
-)
+#: The programs' counter slots in order: enum teredo_counter (teredo_encap.h), then enum
+#: client_counter of teredo_client.bpf.c.
+COUNTERS: Final = (*SHARED_COUNTERS, "decap_stale", "encap_gso")
 #: The core's peer capacity (ClientParams.peer_capacity's default).
 CAPACITY: Final = 65536
 _CFG = struct.Struct("=4s2sBBII16sI")  # struct client_config
@@ -197,19 +189,6 @@ class ClientKernelPath:
             log.warning("data path: kernel programs off, Python path for all (%s)", why)
             self._why_off = why
 
-    # --- the mirror -------------------------------------------------------------------------
-
-    def sync(self, peers: PeerTable, now: float) -> None:
-        self.mirror.sync(peers, now)
-
-    @property
-    def next_sync(self) -> float | None:
-        return self.mirror.next_sync
-
-    @next_sync.setter
-    def next_sync(self, when: float | None) -> None:
-        self.mirror.next_sync = when
-
     # --- reporting --------------------------------------------------------------------------
 
     def counters(self) -> dict[str, int]:
@@ -222,13 +201,11 @@ class ClientKernelPath:
     def summary(self) -> str:
         c = self.counters()
         state = "on" if c["serving"] else f"off ({self._why_off or 'not qualified'})"
-        return (
-            f"data path: kernel {state} (map {c['map_entries']}, encapsulated {c['encap']} "
-            f"(GSO {c['encap_gso']}) "
-            f"(passed up: no peer {c['encap_no_peer']}, stale {c['encap_stale']}, checksum/GSO "
-            f"{c['encap_partial']}, other {c['encap_other']}), decapsulated {c['decap']} (passed "
-            f"up: no peer {c['decap_no_peer']}, other mapping {c['decap_mapping']}, stale "
-            f"{c['decap_stale']}, other {c['decap_other']}))"
+        return path_summary(
+            c,
+            f" {state}",
+            f"encapsulated {c['encap']} (GSO {c['encap_gso']})",
+            f"stale {c['decap_stale']}",
         )
 
     def close(self) -> None:

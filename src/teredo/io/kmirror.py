@@ -43,8 +43,8 @@ import math
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Final, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final
 
 from teredo.core.peers import PeerTable
 from teredo.io.datapath import object_path
@@ -54,12 +54,14 @@ __all__ = [
     "PEER_LOCAL",
     "PEER_VALUE",
     "REINSERT_BUDGET",
+    "SHARED_COUNTERS",
     "SYNC_CYCLE",
     "SYNC_INTERVAL",
     "KernelPrograms",
     "MirrorTimer",
     "PeerMapMirror",
     "boottime",
+    "path_summary",
     "read_counters",
     "stamp",
 ]
@@ -82,6 +84,21 @@ RX_PUSH: Final = 1.0
 #: syscalls of a sync stay bounded when more peers are active than the map holds: the kernel's
 #: LRU and ours then take turns, and a peer not put back this time is on its next use).
 REINSERT_BUDGET: Final = 4096
+#: enum teredo_counter of teredo_encap.h, in order: the counter slots the client's and the
+#: relay's programs share; each program's own follow (io/kclient.py, io/krelay.py COUNTERS).
+SHARED_COUNTERS: Final = (
+    "encap",
+    "encap_no_peer",
+    "encap_partial",
+    "encap_other",
+    "encap_error",
+    "decap",
+    "decap_no_peer",
+    "decap_mapping",
+    "decap_other",
+    "decap_error",
+    "encap_stale",
+)
 #: struct teredo_peer's flags: a client's local peer (section 5.2.8, valid 600 s).
 PEER_LOCAL: Final = 1
 #: struct teredo_peer: be32 ipv4, be16 port, u16 flags, u32 last_tx, u32 last_rx.
@@ -117,6 +134,19 @@ def read_counters(counters: BpfMap, names: Sequence[str]) -> dict[str, int]:
         raw = counters.lookup(struct.pack("=I", i), percpu=True)
         out[name] = sum(struct.unpack(f"={cpus}Q", raw)) if raw is not None else 0
     return out
+
+
+def path_summary(c: Mapping[str, int], state: str, encapsulated: str, decap_own: str) -> str:
+    """The one-line summary of the client's or the relay's kernel data path from its counters
+    (SHARED_COUNTERS and the mirror's): `state` follows "data path: kernel", `encapsulated` says
+    the encapsulated count, `decap_own` the program's own reason to pass a datagram up."""
+    return (
+        f"data path: kernel{state} (map {c['map_entries']}, {encapsulated} "
+        f"(passed up: no peer {c['encap_no_peer']}, stale {c['encap_stale']}, checksum/GSO "
+        f"{c['encap_partial']}, other {c['encap_other']}), decapsulated {c['decap']} (passed "
+        f"up: no peer {c['decap_no_peer']}, other mapping {c['decap_mapping']}, {decap_own}, "
+        f"other {c['decap_other']}))"
+    )
 
 
 class KernelPrograms:
@@ -319,49 +349,41 @@ class PeerMapMirror:
         }
 
 
-class _Mirrored(Protocol):
-    """A daemon's kernel path (io/krelay.py, io/kclient.py): its mirror's `sync` and when."""
-
-    next_sync: float | None
-
-    def sync(self, peers: PeerTable, now: float) -> None: ...
-
-
 class MirrorTimer:
     """The mirror's reconciliation (`PeerMapMirror.sync`: the kernel's use read back into the
     core, the core's receptions written down) as a timer of a daemon's loop, under the lock of
-    its data path. One for every daemon: `kernel()` and `peers()` say what there is now (None:
+    its data path. One for every daemon: `mirror()` and `peers()` say what there is now (None:
     no kernel path any more, or no machine yet)."""
 
-    __slots__ = ("_clock", "_kernel", "_lock", "_peers")
+    __slots__ = ("_clock", "_lock", "_mirror", "_peers")
 
     def __init__(
         self,
-        kernel: Callable[[], _Mirrored | None],
+        mirror: Callable[[], PeerMapMirror | None],
         peers: Callable[[], PeerTable | None],
         lock: threading.Lock,
         clock: Callable[[], float],
     ) -> None:
-        self._kernel = kernel
+        self._mirror = mirror
         self._peers = peers
         self._lock = lock
         self._clock = clock
 
     def next_deadline(self) -> float | None:
-        kernel = self._kernel()
-        if kernel is None:
+        mirror = self._mirror()
+        if mirror is None:
             return None
-        if kernel.next_sync is None:
-            kernel.next_sync = self._clock() + SYNC_INTERVAL
-        return kernel.next_sync
+        if mirror.next_sync is None:
+            mirror.next_sync = self._clock() + SYNC_INTERVAL
+        return mirror.next_sync
 
     def handle_timer(self, now: float) -> None:
         with self._lock:
-            kernel = self._kernel()
-            if kernel is None or (kernel.next_sync is not None and now < kernel.next_sync):
+            mirror = self._mirror()
+            if mirror is None or (mirror.next_sync is not None and now < mirror.next_sync):
                 return
             peers = self._peers()
             if peers is None:
-                kernel.next_sync = now + SYNC_INTERVAL
+                mirror.next_sync = now + SYNC_INTERVAL
                 return
-            kernel.sync(peers, now)
+            mirror.sync(peers, now)

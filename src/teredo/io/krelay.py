@@ -13,28 +13,21 @@ from typing import Final
 
 from pyroute2 import IPRoute
 
-from teredo.core.peers import PeerTable
-from teredo.io.kmirror import KernelPrograms, PeerMapMirror, read_counters
+from teredo.io.kmirror import (
+    SHARED_COUNTERS,
+    KernelPrograms,
+    PeerMapMirror,
+    path_summary,
+    read_counters,
+)
 from teredo.io.libbpf import BPF_TCX_EGRESS, BPF_TCX_INGRESS
 
 __all__ = ["COUNTERS", "OBJECT", "RelayKernelPath", "ipv4_interface"]
 
 OBJECT: Final = "teredo_relay"
-#: enum relay_counter of teredo_relay.bpf.c, in order.
-COUNTERS: Final = (
-    "encap",
-    "encap_no_peer",
-    "encap_partial",
-    "encap_other",
-    "encap_error",
-    "decap",
-    "decap_no_peer",
-    "decap_mapping",
-    "decap_other",
-    "decap_error",
-    "encap_stale",
-    "decap_checksum",
-)
+#: The programs' counter slots in order: enum teredo_counter (teredo_encap.h), then enum
+#: relay_counter of teredo_relay.bpf.c.
+COUNTERS: Final = (*SHARED_COUNTERS, "decap_checksum")
 CFG_HOST_SPECIFIC: Final = 1
 #: relay_peers holds at most this many trusted peers (an LRU hash: the active ones; see
 #: teredo_relay.bpf.c and docs/peers.md "Kernel maps"), whatever the peer table's capacity.
@@ -109,17 +102,6 @@ class RelayKernelPath:
         self._programs.attach("relay_decap", v4_ifindex, BPF_TCX_INGRESS)
         self.interfaces = (tun_ifindex, v4_ifindex)
 
-    def sync(self, peers: PeerTable, now: float) -> None:
-        self.mirror.sync(peers, now)
-
-    @property
-    def next_sync(self) -> float | None:
-        return self.mirror.next_sync
-
-    @next_sync.setter
-    def next_sync(self, when: float | None) -> None:
-        self.mirror.next_sync = when
-
     def set_own_addresses(self, addresses: frozenset[bytes]) -> None:
         """A host-specific relay's served addresses (the core's own_addresses)."""
         for key in list(self._own.keys()):
@@ -134,13 +116,11 @@ class RelayKernelPath:
 
     def summary(self) -> str:
         c = self.counters()
-        return (
-            f"data path: kernel (map {c['map_entries']}, of the above encapsulated {c['encap']} "
-            f"(passed up: no peer {c['encap_no_peer']}, stale {c['encap_stale']}, checksum/GSO "
-            f"{c['encap_partial']}, other {c['encap_other']}), decapsulated {c['decap']} (passed "
-            f"up: no peer {c['decap_no_peer']}, other mapping {c['decap_mapping']}, bad checksum "
-            f"{c['decap_checksum']}, other "
-            f"{c['decap_other']}))"
+        return path_summary(
+            c,
+            "",
+            f"of the above encapsulated {c['encap']}",
+            f"bad checksum {c['decap_checksum']}",
         )
 
     def close(self) -> None:

@@ -235,7 +235,9 @@ class RelayDaemon:
                 kernel.set_own_addresses(self.machine.own_addresses)
             machine = self.machine
             self.loop.add_machine(
-                MirrorTimer(lambda: kernel, lambda: machine.peers, self.lock, self.loop.clock)
+                MirrorTimer(
+                    lambda: kernel.mirror, lambda: machine.peers, self.lock, self.loop.clock
+                )
             )
         self._rows = self.machine.peers.allocated
         self.loop.add_machine(
