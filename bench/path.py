@@ -380,6 +380,25 @@ def report_rows(results: Mapping[str, Mapping[str, float | None]]) -> list[list[
     return rows
 
 
+def spread_rows(samples: Mapping[str, Sequence[Mapping[str, float | None]]]) -> list[str]:
+    """One line per headline figure: each path's rounds, lowest to highest (the table has the
+    medians; on a shared machine the spread says how far to trust a ratio)."""
+    lines = []
+    for key in sorted(RATIO_KEYS):
+        parts = []
+        for path in PATHS:
+            got = sorted(v for r in samples.get(path, []) if (v := r.get(key)) is not None)
+            if got:
+                parts.append(f"{path} " + " / ".join(_figure(v) for v in got))
+        if parts:
+            lines.append(f"   {key}: " + "; ".join(parts))
+    return lines
+
+
+def _figure(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
 def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else max(0.0, a - b)
 
@@ -419,7 +438,14 @@ def main(argv: list[str] | None = None) -> int:
     args.tun_devices = []
     args.kernel_counters = []
     notes: list[str] = []
-    results = run_rounds(paths, args.rounds, lambda p: measure(p, args), notes)
+    samples: dict[str, list[Mapping[str, float | None]]] = {p: [] for p in paths}
+
+    def one_round(path: str) -> Mapping[str, float | None]:
+        got = measure(path, args)
+        samples[path].append(got)
+        return got
+
+    results = run_rounds(paths, args.rounds, one_round, notes)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"\n== path: all-miredo, all-ours (--datapath {args.datapath}), plain IPv6")
@@ -432,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"   CPU/pkt method: {labcpu.METHOD}")
     headers = ["metric", "miredo", "teredo", "plain", "ours/miredo", "miredo/plain", "ours/plain"]
     print(format_table(headers, report_rows(results)))
+    print("   each round (medians above):")
+    print("\n".join(spread_rows(samples)))
     record = {
         "results": results,
         "ratios": {
@@ -456,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": args.seconds,
         "cpu_pps": args.cpu_pps,
         "rounds": args.rounds,
+        "samples": {
+            p: [{k: r.get(k) for k in sorted(RATIO_KEYS)} for r in rs] for p, rs in samples.items()
+        },
         "notes": notes,
     }
     print(json_line("path", record))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -296,6 +297,44 @@ def test_tcp_transfer_both_ways_with_native_host(lab: Lab, tmp_path: Path) -> No
         lab, ("client4", "native"), str(info.address), upload=True, data=data, tool=tool
     )
     assert inbound == (len(payload), digest)
+
+
+def _kernel_counters(lab: Lab, host: str) -> dict[str, int]:
+    proc = lab.exec(host, [sys.executable, "-m", "teredo", "status", "--json"])
+    docs = json.loads(proc.stdout)
+    [doc] = [d for d in docs if d.get("role") == "client"] if isinstance(docs, list) else [docs]
+    assert doc["status"]["datapath"] == "kernel", doc["status"]
+    counters = doc["status"]["kernel"]
+    assert isinstance(counters, dict)
+    return counters
+
+
+def test_kernel_bulk_upload_through_miredos_relay(lab: Lab, tmp_path: Path) -> None:
+    """With the IPv4 interface's TX checksum offload off, our client's bulk TCP leaves as GSO
+    packets encapsulated in the kernel and segmented by the device (docs/kernel.md, "The
+    client daemon"): Miredo's relay takes every segment, the upload arrives intact."""
+    lab.exec("client4", ["ethtool", "-K", "eth0", "tx", "off"])
+    try:
+        lab.stop("client4")
+        clientfaults.start_client(lab, 4)
+        lab.wait_qualified(4, timeout=QUALIFY_TIMEOUT)
+        assert received(lab.ping("client4", NATIVE_V6, count=3, deadline=15).stdout) >= 2
+        payload = os.urandom(3 * 1024 * 1024)
+        data = tmp_path / "data.bin"
+        data.write_bytes(payload)
+        tool = tmp_path / "tcp_tool.py"
+        tool.write_text(TCP_TOOL)
+        before = _kernel_counters(lab, "client4")
+        assert before["device_checksum"] == 1, before
+        up = _transfer(lab, ("native", "client4"), NATIVE_V6, upload=True, data=data, tool=tool)
+        assert up == (len(payload), hashlib.sha256(payload).hexdigest())
+        after = _kernel_counters(lab, "client4")
+        assert after["encap_gso"] - before["encap_gso"] >= 10, (before, after)
+        assert after["encap_partial"] == before["encap_partial"], (before, after)
+    finally:
+        lab.exec("client4", ["ethtool", "-K", "eth0", "tx", "on"], check=False)
+        lab.stop("client4")
+        clientfaults.start_client(lab, 4)
 
 
 # --------------------------------------------------------------------------- our server
