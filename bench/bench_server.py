@@ -11,6 +11,11 @@ A lab (prefix `tds-` by default) with the server namespace and flooder hosts wit
    what is measured,
 3. ours with its default limits (kernel data path): what a flooder gets.
 
+`--baseline DIR` adds, right after each Python-path run of ours, the same run of another tree
+(DIR/src first on PYTHONPATH, e.g. a `git worktree` or `git archive` export of main): a change to
+the data path measured against what it replaces, in the same lab and the same minute.
+`--rounds N` repeats the whole list N times in the same lab (the run-to-run spread).
+
 One `bench.rsflood` process per flooder host (`--flooders`, default 2) sends RS from 64
 source ports each, flat out, for `--seconds`. Measured: RAs that reached the flooders per
 second of flood (the figure compared: the kernel's RAs leave by XDP_TX, which bypasses
@@ -192,6 +197,15 @@ def _table(results: list[RunResult]) -> str:
     return "\n".join(rows)
 
 
+def _swapped(runs: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+    """`runs` with each "baseline, ..." run moved before the run of ours it follows."""
+    out = list(runs)
+    for i in range(1, len(out)):
+        if out[i][0].startswith("baseline, "):
+            out[i - 1], out[i] = out[i], out[i - 1]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="flood length (<= 30 s)")
@@ -201,7 +215,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="workers of ours' second run")
     parser.add_argument("--prefix", default="tds-", help="lab namespace prefix")
     parser.add_argument("--profile", action="store_true", help="also run ours under cProfile")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="another tree whose Python-path runs follow ours (its DIR/src on PYTHONPATH)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="times the runs are repeated")
     args = parser.parse_args(argv)
+    if args.baseline is not None and not (args.baseline / "src" / "teredo").is_dir():
+        parser.error(f"--baseline {args.baseline}: no src/teredo there")
+    rounds = min(max(args.rounds, 1), 10)
     seconds = min(max(args.seconds, 1.0), 30.0)
     flooders = min(max(args.flooders, 1), MAX_FLOODERS)
     lab = Lab(
@@ -218,19 +242,26 @@ def main(argv: list[str] | None = None) -> int:
         conf = lab.state_dir / "bench-server.conf"
         conf.write_text(f"ServerBindAddress {SERVER_V4}\n", encoding="ascii")
         ours = [sys.executable, "-m", "teredo", "server", "-c", str(conf)]
+        user_runs: list[tuple[str, list[str]]] = [
+            ("user, 1 worker", [*RAISED, "--datapath", "user"]),
+            (
+                f"user, {args.workers} workers",
+                [*RAISED, "--datapath", "user", "--workers", str(args.workers)],
+            ),
+        ]
         runs: list[tuple[str, list[str]]] = [
             (
                 "miredo-server",
                 ["miredo-server", "-f", "-c", str(conf), "-p", str(lab.state_dir / "miredo.pid")],
             ),
             ("teredo, kernel (XDP)", [*ours, *RAISED, "--datapath", "kernel"]),
-            ("teredo, user, 1 worker", [*ours, *RAISED, "--datapath", "user"]),
-            (
-                f"teredo, user, {args.workers} workers",
-                [*ours, *RAISED, "--datapath", "user", "--workers", str(args.workers)],
-            ),
-            ("teredo, default limits", [*ours, "--datapath", "kernel"]),
         ]
+        for name, flags in user_runs:
+            runs.append((f"teredo, {name}", [*ours, *flags]))
+            if args.baseline is not None:
+                base_env = ["env", f"PYTHONPATH={args.baseline.resolve() / 'src'}"]
+                runs.append((f"baseline, {name}", [*base_env, *ours, *flags]))
+        runs.append(("teredo, default limits", [*ours, "--datapath", "kernel"]))
         prof = lab.state_dir / "server.prof"
         if args.profile:
             profiled = [sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "teredo"]
@@ -239,17 +270,24 @@ def main(argv: list[str] | None = None) -> int:
             )
         load = os.getloadavg()
         print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
-        for name, command in runs:
-            results.append(run_one(lab, name, command, seconds, flooders))
-            print(_table(results[-1:]).splitlines()[-1], flush=True)
+        for round_ in range(rounds):
+            if rounds > 1:
+                load = os.getloadavg()
+                print(f"round {round_ + 1} of {rounds}, load {load[0]:.2f}", flush=True)
+            done: list[RunResult] = []
+            # Every other round the baseline goes first: no tree always gets the later minute.
+            for name, command in runs if round_ % 2 == 0 else _swapped(runs):
+                done.append(run_one(lab, name, command, seconds, flooders))
+                print(_table(done[-1:]).splitlines()[-1], flush=True)
+            results.extend(done)
+            miredo = done[0]
+            for r in done[1:-1]:
+                print(
+                    f"ratio {r.name} / miredo-server: RA/s {r.ra_per_s / miredo.ra_per_s:.2f}, "
+                    f"CPU per RA {r.us_cpu_per_ra / miredo.us_cpu_per_ra:.2f}"
+                )
         print()
         print(_table(results))
-        miredo = results[0]
-        for r in results[1:4]:
-            print(
-                f"ratio {r.name} / miredo-server: RA/s {r.ra_per_s / miredo.ra_per_s:.2f}, "
-                f"CPU per RA {r.us_cpu_per_ra / miredo.us_cpu_per_ra:.2f}"
-            )
         for r in results:
             print(json.dumps({"bench": "server_rs_flood", **r.__dict__, "ra_per_s": r.ra_per_s}))
         if args.profile and prof.exists():

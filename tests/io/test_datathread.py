@@ -186,3 +186,73 @@ def test_fault_site_names_the_raising_line() -> None:
 
 def test_fault_site_of_an_exception_never_raised() -> None:
     assert fault_site(ValueError("never raised")) == "?"
+
+
+def test_several_sockets_and_no_tun_each_socket_to_its_own_feed() -> None:
+    """The server's shape: two UDP sockets, no TUN; a datagram goes to the feed of the socket
+    it reached, cut to `udp_read_size`."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    got: list[tuple[int, bytes]] = []
+
+    def feed(index: int) -> Callable[[bytes, Address, float], None]:
+        return lambda data, source, now: got.append((index, data))
+
+    try:
+        for s in (*socks, sender):
+            s.bind(("127.0.0.1", 0))
+        for s in socks:
+            s.setblocking(False)
+        data = DataThread(
+            "test-data",
+            socks,
+            None,
+            Feed((feed(0), feed(1))),
+            lock=threading.Lock(),
+            clock=time.monotonic,
+            udp_read_size=8,
+            on_fatal=lambda why: None,
+        )
+        data.start()
+        try:
+            for n in range(3):
+                sender.sendto(b"first %d" % n, socks[0].getsockname())
+                sender.sendto(b"second %d" % n, socks[1].getsockname())
+            sender.sendto(b"far too long", socks[1].getsockname())
+            _wait(lambda: len(got) >= 7)
+        finally:
+            data.stop()
+        assert sorted(got) == sorted(
+            [(0, b"first %d" % n) for n in range(3)]
+            + [(1, (b"second %d" % n)[:8]) for n in range(3)]
+            + [(1, b"far too ")]
+        )
+        assert data.faults == 0
+    finally:
+        for s in (*socks, sender):
+            s.close()
+
+
+def test_one_feed_per_socket_is_required() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        with pytest.raises(ValueError, match="feed"):
+            DataThread(
+                "test-data",
+                (sock, sock),
+                None,
+                Feed(lambda data, source, now: None),
+                lock=threading.Lock(),
+                on_fatal=lambda why: None,
+            )
+        with pytest.raises(ValueError, match="on_tun_error"):
+            DataThread(
+                "test-data",
+                sock,
+                0,
+                Feed(lambda data, source, now: None),
+                lock=threading.Lock(),
+                on_fatal=lambda why: None,
+            )
+    finally:
+        sock.close()

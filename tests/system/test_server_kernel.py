@@ -1,6 +1,7 @@
 """Our `teredo server` with its kernel data path (issue 8, docs/kernel.md "The server's
 program"): Miredo clients qualify on RAs sent by the XDP program, an RS flood is limited in the
-kernel, `--datapath user` leaves every RS to Python, and neither SIGTERM nor SIGKILL leaves the
+kernel, `--datapath user` leaves every RS to Python, `--workers 2` share one program (attached
+once by the supervisor, reported by worker 0), and neither SIGTERM nor SIGKILL leaves the
 program attached (the next start attaches it again)."""
 
 from __future__ import annotations
@@ -146,6 +147,42 @@ def test_user_datapath_answers_in_python(lab: Lab) -> None:
         requalify(lab, 2)
         status = server_status(lab)
         assert status["router_advertisements"] >= 1, status  # Python answered it
+    finally:
+        restart_server(lab)
+
+
+def worker_statuses(lab: Lab, workers: int) -> list[dict[str, Any]]:
+    """The status documents of `workers` workers, by worker index (polled while they start)."""
+    deadline = time.monotonic() + STATUS_TIMEOUT
+    while True:
+        docs = lab.daemon_status("server") or []
+        if len(docs) == workers and all(isinstance(d.get("status"), dict) for d in docs):
+            return [d["status"] for d in sorted(docs, key=lambda d: int(d.get("worker", -1)))]
+        assert time.monotonic() < deadline, f"{len(docs)} workers answer:\n{lab.log_tail('server')}"
+        time.sleep(0.2)
+
+
+def test_workers_share_one_program(lab: Lab) -> None:
+    """Issue 8: with --workers 2 the XDP program is attached once, before the forks, answers
+    for both workers (a Miredo client qualifies on its RAs), worker 0 alone reports its
+    counters, and SIGTERM to the supervisor leaves nothing attached."""
+    restart_server(lab, "--workers", "2", "--datapath", "kernel")
+    try:
+        statuses = worker_statuses(lab, 2)
+        assert [s["datapath"] for s in statuses] == ["kernel", "kernel"], statuses
+        assert statuses[0]["kernel"] is not None, statuses
+        assert statuses[1]["kernel"] is None, statuses
+        wait_xdp(lab, True)
+        before = statuses[0]["kernel"]["counters"]["ra"]
+        requalify(lab, 1)
+        after = worker_statuses(lab, 2)[0]["kernel"]["counters"]["ra"]
+        assert after >= before + 1, (before, after)  # answered in XDP
+        os.kill(_server_pid(lab), signal.SIGTERM)
+        deadline = time.monotonic() + STATUS_TIMEOUT
+        while any(r.alive() for r in lab.procs if r.host == "server"):
+            assert time.monotonic() < deadline, "the server does not exit"
+            time.sleep(0.1)
+        wait_xdp(lab, False)
     finally:
         restart_server(lab)
 

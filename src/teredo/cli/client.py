@@ -21,7 +21,7 @@ from teredo.cli.options import (
 from teredo.core.config import ClientSettings, ConfigError, Role
 from teredo.io.client_driver import ClientDaemon
 from teredo.io.client_options import ClientOptions
-from teredo.io.datapath import DatapathError, start_kernel
+from teredo.io.datapath import start_kernel
 from teredo.io.driver import StartError, reload_handler
 from teredo.io.loop import DaemonLoop
 
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
                 ready=None,
                 user=user,
             )
-    except (StartError, PidFileError, DatapathError) as err:
+    except (StartError, PidFileError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED
     finally:

@@ -25,7 +25,7 @@ from teredo.cli.options import (
     report_config_error,
     resolve_ipv4,
 )
-from teredo.core.config import ConfigError, RelaySettings, RelayType, Role
+from teredo.core.config import ConfigError, DatapathMode, RelaySettings, RelayType, Role
 from teredo.core.peers import MIREDO_MAX_PEERS, PEER_VALIDITY
 from teredo.core.relay import MAX_PEER_TIMEOUT, SERVER_BUBBLE_RATE, RelayParams
 from teredo.io.announce import (
@@ -267,9 +267,9 @@ def run(args: argparse.Namespace) -> int:
                 if args.health_server is not None:
                     _watch_server(loop, announcement, args, str(settings.bind_address))
 
-            def load() -> tuple[RelayParams, RelayEndpoint]:
+            def load() -> tuple[RelayParams, RelayEndpoint, DatapathMode]:
                 fresh = load_settings(args, Role.RELAY)
-                return params_from(fresh, args), endpoint_from(fresh)
+                return params_from(fresh, args), endpoint_from(fresh), fresh.datapath
 
             reload = reload_handler(log, load, lambda new: daemon.reload(*new))
 

@@ -32,7 +32,7 @@ from teredo.io.announce import (
     server_prefixes,
 )
 from teredo.io.control import ControlIdentity
-from teredo.io.datapath import DatapathError, start_kernel
+from teredo.io.datapath import start_kernel
 from teredo.io.driver import StartError, reload_handler
 from teredo.io.loop import Daemon, DaemonLoop
 from teredo.io.sdnotify import Notifier
@@ -126,10 +126,6 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.workers <= MAX_WORKERS:
         print(f"command line: --workers: must be 1..{MAX_WORKERS}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.workers > 1 and settings.datapath is DatapathMode.KERNEL:
-        # One XDP program would answer for all workers, but each reports its own status.
-        print("command line: --datapath kernel needs --workers 1", file=sys.stderr)
-        return EXIT_CONFIG
     if args.workers > 1 and settings.metrics_address is not None and args.no_control:
         # The supervisor reads its workers' metrics from their status sockets.
         print("command line: --metrics with --workers needs the status sockets", file=sys.stderr)
@@ -159,32 +155,43 @@ def run(args: argparse.Namespace) -> int:
                 settings.mtu,
                 args.workers,
             )
+            # Loaded and attached once, while this process still has CAP_BPF and CAP_NET_ADMIN
+            # (the privilege drop keeps only the latter): with --workers, the one program on
+            # each interface answers for all of them (its maps and limits are shared).
+            kernel = start_kernel(
+                settings.datapath,
+                f"server on {_addresses(params)}",
+                lambda: _start_kernel(params),
+            )
             if args.workers == 1:
                 control = control_identity(args, "server")
-                # Loaded and attached while this process still has CAP_BPF and CAP_NET_ADMIN
-                # (the privilege drop keeps only the latter).
-                kernel = start_kernel(
-                    settings.datapath,
-                    f"server on {_addresses(params)}",
-                    lambda: _start_kernel(params),
-                )
                 return _serve(
                     args,
                     params,
                     sets[0],
                     control,
+                    datapath=settings.datapath,
                     settings=settings,
                     announcement=announcement,
                     drain=drain,
                     user=user,
                     kernel=kernel,
                 )
-            if settings.datapath is DatapathMode.AUTO:
-                log.info("data path: user (the kernel data path serves --workers 1 only)")
-            return _supervise(
-                args, params, sets, settings, announcement=announcement, drain=drain, user=user
-            )
-    except (StartError, PidFileError, AnnounceError, DatapathError) as err:
+            try:
+                return _supervise(
+                    args,
+                    params,
+                    sets,
+                    settings,
+                    announcement=announcement,
+                    drain=drain,
+                    user=user,
+                    kernel=kernel,
+                )
+            finally:
+                if kernel is not None:
+                    kernel.close()  # after every worker exited: detached now
+    except (StartError, PidFileError, AnnounceError) as err:
         logging.getLogger("teredo").error("%s", err)
         return EXIT_START_FAILED
 
@@ -202,16 +209,20 @@ def _serve(
     sockets: ServerSockets,
     control: ControlIdentity | None,
     *,
+    datapath: DatapathMode,
     settings: ServerSettings | None = None,
     announcement: Announcement | None = None,
     drain: float = 0.0,
     user: Target | None = None,
     kernel: ServerKernelPath | None = None,
+    on_kernel: bool = False,
 ) -> int:
     """One server process on `sockets` until SIGTERM or SIGINT; SIGHUP re-reads the file.
 
     With `announcement` (single process), it is made once the sockets are served and withdrawn
-    first on SIGTERM, `drain` seconds before the exit."""
+    first on SIGTERM, `drain` seconds before the exit. `kernel`: the XDP program this process
+    reports and configures; `on_kernel`: it serves in front of this worker, but another one
+    (worker 0) reports and configures it."""
     log = logging.getLogger("teredo")
     loop = DaemonLoop()
     try:
@@ -219,7 +230,7 @@ def _serve(
             if kernel is not None:
                 kernel.close()
             return EXIT_START_FAILED
-        daemon = ServerDaemon(params, loop, sockets, kernel)
+        daemon = ServerDaemon(params, loop, sockets, kernel, datapath=datapath, on_kernel=on_kernel)
         served: Daemon = daemon
         if announcement is not None:
             try:
@@ -228,11 +239,11 @@ def _serve(
                 daemon.close()
                 raise
 
-        reload = reload_handler(
-            log,
-            lambda: params_from(load_settings(args, Role.SERVER), args),
-            daemon.reload,
-        )
+        def load() -> tuple[ServerParams, DatapathMode]:
+            fresh = load_settings(args, Role.SERVER)
+            return params_from(fresh, args), fresh.datapath
+
+        reload = reload_handler(log, load, lambda new: daemon.reload(*new))
 
         # Workers (settings None) serve no metrics of their own and leave systemd to the
         # supervisor, whose notifier took $NOTIFY_SOCKET out of their environment.
@@ -258,6 +269,7 @@ def _supervise(
     announcement: Announcement | None = None,
     drain: float = 0.0,
     user: Target | None = None,
+    kernel: ServerKernelPath | None = None,
 ) -> int:
     """Fork one worker per socket set; pass signals on; stop all when one dies.
 
@@ -266,7 +278,8 @@ def _supervise(
 
     The server keeps no state across datagrams except its rate-limit buckets, so workers need
     not share anything: the kernel spreads datagrams over them by address and port hash
-    (SO_REUSEPORT), and each worker has its own buckets (docs/server.md).
+    (SO_REUSEPORT), and each worker has its own buckets (docs/server.md); `kernel`, the XDP
+    program, answers for all (attached before the forks, detached by the caller after them).
     """
     log = logging.getLogger("teredo")
     notifier = Notifier.from_environment()  # before any fork: systemd hears the supervisor
@@ -300,7 +313,8 @@ def _supervise(
             break
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child, which never returns
-            _run_worker(args, params, sets, index, forwarded=forwarded, user=user)
+            kept = (settings.datapath, kernel)
+            _run_worker(args, params, sets, index, forwarded=forwarded, user=user, kernel=kept)
         children[pid] = index
     for sockets in sets:
         for sock in sockets:
@@ -349,12 +363,20 @@ def _run_worker(
     *,
     forwarded: tuple[signal.Signals, ...],
     user: Target | None,
+    kernel: tuple[DatapathMode, ServerKernelPath | None],
 ) -> NoReturn:  # pragma: no cover - runs in a forked child
     """A worker, in the child of a fork: serves socket set `index` until stopped, then exits
-    (never returns into the supervisor's code)."""
+    (never returns into the supervisor's code). `kernel`: the Datapath setting and the shared
+    XDP program's handle, inherited: worker 0 keeps it (it reports and configures the program
+    for all), the others close their copies of its descriptors (the supervisor's keep the
+    program attached)."""
     status = 1
     sockets = sets[index]
+    datapath, shared = kernel
+    owned = shared if index == 0 else None
     try:
+        if shared is not None and owned is None:
+            shared.close()
         for sig in forwarded:
             signal.signal(sig, signal.SIG_DFL)  # the worker's loop installs its own
         for other in sets:
@@ -362,7 +384,14 @@ def _run_worker(
                 for sock in other:
                     sock.close()
         status = _serve(
-            args, params, sockets, control_identity(args, "server", worker=index), user=user
+            args,
+            params,
+            sockets,
+            control_identity(args, "server", worker=index),
+            datapath=datapath,
+            user=user,
+            kernel=owned,
+            on_kernel=shared is not None,
         )
     except BaseException:
         logging.getLogger("teredo").exception("worker %d failed", index)

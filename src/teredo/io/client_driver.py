@@ -44,7 +44,14 @@ from teredo.io.discovery import (
     configure_multicast_sending,
     local_address,
 )
-from teredo.io.driver import LockedTimer, Reload, StartError, Undo, bind_error
+from teredo.io.driver import (
+    DATAPATH_RESTART,
+    LockedTimer,
+    Reload,
+    StartError,
+    Undo,
+    bind_error,
+)
 from teredo.io.hook import HookRunner
 from teredo.io.kmirror import MirrorTimer
 from teredo.io.loop import DaemonLoop
@@ -339,7 +346,7 @@ class ClientDaemon:
                 machine.peers.watch = kernel.mirror
         self.machine = machine
         feed = self._feed
-        feed.feed_udp = machine.receive_udp if machine is not None else _ignore
+        feed.feed_udp = (machine.receive_udp if machine is not None else _ignore,)
         feed.feed_tun = machine.receive_tun if machine is not None else _ignore_tun
         self._slow = machine.slow_inputs if machine is not None else 0
 
@@ -417,7 +424,7 @@ class ClientDaemon:
         if options.interface != old.interface:
             return Reload(restart="a new interface name")
         if options.datapath != old.datapath:
-            return Reload(restart="a new data path (Datapath)")
+            return DATAPATH_RESTART
         self.options = options
         notes: list[str] = []
         if options.hook != old.hook:

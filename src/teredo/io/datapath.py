@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 from teredo.core.config import DatapathMode
+from teredo.io.driver import StartError
 
 __all__ = ["DatapathError", "load_early", "object_path", "probe", "start_kernel"]
 
@@ -32,8 +33,9 @@ _T = TypeVar("_T")
 PROBE_OBJECT: Final = "teredo_probe"
 
 
-class DatapathError(RuntimeError):
-    """`--datapath kernel` and the kernel data path cannot start here."""
+class DatapathError(StartError):
+    """`--datapath kernel` and the kernel data path cannot start here (a start error like
+    any other: one line, exit status 1)."""
 
 
 def object_path(name: str) -> Path:

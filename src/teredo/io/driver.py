@@ -152,6 +152,12 @@ class Reload:
         return "reloaded: " + (", ".join(self.applied) if self.applied else "nothing changed")
 
 
+#: What every daemon answers when a SIGHUP brings a new `Datapath`: the kernel programs are
+#: loaded before the privilege drop (io/datapath.py load_early), so only a new process can load
+#: or unload them.
+DATAPATH_RESTART = Reload(restart="a new data path (Datapath)")
+
+
 def changed(old: DataclassInstance, new: DataclassInstance) -> tuple[str, ...]:
     """The fields of two settings dataclasses of one type that differ, by name."""
     return tuple(f.name for f in fields(old) if getattr(old, f.name) != getattr(new, f.name))

@@ -2,10 +2,10 @@
 
 asyncio serves the control side of every daemon: timers, signals, the control socket, netlink
 watches and the rare sockets of the control path, drained by teredo.io.udp.drain (`add_socket`
-for the relay's health check; the client's local discovery through `add_reader`). The server's
-two UDP sockets are `add_reader` callbacks too (io/server_driver.py); the client's and the
-relay's data paths run in a thread of their own instead (io/client_driver.py,
-io/relay_driver.py), which feeds the machine under a lock and leaves the timers to this loop.
+for the relay's health check; the client's local discovery through `add_reader`). Every
+daemon's data path runs in a thread of its own instead (io/datathread.py, for the server, the
+client and the relay alike), which feeds the machine under a lock and leaves the timers to
+this loop.
 """
 
 from __future__ import annotations

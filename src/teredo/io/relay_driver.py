@@ -35,9 +35,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 from teredo.core.addr import Address
 from teredo.core.config import DatapathMode
 from teredo.core.relay import RelayMachine, RelayParams
-from teredo.io.datapath import DatapathError, start_kernel
+from teredo.io.datapath import start_kernel
 from teredo.io.datathread import DataThread, Feed
-from teredo.io.driver import LockedTimer, Reload, StartError, Undo, bind_udp
+from teredo.io.driver import DATAPATH_RESTART, LockedTimer, Reload, StartError, Undo, bind_udp
 from teredo.io.kmirror import MirrorTimer
 from teredo.io.krelay import RelayKernelPath, ipv4_interface
 from teredo.io.loop import DaemonLoop
@@ -219,12 +219,10 @@ class RelayDaemon:
         self._watch: socket.socket | None = None
         if params.host_specific:
             self._start_address_watch()
-        try:
-            self.kernel = start_kernel(
-                self.datapath, f"relay on {self.tun.name}", lambda: self._start_kernel(params)
-            )
-        except DatapathError as exc:  # --datapath kernel where it cannot: one line, exit 1
-            raise StartError(str(exc)) from None
+        # DatapathError (--datapath kernel where it cannot) is a StartError: one line, exit 1.
+        self.kernel = start_kernel(
+            self.datapath, f"relay on {self.tun.name}", lambda: self._start_kernel(params)
+        )
         if self.kernel is not None:
             kernel = self.kernel
             self._undo.push(kernel.close)
@@ -368,10 +366,14 @@ class RelayDaemon:
 
     # --- control ----------------------------------------------------------------------------
 
-    def reload(self, params: RelayParams, endpoint: RelayEndpoint) -> Reload:
+    def reload(
+        self, params: RelayParams, endpoint: RelayEndpoint, datapath: DatapathMode
+    ) -> Reload:
         """SIGHUP: RelayType (direct bubbles) and InterfaceMTU apply at once; a new interface,
-        address, port, prefix, relay kind or peer table size needs a restart."""
+        address, port, prefix, relay kind, peer table size or data path needs a restart."""
         old = self.machine.params
+        if datapath != self.datapath:
+            return DATAPATH_RESTART
         if endpoint != self.endpoint:
             return Reload(restart="a new interface name, address, port or prefix")
         if params.host_specific != old.host_specific:

@@ -1,34 +1,39 @@
 """Runs a ServerMachine on real sockets: UDP 3544 on both addresses and a raw IPv6 socket.
 
-The machine decides; this module only moves bytes: datagrams from either socket go in with
-the time, the machine's output goes out through `_Sockets`. With the kernel data path
-(io/kserver.py, started before the privileges are dropped), plain RS are answered in XDP and
-never reach the sockets; status and summary add the program's counters.
+The machine decides; this module only moves bytes. The data path is io/datathread.py's thread,
+as for the client and the relay: it reads both UDP sockets (no TUN) in adaptive batches and
+hands each datagram to the machine under the daemon's lock, with the time; the machine's output
+goes out through `_Sockets`, straight from that thread. The asyncio loop of the main thread
+keeps signals (SIGHUP: `reload`), the control socket and the metrics, under the same lock.
+The server has no timer (its rate limits read the time they are given). Measured beside the
+`add_reader` loop it replaced: docs/benchmarks.md, "The server on the shared data path".
+
+With the kernel data path (io/kserver.py, started before the privileges are dropped), plain RS
+are answered in XDP and never reach the sockets; status and summary add the program's counters.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import logging
 import socket
-from collections.abc import Callable
+import threading
 from typing import TYPE_CHECKING
 
 from teredo.core.addr import TEREDO_PORT, Address
+from teredo.core.config import DatapathMode
 from teredo.core.counters import DropReason
-from teredo.core.server import ServerMachine, ServerParams
-from teredo.io.driver import Reload, StartError, Undo, bind_udp, changed
+from teredo.core.server import MAX_DATAGRAM, ServerMachine, ServerParams
+from teredo.io.datathread import DataThread, Feed, FeedUdp
+from teredo.io.driver import DATAPATH_RESTART, Reload, StartError, Undo, bind_udp, changed
 from teredo.io.loop import DaemonLoop
-from teredo.io.udp import DRAIN_BUDGET
 
 if TYPE_CHECKING:
     from teredo.io.kserver import ServerKernelPath
 
 log = logging.getLogger("teredo.server")
 
-# Nothing a server handles comes near this: RS, bubbles (with RFC 6081 trailers) and ICMPv6 of
-# at most 88 bytes of payload (docs/server.md); larger datagrams are counted and dropped.
-RECEIVE_SIZE = 2048
+EXIT_FAILED = 1
 
 
 class _Sockets:
@@ -105,7 +110,7 @@ def open_server_sockets(
 
 
 class ServerDaemon:
-    """A server machine, its sockets and its loop."""
+    """A server machine, its sockets, its data thread and its loop."""
 
     def __init__(
         self,
@@ -113,71 +118,80 @@ class ServerDaemon:
         loop: DaemonLoop,
         sockets: ServerSockets | None = None,
         kernel: ServerKernelPath | None = None,
+        *,
+        datapath: DatapathMode = DatapathMode.USER,
+        on_kernel: bool = False,
     ) -> None:
         self.loop = loop
+        #: The Datapath setting it started with (a new one needs a restart).
+        self.datapath = datapath
+        #: The XDP program answers in front of this process: `kernel` (reported and configured
+        #: here) or, for --workers other than 0, worker 0's (docs/server.md, "Workers").
+        self.on_kernel = on_kernel or kernel is not None
         self._undo = Undo()
         self.kernel = kernel
         if kernel is not None:
             self._undo.push(kernel.close)  # detached last, after the sockets are closed
-        if sockets is None:
-            sockets = open_server_sockets(params)
-        self.primary, self.secondary, self.raw = sockets
-        for sock in sockets:
-            self._undo.push(sock.close)
-        self.transmit = _Sockets(self.primary, self.secondary, self.raw)
-        self.machine = ServerMachine(params, self.transmit)
-        for sock, on_secondary in ((self.primary, False), (self.secondary, True)):
-            loop.add_reader(sock.fileno(), self._reader(sock, on_secondary))
-            self._undo.push(functools.partial(loop.remove_reader, sock.fileno()))
+        self._data: DataThread | None = None
+        try:
+            if sockets is None:
+                sockets = open_server_sockets(params)
+            self.primary, self.secondary, self.raw = sockets
+            for sock in sockets:
+                self._undo.push(sock.close)
+            self.transmit = _Sockets(self.primary, self.secondary, self.raw)
+            #: Held by whoever touches the machine: the data thread and the loop.
+            self.lock = threading.Lock()
+            self.machine = ServerMachine(params, self.transmit)
+            self._feed = Feed(_feeds(self.machine))
+            self._data = DataThread(
+                "server-data",
+                (self.primary, self.secondary),
+                None,
+                self._feed,
+                lock=self.lock,
+                clock=loop.clock,
+                # One byte more than the largest datagram handled: the machine drops a read
+                # that fills it (truncated). Also 0.3 us less than a 64 KiB read (measured).
+                udp_read_size=MAX_DATAGRAM + 1,
+                on_fatal=self._fail,
+            )
+            self._data.start()
+            self._undo.push(self._data.stop)  # stopped first, before the sockets close
+        except BaseException:
+            self.close()
+            raise
 
-    def _reader(self, sock: socket.socket, on_secondary: bool) -> Callable[[], None]:
-        """The socket's reader: drains it into the machine (the hot path, kept flat).
+    def _fail(self, why: str) -> None:
+        """A socket cannot be read any more: the server is dead, so the daemon stops with
+        status 1 and says why (data thread, lock held)."""
+        log.error("%s: stopping", why)
+        with contextlib.suppress(RuntimeError):  # the loop is closed already
+            self.loop.loop.call_soon_threadsafe(self.loop.stop, EXIT_FAILED)
 
-        Compared with teredo.io.udp.drain: a 2 KiB read instead of a 64 KiB one (also 0.3 us
-        less than recvfrom_into a reused buffer plus a copy, measured), and one clock read per
-        wake-up rather than per datagram (a wake-up lasts about a millisecond, nothing for the
-        rate limits). recvmmsg/sendmmsg batches (teredo.io.mmsg) were tried and cost more
-        than they saved: 10.0-11.6 us of CPU per RA against 7.6-9.2 without
-        (docs/benchmarks.md, "Server").
-        """
-        recvfrom = sock.recvfrom
-        clock = self.loop.clock
-        # One byte more than the largest datagram handled: a read that fills it was truncated.
-        read_size = RECEIVE_SIZE + 1
+    @property
+    def data_path_faults(self) -> int:
+        return self._data.faults if self._data is not None else 0
 
-        def on_readable() -> None:
-            machine = self.machine  # replaced by a reload, so read at each wake-up
-            receive = machine.receive
-            now = clock()
-            for _ in range(DRAIN_BUDGET):
-                try:
-                    data, source = recvfrom(read_size)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError:
-                    continue  # an ICMP error about an earlier send, not a datagram
-                if len(data) > RECEIVE_SIZE:
-                    machine.drops.count(DropReason.OVERSIZED)
-                    continue
-                receive(data, source, on_secondary, now)
-
-        return on_readable
-
-    def reload(self, params: ServerParams) -> Reload:
-        """SIGHUP: everything but the addresses applies at once (the machine is made again
-        with the new parameters); new addresses need a restart."""
+    def reload(self, params: ServerParams, datapath: DatapathMode) -> Reload:
+        """SIGHUP: the prefix, MTU and limits apply at once (the machine is made again with
+        the new parameters, counters kept); new addresses or a new data path need a restart."""
         old = self.machine.params
+        if datapath != self.datapath:
+            return DATAPATH_RESTART
         if (params.primary, params.secondary) != (old.primary, old.secondary):
             return Reload(restart="a new server address")
         fresh = ServerMachine(params, self.transmit)
-        # The counters go on across a reload (status and metrics must not jump back to zero);
-        # the rate-limit buckets start afresh with the new limits.
-        fresh.stats = self.machine.stats
-        fresh.drops = self.machine.drops
-        self.machine = fresh
+        with self.lock:
+            # The counters go on across a reload (status and metrics must not jump back to
+            # zero); the rate-limit buckets start afresh with the new limits.
+            fresh.stats = self.machine.stats
+            fresh.drops = self.machine.drops
+            self.machine = fresh
+            self._feed.feed_udp = _feeds(fresh)
         if self.kernel is not None:
             self.kernel.configure(params)
-        return Reload(applied=changed(old, params))
+        return Reload(applied=applied(old, params))
 
     def _totals(self) -> tuple[int, dict[str, int], dict[str, int] | None]:
         """RAs and drops by reason, Python's and the kernel's together; the kernel's counters."""
@@ -194,13 +208,14 @@ class ServerDaemon:
         return ras, drops, kernel
 
     def summary(self) -> str:
-        stats = self.machine.stats
-        ras, drops, _ = self._totals()
+        with self.lock:
+            stats = self.machine.stats
+            ras, drops, _ = self._totals()
         line = (
             f"RAs {ras}, bubbles {stats.bubbles_forwarded}, "
             f"packets {stats.packets_forwarded}, native {stats.native_forwarded}, "
             f"send errors {self.transmit.udp_errors + self.transmit.native_errors}, "
-            f"drops {drops or 'none'}"
+            f"data path faults {self.data_path_faults}, drops {drops or 'none'}"
         )
         if self.kernel is not None:
             line += f"; {self.kernel.summary()}"
@@ -208,12 +223,13 @@ class ServerDaemon:
 
     def status(self) -> dict[str, object]:
         """Counters of summary() by name, for the control socket."""
-        machine = self.machine
-        stats = machine.stats
-        params = machine.params
-        ras, drops, kernel = self._totals()
+        with self.lock:
+            machine = self.machine
+            stats = machine.stats
+            params = machine.params
+            ras, drops, kernel = self._totals()
         return {
-            "datapath": "kernel" if kernel is not None else "user",
+            "datapath": "kernel" if self.on_kernel else "user",
             # Of the totals below, what the XDP program did (RAs sent, RS dropped by the
             # limits, frames passed up to the sockets).
             "kernel": None
@@ -236,8 +252,37 @@ class ServerDaemon:
                 "udp": self.transmit.udp_errors,
                 "native": self.transmit.native_errors,
             },
+            "data_path_faults": self.data_path_faults,
             "drops": drops,
         }
 
     def close(self) -> None:
         self._undo.close()
+
+
+def _feeds(machine: ServerMachine) -> tuple[FeedUdp, FeedUdp]:
+    """The data thread's feeds of the primary and the secondary socket (the machine wants to
+    know which address a datagram reached: its answer leaves from the matching one)."""
+    receive = machine.receive
+
+    def primary(data: bytes, source: Address, now: float) -> None:
+        receive(data, source, False, now)
+
+    def secondary(data: bytes, source: Address, now: float) -> None:
+        receive(data, source, True, now)
+
+    return primary, secondary
+
+
+def applied(old: ServerParams, new: ServerParams) -> tuple[str, ...]:
+    """What a reload from `old` to `new` puts in force, in words (as the relay and the client
+    say theirs: "MTU 1400"); each limit by its ServerLimits name ("limit rs_rate 10")."""
+    out: list[str] = []
+    if new.prefix != old.prefix:
+        out.append(f"prefix {socket.inet_ntop(socket.AF_INET6, new.prefix + bytes(12))}/32")
+    if new.mtu != old.mtu:
+        out.append(f"MTU {new.mtu}")
+    out.extend(
+        f"limit {name} {getattr(new.limits, name):g}" for name in changed(old.limits, new.limits)
+    )
+    return tuple(out)

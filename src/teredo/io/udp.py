@@ -4,8 +4,8 @@
 serves the sockets read on the asyncio loop (the client's local discovery, the relay's health
 check through DaemonLoop.add_socket): the stock asyncio datagram protocol costs several times
 more per packet than a reader callback that reads a bounded number of datagrams per wake-up.
-The data paths read their sockets themselves (io/server_driver.py, io/client_driver.py,
-io/relay_driver.py). `UdpSender` counts refused sends instead of raising.
+The data paths read their sockets themselves (io/datathread.py). `UdpSender` counts refused
+sends instead of raising.
 """
 
 from __future__ import annotations
