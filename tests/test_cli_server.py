@@ -266,8 +266,14 @@ def test_sighup_rereads_the_file_and_sigterm_stops_cleanly(netns: str, tmp_path:
         assert _ra_mtu(payload) == 1280
         conf.write_text(f"ServerBindAddress {PRIMARY}\nInterfaceMTU 1400\n")
         proc.send_signal(signal.SIGHUP)
-        _wait_for(proc, lines, "configuration reloaded")
+        # One form for every daemon (docs/operate.md, "Reload"): what is now in force.
+        _wait_for(proc, lines, "configuration reloaded: MTU 1400")
         assert _ra_mtu(_rs_probe(netns)[0]) == 1400
+        conf.write_text(f"ServerBindAddress {PRIMARY}\nInterfaceMTU 1280\nDatapath user\n")
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(proc, lines, "not reloaded: a new data path (Datapath) needs a restart")
+        assert _ra_mtu(_rs_probe(netns)[0]) == 1400, "nothing applied"
+        conf.write_text(f"ServerBindAddress {PRIMARY}\nInterfaceMTU 1400\n")
         # A broken file on SIGHUP keeps the running configuration and says why.
         conf.write_text("ServerBindAddress nowhere..\n")
         proc.send_signal(signal.SIGHUP)
@@ -282,7 +288,7 @@ def test_sighup_rereads_the_file_and_sigterm_stops_cleanly(netns: str, tmp_path:
     assert status == 0, "".join(lines)
     assert proc.stderr is not None
     rest = proc.stderr.read()
-    assert "stopping: RAs 3," in rest, rest
+    assert "stopping: RAs 4," in rest, rest
     assert "'oversized': 1" in rest, rest
     assert not pidfile.exists(), "the pid file must be removed on exit"
 
