@@ -947,6 +947,44 @@ def test_a_ping_test_outlasts_lost_echoes_under_tcp_retransmissions() -> None:
     assert client.drops.total() == 0
 
 
+def syn_segment(src: bytes, dst: bytes, tsval: int) -> bytes:
+    """An IPv6 TCP SYN with a timestamp option (RFC 7323): what a connect sends every second."""
+    options = bytes((1, 1, 8, 10)) + tsval.to_bytes(4, "big") + bytes(4)
+    tcp = (
+        (40000).to_bytes(2, "big")
+        + (5201).to_bytes(2, "big")
+        + (1000).to_bytes(4, "big")
+        + bytes(4)
+        + bytes((8 << 4, 0x02))
+        + bytes((0xFA, 0xF0, 0, 0, 0, 0))
+        + options
+    )
+    return bytes((0x60, 0, 0, 0, 0, len(tcp), 6, 64)) + src + dst + tcp
+
+
+def test_the_syns_queued_during_a_ping_test_leave_as_one_the_newest() -> None:
+    # Issue 12, 30 % loss: connect() sent its SYN every second while the ping test ran; all
+    # copies waited in the queue and left oldest first when the reply came (7 s in), the
+    # native host answered the oldest, and its echoed timestamp gave TCP a 7 s round trip,
+    # a 21 s retransmission timeout: the connection's data then stalled past 2 minutes.
+    client, out, event = qualified_client()
+    start = T0 + 1.0
+    client.receive_tun(syn_segment(event.address, NATIVE, 0), start)
+    [(ping, dest)] = out.udp
+    assert dest == SRV
+    echo = parse_echo(ping)
+    assert not isinstance(echo, DropReason)
+    out.clear()
+    for second in range(1, 8):
+        client.receive_tun(syn_segment(event.address, NATIVE, second * 1000), start + second)
+    reply = build_echo(NATIVE, event.address, 5, 5, echo.data, reply=True)
+    client.receive_udp(reply, RELAY, start + 7.5)
+    assert out.udp[-1:] == [(syn_segment(event.address, NATIVE, 7000), RELAY)]
+    assert [d for _p, d in out.udp].count(RELAY) == 1  # one SYN, not 8
+    assert client.status()["queue_superseded"] == 7
+    assert client.drops.total() == 0
+
+
 def test_a_repeated_ping_bubbles_again_the_relay_holding_our_echo_reply() -> None:
     """Issue 12, 30 % loss: the relay queued our echo reply and bubbled us through the server;
     our direct bubble back was lost, and a Miredo relay bubbles again only for a new reply
@@ -976,6 +1014,28 @@ def test_a_repeated_ping_bubbles_again_the_relay_holding_our_echo_reply() -> Non
     client.handle_timer(start + 15.0)
     assert out.udp == []
     assert client.drops.total() == 0
+
+
+def test_a_new_test_after_a_failed_one_bubbles_the_relay_at_its_first_ping() -> None:
+    """Issue 12, 30 % loss: the relay bubbled us late in a test that then failed; the local
+    sender's retry starts a new test, whose first ping re-sends our direct bubble to that
+    relay (a Miredo relay bubbles a client 4 times in 300 s at most: each chance counts)."""
+    client, out, event = qualified_client()
+    start = T0 + 1.0
+    start_ping(client, out, event.address, start)
+    relay_source = ipaddress.IPv6Address("fe80::1234").packed
+    relayed = build_origin(ipv4_to_int(RELAY[0]), RELAY[1]) + build_bubble(
+        relay_source, event.address
+    )
+    for t in (3.0, 7.0, 15.0):  # the second, third and fourth pings
+        client.handle_timer(start + t)
+    client.receive_udp(relayed, SRV, start + 15.1)  # its answer bubbled (ours back: lost)
+    client.handle_timer(start + 23.0)  # the test fails: the error to the local sender
+    assert len(out.tun) == 1
+    out.clear()
+    client.receive_tun(build_echo(event.address, NATIVE, 77, 2, b"retry"), start + 23.2)
+    assert [d for _p, d in out.udp] == [RELAY, SRV]
+    assert out.udp[0] == (build_bubble(event.address, relay_source), RELAY)
 
 
 def test_without_a_running_test_an_indirect_bubble_gets_one_answer() -> None:

@@ -503,7 +503,7 @@ class ClientMachine(Qualification, ClientProcedures, Rfc6081Peers):
         elif src not in self._probes and not self._unsolicited.allow(now):
             return DropReason.PING_RATE_LIMITED
         tagged = _sockkey(ipv4, port) + pkt.ipv6
-        if not peers.enqueue(row, tagged, inbound=True):
+        if not peers.enqueue(row, tagged, inbound=True, ip6_at=len(tagged) - len(pkt.ipv6)):
             return DropReason.QUEUE_FULL
         if src not in self._probes:
             return self._start_probe(row, src, _PING, now)
@@ -665,6 +665,7 @@ class ClientMachine(Qualification, ClientProcedures, Rfc6081Peers):
             "trusted_peers": stats.trusted,
             "probes": len(self._probes),
             "queued_bytes": stats.queued_bytes,
+            "queue_superseded": stats.queue_superseded,
             "suspends": self.suspends,
             "symmetric_ports_adopted": self._adoption.adopted,
             "hairpin_peers": self._hairpin.accepted,

@@ -19,6 +19,7 @@ IPV6_HEADER_LEN = 40
 IPV6_MIN_MTU = 1280  # RFC 8200 section 5; the Teredo link MTU (RFC 4380 section 5.1.2)
 NH_ICMPV6 = 58
 NH_NONE = 59  # "no next header": bubbles (RFC 4380 section 2.8)
+NH_TCP = 6
 
 ICMPV6_DST_UNREACH = 1
 ICMPV6_ECHO_REQUEST = 128
@@ -504,3 +505,33 @@ def parse_unreachable(
     if len(msg) < 8 or msg[0] != ICMPV6_DST_UNREACH:
         return DropReason.BAD_ICMPV6
     return Unreachable(hdr.src, hdr.dst, msg[1], msg[8:], hdr.hop_limit)
+
+
+_TCP_HEADER_MIN = 20
+
+
+def tcp_retransmit_key(packet: bytes, at: int = 0) -> bytes | None:
+    """What a retransmission of the TCP segment in the IPv6 packet at `packet[at:]` has in
+    common with the original, or None when it is no TCP segment right after the IPv6 header
+    (extension headers, fragments: None). The addresses, ports, sequence number, flags and
+    segment length (RFC 9293 3.1): a retransmission repeats them, its timestamp option, ACK
+    and window may be newer. For a queue that holds packets while a peer is checked (core/
+    peers.py): the newest copy of a segment replaces the older ones."""
+    n = len(packet) - at
+    if n < IPV6_HEADER_LEN + _TCP_HEADER_MIN or packet[at] >> 4 != 6 or packet[at + 6] != NH_TCP:
+        return None
+    payload = (packet[at + 4] << 8) | packet[at + 5]
+    if IPV6_HEADER_LEN + payload > n:
+        return None
+    t = at + IPV6_HEADER_LEN
+    offset = (packet[t + 12] >> 4) * 4
+    if offset < _TCP_HEADER_MIN or offset > payload:
+        return None
+    segment = payload - offset
+    return (
+        packet[:at]
+        + packet[at + 8 : at + 40]
+        + packet[t : t + 8]
+        + bytes((packet[t + 13],))
+        + segment.to_bytes(2, "big")
+    )

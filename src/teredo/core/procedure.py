@@ -49,7 +49,7 @@ BUBBLE_SENDS = 4
 # - the error sent when the test fails aborts a TCP connect at once (an ICMPv6 error in
 #   SYN-SENT), so a test given up early kills a connection TCP's own retries would have made.
 PING_WAITS = (3.0, 4.0, 8.0, 8.0)
-# While a ping test runs, each repeated ping also re-sends our direct bubble to the relays
+# While a ping test runs, each ping also re-sends our direct bubble to the relays
 # whose indirect bubbles reached us (origin indications, section 5.2.3) in the last 23 s (a
 # test's length), at most this many relays. Why: a relay holding our echo reply waits for that
 # bubble; if it is lost, a Miredo relay bubbles us again only for a new echo reply, at most
@@ -224,8 +224,9 @@ class ClientProcedures:
             if nonce is None:
                 nonce = self._random(PING_NONCE_LEN)
                 peers.set_nonce(row, nonce)
-            if probe.sends > 1:
-                self._rebubble_relays(address, now)
+            # Also at a test's first ping: a connect retried after a failed test (its ICMPv6
+            # error) starts a new test while the relay that bubbled us may still hold a reply.
+            self._rebubble_relays(address, now)
             self._ping_seq = (self._ping_seq + 1) & 0xFFFF
             echo = build_echo(
                 address, addr, self._ping_id, self._ping_seq, nonce, hop_limit=PING_HOP_LIMIT
@@ -247,7 +248,7 @@ class ClientProcedures:
         origins[origin] = (src, now)
 
     def _rebubble_relays(self, address: bytes, now: float) -> None:
-        """A repeated ping: our direct bubble again to the relays that recently bubbled us."""
+        """A ping: our direct bubble again to the relays that recently bubbled us."""
         for origin, (src, seen) in list(self._relay_origins.items()):
             if now - seen > RELAY_ORIGIN_KEEP:
                 del self._relay_origins[origin]
