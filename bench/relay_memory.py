@@ -285,6 +285,12 @@ def _fmt(value: object, digits: int = 1) -> str:
     return str(value)
 
 
+def _plus(run: dict[str, float | None], *keys: str) -> float | None:
+    """The sum of `run`'s figures at `keys`, None if one is missing."""
+    values = [run.get(key) for key in keys]
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+
 def _counts(text: str) -> list[int]:
     try:
         counts = [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
@@ -342,9 +348,18 @@ def main(argv: list[str] | None = None) -> int:
     for n, runs in lab.items():
         m, t = runs.get("miredo", {}), runs.get("teredo", {})
         row(f"lab: relay RSS idle, MiB ({int(n):,} peers)", m.get("rss_before_mib"),
-            t.get("rss_before_mib"), f"<= {IDLE_TARGET_MIB:g}")  # fmt: skip
+            t.get("rss_before_mib"))  # fmt: skip
+        row("lab:   BPF maps idle (bytes_memlock), MiB", m.get("memlock_before_mib"),
+            t.get("memlock_before_mib"))  # fmt: skip
+        row("lab:   idle, RSS + maps, MiB", _plus(m, "rss_before_mib", "memlock_before_mib"),
+            _plus(t, "rss_before_mib", "memlock_before_mib"),
+            f"<= {IDLE_TARGET_MIB:g}")  # fmt: skip
         row(f"lab: RSS per added peer, B ({int(n):,})", m.get("growth_bytes_per_peer"),
-            t.get("growth_bytes_per_peer"), f"<= {PER_PEER_TARGET:g}")  # fmt: skip
+            t.get("growth_bytes_per_peer"))  # fmt: skip
+        row("lab:   maps (bytes_memlock) per added peer, B", m.get("memlock_bytes_per_peer"),
+            t.get("memlock_bytes_per_peer"))  # fmt: skip
+        row("lab:   RSS + maps per added peer, B", m.get("total_bytes_per_peer"),
+            t.get("total_bytes_per_peer"), f"<= {PER_PEER_TARGET:g}")  # fmt: skip
         row(f"lab: peers in the table ({int(n):,})", m.get("peers_answered"),
             t.get("peers_logged"))  # fmt: skip
     for n, c in core.items():

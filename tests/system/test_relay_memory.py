@@ -44,7 +44,9 @@ def test_relay_memory_grows_with_the_peers_in_the_lab() -> None:
     assert miredo["peers_answered"] == PEERS, output
     assert ours["peers_logged"] == PEERS, output  # every peer created is in our table
     assert ours["capacity"] == 1_048_576
-    assert ours["rss_before_mib"] <= 40.0, output  # issue 8: idle <= 40 MiB
+    # Issue 8: idle <= 40 MiB, user space and the kernel maps (the LRU relay_peers) together.
+    assert ours["rss_before_mib"] + ours["memlock_before_mib"] <= 40.0, output
+    assert ours["memlock_before_mib"] > 0, "the kernel data path's maps are counted"
     # 81 B a slot paid at start would be 81 MiB idle; growth per peer stays near the table's.
     assert ours["growth_bytes_per_peer"] < 200, output
     assert miredo["rss_before_mib"] > 0
