@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import re
 import shutil
+import struct
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pytest
 
 from teredo.io.datapath import object_path
-from teredo.io.libbpf import BpfError, BpfObject, BpfProgram
+from teredo.io.libbpf import BpfError, BpfObject, BpfProgram, possible_cpus
 
 # Verdicts of a tc (sched_cls) program (include/uapi/linux/pkt_cls.h).
 TC_ACT_OK = 0
@@ -48,6 +50,18 @@ def run(program: BpfProgram, packet: bytes) -> Verdict:
     """Run `program` once on `packet` (from its Ethernet header on)."""
     result = program.test_run(packet)
     return Verdict(result.retval, result.data)
+
+
+def counters(obj: BpfObject, name: str, slots: Sequence[str]) -> dict[str, int]:
+    """The per-CPU counter array `name` of `obj`, summed over the CPUs, by slot name; every
+    slot must be there."""
+    m = obj.map(name)
+    out = {}
+    for i, slot in enumerate(slots):
+        raw = m.lookup(struct.pack("=I", i), percpu=True)
+        assert raw is not None, f"{name}[{i}] ({slot}) missing"
+        out[slot] = sum(struct.unpack(f"={possible_cpus()}Q", raw))
+    return out
 
 
 def enumerators(name: str, enum: str) -> list[tuple[str, int]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -25,11 +24,33 @@ from teredo.core.counters import DropReason
 from teredo.core.ipv6 import build_bubble, build_echo, build_ra, parse_echo
 from teredo.core.wire import build_auth, build_origin, parse_payload
 from teredo.io.kclient import COUNTERS
-from teredo.io.libbpf import BpfObject, possible_cpus
+from teredo.io.libbpf import BpfObject
 
+from . import bpftest
 from .bpftest import TC_ACT_OK, TC_ACT_REDIRECT, load, run
+from .packets import (
+    ETH_IP4,
+    ETH_IP6,
+    NATIVE,
+    NOW,
+    ODD_DATAGRAM,
+    ODD_IPV6,
+    OTHER_NATIVE,
+    PEER_VALUE,
+    SERVER,
+    OddDatagram,
+    OddIPv6,
+    Recorder,
+    check_outer,
+    checksum,
+    ipv6,
+    kernel_stamp,
+    tcp6,
+    teredo_address,
+    udp4,
+    udp6,
+)
 
-SERVER = "198.51.100.10"
 SERVER2 = "198.51.100.11"
 LOCAL_IP = "192.168.1.2"  # the client socket's address, behind the NAT
 LOCAL_PORT = 3545
@@ -37,95 +58,13 @@ MAPPING = ("203.0.113.77", 51234)  # what the NAT made of it
 PEER_IP = "203.0.113.90"
 PEER_PORT = 40000
 RELAY = ("198.51.100.20", 3545)  # the relay the ping test found for NATIVE
-NATIVE = bytes.fromhex("20010db8000100000000000000000100")  # 2001:db8:1::100
-OTHER_NATIVE = bytes.fromhex("20010db8000100000000000000000200")
 OUT_IFINDEX = 3
 TUN_IFINDEX = 5
-ETH_IP6 = bytes(6) + bytes((2, 0, 0, 0, 0, 1)) + b"\x86\xdd"
-ETH_IP4 = bytes(6) + bytes((2, 0, 0, 0, 0, 1)) + b"\x08\x00"
-NOW = 1000.0
-_PEER = struct.Struct("=4s2sHII")  # struct teredo_peer
 _CFG = struct.Struct("=4s2sBBII16sI")  # struct client_config
-
-
-def teredo_address(ip: str, port: int, server: str = SERVER) -> bytes:
-    """RFC 4380 section 4: prefix, server, flags 0, obscured port and IPv4."""
-    obscured_port = (port ^ 0xFFFF).to_bytes(2, "big")
-    obscured_ip = bytes(b ^ 0xFF for b in socket.inet_aton(ip))
-    return (
-        bytes.fromhex("20010000") + socket.inet_aton(server) + b"\x00\x00" + obscured_port
-    ) + obscured_ip
 
 
 PEER = teredo_address(PEER_IP, PEER_PORT)
 UNKNOWN_PEER = teredo_address("203.0.113.12", 40001)
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return int(total)
-
-
-def ipv6(src: bytes, dst: bytes, payload: bytes, nh: int = 17, hop: int = 64) -> bytes:
-    return struct.pack("!IHBB", 6 << 28, len(payload), nh, hop) + src + dst + payload
-
-
-def udp6(src: bytes, dst: bytes, body: bytes) -> bytes:
-    """An IPv6 UDP packet with a complete checksum."""
-    length = 8 + len(body)
-    pseudo = src + dst + struct.pack("!IxxxB", length, 17)
-    head = struct.pack("!HHHH", 1234, 5678, length, 0)
-    csum = 0xFFFF - checksum(pseudo + head + body) or 0xFFFF
-    return ipv6(src, dst, struct.pack("!HHHH", 1234, 5678, length, csum) + body)
-
-
-def tcp6(src: bytes, dst: bytes, body: bytes) -> bytes:
-    """An IPv6 TCP segment (20-byte header) with a complete checksum."""
-    length = 20 + len(body)
-    pseudo = src + dst + struct.pack("!IxxxB", length, 6)
-    head = struct.pack("!HHIIBBHHH", 1234, 80, 1, 0, 5 << 4, 0x18, 65535, 0, 0)
-    csum = 0xFFFF - checksum(pseudo + head + body) or 0xFFFF
-    return ipv6(src, dst, head[:16] + struct.pack("!H", csum) + head[18:] + body, nh=6)
-
-
-def udp4(
-    src: str, sport: int, dst: str, dport: int, payload: bytes, *, csum: str = "zero"
-) -> bytes:
-    """IPv4 + UDP around `payload`; `csum`: "zero", "full" (complete) or "partial" (only the
-    pseudo-header sum, as a sender that leaves it to the device)."""
-    length = 8 + len(payload)
-    s, d = socket.inet_aton(src), socket.inet_aton(dst)
-    pseudo = s + d + struct.pack("!xBH", 17, length)
-    if csum == "zero":
-        check = 0
-    elif csum == "partial":
-        check = checksum(pseudo)
-    else:
-        head = struct.pack("!HHHH", sport, dport, length, 0)
-        check = 0xFFFF - checksum(pseudo + head + payload) or 0xFFFF
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 1, 0, 64, 17, 0, s, d)
-    ip = ip[:10] + struct.pack("!H", 0xFFFF - checksum(ip)) + ip[12:]
-    return ip + struct.pack("!HHHH", sport, dport, length, check) + payload
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.udp: list[tuple[bytes, Address]] = []
-        self.discovery: list[bytes] = []
-        self.tun: list[bytes] = []
-
-    def send_udp(self, payload: bytes, destination: Address) -> None:
-        self.udp.append((bytes(payload), destination))
-
-    def send_discovery(self, payload: bytes) -> None:
-        self.discovery.append(bytes(payload))
-
-    def write_tun(self, packet: bytes | memoryview) -> None:
-        self.tun.append(bytes(packet))
 
 
 def _counter_random() -> Iterator[bytes]:
@@ -188,15 +127,10 @@ def core() -> Client:
     return Client(client, out, address)
 
 
-def kernel_stamp(ago: float = 0.0) -> int:
-    """teredo_stamp() of `ago` seconds back: CLOCK_BOOTTIME in 2**20 ns units."""
-    return (time.clock_gettime_ns(time.CLOCK_BOOTTIME) - int(ago * 1e9)) >> 20 & 0xFFFFFFFF
-
-
 def mirror(
     obj: BpfObject, addr: bytes, mapping: Address, *, ago: float = 0.0, flags: int = 0
 ) -> None:
-    value = _PEER.pack(
+    value = PEER_VALUE.pack(
         socket.inet_aton(mapping[0]), mapping[1].to_bytes(2, "big"), flags, 0, kernel_stamp(ago)
     )
     obj.map("client_peers").update(addr, value)
@@ -219,13 +153,7 @@ def configure(obj: BpfObject, address: bytes, l2: int = 14, flags: int = 0) -> N
 
 
 def counters(obj: BpfObject) -> dict[str, int]:
-    m = obj.map("client_counters")
-    out = {}
-    for i, name in enumerate(COUNTERS):
-        raw = m.lookup(struct.pack("=I", i), percpu=True)
-        assert raw is not None
-        out[name] = sum(struct.unpack(f"={possible_cpus()}Q", raw))
-    return out
+    return bpftest.counters(obj, "client_counters", COUNTERS)
 
 
 @pytest.fixture(scope="module")
@@ -264,19 +192,7 @@ def check_encap(obj: BpfObject, packet: bytes, *, later: float = 1.0) -> bool:
     assert len(c.out.udp) == 1, f"the kernel sent what the core would not: {c.out.udp}"
     [(sent, dest)] = c.out.udp
     assert sent == packet
-    data = got.data
-    assert data[12:14] == b"\x08\x00"
-    ip, udp, inner = data[14:34], data[34:42], data[42:]
-    assert inner == packet
-    assert ip[0] == 0x45
-    assert ip[9] == 17
-    assert ip[8] == 64
-    assert ip[6:8] == b"\x00\x00", "no DF, no fragment"
-    assert struct.unpack("!H", ip[2:4])[0] == 28 + len(packet)
-    assert checksum(ip) == 0xFFFF
-    assert ip[12:16] == socket.inet_aton(LOCAL_IP), "from the client socket's address"
-    assert (socket.inet_ntoa(ip[16:20]), struct.unpack("!H", udp[2:4])[0]) == dest
-    assert struct.unpack("!HHH", udp[:2] + udp[4:8]) == (LOCAL_PORT, 8 + len(packet), 0)
+    check_outer(got.data, packet, (LOCAL_IP, LOCAL_PORT), dest)  # from the client socket
     return True
 
 
@@ -291,7 +207,7 @@ def test_encap_trusted_peers_are_the_core_bytes(client_obj: BpfObject, address: 
     assert after["encap"] - before["encap"] == 4
     raw = client_obj.map("client_peers").lookup(NATIVE)
     assert raw is not None
-    assert _PEER.unpack(raw)[3] != 0, "the kernel stamps its last send"
+    assert PEER_VALUE.unpack(raw)[3] != 0, "the kernel stamps its last send"
 
 
 def test_encap_passes_up_what_it_must_not_forward(client_obj: BpfObject, address: bytes) -> None:
@@ -361,38 +277,16 @@ def test_not_qualified_passes_everything(address: bytes) -> None:
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    body=st.binary(max_size=64),
-    nh=st.sampled_from([6, 17, 58, 59, 0, 44, 43]),
-    hop=st.integers(0, 255),
+    odd=ODD_IPV6,
     dst=st.sampled_from(
         [PEER, UNKNOWN_PEER, NATIVE, OTHER_NATIVE, bytes(16), b"\xff\x02" + bytes(14)]
     ),
     ours=st.booleans(),
-    cut=st.integers(0, 8),
-    extra=st.binary(max_size=4),
-    plen_delta=st.integers(-3, 3),
-    first=st.sampled_from([0x60, 0x60, 0x60, 0x45, 0x00, 0x6F]),
 )
 def test_encap_is_the_core_or_passes_up(
-    *,
-    shared_obj: BpfObject,
-    address: bytes,
-    body: bytes,
-    nh: int,
-    hop: int,
-    dst: bytes,
-    ours: bool,
-    cut: int,
-    extra: bytes,
-    plen_delta: int,
-    first: int,
+    *, shared_obj: BpfObject, address: bytes, odd: OddIPv6, dst: bytes, ours: bool
 ) -> None:
-    packet = bytearray(ipv6(address if ours else NATIVE, dst, body, nh=nh, hop=hop) + extra)
-    packet[0] = first
-    plen = max(0, min(0xFFFF, len(body) + plen_delta))
-    packet[4:6] = plen.to_bytes(2, "big")
-    # At least the IPv6 header: test_run (like the stack) refuses a shorter IPv6 frame.
-    check_encap(shared_obj, bytes(packet[: max(40, len(packet) - cut)]))
+    check_encap(shared_obj, odd.packet(address if ours else NATIVE, dst))
 
 
 # --- Teredo -> our IPv6 (client_decap) -------------------------------------------------------
@@ -433,7 +327,7 @@ def test_decap_trusted_peers_are_the_core_bytes(client_obj: BpfObject, address: 
     assert after["decap"] - before["decap"] == 3
     raw = client_obj.map("client_peers").lookup(PEER)
     assert raw is not None
-    assert _PEER.unpack(raw)[4] >= kernel_stamp(1), "the kernel stamps its last reception"
+    assert PEER_VALUE.unpack(raw)[4] >= kernel_stamp(1), "the kernel stamps its last reception"
 
 
 def test_decap_passes_up_what_it_must_not_forward(client_obj: BpfObject, address: bytes) -> None:
@@ -505,9 +399,7 @@ def test_decap_of_a_stale_peer_goes_to_the_core(client_obj: BpfObject, address: 
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    body=st.binary(max_size=48),
-    nh=st.sampled_from([6, 17, 58, 59, 0, 44]),
-    hop=st.integers(0, 255),
+    odd=ODD_DATAGRAM,
     inner_src=st.sampled_from([PEER, UNKNOWN_PEER, NATIVE, b"\xfe\x80" + bytes(14), bytes(16)]),
     to_us=st.sampled_from([True, True, False]),
     source=st.sampled_from(
@@ -519,31 +411,19 @@ def test_decap_of_a_stale_peer_goes_to_the_core(client_obj: BpfObject, address: 
             (SERVER, 3544),
         ]
     ),
-    csum=st.sampled_from(["zero", "partial", "full"]),
-    mangle=st.lists(st.tuples(st.integers(0, 90), st.integers(0, 255)), max_size=2),
-    cut=st.integers(0, 6),
 )
 def test_decap_is_the_core_or_passes_up(
     *,
     shared_obj: BpfObject,
     address: bytes,
-    body: bytes,
-    nh: int,
-    hop: int,
+    odd: OddDatagram,
     inner_src: bytes,
     to_us: bool,
     source: Address,
-    csum: str,
-    mangle: list[tuple[int, int]],
-    cut: int,
 ) -> None:
-    inner = ipv6(inner_src, address if to_us else OTHER_NATIVE, body, nh=nh, hop=hop)
-    datagram = bytearray(udp4(source[0], source[1], LOCAL_IP, LOCAL_PORT, inner, csum=csum))
-    for at, value in mangle:
-        # Mangle outer or inner header bytes, never the outer source (which `source` names).
-        if at < len(datagram) and not 12 <= at < 16 and not 20 <= at < 22:
-            datagram[at] = value
-    check_decap(shared_obj, bytes(datagram[: max(20, len(datagram) - cut)]), source)
+    inner_dst = address if to_us else OTHER_NATIVE
+    datagram = odd.datagram(source, (LOCAL_IP, LOCAL_PORT), inner_src, inner_dst)
+    check_decap(shared_obj, datagram, source)
 
 
 def test_checksum_left_to_the_device_where_the_device_completes_it(address: bytes) -> None:

@@ -214,7 +214,8 @@ def test_re_inserts_are_bounded_per_sync(
 def test_an_lru_evicted_peer_is_carried_by_the_kernel_again() -> None:
     """The relay's map for real: an LRU hash smaller than the trusted set evicts; the evicted
     peer's next use on the Python path puts it back, and relay_encap forwards to it again."""
-    from .test_relay_programs import ETH_IP6, NATIVE, configure, udp6
+    from .packets import ETH_IP6, NATIVE, udp6
+    from .test_relay_programs import configure
 
     size = 1024
     obj = BpfObject(object_path("teredo_relay"))
@@ -262,19 +263,8 @@ def test_a_local_peer_keeps_the_cores_600_s_of_validity_in_the_kernel() -> None:
     from teredo.core.client import ClientMachine, ClientParams
     from teredo.core.ipv6 import build_bubble
 
-    from .test_client_programs import (
-        ETH_IP6,
-        MAPPING,
-        SERVER,
-        SERVER2,
-        FakeRandom,
-        Recorder,
-        _ra,
-        configure,
-        kernel_stamp,
-        teredo_address,
-        udp6,
-    )
+    from .packets import ETH_IP6, SERVER, Recorder, kernel_stamp, teredo_address, udp6
+    from .test_client_programs import MAPPING, SERVER2, FakeRandom, _ra, configure
 
     out = Recorder()
     params = ClientParams(ipv4_to_int(SERVER), peer_capacity=64, local_discovery=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -17,85 +16,39 @@ from hypothesis import strategies as st
 from teredo.core.addr import Address
 from teredo.core.relay import RelayMachine, RelayParams
 from teredo.io.krelay import COUNTERS
-from teredo.io.libbpf import BpfObject, possible_cpus
+from teredo.io.libbpf import BpfObject
 
+from . import bpftest
 from .bpftest import TC_ACT_OK, TC_ACT_REDIRECT, load, run
+from .packets import (
+    ETH_IP4,
+    ETH_IP6,
+    NATIVE,
+    NOW,
+    ODD_DATAGRAM,
+    ODD_IPV6,
+    OTHER_NATIVE,
+    PEER_VALUE,
+    OddDatagram,
+    OddIPv6,
+    Recorder,
+    check_outer,
+    checksum,
+    ipv6,
+    kernel_stamp,
+    teredo_address,
+    udp4,
+    udp6,
+)
 
 RELAY_IP = "198.51.100.20"
 RELAY_PORT = 3544
-SERVER = bytes((198, 51, 100, 10))
-NATIVE = bytes.fromhex("20010db8000100000000000000000100")  # 2001:db8:1::100
-OTHER_NATIVE = bytes.fromhex("20010db8000100000000000000000200")
 PEER_IP = "203.0.113.11"
 PEER_PORT = 40000
-ETH_IP6 = bytes(6) + bytes((2, 0, 0, 0, 0, 1)) + b"\x86\xdd"
-ETH_IP4 = bytes(6) + bytes((2, 0, 0, 0, 0, 1)) + b"\x08\x00"
-NOW = 1000.0
-
-
-def teredo_address(ip: str, port: int, server: bytes = SERVER) -> bytes:
-    """RFC 4380 section 4: prefix, server, flags, obscured port and IPv4."""
-    obscured_port = (port ^ 0xFFFF).to_bytes(2, "big")
-    obscured_ip = bytes(b ^ 0xFF for b in socket.inet_aton(ip))
-    return bytes.fromhex("20010000") + server + b"\x00\x00" + obscured_port + obscured_ip
 
 
 PEER = teredo_address(PEER_IP, PEER_PORT)
 UNKNOWN_PEER = teredo_address("203.0.113.12", 40001)
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return int(total)
-
-
-def ipv6(src: bytes, dst: bytes, payload: bytes, nh: int = 17, hop: int = 64) -> bytes:
-    return struct.pack("!IHBB", 6 << 28, len(payload), nh, hop) + src + dst + payload
-
-
-def udp6(src: bytes, dst: bytes, body: bytes) -> bytes:
-    """An IPv6 UDP packet with a complete checksum."""
-    length = 8 + len(body)
-    pseudo = src + dst + struct.pack("!IxxxB", length, 17)
-    head = struct.pack("!HHHH", 1234, 5678, length, 0)
-    csum = 0xFFFF - checksum(pseudo + head + body) or 0xFFFF
-    return ipv6(src, dst, struct.pack("!HHHH", 1234, 5678, length, csum) + body)
-
-
-def udp4(
-    src: str, sport: int, dst: str, dport: int, payload: bytes, *, csum: str = "zero"
-) -> bytes:
-    """IPv4 + UDP around `payload`; `csum`: "zero", "full" (complete) or "partial" (only the
-    pseudo-header sum, as a sender that leaves it to the device)."""
-    length = 8 + len(payload)
-    s, d = socket.inet_aton(src), socket.inet_aton(dst)
-    pseudo = s + d + struct.pack("!xBH", 17, length)
-    if csum == "zero":
-        check = 0
-    elif csum == "partial":
-        check = checksum(pseudo)
-    else:
-        head = struct.pack("!HHHH", sport, dport, length, 0)
-        check = 0xFFFF - checksum(pseudo + head + payload) or 0xFFFF
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 1, 0, 64, 17, 0, s, d)
-    ip = ip[:10] + struct.pack("!H", 0xFFFF - checksum(ip)) + ip[12:]
-    return ip + struct.pack("!HHHH", sport, dport, length, check) + payload
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.udp: list[tuple[bytes, Address]] = []
-        self.tun: list[bytes] = []
-
-    def send_udp(self, payload: bytes, destination: Address) -> None:
-        self.udp.append((bytes(payload), destination))
-
-    def write_tun(self, packet: bytes | memoryview) -> None:
-        self.tun.append(bytes(packet))
 
 
 def core(host_specific: bool = False) -> tuple[RelayMachine, Recorder]:
@@ -123,17 +76,12 @@ def configure(obj: BpfObject, host_specific: bool = False, l2: int = 14) -> None
         bytes.fromhex("20010000"),
     )
     obj.map("relay_cfg").update(struct.pack("=I", 0), cfg)
-    peer = struct.pack(
-        "=4s2sHII", socket.inet_aton(PEER_IP), PEER_PORT.to_bytes(2, "big"), 0, 0, stamp()
+    peer = PEER_VALUE.pack(
+        socket.inet_aton(PEER_IP), PEER_PORT.to_bytes(2, "big"), 0, 0, kernel_stamp()
     )
     obj.map("relay_peers").update(PEER, peer)
     if host_specific:
         obj.map("relay_own").update(NATIVE, b"\x01")
-
-
-def stamp(age: float = 0.0) -> int:
-    """The programs' clock (bpf_ktime_get_boot_ns() >> 20), `age` seconds ago."""
-    return (int((time.clock_gettime(time.CLOCK_BOOTTIME) - age) * 1e9) >> 20) & 0xFFFFFFFF
 
 
 def set_last_rx(obj: BpfObject, when: int) -> None:
@@ -145,13 +93,7 @@ def set_last_rx(obj: BpfObject, when: int) -> None:
 
 
 def counters(obj: BpfObject) -> dict[str, int]:
-    m = obj.map("relay_counters")
-    out = {}
-    for i, name in enumerate(COUNTERS):
-        raw = m.lookup(struct.pack("=I", i), percpu=True)
-        assert raw is not None
-        out[name] = sum(struct.unpack(f"={possible_cpus()}Q", raw))
-    return out
+    return bpftest.counters(obj, "relay_counters", COUNTERS)
 
 
 @pytest.fixture(scope="module")
@@ -175,25 +117,14 @@ def check_encap(obj: BpfObject, packet: bytes, *, host_specific: bool = False) -
     """Run relay_encap and the core on `packet`; True when the kernel forwarded it."""
     relay, out = core(host_specific)
     relay.receive_tun(packet, NOW + 1)
-    set_last_rx(obj, stamp())  # the core's peer is valid (heard at NOW)
+    set_last_rx(obj, kernel_stamp())  # the core's peer is valid (heard at NOW)
     got = run(obj.program("relay_encap"), ETH_IP6 + packet)
     if got.retval == TC_ACT_OK:
         assert got.data == ETH_IP6 + packet, "a packet passed up must be unchanged"
         return False
     assert got.retval == TC_ACT_REDIRECT
     assert out.udp == [(packet, (PEER_IP, PEER_PORT))], "the kernel sent what the core would not"
-    data = got.data
-    assert data[12:14] == b"\x08\x00"
-    ip, udp, inner = data[14:34], data[34:42], data[42:]
-    assert inner == packet
-    assert ip[0] == 0x45
-    assert ip[9] == 17
-    assert ip[8] == 64
-    assert struct.unpack("!H", ip[2:4])[0] == 28 + len(packet)
-    assert checksum(ip) == 0xFFFF
-    assert ip[12:16] == socket.inet_aton(RELAY_IP)
-    assert ip[16:20] == socket.inet_aton(PEER_IP)
-    assert struct.unpack("!HHHH", udp) == (RELAY_PORT, PEER_PORT, 8 + len(packet), 0)
+    check_outer(got.data, packet, (RELAY_IP, RELAY_PORT), (PEER_IP, PEER_PORT))
     return True
 
 
@@ -205,7 +136,7 @@ def test_encap_trusted_peer_is_the_core_bytes(relay_obj: BpfObject) -> None:
     assert after["encap"] - before["encap"] == 2
     stamp = relay_obj.map("relay_peers").lookup(PEER)
     assert stamp is not None
-    assert struct.unpack("=4s2sHII", stamp)[3] != 0
+    assert PEER_VALUE.unpack(stamp)[3] != 0
 
 
 def test_encap_leaves_a_stale_peer_to_python(relay_obj: BpfObject) -> None:
@@ -217,11 +148,11 @@ def test_encap_leaves_a_stale_peer_to_python(relay_obj: BpfObject) -> None:
     relay.receive_tun(packet, NOW + 31)  # the core's view: last reception at NOW, 31 s ago
     assert out.udp != [(packet, (PEER_IP, PEER_PORT))]
     before = counters(relay_obj)
-    set_last_rx(relay_obj, stamp(age=29.5))
+    set_last_rx(relay_obj, kernel_stamp(29.5))
     try:
         got = run(relay_obj.program("relay_encap"), ETH_IP6 + packet)
     finally:
-        set_last_rx(relay_obj, stamp())
+        set_last_rx(relay_obj, kernel_stamp())
     assert got.retval == TC_ACT_OK
     assert got.data == ETH_IP6 + packet
     assert counters(relay_obj)["encap_stale"] - before["encap_stale"] == 1
@@ -261,34 +192,11 @@ def test_encap_keeps_the_hop_limit_the_stack_left(relay_obj: BpfObject) -> None:
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    body=st.binary(max_size=64),
-    nh=st.sampled_from([6, 17, 58, 59, 0, 44, 43]),
-    hop=st.integers(0, 255),
+    odd=ODD_IPV6,
     dst=st.sampled_from([PEER, UNKNOWN_PEER, NATIVE, bytes(16), b"\xff\x02" + bytes(14)]),
-    cut=st.integers(0, 8),
-    extra=st.binary(max_size=4),
-    plen_delta=st.integers(-3, 3),
-    first=st.sampled_from([0x60, 0x60, 0x60, 0x45, 0x00, 0x6F]),
 )
-def test_encap_is_the_core_or_passes_up(
-    *,
-    relay_obj: BpfObject,
-    body: bytes,
-    nh: int,
-    hop: int,
-    dst: bytes,
-    cut: int,
-    extra: bytes,
-    plen_delta: int,
-    first: int,
-) -> None:
-    packet = bytearray(ipv6(NATIVE, dst, body, nh=nh, hop=hop) + extra)
-    packet[0] = first
-    plen = max(0, min(0xFFFF, len(body) + plen_delta))
-    packet[4:6] = plen.to_bytes(2, "big")
-    # At least the IPv6 header: test_run (like the stack) refuses a shorter IPv6 frame.
-    data = bytes(packet[: max(40, len(packet) - cut)])
-    check_encap(relay_obj, data)
+def test_encap_is_the_core_or_passes_up(*, relay_obj: BpfObject, odd: OddIPv6, dst: bytes) -> None:
+    check_encap(relay_obj, odd.packet(NATIVE, dst))
 
 
 # --- Teredo -> native (relay_decap) ----------------------------------------------------------
@@ -340,7 +248,7 @@ def test_decap_trusted_peer_is_the_core_bytes(relay_obj: BpfObject) -> None:
     assert after["decap"] - before["decap"] == 4
     stamp = relay_obj.map("relay_peers").lookup(PEER)
     assert stamp is not None
-    assert struct.unpack("=4s2sHII", stamp)[4] != 0
+    assert PEER_VALUE.unpack(stamp)[4] != 0
 
 
 def test_decap_passes_up_what_it_must_not_forward(relay_obj: BpfObject) -> None:
@@ -392,43 +300,27 @@ def test_host_specific_decap_serves_only_own_addresses(host_obj: BpfObject) -> N
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    body=st.binary(max_size=48),
-    nh=st.sampled_from([6, 17, 58, 59, 0, 44]),
-    hop=st.integers(0, 255),
+    odd=ODD_DATAGRAM,
     inner_src=st.sampled_from([PEER, UNKNOWN_PEER, NATIVE]),
     dst=st.sampled_from([NATIVE, PEER, bytes(16), b"\xfe\x80" + bytes(14), b"\x40" + bytes(15)]),
     source=st.sampled_from(
         [(PEER_IP, PEER_PORT), (PEER_IP, PEER_PORT + 1), ("203.0.113.12", PEER_PORT)]
     ),
-    csum=st.sampled_from(["zero", "partial", "full"]),
-    mangle=st.lists(st.tuples(st.integers(0, 90), st.integers(0, 255)), max_size=2),
-    cut=st.integers(0, 6),
     host_specific=st.booleans(),
 )
 def test_decap_is_the_core_or_passes_up(
     *,
     relay_obj: BpfObject,
     host_obj: BpfObject,
-    body: bytes,
-    nh: int,
-    hop: int,
+    odd: OddDatagram,
     inner_src: bytes,
     dst: bytes,
     source: Address,
-    csum: str,
-    mangle: list[tuple[int, int]],
-    cut: int,
     host_specific: bool,
 ) -> None:
-    inner = ipv6(inner_src, dst, body, nh=nh, hop=hop)
-    datagram = bytearray(udp4(source[0], source[1], RELAY_IP, RELAY_PORT, inner, csum=csum))
-    for at, value in mangle:
-        # Mangle outer or inner header bytes, never the outer source (which `source` names).
-        if at < len(datagram) and not 12 <= at < 16 and not 20 <= at < 22:
-            datagram[at] = value
-    data = bytes(datagram[: max(20, len(datagram) - cut)])
+    data = odd.datagram(source, (RELAY_IP, RELAY_PORT), inner_src, dst)
     obj = host_obj if host_specific else relay_obj
-    if check_decap(obj, data, source, host_specific=host_specific) and csum == "full":
+    if check_decap(obj, data, source, host_specific=host_specific) and odd.csum == "full":
         # Forwarded with a checksum nobody verified: it must be one the stack would accept.
         ulen = struct.unpack("!H", data[24:26])[0]
         pseudo = data[12:20] + struct.pack("!xBH", 17, ulen)

@@ -23,6 +23,7 @@ from teredo.io.kserver import pack_config, reset_buckets
 from teredo.io.libbpf import BpfObject, possible_cpus
 
 from .bpftest import load
+from .packets import checksum
 
 XDP_DROP, XDP_PASS, XDP_TX = 1, 2, 3
 PRIMARY = "198.51.100.10"
@@ -48,15 +49,6 @@ def ip_int(dotted: str) -> int:
 
 def params(limits: ServerLimits = WIDE) -> ServerParams:
     return ServerParams(primary=ip_int(PRIMARY), secondary=ip_int(SECONDARY), limits=limits)
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return int(total)
 
 
 def auth(nonce: bytes = NONCE, confirmation: int = 0) -> bytes:
