@@ -15,7 +15,7 @@ client at once:
 Which relay carries which client is up6's ECMP choice (a hash of the addresses): the report
 shows how many clients each relay got. With `--failover` (default on), the lab of the largest N
 also measures a relay killed (-9) and one drained (SIGTERM) under a stream of echoes
-(lab.anycast.stop_relay_under_ping), and a relay cut off silently (BFD).
+(lab.anycast_failover.stop_relay_under_ping), and a relay cut off silently (BFD).
 
 The machine has 2 cores: 3 relays cannot scale 3x here; the CPU per packet is the figure the
 scaling model of docs/scale.md uses. The last line is one JSON record.
@@ -43,7 +43,7 @@ from bench.lab_bench import (
     tree_pids,
     wait_tcp_listen,
 )
-from teredo.lab import anycast
+from teredo.lab import anycast, anycast_failover
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import Impl
 from teredo.lab.topology import TEREDO_PREFIX, Lab
@@ -136,12 +136,12 @@ def measure(lab: Lab, relays: int, clients: int, seconds: float, udp_pps: int) -
 def failover(lab: Lab, spec: anycast.AnycastSpec, address: str) -> dict[str, object]:
     relays = spec.relays
     results: dict[str, object] = {}
-    killed = anycast.stop_relay_under_ping(lab, address, signal.SIGKILL)
+    killed = anycast_failover.stop_relay_under_ping(lab, address, signal.SIGKILL)
     print(f"  {killed.line()}")
     results["kill9"] = killed.__dict__ | {"outage_seconds": killed.outage_seconds}
     anycast.start_relay(lab, int(killed.relay.removeprefix("relay")), spec)
     anycast.wait_paths(lab, "up6", TEREDO_PREFIX, relays, timeout=30)
-    drained = anycast.stop_relay_under_ping(lab, address, signal.SIGTERM, seconds=3.0)
+    drained = anycast_failover.stop_relay_under_ping(lab, address, signal.SIGTERM, seconds=3.0)
     print(f"  {drained.line()}")
     results["sigterm"] = drained.__dict__ | {"outage_seconds": drained.outage_seconds}
     anycast.start_relay(lab, int(drained.relay.removeprefix("relay")), spec)

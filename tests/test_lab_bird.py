@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
-from teredo.lab import anycast
+import pytest
+
+from teredo.lab import anycast, anycast_failover
 from teredo.lab.bird import Peer, established, router_config, selected, speaker_config
+from teredo.lab.system import LabError
 
 SHOW_PROTOCOLS = """\
 BIRD 2.0.12 ready.
@@ -49,8 +52,31 @@ def test_speaker_exports_the_announce_table_only() -> None:
     text = speaker_config("198.51.100.21", 65101, Peer("2001:db8:10:1::1", 65000, "up"), 100)
     assert "kernel table 100;" in text
     assert "learn;" in text
-    assert 'export where proto = "announced";' in text
+    assert 'export filter { if proto = "announced" then { accept; } reject; };' in text
     assert "local as 65101;" in text
+    assert "announced4" not in text
+
+
+def test_speaker_with_an_anycast_ipv4_has_a_second_session_and_may_prepend() -> None:
+    up6, up4 = Peer("2001:db8:10:2::1", 65000, "upstream"), Peer("198.51.100.165", 65000, "u4")
+    text = speaker_config("198.51.100.22", 65102, up6, 100, upstream4=up4, prepend=1)
+    assert "protocol kernel announced4 {\n  kernel table 100;" in text
+    assert "  ipv4 { import all; export none; };" in text
+    assert "neighbor 198.51.100.165 as 65000;" in text
+    # Standby: its AS once more on both sessions, so that up6 prefers relay1.
+    assert text.count("bgp_path.prepend(65102);") == 2
+    assert 'if proto = "announced4" then { bgp_path.prepend(65102); accept; }' in text
+
+
+def test_anycast_ipv4_needs_relays_and_makes_them_active_standby() -> None:
+    with pytest.raises(LabError, match="--anycast-ipv4"):
+        anycast.AnycastSpec(0, 2, anycast_ipv4=True).check()
+    assert anycast.AnycastSpec(3, 0, anycast_ipv4=True).relay_paths == 1
+    assert anycast.AnycastSpec(3, 0).relay_paths == 3
+    argv = anycast.relay_argv(2, anycast.AnycastSpec(2, 0, anycast_ipv4=True))
+    assert argv[argv.index("--bind-address") + 1] == anycast.RELAY_ANYCAST_V4
+    assert argv[argv.index("--anycast-ipv4") + 1] == anycast.RELAY_ANYCAST_V4
+    assert "--anycast-ipv4" not in anycast.relay_argv(2, anycast.AnycastSpec(2, 0))
 
 
 def test_address_plan_is_in_lab_ranges() -> None:
@@ -61,10 +87,16 @@ def test_address_plan_is_in_lab_ranges() -> None:
     flat = [a for pair in links for a in pair]
     assert len(set(flat)) == len(flat)
     assert all(a.startswith("198.51.100.") and int(a.rsplit(".", 1)[1]) < 255 for a in flat)
+    v4 = [a for i in range(1, anycast.MAX_RELAYS + 1) for a in anycast.relay_link_v4(i)]
+    taken = {anycast.RELAY_ANYCAST_V4, anycast.UP6_ROUTER_ID, *flat}
+    taken |= {anycast.relay_v4(i) for i in range(1, anycast.MAX_RELAYS + 1)}
+    assert len(set(v4)) == len(v4)
+    assert not taken & set(v4)
+    assert all(a.startswith("198.51.100.") and int(a.rsplit(".", 1)[1]) < 255 for a in v4)
 
 
 def test_failover_outage_counts_lost_echoes_and_the_longest_wait() -> None:
-    f = anycast.Failover(
+    f = anycast_failover.Failover(
         "relay2", "SIGKILL", 0.07, sent=270, received=200, max_rtt_ms=1983.0, interval=0.02
     )
     assert f.lost == 70
@@ -98,5 +130,8 @@ def test_status_lines_show_sessions_routes_and_next_hops() -> None:
 
 def test_ping_duplicates_from_the_summary() -> None:
     dup = "200 packets transmitted, 200 received, +2 duplicates, 0% packet loss, time 4805ms"
-    assert anycast.ping_duplicates(dup) == 2
-    assert anycast.ping_duplicates("200 packets transmitted, 200 received, 0% packet loss") == 0
+    assert anycast_failover.ping_duplicates(dup) == 2
+    assert (
+        anycast_failover.ping_duplicates("200 packets transmitted, 200 received, 0% packet loss")
+        == 0
+    )

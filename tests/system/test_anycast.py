@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from teredo.lab import anycast
+from teredo.lab import anycast, anycast_failover
 from teredo.lab.bird import ANNOUNCE_TABLE
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import TUN_NAME, Impl
@@ -219,7 +219,7 @@ def test_relay_kill9_failover_keeps_tcp(lab: Lab, index: int) -> None:
     client.start()
     victim = anycast.carrying_relay(lab, target)
     assert victim is not None
-    failover = anycast.stop_relay_under_ping(lab, target, signal.SIGKILL, seconds=4.0)
+    failover = anycast_failover.stop_relay_under_ping(lab, target, signal.SIGKILL, seconds=4.0)
     print(f"\n{failover.line()}")
     client.join(70)
     assert failover.relay == victim
@@ -248,7 +248,7 @@ def test_relay_kill9_failover_our_client(lab: Lab) -> None:
     # test_a_stale_relay_is_tested_again_at_once_without_the_bubble_gap): as Miredo's.
     target = address(lab, OURS_PR)
     assert received(lab.ping("native", target, count=2).stdout) == 2
-    failover = anycast.stop_relay_under_ping(lab, target, signal.SIGKILL, seconds=4.0)
+    failover = anycast_failover.stop_relay_under_ping(lab, target, signal.SIGKILL, seconds=4.0)
     print(f"\n{failover.line()}")
     assert failover.outage_seconds < MAX_OUTAGE, failover.line()
     assert failover.duplicates == 0, failover.line()  # no two relays forwarding one echo
@@ -263,7 +263,7 @@ def test_relay_sigterm_drains_without_loss(lab: Lab) -> None:
     assert victim is not None
     record = anycast.daemon_record(lab, victim)
     assert record is not None
-    failover = anycast.stop_relay_under_ping(lab, target, signal.SIGTERM, seconds=3.0)
+    failover = anycast_failover.stop_relay_under_ping(lab, target, signal.SIGTERM, seconds=3.0)
     print(f"\n{failover.line()}")
     assert failover.lost == 0, failover.line()
     assert failover.duplicates == 0, failover.line()

@@ -148,6 +148,12 @@ def _anycast_options(p: argparse.ArgumentParser) -> None:
         "main table, bgpd redistribute kernel; the relays' speakers stay BIRD: FRR 8.4 cannot "
         "export their IPv6 prefix)",
     )
+    group.add_argument(
+        "--anycast-ipv4",
+        action="store_true",
+        help=f"the relays share {anycast.RELAY_ANYCAST_V4} as their Teredo-side address "
+        "(each binds and announces it, --anycast-ipv4), routed to them by the same BIRD router",
+    )
 
 
 def _client_impls(lab: Lab, client: Impl | list[Impl | None] | None) -> list[Impl | None]:
@@ -163,7 +169,9 @@ def _fail(exc: BaseException) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     nats = args.nats or [NatKind.PORT_RESTRICTED, NatKind.PORT_RESTRICTED, NatKind.FULL_CONE]
-    spec = anycast.AnycastSpec(args.relays, args.servers, routing=args.routing)
+    spec = anycast.AnycastSpec(
+        args.relays, args.servers, routing=args.routing, anycast_ipv4=args.anycast_ipv4
+    )
     if spec.relays or spec.servers:
         lab = Lab(
             args.prefix,
@@ -297,6 +305,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _anycast_demo(args: argparse.Namespace) -> int:
+    if args.anycast_ipv4:
+        # The demo kills the relay one ECMP path of several carries; with --anycast-ipv4 the
+        # relays are active/standby (lab/anycast.py), tested in tests/system/test_anycast_ipv4.py.
+        return _fail(LabError("--anycast-ipv4: with `teredo lab up` only, not the demo"))
     nats = args.nats or list(ANYCAST_DEMO_NATS)
     clients = args.client if isinstance(args.client, list) else None
     if clients is None:

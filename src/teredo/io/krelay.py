@@ -38,14 +38,22 @@ _CFG = struct.Struct("=4s2sBBII4s")  # struct relay_config
 _ZERO = struct.pack("=I", 0)
 
 
+_IFF_LOOPBACK: Final = 0x8
+
+
 def ipv4_interface(address: str) -> tuple[int, int]:
     """(ifindex, IPv4 as int) of the interface holding `address`, or for 0.0.0.0 the interface
-    of the default IPv4 route and its first address. OSError when there is none."""
+    of the default IPv4 route and its first address. An address on the loopback (a relay's
+    anycast IPv4, docs/scale.md) is sent from through the default route's interface: no
+    datagram leaves through lo. OSError when there is none."""
     with IPRoute() as ipr:
         if address and int(ipaddress.IPv4Address(address)):
             for msg in ipr.get_addr(family=2):
                 if msg.get("IFA_LOCAL") == address or msg.get("IFA_ADDRESS") == address:
-                    return int(msg["index"]), int(ipaddress.IPv4Address(address))
+                    index = int(msg["index"])
+                    if not ipr.get_links(index)[0]["flags"] & _IFF_LOOPBACK:
+                        return index, int(ipaddress.IPv4Address(address))
+                    return _default_oif(ipr), int(ipaddress.IPv4Address(address))
             raise OSError(f"no interface holds {address}")
         for route in ipr.get_routes(family=2):
             if route["dst_len"] == 0 and route.get("RTA_OIF"):
@@ -55,6 +63,13 @@ def ipv4_interface(address: str) -> tuple[int, int]:
                     if local:
                         return oif, int(ipaddress.IPv4Address(local))
         raise OSError("bound to 0.0.0.0 and no default IPv4 route names an interface")
+
+
+def _default_oif(ipr: IPRoute) -> int:
+    for route in ipr.get_routes(family=2):
+        if route["dst_len"] == 0 and route.get("RTA_OIF"):
+            return int(route.get("RTA_OIF"))
+    raise OSError("bound to an address on the loopback and no default IPv4 route")
 
 
 class RelayKernelPath:

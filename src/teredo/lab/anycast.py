@@ -14,7 +14,9 @@ exports kernel table 100 over BGP (with BFD) to its upstream router; the routers
 route per prefix. The wan routes 2001::/32 to up6 and the servers' two addresses to up4, so the
 native host and the clients reach whichever relay or server the routers pick. The routers hash
 on addresses only (no ports, no flow label), so that a client's packets, in either direction,
-always meet the same relay while the set of relays stays the same.
+always meet the same relay while the set of relays stays the same. With `anycast_ipv4` the
+relays also share RELAY_ANYCAST_V4 (on lo, over a second BGP session over IPv4 to up6, which
+the wan routes it to), active/standby (see RELAY_ANYCAST_V4).
 
 The fixed `relay` and `server` hosts of lab/topology.py stay but are not used: their roles are
 not started, and the server's addresses are taken off its interface.
@@ -23,12 +25,7 @@ not started, and the server's addresses are taken off its interface.
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -56,7 +53,6 @@ from teredo.lab.topology import (
     WAN_V4_SERVERS,
     WAN_V6_SERVERS,
     Lab,
-    ping_counts,
 )
 
 MAX_RELAYS = 8
@@ -64,7 +60,15 @@ MAX_SERVERS = 8
 UP6_V6 = "2001:db8:2::5"
 UP4_V4 = "198.51.100.5"
 UP4_V6 = "2001:db8:2::6"  # servers send their clients' ping tests out natively (section 5.3.1)
-UP6_ROUTER_ID = "198.51.100.6"  # a BGP identifier only: up6 has no IPv4
+UP6_ROUTER_ID = "198.51.100.6"  # a BGP identifier; up6's IPv4 on bs with --anycast-ipv4
+#: The relays' anycast IPv4 (`--anycast-ipv4`): each relay holds it on lo, binds it and
+#: announces it; the wan routes it to up6. The relays are then active/standby (relay i
+#: prepends its AS i-1 times: up6 picks relay 1 while it announces), not ECMP: with two
+#: independent ECMP choices (IPv6 toward the relays, IPv4 back from the clients) a client's
+#: direct bubble lands on another relay than the one that queued for it (measured: the other
+#: relay drops it as `unknown_peer_bubble`, the first gives up). Failover keeps the client's
+#: relay address: the standby relay takes the same A:3545.
+RELAY_ANYCAST_V4 = "198.51.100.40"
 #: Seconds a relay or server keeps serving after withdrawing on SIGTERM (its --announce-drain).
 LAB_DRAIN = 2.0
 #: Peer table of each lab relay: the lab has a handful of clients (the default is a million).
@@ -85,6 +89,13 @@ class AnycastSpec:
     #: The servers' speakers: BIRD or FRR (the servers then announce in the main table). The
     #: relays' stay BIRD: FRR 8.4 cannot export their IPv6 prefix (lab/frr.py).
     routing: str = "bird"
+    #: The relays share RELAY_ANYCAST_V4 (their --anycast-ipv4) as their Teredo-side address.
+    anycast_ipv4: bool = False
+
+    @property
+    def relay_paths(self) -> int:
+        """The next hops up6 installs for the relays' prefixes: all (ECMP) or the active one."""
+        return 1 if self.anycast_ipv4 else self.relays
 
     def check(self) -> None:
         if self.routing not in ROUTING:
@@ -93,6 +104,8 @@ class AnycastSpec:
             raise LabError(f"--relays: 0..{MAX_RELAYS}, not {self.relays}")
         if not 0 <= self.servers <= MAX_SERVERS:
             raise LabError(f"--servers: 0..{MAX_SERVERS}, not {self.servers}")
+        if self.anycast_ipv4 and not self.relays:
+            raise LabError("--anycast-ipv4: needs --relays N")
 
 
 def relay_host(i: int) -> str:
@@ -110,6 +123,12 @@ def relay_v4(i: int) -> str:
 def relay_link(i: int) -> tuple[str, str]:
     """(up6's address, relay i's address) on their link."""
     return f"2001:db8:10:{i}::1", f"2001:db8:10:{i}::2"
+
+
+def relay_link_v4(i: int) -> tuple[str, str]:
+    """(up6's IPv4 address, relay i's) on their link, with --anycast-ipv4: a /30 each."""
+    base = 160 + 4 * (i - 1)
+    return f"198.51.100.{base + 1}", f"198.51.100.{base + 2}"
 
 
 def server_link(j: int) -> tuple[str, str]:
@@ -163,7 +182,10 @@ def up(
         for j in range(1, spec.servers + 1):
             start_server(lab, j, spec)
         if spec.relays:
-            wait_paths(lab, "up6", TEREDO_PREFIX, spec.relays, timeout=route_timeout)
+            wait_paths(lab, "up6", TEREDO_PREFIX, spec.relay_paths, timeout=route_timeout)
+        if spec.anycast_ipv4:
+            prefix = f"{RELAY_ANYCAST_V4}/32"
+            wait_paths(lab, "up6", prefix, spec.relay_paths, timeout=route_timeout)
         if spec.servers:
             wait_paths(lab, "up4", f"{SERVER_V4_2}/32", spec.servers, timeout=route_timeout)
         for site, impl in zip(lab.sites, client_impls, strict=True):
@@ -217,6 +239,13 @@ def _wire(lab: Lab, spec: AnycastSpec) -> None:
         _router_hashing(lab, "up6")
         system.ip_batch(lab.ns("up6"), [f"route add ::/0 via {WAN_V6_SERVERS}"])
         system.ip_batch(wan, [f"route replace {TEREDO_PREFIX} via {UP6_V6}"])
+    if spec.anycast_ipv4:
+        system.ip_batch(
+            lab.ns("up6"),
+            [f"addr add {UP6_ROUTER_ID}/24 dev eth0", f"route add default via {WAN_V4_SERVERS}"],
+        )
+        _sysctl(lab, "up6", "net.ipv4.ip_forward=1")
+        system.ip_batch(wan, [f"route add {RELAY_ANYCAST_V4}/32 via {UP6_ROUTER_ID}"])
     if spec.servers:
         _on_bs(lab, "up4", "u4", [f"{UP4_V4}/24", f"{UP4_V6}/64"])
         _sysctl(lab, "up4", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
@@ -247,6 +276,15 @@ def _wire(lab: Lab, spec: AnycastSpec) -> None:
         if spec.servers:
             # On the same segment as up4: reach the servers' addresses through it directly.
             cmds += [f"route add {a}/32 via {UP4_V4}" for a in (SERVER_V4, SERVER_V4_2)]
+        if spec.anycast_ipv4:
+            router_v4, relay_link_side = relay_link_v4(i)
+            system.ip_batch(lab.ns("up6"), [f"addr add {router_v4}/30 dev r{i}"])
+            # Packets to the anycast address come in on up0; the relay's own go out on eth0.
+            cmds += [
+                f"addr add {relay_link_side}/30 dev up0",
+                "link set lo up",
+                f"addr add {RELAY_ANYCAST_V4}/32 dev lo",
+            ]
         system.ip_batch(lab.ns(host), cmds)
         _sysctl(lab, host, "net.ipv6.conf.all.forwarding=1")
     for j in range(1, spec.servers + 1):
@@ -302,6 +340,11 @@ def _start_routers(lab: Lab, spec: AnycastSpec) -> None:
             Peer(relay_link(i)[1], ROUTER_AS + 100 + i, relay_host(i))
             for i in range(1, spec.relays + 1)
         ]
+        if spec.anycast_ipv4:
+            peers += [
+                Peer(relay_link_v4(i)[1], ROUTER_AS + 100 + i, f"{relay_host(i)}v4")
+                for i in range(1, spec.relays + 1)
+            ]
         _start_bird(lab, "up6", router_config(UP6_ROUTER_ID, peers))
     if spec.servers:
         peers = [
@@ -311,7 +354,17 @@ def _start_routers(lab: Lab, spec: AnycastSpec) -> None:
         _start_bird(lab, "up4", router_config(UP4_V4, peers))
     for i in range(1, spec.relays + 1):
         upstream = Peer(relay_link(i)[0], ROUTER_AS, "upstream")
-        config = speaker_config(relay_v4(i), ROUTER_AS + 100 + i, upstream, ANNOUNCE_TABLE)
+        upstream4 = Peer(relay_link_v4(i)[0], ROUTER_AS, "upstream4") if spec.anycast_ipv4 else None
+        # Active/standby with an anycast IPv4: relay 1 preferred (see RELAY_ANYCAST_V4).
+        prepend = i - 1 if spec.anycast_ipv4 else 0
+        config = speaker_config(
+            relay_v4(i),
+            ROUTER_AS + 100 + i,
+            upstream,
+            ANNOUNCE_TABLE,
+            upstream4=upstream4,
+            prepend=prepend,
+        )
         _start_bird(lab, relay_host(i), config)
     for j in range(1, spec.servers + 1):
         upstream = Peer(server_link(j)[0], ROUTER_AS, "upstream")
@@ -337,6 +390,8 @@ def _start_frr(lab: Lab, host: str, router_id: str, local_as: int, upstream: Pee
 
 
 def relay_argv(i: int, spec: AnycastSpec) -> list[str]:
+    bind = RELAY_ANYCAST_V4 if spec.anycast_ipv4 else relay_v4(i)
+    anycast = ["--anycast-ipv4", RELAY_ANYCAST_V4] if spec.anycast_ipv4 else []
     return [
         sys.executable,
         "-m",
@@ -347,7 +402,7 @@ def relay_argv(i: int, spec: AnycastSpec) -> list[str]:
         "--interface",
         TUN_NAME,
         "--bind-address",
-        relay_v4(i),
+        bind,
         "--bind-port",
         str(RELAY_PORT),
         "--peers",
@@ -356,6 +411,7 @@ def relay_argv(i: int, spec: AnycastSpec) -> list[str]:
         str(ANNOUNCE_TABLE),
         "--announce-drain",
         f"{spec.drain:g}",
+        *anycast,
     ]
 
 
@@ -427,6 +483,20 @@ def wait_paths(lab: Lab, router: str, prefix: str, count: int, *, timeout: float
                 f"{router}: {prefix} has {len(hops)} path(s) {hops}, not {count}, after "
                 f"{timeout:g} s\n{view}\n{lab.log_tail('bird-' + router)}"
             )
+        time.sleep(0.05)
+
+
+def wait_without(lab: Lab, router: str, prefix: str, gateway: str, *, timeout: float) -> float:
+    """Poll until `router`'s kernel route to `prefix` has a next hop, none of them `gateway`
+    (a relay's path withdrawn, whichever takes over); the seconds it took. LabError after
+    `timeout`."""
+    start = time.monotonic()
+    while True:
+        hops = kernel_nexthops(lab, router, prefix)
+        if hops and gateway not in hops:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise LabError(f"{router}: {prefix} still via {hops} after {timeout:g} s")
         time.sleep(0.05)
 
 
@@ -537,102 +607,6 @@ def heal_relay(lab: Lab, i: int) -> None:
     lab.exec(relay_host(i), ["nft", "delete", "table", "inet", _CUT])
 
 
-# --- failover ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Failover:
-    """What a stream of echoes from the native host to a client saw while one relay stopped."""
-
-    relay: str
-    how: str  # "SIGKILL" or "SIGTERM"
-    withdraw_seconds: float  # signal -> up6's kernel route without that relay
-    sent: int
-    received: int
-    max_rtt_ms: float  # echoes held in the new relay's queue while it bubbles the client
-    interval: float
-    #: Echo replies received twice (ping's "+N duplicates"): two relays both forwarding one
-    #: packet during the handover would show here; 0 in every run measured (docs/scale.md).
-    duplicates: int = 0
-
-    @property
-    def lost(self) -> int:
-        return self.sent - self.received
-
-    @property
-    def outage_seconds(self) -> float:
-        """How long the client was unreachable: lost echoes at `interval` each, plus the
-        longest wait of a delivered one (a queued echo arrives late, not never)."""
-        return self.lost * self.interval + self.max_rtt_ms / 1000
-
-    def line(self) -> str:
-        dup = f", {self.duplicates} DUPLICATED" if self.duplicates else ""
-        return (
-            f"{self.how} {self.relay}: withdrawn in {self.withdraw_seconds * 1000:.0f} ms, "
-            f"{self.received}/{self.sent} echoes ({self.lost} lost{dup}), longest round trip "
-            f"{self.max_rtt_ms:.1f} ms: client unreachable for {self.outage_seconds:.3f} s"
-        )
-
-
-_RTT = re.compile(r"time=([\d.]+) ms")
-_DUPLICATES = re.compile(r"\+(\d+) duplicates")
-
-
-def ping_duplicates(output: str) -> int:
-    """Echo replies ping received more than once ("+N duplicates" in its summary)."""
-    found = _DUPLICATES.search(output)
-    return int(found.group(1)) if found else 0
-
-
-def stop_relay_under_ping(
-    lab: Lab,
-    target: str,
-    how: signal.Signals,
-    *,
-    relay: str | None = None,
-    interval: float = 0.02,
-    seconds: float = 4.0,
-    lead: float = 1.0,
-) -> Failover:
-    """Ping `target` from the native host every `interval` for `seconds`; `lead` seconds in,
-    send `how` to the relay carrying that traffic (or `relay`), and measure."""
-    spec = load_spec(lab)
-    if spec is None:
-        raise LabError("not an anycast lab")
-    victim = relay or carrying_relay(lab, target)
-    record = daemon_record(lab, victim) if victim else None
-    if record is None or not record.alive():
-        raise LabError(f"no running relay carries {target} ({victim})")
-    paths = len(kernel_nexthops(lab, "up6", TEREDO_PREFIX))
-    count = int(seconds / interval)
-    argv = ["ping", "-6", "-n", "-i", f"{interval:g}", "-c", str(count)]
-    argv += ["-w", str(int(seconds + 15)), target]
-    result: list[subprocess.CompletedProcess[str]] = []
-
-    def ping() -> None:
-        result.append(lab.exec("native", argv, timeout=seconds + 20, check=False))
-
-    thread = threading.Thread(target=ping, name="failover-ping", daemon=True)
-    thread.start()
-    time.sleep(lead)
-    os.kill(record.pid, how)
-    withdraw = wait_paths(lab, "up6", TEREDO_PREFIX, paths - 1, timeout=15.0)
-    thread.join(seconds + 25)
-    output = result[0].stdout if result else ""
-    counts = ping_counts(output) or (count, 0)
-    rtts = [float(t) for t in _RTT.findall(output)]
-    return Failover(
-        relay=str(victim),
-        how=how.name,
-        withdraw_seconds=withdraw,
-        sent=counts[0],
-        received=counts[1],
-        max_rtt_ms=max(rtts, default=0.0),
-        interval=interval,
-        duplicates=ping_duplicates(output),
-    )
-
-
 # --- state ------------------------------------------------------------------------------------
 
 
@@ -649,6 +623,7 @@ def load_spec(lab: Lab) -> AnycastSpec | None:
             int(data["servers"]),
             float(data["drain"]),
             str(data.get("routing", "bird")),
+            bool(data.get("anycast_ipv4", False)),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None

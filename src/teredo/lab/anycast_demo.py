@@ -7,7 +7,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 
-from teredo.lab import anycast
+from teredo.lab import anycast, anycast_failover
 from teredo.lab.demo import raise_interrupt, summarize, tear_down
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import Impl
@@ -93,7 +93,7 @@ def run_anycast_demo(
             target_index = min(addresses)
             target = addresses[target_index]
             out(f"[4] kill -9 the relay carrying client{target_index}, echoes every 20 ms:")
-            killed = anycast.stop_relay_under_ping(lab, target, signal.SIGKILL)
+            killed = anycast_failover.stop_relay_under_ping(lab, target, signal.SIGKILL)
             out(f"    {killed.line()}")
             now = anycast.carrying_relay(lab, target)
             out(f"    client{target_index} is now served by {now}")
@@ -108,7 +108,9 @@ def run_anycast_demo(
             stopped = {killed.relay}
             if relays >= 3:
                 out(f"[5] SIGTERM {now}: withdraw, drain {spec.drain:g} s, exit:")
-                drained = anycast.stop_relay_under_ping(lab, target, signal.SIGTERM, seconds=3.0)
+                drained = anycast_failover.stop_relay_under_ping(
+                    lab, target, signal.SIGTERM, seconds=3.0
+                )
                 out(f"    {drained.line()}")
                 results.append(("relay drained: no echo lost", drained.lost == 0, drained.line()))
                 stopped.add(drained.relay)

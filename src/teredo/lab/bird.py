@@ -80,23 +80,54 @@ def router_config(router_id: str, peers: list[Peer]) -> str:
     return text
 
 
-def speaker_config(router_id: str, local_as: int, upstream: Peer, table: int) -> str:
-    """Next to a relay or a server: exports what the daemon keeps in kernel table `table`."""
-    family = _family(upstream.address)
+def _announced(name: str, table: int, family: str) -> str:
     return (
-        _header(router_id) + f"protocol kernel announced {{\n"
+        f"protocol kernel {name} {{\n"
         f"  kernel table {table};\n"
         "  learn;\n"
         "  scan time 1;\n"
         f"  {family} {{ import all; export none; }};\n"
         "}\n"
+    )
+
+
+def _export(protocol: str, local_as: int, prepend: int) -> str:
+    longer = "".join(f" bgp_path.prepend({local_as});" for _ in range(prepend))
+    return f'export filter {{ if proto = "{protocol}" then {{{longer} accept; }} reject; }};'
+
+
+def speaker_config(
+    router_id: str,
+    local_as: int,
+    upstream: Peer,
+    table: int,
+    *,
+    upstream4: Peer | None = None,
+    prepend: int = 0,
+) -> str:
+    """Next to a relay or a server: exports what the daemon keeps in kernel table `table`.
+    `upstream4`: a second session, over IPv4, for the table's IPv4 routes (a relay's anycast
+    IPv4 next to its IPv6 prefix; one BIRD kernel protocol reads one address family).
+    `prepend`: AS path prepending, so that the router prefers another speaker (standby)."""
+    family = _family(upstream.address)
+    text = (
+        _header(router_id)
+        + _announced("announced", table, family)
         + _session(
             upstream.name,
             local_as,
             upstream,
-            f'{family} {{ import none; export where proto = "announced"; }};',
+            f"{family} {{ import none; {_export('announced', local_as, prepend)} }};",
         )
     )
+    if upstream4 is not None:
+        text += _announced("announced4", table, "ipv4") + _session(
+            upstream4.name,
+            local_as,
+            upstream4,
+            f"ipv4 {{ import none; {_export('announced4', local_as, prepend)} }};",
+        )
+    return text
 
 
 def bird_command(config: Path, socket: Path) -> list[str]:

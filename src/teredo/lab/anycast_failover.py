@@ -1,0 +1,144 @@
+"""Relay failover under traffic in the anycast lab (issue 11): a stream of echoes through the
+relays while one of them is killed or drained, and what it saw (docs/scale.md, failover)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from teredo.lab.anycast import (
+    carrying_relay,
+    daemon_record,
+    load_spec,
+    relay_link,
+    wait_without,
+)
+from teredo.lab.system import LabError
+from teredo.lab.topology import TEREDO_PREFIX, Lab, ping_counts
+
+
+@dataclass(frozen=True)
+class Failover:
+    """What a stream of echoes from the native host to a client saw while one relay stopped."""
+
+    relay: str
+    how: str  # "SIGKILL" or "SIGTERM"
+    withdraw_seconds: float  # signal -> up6's kernel route without that relay
+    sent: int
+    received: int
+    max_rtt_ms: float  # echoes held in the new relay's queue while it bubbles the client
+    interval: float
+    #: Echo replies received twice (ping's "+N duplicates"): two relays both forwarding one
+    #: packet during the handover would show here; 0 in every run measured (docs/scale.md).
+    duplicates: int = 0
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.received
+
+    @property
+    def outage_seconds(self) -> float:
+        """How long the client was unreachable: lost echoes at `interval` each, plus the
+        longest wait of a delivered one (a queued echo arrives late, not never)."""
+        return self.lost * self.interval + self.max_rtt_ms / 1000
+
+    def line(self) -> str:
+        dup = f", {self.duplicates} DUPLICATED" if self.duplicates else ""
+        return (
+            f"{self.how} {self.relay}: withdrawn in {self.withdraw_seconds * 1000:.0f} ms, "
+            f"{self.received}/{self.sent} echoes ({self.lost} lost{dup}), longest round trip "
+            f"{self.max_rtt_ms:.1f} ms: client unreachable for {self.outage_seconds:.3f} s"
+        )
+
+
+_RTT = re.compile(r"time=([\d.]+) ms")
+_DUPLICATES = re.compile(r"\+(\d+) duplicates")
+
+
+def ping_duplicates(output: str) -> int:
+    """Echo replies ping received more than once ("+N duplicates" in its summary)."""
+    found = _DUPLICATES.search(output)
+    return int(found.group(1)) if found else 0
+
+
+def stop_relay_under_ping(
+    lab: Lab,
+    target: str,
+    how: signal.Signals,
+    *,
+    relay: str | None = None,
+    interval: float = 0.02,
+    seconds: float = 4.0,
+    lead: float = 1.0,
+) -> Failover:
+    """Ping `target` from the native host every `interval` for `seconds`; `lead` seconds in,
+    send `how` to the relay carrying that traffic (or `relay`), and measure."""
+    victim = relay or carrying_relay(lab, target)
+    if victim is None:
+        raise LabError(f"no running relay carries {target}")
+    found = stop_relay_under_pings(
+        lab, [target], how, victim, interval=interval, seconds=seconds, lead=lead
+    )
+    return found[0]
+
+
+def stop_relay_under_pings(
+    lab: Lab,
+    targets: Sequence[str],
+    how: signal.Signals,
+    relay: str,
+    *,
+    interval: float = 0.02,
+    seconds: float = 4.0,
+    lead: float = 1.0,
+) -> list[Failover]:
+    """stop_relay_under_ping with one stream of echoes to each of `targets` at once."""
+    if load_spec(lab) is None:
+        raise LabError("not an anycast lab")
+    record = daemon_record(lab, relay)
+    if record is None or not record.alive():
+        raise LabError(f"no running {relay}")
+    gateway = relay_link(int(relay.removeprefix("relay")))[1]
+    count = int(seconds / interval)
+    results: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def ping(target: str) -> None:
+        argv = ["ping", "-6", "-n", "-i", f"{interval:g}", "-c", str(count)]
+        argv += ["-w", str(int(seconds + 15)), target]
+        results[target] = lab.exec("native", argv, timeout=seconds + 20, check=False)
+
+    threads = [
+        threading.Thread(target=ping, args=(t,), name="failover-ping", daemon=True) for t in targets
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(lead)
+    os.kill(record.pid, how)
+    # Its path gone from up6 (one of several ECMP paths, or the active one of active/standby).
+    withdraw = wait_without(lab, "up6", TEREDO_PREFIX, gateway, timeout=15.0)
+    for thread in threads:
+        thread.join(seconds + 25)
+    found = []
+    for target in targets:
+        output = results[target].stdout if target in results else ""
+        counts = ping_counts(output) or (count, 0)
+        rtts = [float(t) for t in _RTT.findall(output)]
+        found.append(
+            Failover(
+                relay=relay,
+                how=how.name,
+                withdraw_seconds=withdraw,
+                sent=counts[0],
+                received=counts[1],
+                max_rtt_ms=max(rtts, default=0.0),
+                interval=interval,
+                duplicates=ping_duplicates(output),
+            )
+        )
+    return found

@@ -1,0 +1,109 @@
+"""The relays' anycast IPv4 (issue 11: "an anycast IPv4 Teredo-side address, where it helps
+failover"): 2 relays of ours with `--anycast-ipv4 198.51.100.40`, each holding it on lo, bound
+to it and announcing it with 2001::/32 (BIRD, a second BGP session over IPv4 to up6), active/
+standby (relay2 prepends its AS: lab/anycast.py RELAY_ANYCAST_V4 says why not ECMP); the wan
+routes the address to up6. Clients: ours and Miredo's behind port-restricted NATs.
+
+* both relays announce both prefixes, up6 selects relay1; the relays send from the anycast
+  address, and the clients' packets to it reach relay1;
+* kill -9 of relay1 while the native host pings both clients: up6 moves both prefixes to
+  relay2, which the clients know by the same address (their NATs' filters let it through);
+  the echoes lost and the longest round trip are in the assertion (printed with -s).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from teredo.lab import anycast, anycast_failover
+from teredo.lab.nat import NatKind
+from teredo.lab.roles import Impl
+from teredo.lab.topology import NATIVE_V6, TEREDO_PREFIX, Lab
+
+from .conftest import prefix_for, received, tear_down
+
+pytestmark = pytest.mark.system
+
+SPEC = anycast.AnycastSpec(relays=2, servers=0, anycast_ipv4=True)
+ANYCAST = f"{anycast.RELAY_ANYCAST_V4}/32"
+CLIENTS = {1: Impl.TEREDO, 2: Impl.MIREDO}
+QUALIFY_TIMEOUT = 30.0
+MAX_OUTAGE = 5.0  # generous under load: measured in milliseconds (docs/scale.md)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    lab = Lab(
+        prefix_for("4"),
+        [NatKind.PORT_RESTRICTED] * len(CLIENTS),
+        server_impl=Impl.TEREDO,
+        relay_impl=None,
+        client_impl=None,
+    )
+    try:
+        anycast.up(lab, SPEC, list(CLIENTS.values()))
+        yield lab
+    finally:
+        tear_down(lab)
+
+
+def relay_status(lab: Lab, host: str) -> dict[str, Any]:
+    docs = lab.daemon_status(host)
+    assert docs, f"{host}: no status\n{lab.log_tail(host)}"
+    status = docs[0]["status"]
+    assert isinstance(status, dict)
+    return status
+
+
+def address(lab: Lab, index: int) -> str:
+    return str(lab.wait_qualified(index, timeout=QUALIFY_TIMEOUT).address)
+
+
+def test_relays_share_the_anycast_ipv4_active_standby(lab: Lab) -> None:
+    active = [anycast.relay_link_v4(1)[1]]
+    assert anycast.kernel_nexthops(lab, "up6", ANYCAST) == active
+    assert anycast.kernel_nexthops(lab, "up6", TEREDO_PREFIX) == [anycast.relay_link(1)[1]]
+    view = anycast.router_view(lab, "up6")
+    assert sorted(view["routes"][ANYCAST]) == ["relay1v4", "relay2v4"]
+    for i in (1, 2):
+        speaker = anycast.speaker_view(lab, f"relay{i}")
+        assert speaker["announces"] == [ANYCAST, TEREDO_PREFIX]
+        status = relay_status(lab, f"relay{i}")
+        assert status["local"] == f"{anycast.RELAY_ANYCAST_V4}:3545"
+        assert status["announce"]["prefixes"] == [TEREDO_PREFIX, ANYCAST]
+
+
+@pytest.mark.parametrize("index", list(CLIENTS), ids=[i.value for i in CLIENTS.values()])
+def test_clients_reach_the_relays_anycast_ipv4(lab: Lab, index: int) -> None:
+    target = address(lab, index)
+    before = relay_status(lab, "relay1")["counters"]["from_teredo"]
+    assert received(lab.ping(f"client{index}", NATIVE_V6, count=3).stdout) == 3
+    assert received(lab.ping("native", target, count=3).stdout) == 3
+    # The client's packets went to the anycast address, which up6 sends to relay1.
+    assert relay_status(lab, "relay1")["counters"]["from_teredo"] >= before + 3
+
+
+def test_kill9_of_the_active_relay_fails_over_to_the_same_address(lab: Lab) -> None:
+    targets = {index: address(lab, index) for index in CLIENTS}
+    for target in targets.values():
+        assert received(lab.ping("native", target, count=2).stdout) == 2
+    found = anycast_failover.stop_relay_under_pings(
+        lab, list(targets.values()), signal.SIGKILL, "relay1"
+    )
+    results = dict(zip(targets, found, strict=True))
+    assert anycast.kernel_nexthops(lab, "up6", ANYCAST) == [anycast.relay_link_v4(2)[1]]
+    lines = "\n".join(f"client{i} ({CLIENTS[i].value}): {f.line()}" for i, f in results.items())
+    print(lines)
+    for failover in results.values():
+        assert failover.outage_seconds < MAX_OUTAGE, lines
+        assert failover.duplicates == 0, lines
+    for index in CLIENTS:
+        assert received(lab.ping(f"client{index}", NATIVE_V6, count=3).stdout) == 3
+    # Restarted, relay1 is the active one again (relay2 prepends its AS).
+    anycast.start_relay(lab, 1, SPEC)
+    anycast.wait_without(lab, "up6", ANYCAST, anycast.relay_link_v4(2)[1], timeout=30)
+    assert anycast.kernel_nexthops(lab, "up6", ANYCAST) == [anycast.relay_link_v4(1)[1]]
