@@ -184,8 +184,7 @@ def up(
         if spec.relays:
             wait_paths(lab, "up6", TEREDO_PREFIX, spec.relay_paths, timeout=route_timeout)
         if spec.anycast_ipv4:
-            prefix = f"{RELAY_ANYCAST_V4}/32"
-            wait_paths(lab, "up6", prefix, spec.relay_paths, timeout=route_timeout)
+            _wait_standby(lab, spec.relays, timeout=route_timeout)
         if spec.servers:
             wait_paths(lab, "up4", f"{SERVER_V4_2}/32", spec.servers, timeout=route_timeout)
         for site, impl in zip(lab.sites, client_impls, strict=True):
@@ -498,6 +497,20 @@ def wait_without(lab: Lab, router: str, prefix: str, gateway: str, *, timeout: f
         if time.monotonic() - start > timeout:
             raise LabError(f"{router}: {prefix} still via {hops} after {timeout:g} s")
         time.sleep(0.05)
+
+
+def _wait_standby(lab: Lab, relays: int, *, timeout: float) -> None:
+    """Active/standby: up6 has learned both prefixes from every relay (the standbys too) and
+    routes them to relay 1."""
+    active = {TEREDO_PREFIX: relay_link(1)[1], f"{RELAY_ANYCAST_V4}/32": relay_link_v4(1)[1]}
+    deadline = time.monotonic() + timeout
+    for prefix, gateway in active.items():
+        while len(
+            selected(birdc(lab, "up6", "show", "route")).get(prefix, [])
+        ) < relays or kernel_nexthops(lab, "up6", prefix) != [gateway]:
+            if time.monotonic() > deadline:
+                raise LabError(f"up6: {prefix} not from {relays} relays via {gateway}")
+            time.sleep(0.1)
 
 
 def birdc(lab: Lab, host: str, *query: str) -> str:
