@@ -15,6 +15,10 @@ that reach each of its mapping ports.
 * Expiry: peer 2 (port 40002) is trusted, then left idle past the relay's 30 s idle timeout:
   the core forgets it, so its map entry must be gone and the native host's next datagrams must
   not reach its old mapping (the core starts over with a bubble, which nobody answers).
+* Re-insert on use: peer 1's entry is deleted from the map behind the daemon's back (what the
+  LRU hash does to its least recently used entry when full); the native host's next datagrams
+  take the Python path, which puts the peer back (the mirror's sync), and the kernel carries
+  the rest; every datagram arrives.
 * Clean-up: SIGTERM, then SIGKILL and the next start: the relay's tcx links, programs and maps
   (their ids read from the daemon's /proc fdinfo) are gone once it has exited, and `bpftool net`
   in its namespace shows nothing attached.
@@ -202,25 +206,30 @@ def bpftool(*args: str, ns: str | None = None) -> subprocess.CompletedProcess[st
     return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
 
 
+def peer_map_id(pid: int) -> int:
+    """The id of the relay_peers map the relay `pid` holds."""
+    for map_id in bpf_ids(pid)["map"]:
+        info = bpftool("map", "show", "id", str(map_id))
+        if info.returncode == 0 and json.loads(info.stdout).get("name") == "relay_peers":
+            return map_id
+    raise AssertionError(f"relay {pid} holds no relay_peers map: {bpf_ids(pid)}")
+
+
 def peer_map(pid: int) -> dict[str, tuple[str, int]]:
     """relay_peers of the relay `pid`: Teredo address -> (IPv4, port), through bpftool."""
     import ipaddress
 
-    for map_id in bpf_ids(pid)["map"]:
-        info = bpftool("map", "show", "id", str(map_id))
-        if info.returncode == 0 and json.loads(info.stdout).get("name") == "relay_peers":
-            dump = bpftool("map", "dump", "id", str(map_id))
-            assert dump.returncode == 0, dump.stderr
-            out = {}
-            for entry in json.loads(dump.stdout):
-                key = bytes(int(b, 16) for b in entry["key"])
-                value = bytes(int(b, 16) for b in entry["value"])
-                out[str(ipaddress.IPv6Address(key))] = (
-                    str(ipaddress.IPv4Address(value[:4])),
-                    int.from_bytes(value[4:6], "big"),
-                )
-            return out
-    raise AssertionError(f"relay {pid} holds no relay_peers map: {bpf_ids(pid)}")
+    dump = bpftool("map", "dump", "id", str(peer_map_id(pid)))
+    assert dump.returncode == 0, dump.stderr
+    out = {}
+    for entry in json.loads(dump.stdout):
+        key = bytes(int(b, 16) for b in entry["key"])
+        value = bytes(int(b, 16) for b in entry["value"])
+        out[str(ipaddress.IPv6Address(key))] = (
+            str(ipaddress.IPv4Address(value[:4])),
+            int.from_bytes(value[4:6], "big"),
+        )
+    return out
 
 
 def _counters(lab: Lab) -> dict[str, Any]:
@@ -369,3 +378,38 @@ def _prog_name(prog_id: int) -> str:
 def _counters_ok(lab: Lab) -> bool:
     got = lab.exec("relay", [sys.executable, "-m", "teredo", "status", "--json"], check=False)
     return got.returncode == 0
+
+
+def test_a_peer_gone_from_the_kernel_map_comes_back_on_use(lab_factory: list[Lab]) -> None:
+    import ipaddress
+
+    lab = _relay_lab(lab_factory, "e")
+    conf = config_text(Role.RELAY, server=SERVER_V4, relay=RELAY_V4)
+    relay = _start_our_relay(lab, "relay", conf, "--datapath", "kernel")
+    fake = Fake(lab)
+    try:
+        fake.say(f"arm 1 {PORTS[1]}")
+        _send(lab, 1, 0, 3, gap=0.3)
+        _wait("peer 1 was not set up", lambda: fake.report()["seqs"][PORTS[1]], 15)
+        assert PEERS[1] in peer_map(relay.pid)
+        # What the LRU hash does to its least recently used entry when full: no one is told.
+        key = [f"{b:02x}" for b in ipaddress.IPv6Address(PEERS[1]).packed]
+        gone = bpftool("map", "delete", "id", str(peer_map_id(relay.pid)), "key", "hex", *key)
+        assert gone.returncode == 0, gone.stderr
+        assert PEERS[1] not in peer_map(relay.pid)
+        before = _counters(lab)["kernel"]["counters"]
+        _send(lab, 1, 100, 100, gap=0.05)  # 5 s: several of the mirror's syncs
+        _wait(
+            "not every datagram arrived",
+            lambda: len([s for s in fake.report()["seqs"][PORTS[1]] if s >= 100]) >= 100,
+            10,
+        )
+        after = _counters(lab)["kernel"]["counters"]
+        assert peer_map(relay.pid).get(PEERS[1]) == (PEER_V4, PORTS[1]), "not put back"
+        assert after["mirror_reinserts"] > before["mirror_reinserts"], after
+        assert after["encap_no_peer"] > before["encap_no_peer"], "the first ones took Python"
+        assert after["encap"] - before["encap"] >= 50, "and the kernel carried the rest"
+    finally:
+        fake.close()
+        relay.send_signal(signal.SIGTERM)
+        relay.wait(15)
