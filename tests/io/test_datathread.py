@@ -16,6 +16,7 @@ import pytest
 
 from teredo.core.addr import Address
 from teredo.io.datathread import DataThread, Feed, fault_site
+from teredo.io.loop import DaemonLoop
 
 
 class _Recorder:
@@ -256,3 +257,36 @@ def test_one_feed_per_socket_is_required() -> None:
             )
     finally:
         sock.close()
+
+
+def test_a_socket_closed_under_the_thread_stops_the_daemon_with_status_1(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The fatal half of the fault policy, as every daemon wires it (DaemonLoop.fail_soon):
+    one line saying why, then the loop stops with status 1."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    loop = DaemonLoop()
+    logger = logging.getLogger("teredo.test")
+    data = DataThread(
+        "test-data",
+        sock,
+        None,
+        Feed(lambda data, source, now: None),
+        lock=threading.Lock(),
+        on_fatal=lambda why: loop.fail_soon(why, logger),
+    )
+    try:
+        data.start()
+        # Closed under the thread: its next poll reports POLLNVAL for the descriptor.
+        loop.loop.call_later(0.05, sock.close)
+        loop.loop.call_later(0.06, os.write, data._wake_w, b"x")  # its wake-up pipe: a new poll
+        loop.loop.call_later(10.0, loop.stop, 99)  # bound: the test fails, not hangs
+        with caplog.at_level(logging.ERROR, "teredo.test"):
+            assert loop.run() == 1
+    finally:
+        data.stop()
+        loop.close()
+        sock.close()
+    assert any("was closed under the data path: stopping" in r.getMessage() for r in caplog.records)

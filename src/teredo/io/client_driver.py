@@ -314,10 +314,6 @@ class ClientDaemon:
     def _start_data_path(self, sock: socket.socket, tun_fd: int) -> None:
         loop = self.loop.loop
 
-        def fatal(why: str) -> None:
-            log.error("%s: stopping", why)
-            loop.call_soon_threadsafe(self.loop.stop, EXIT_FAILED)
-
         def tun_error(fd: int, exc: OSError) -> None:
             loop.call_soon_threadsafe(self._tun_lost, fd, exc)
 
@@ -328,7 +324,7 @@ class ClientDaemon:
             self._feed,
             lock=self._lock,
             clock=self.loop.clock,
-            on_fatal=fatal,
+            on_fatal=lambda why: self.loop.fail_soon(why, log),
             on_tun_error=tun_error,
         )
         self._data.start()

@@ -11,6 +11,7 @@ this loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -134,6 +135,14 @@ class DaemonLoop:
         self.notifier.notify_stopping()
         self._exit_status = status
         self.loop.stop()
+
+    def fail_soon(self, why: str, logger: logging.Logger) -> None:
+        """From any thread (a data thread's `on_fatal`): the daemon cannot go on, so it says
+        why in one line and stops with status 1 (EXIT_FAILED) in the loop's thread. The same
+        for every daemon (io/datathread.py, "faults")."""
+        logger.error("%s: stopping", why)
+        with contextlib.suppress(RuntimeError):  # the loop is closed already
+            self.loop.call_soon_threadsafe(self.stop, 1)
 
     def ready(self, status: str) -> None:
         """The daemon serves: READY=1 to systemd the first time, then STATUS only."""

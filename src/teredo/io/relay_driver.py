@@ -18,7 +18,6 @@ netlink socket subscribed to RTMGRP_IPV6_IFADDR (served by the loop).
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 import os
@@ -358,11 +357,8 @@ class RelayDaemon:
         return self._data.faults if self._data is not None else 0
 
     def _fail(self, why: str) -> None:
-        """The data path cannot go on: the relay is dead, so the daemon stops with status 1
-        and says why."""
-        log.error("%s: stopping", why)
-        with contextlib.suppress(RuntimeError):  # the loop is closed already
-            self.loop.loop.call_soon_threadsafe(self.loop.stop, 1)
+        """The data path cannot go on: the relay is dead (a TUN read failing too)."""
+        self.loop.fail_soon(why, log)
 
     # --- control ----------------------------------------------------------------------------
 

@@ -14,7 +14,6 @@ are answered in XDP and never reach the sockets; status and summary add the prog
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import threading
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
     from teredo.io.kserver import ServerKernelPath
 
 log = logging.getLogger("teredo.server")
-
-EXIT_FAILED = 1
 
 
 class _Sockets:
@@ -154,20 +151,13 @@ class ServerDaemon:
                 # One byte more than the largest datagram handled: the machine drops a read
                 # that fills it (truncated). Also 0.3 us less than a 64 KiB read (measured).
                 udp_read_size=MAX_DATAGRAM + 1,
-                on_fatal=self._fail,
+                on_fatal=lambda why: loop.fail_soon(why, log),
             )
             self._data.start()
             self._undo.push(self._data.stop)  # stopped first, before the sockets close
         except BaseException:
             self.close()
             raise
-
-    def _fail(self, why: str) -> None:
-        """A socket cannot be read any more: the server is dead, so the daemon stops with
-        status 1 and says why (data thread, lock held)."""
-        log.error("%s: stopping", why)
-        with contextlib.suppress(RuntimeError):  # the loop is closed already
-            self.loop.loop.call_soon_threadsafe(self.loop.stop, EXIT_FAILED)
 
     @property
     def data_path_faults(self) -> int:
