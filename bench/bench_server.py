@@ -6,9 +6,9 @@ A lab (prefix `tds-` by default) with the server namespace and flooder hosts wit
 (203.0.113.101, .102, ...), no relay and no Teredo client. For each server run in turn:
 
 1. miredo-server (it has no rate limit),
-2. ours with the limits raised out of the way: the kernel data path (XDP, --datapath kernel),
-   then Python (--datapath user, --workers 1, then --workers N), so that the protocol path is
-   what is measured,
+2. ours with the limits raised out of the way: the kernel data path (XDP, --datapath kernel,
+   1 worker then --workers N: one program for all), then Python (--datapath user, --workers 1,
+   then --workers N), so that the protocol path is what is measured,
 3. ours with its default limits (kernel data path): what a flooder gets.
 
 `--baseline DIR` adds, right after each Python-path run of ours, the same run of another tree
@@ -255,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
                 ["miredo-server", "-f", "-c", str(conf), "-p", str(lab.state_dir / "miredo.pid")],
             ),
             ("teredo, kernel (XDP)", [*ours, *RAISED, "--datapath", "kernel"]),
+            (
+                f"teredo, kernel, {args.workers} workers",
+                [*ours, *RAISED, "--datapath", "kernel", "--workers", str(args.workers)],
+            ),
         ]
         for name, flags in user_runs:
             runs.append((f"teredo, {name}", [*ours, *flags]))
