@@ -39,10 +39,12 @@ import contextlib
 import json
 import os
 import re
+import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from bench import labcpu
 from bench.lab_bench import (
@@ -64,7 +66,7 @@ from bench.lab_bench import (
 )
 from teredo.lab import system
 from teredo.lab.roles import Impl, Role
-from teredo.lab.topology import RELAY_V6, Lab
+from teredo.lab.topology import NATIVE_V6, RELAY_V6, Lab
 
 PATHS = ("miredo", "teredo", "plain")
 PREFIX = "tdw-"
@@ -79,6 +81,8 @@ NATIVE_NET = "2001:db8:1::/64"
 DATAPATH_RE = re.compile(r"data path: (kernel|user)\b")
 TUN_OFFLOAD_OFF = ("tx", "off", "tso", "off", "gso", "off")
 DAEMON_HOSTS = ("server", "relay", "client1")
+MMSG_PORT = 5301
+T = TypeVar("T")
 
 
 def add_plain_ipv6(lab: Lab) -> None:
@@ -233,6 +237,83 @@ def measured_run(
 ) -> tuple[str, dict[str, float]]:
     """One iperf3 run native <-> client with the lab's CPU around it (bench/labcpu.py):
     (JSON, figures). Nothing else runs as a child of this process during the sample."""
+    return with_lab_cpu(
+        lab,
+        path,
+        args,
+        lambda: iperf3(
+            lab,
+            server_host="client1",
+            server_addr=addr,
+            client_host="native",
+            args=iperf_args,
+            seconds=args.seconds,
+        ),
+    )
+
+
+def mmsg_run(
+    lab: Lab, path: str, addr: str, args: argparse.Namespace, *, up: bool
+) -> tuple[int, dict[str, float]]:
+    """`--cpu-pps` datagrams of 64 bytes a second for `--seconds`, sent with sendmmsg and
+    received with recvmmsg (bench/mmsgudp.py) native -> client or (`up`) client -> native, with
+    the lab's CPU around the sending only (both ends started before the sample): (datagrams
+    received, figures)."""
+    sink_host, dest, source_host = (
+        ("native", NATIVE_V6, "client1") if up else ("client1", addr, "native")
+    )
+    tool = str(Path(__file__).with_name("mmsgudp.py"))
+    budget = args.seconds + 20
+    sink = lab.popen(
+        sink_host,
+        [sys.executable, "-u", tool, "recv", str(MMSG_PORT), str(args.seconds + 5)],
+        name=f"mmsg-recv-{sink_host}",
+        stdout=subprocess.PIPE,
+    )
+    source = lab.popen(
+        source_host,
+        [
+            sys.executable,
+            "-u",
+            tool,
+            "send",
+            dest,
+            str(MMSG_PORT),
+            str(args.cpu_pps),
+            str(args.seconds),
+        ],
+        name=f"mmsg-send-{source_host}",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        for proc in (sink, source):
+            assert proc.stdout is not None
+            if not proc.stdout.readline().startswith(b"ready"):
+                raise BenchError(f"{path}: bench/mmsgudp.py did not start")
+
+        def traffic() -> str:
+            source.communicate(b"go\n", timeout=budget)
+            out, _ = sink.communicate(timeout=budget)
+            return out.decode()
+
+        text, figures = with_lab_cpu(lab, path, args, traffic)
+    finally:
+        for proc in (source, sink):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    words = text.split()
+    if "received" not in words:
+        raise BenchError(f"{path}: bench/mmsgudp.py sink said {text!r}")
+    return int(words[words.index("received") + 1]), figures
+
+
+def with_lab_cpu(
+    lab: Lab, path: str, args: argparse.Namespace, traffic: Callable[[], T]
+) -> tuple[T, dict[str, float]]:
+    """`traffic()` with the lab's CPU around it (bench/labcpu.py), after an idle sample of
+    `--idle` seconds for the others' rates: (its result, figures)."""
     namespaces = [lab.ns(h) for h in lab.hosts()]
     tick = os.sysconf("SC_CLK_TCK")
     idle0, base0 = machine_cpu(), labcpu.sample(namespaces)
@@ -244,14 +325,7 @@ def measured_run(
     pids = _daemon_cpu(lab, path)
     daemon0 = [cpu_seconds(p) for p in pids]
     cpu0, lab0, t0 = machine_cpu(), labcpu.sample(namespaces), time.monotonic()
-    text = iperf3(
-        lab,
-        server_host="client1",
-        server_addr=addr,
-        client_host="native",
-        args=iperf_args,
-        seconds=args.seconds,
-    )
+    text = traffic()
     wall = time.monotonic() - t0
     lab_cpu = labcpu.between(lab0, labcpu.sample(namespaces))
     busy, softirq = machine_cpu().seconds_since(cpu0)
@@ -295,6 +369,15 @@ def measure(path: str, args: argparse.Namespace) -> dict[str, float | None]:
             ):
                 results[f"cpu_{direction}_{key}"] = 1e6 * cpu[part] / got if got else None
             results[f"cpu_{direction}_loss_pct"] = 100.0 * udp.loss
+            if args.mmsg:
+                # The same datagrams from a generator that costs the ends little (both
+                # figures reported: bench/mmsgudp.py says why).
+                got, cpu = mmsg_run(lab, path, addr, args, up=direction == "up")
+                sent = int(args.cpu_pps * args.seconds)
+                results[f"cpu_{direction}_mmsg_us_per_pkt"] = (
+                    1e6 * cpu["net"] / got if got else None
+                )
+                results[f"cpu_{direction}_mmsg_loss_pct"] = 100.0 * (1 - got / sent)
             results[f"cpu_{direction}_idle_pct"] = cpu["idle_pct"]
             for host in DAEMON_HOSTS:
                 if f"{host}_pct" in cpu:
@@ -335,6 +418,10 @@ METRICS = (
     ("cpu_up_relay_pct", "  relay daemon CPU %"),
     ("cpu_up_client1_pct", "  client daemon CPU %"),
     ("cpu_up_idle_pct", "  machine busy before, % (others)"),
+    ("cpu_down_mmsg_us_per_pkt", "lab CPU us/pkt down (fixed rate, sendmmsg generator)"),
+    ("cpu_down_mmsg_loss_pct", "  loss %"),
+    ("cpu_up_mmsg_us_per_pkt", "lab CPU us/pkt up (fixed rate, sendmmsg generator)"),
+    ("cpu_up_mmsg_loss_pct", "  loss %"),
     ("load1", "load average (1 min) at start"),
 )
 #: The figures with a ratio: the headline ones (the others are context).
@@ -346,8 +433,12 @@ RATIO_KEYS = frozenset(
         "udp_up_pps",
         "cpu_down_us_per_pkt",
         "cpu_up_us_per_pkt",
+        "cpu_down_mmsg_us_per_pkt",
+        "cpu_up_mmsg_us_per_pkt",
     }
 )
+#: The CPU-per-packet figures, each followed by what Teredo adds to plain forwarding.
+CPU_KEYS = frozenset(k for k in RATIO_KEYS if k.startswith("cpu_"))
 
 
 def report_rows(results: Mapping[str, Mapping[str, float | None]]) -> list[list[object]]:
@@ -363,7 +454,7 @@ def report_rows(results: Mapping[str, Mapping[str, float | None]]) -> list[list[
                 format_ratio(ratio(got["teredo"], got["plain"])),
             ]
         rows.append([label, got["miredo"], got["teredo"], got["plain"], *ratios])
-        if key.startswith("cpu_") and key.endswith("_us_per_pkt") and key.count("_") == 4:
+        if key in CPU_KEYS:
             # What Teredo adds to plain forwarding: the endpoints' iperf3 work is in all three.
             over = {p: _minus(got[p], got["plain"]) for p in ("miredo", "teredo")}
             rows.append(
@@ -409,6 +500,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="per iperf3 run (default 3)")
     parser.add_argument("--cpu-pps", type=int, default=20_000, help="fixed UDP rate for CPU/pkt")
     parser.add_argument("--idle", type=float, default=1.0, help="idle sample before each run, s")
+    parser.add_argument(
+        "--mmsg",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the CPU/pkt with bench/mmsgudp.py's sendmmsg/recvmmsg ends (default on)",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="rounds, medians reported")
     parser.add_argument("--datapath", default="auto", choices=("auto", "kernel", "user"))
     parser.add_argument(
