@@ -459,7 +459,8 @@ def report_rows(results: Mapping[str, Mapping[str, float | None]]) -> list[list[
             over = {p: _minus(got[p], got["plain"]) for p in ("miredo", "teredo")}
             rows.append(
                 [
-                    f"  above plain us/pkt {key.split('_')[1]} (Teredo's own)",
+                    f"  above plain us/pkt {key.split('_')[1]} (Teredo's own"
+                    + (", sendmmsg)" if "_mmsg_" in key else ")"),
                     over["miredo"],
                     over["teredo"],
                     None,
