@@ -44,6 +44,7 @@ from teredo.core.ipv6 import (
     parse_echo,
     parse_unreachable,
 )
+from teredo.core.qualify import REFRESH_GIVE_UP
 from teredo.core.wire import build_auth, build_origin, parse_payload
 
 SERVER = "198.51.100.10"
@@ -530,21 +531,28 @@ def test_mtu_change_in_a_refresh_ra() -> None:
     assert client.mtu == 1400
 
 
+REFRESH_RS_TIMES = (0.0, 4.0, 8.0, 12.0, 14.0, 16.0)  # T = 4 s, then 2 s for the extra 3
+
+
 def test_six_unanswered_refresh_rs_lose_contact() -> None:
     client, out, _event = qualified_client()
     due = refresh_due(client)
-    for k in range(6):
-        client.handle_timer(due + 4.0 * k)
+    for k, t in enumerate(REFRESH_RS_TIMES):
+        assert client.next_deadline() == pytest.approx(due + t)
+        client.handle_timer(due + t)
+        assert len(out.udp) == k + 1
     assert [d for _p, d in out.udp] == [SRV] * 6
     assert client.state is ClientState.QUALIFIED
-    client.handle_timer(due + 24.0)
+    assert client.next_deadline() == pytest.approx(due + REFRESH_GIVE_UP)
+    assert REFRESH_GIVE_UP == 18.0  # was 24 s with 4 s each (Miredo: 12 s, 3 RS)
+    client.handle_timer(due + REFRESH_GIVE_UP)
     got = events(client)
     assert [type(e) for e in got] == [Offline, ResolveServer]
     assert "lost" in got[0].reason  # type: ignore[union-attr]
     assert client.status()["state"] == "offline"
     assert client.address is None
     # Retry after the first back-off step.
-    assert client.next_deadline() == pytest.approx(due + 28.0)
+    assert client.next_deadline() == pytest.approx(due + 22.0)
 
 
 def test_a_refresh_answered_at_the_fifth_rs_keeps_the_address() -> None:
@@ -552,16 +560,29 @@ def test_a_refresh_answered_at_the_fifth_rs_keeps_the_address() -> None:
     row failed 13 % of the time and withdrew a working address (bench.wan_faults)."""
     client, out, event = qualified_client()
     due = refresh_due(client)
-    for k in range(5):
-        client.handle_timer(due + 4.0 * k)
+    for t in REFRESH_RS_TIMES[:5]:
+        client.handle_timer(due + t)
     assert [d for _p, d in out.udp] == [SRV] * 5
     # One nonce for the whole refresh: the answer to any of the RS counts.
     assert len({rs_nonce(p) for p, _d in out.udp}) == 1
-    client.receive_udp(ra_payload(rs_nonce(out.udp[-1][0])), SRV, due + 16.5)
+    client.receive_udp(ra_payload(rs_nonce(out.udp[-1][0])), SRV, due + 15.5)
     assert events(client) == []
     assert client.state is ClientState.QUALIFIED
     assert client.address == event.address
-    assert refresh_due(client) >= due + 16.5 + 22.5
+    assert refresh_due(client) >= due + 15.5 + 22.5
+
+
+def test_an_ra_answering_an_earlier_refresh_rs_late_still_counts() -> None:
+    """The extra refresh RS wait 2 s only: an RA slower than that (the answer to an earlier
+    RS, the same nonce) still keeps the address, so their shorter wait loses nothing."""
+    client, out, event = qualified_client()
+    due = refresh_due(client)
+    for t in REFRESH_RS_TIMES[:4]:
+        client.handle_timer(due + t)
+    first_nonce = rs_nonce(out.udp[0][0])
+    client.receive_udp(ra_payload(first_nonce), SRV, due + 13.9)  # 13.9 s after the first RS
+    assert events(client) == []
+    assert client.address == event.address
 
 
 def test_clock_jump_sends_a_refresh_at_once_and_forgets_peers() -> None:
