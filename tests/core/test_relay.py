@@ -191,6 +191,32 @@ def test_a_flood_of_unknown_sources_forwards_nothing_and_locks_out_no_one() -> N
     assert out.tun == [reply]
 
 
+def test_an_anycast_relay_serves_unknown_clients_without_state() -> None:
+    """serve_unknown (a relay with AnycastIPv4): a standby relay forwards the packets of
+    clients that another relay bubbled (the section 5.4.2 MAY not taken), makes no entry, so a
+    flood fills nothing; bubbles and wrong mappings are still dropped, and the way back still
+    bubbles the client first."""
+    relay, out = make(peers=8, serve_unknown=True)
+    peer = teredo(CLIENT)
+    packet = echo(peer, NATIVE)
+    relay.receive_udp(packet, CLIENT, T0)
+    assert out.tun == [packet]
+    assert relay.stats.unknown_served == 1
+    assert relay.stats.from_teredo == 1
+    for i in range(500):
+        mapping = ("203.0.113.102", 20000 + i)
+        relay.receive_udp(echo(teredo(mapping), NATIVE, i), mapping, T0 + i * 0.001)
+    assert len(relay.peers) == 0
+    out.clear()
+    relay.receive_udp(echo(peer, NATIVE), OTHER, T0 + 1)  # not its embedded mapping
+    relay.receive_udp(build_bubble(peer, relay.bubble_source(peer)), CLIENT, T0 + 1)
+    assert out.tun == []
+    assert dropped(relay, DropReason.MAPPING_MISMATCH) == 1
+    assert dropped(relay, DropReason.UNKNOWN_PEER_BUBBLE) == 1
+    relay.receive_tun(echo(NATIVE, peer, data=b"back"), T0 + 1.5)
+    assert out.udp == [(build_bubble(relay.bubble_source(peer), peer), (SERVER, TEREDO_PORT))]
+
+
 def _run_timers(relay: RelayMachine, until: float, native: list[float], packet: bytes) -> None:
     """Timer calls at each deadline up to `until`; `packet` arrives again at each `native`."""
     now = T0

@@ -116,6 +116,8 @@ def params_from(settings: RelaySettings, args: argparse.Namespace) -> RelayParam
         mtu=settings.mtu,
         idle_timeout=args.peer_timeout,
         server_bubble_rate=args.server_bubble_rate,
+        # Relays sharing an anycast IPv4: a standby serves the clients another one bubbled.
+        serve_unknown=settings.anycast_ipv4 is not None,
     )
 
 

@@ -129,6 +129,12 @@ class RelayParams:
     #: bubble exchange's state, at the cost of rows kept in memory longer. Miredo keeps
     #: entries 30 to 60 s (two 30 s generations). Untrusted entries always go after 30 s.
     idle_timeout: float = PEER_VALIDITY
+    #: Forward packets from clients not in the peer list instead of dropping them (the
+    #: section 5.4.2 MAY not taken), making no entry: for relays that share an anycast IPv4
+    #: (AnycastIPv4), where a standby takes over the clients that the failed relay bubbled and
+    #: that keep sending to the same address (docs/scale.md). Packets toward the client still
+    #: wait for a bubble exchange.
+    serve_unknown: bool = False
 
     def check(self) -> str | None:
         """Why these parameters cannot serve, or None."""
@@ -161,6 +167,7 @@ class RelayStats:
     remapped: int = 0  # peers re-mapped to another port (port-symmetric NAT answers)
     given_up: int = 0  # peers deleted after 3 unanswered repeats
     unreachables: int = 0  # ICMPv6 errors written to the TUN
+    unknown_served: int = 0  # client packets forwarded from no entry (RelayParams.serve_unknown)
 
 
 def _global_ipv6_kind(addr: bytes) -> DropReason | None:
@@ -262,6 +269,7 @@ class RelayMachine:
         self._hasher = hashlib.blake2b(key=self._secret, digest_size=8)
         self._host_specific = params.host_specific
         self._direct = params.direct_bubbles
+        self._serve_unknown = params.serve_unknown
         self._own_mapping = params.own_mapping
         self._own_addresses: frozenset[bytes] = frozenset()
         # Entries go `idle_timeout` after their last use (30 s by default, the section 5.2.4
@@ -474,7 +482,6 @@ class RelayMachine:
             got = self._unknown_source(packet, source, ipv4, port, now)
             if isinstance(got, DropReason):
                 return got
-            row = got
         plen = packet.ip6_length - _HEADER
         if plen == 0 and d[o + 6] == _NH_NONE:
             self.stats.bubbles_received += 1
@@ -501,7 +508,7 @@ class RelayMachine:
         self, packet: TeredoPacket, source: Address, ipv4: int, port: int, now: float
     ) -> int | DropReason:
         """A packet that is not from a trusted peer's recorded mapping (`source`, which is
-        `ipv4:port`)."""
+        `ipv4:port`): its row, a drop reason, or -1 (forwarded from no row: serve_unknown)."""
         src = packet.src
         bubble = packet.is_bubble
         # Section 5.4.2: the source must be a Teredo address...
@@ -527,7 +534,11 @@ class RelayMachine:
             # Section 5.4.2 MAY drop clients not in the list (Miredo does): only peers that
             # the relay bubbled, and that answered, are served. Serving unknown sources would
             # let a flood of made-up ones reach the native side and fill the table with
-            # trusted entries that lock out real clients for 30 s.
+            # trusted entries that lock out real clients for 30 s. An anycast relay forwards
+            # them (the source checks above passed) but makes no entry: nothing fills.
+            if self._serve_unknown and not bubble:
+                self.stats.unknown_served += 1
+                return -1
             return DropReason.UNKNOWN_PEER_BUBBLE if bubble else DropReason.RELAY_UNKNOWN_PEER
         if peers.is_trusted(row) and peers.is_valid(row, now):
             # Not from the recorded mapping of a valid trusted peer (the fast path said so): a

@@ -269,6 +269,7 @@ _RELAY_COUNTERS: Final = {
     "remapped": "peers remapped to another port",
     "given_up": "peers given up after unanswered bubbles",
     "unreachables": "ICMPv6 errors written to the tunnel",
+    "unknown_served": "client packets forwarded with no peer entry (anycast relay)",
 }
 
 

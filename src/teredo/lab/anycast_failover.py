@@ -83,14 +83,14 @@ def stop_relay_under_ping(
     if victim is None:
         raise LabError(f"no running relay carries {target}")
     found = stop_relay_under_pings(
-        lab, [target], how, victim, interval=interval, seconds=seconds, lead=lead
+        lab, [("native", target)], how, victim, interval=interval, seconds=seconds, lead=lead
     )
     return found[0]
 
 
 def stop_relay_under_pings(
     lab: Lab,
-    targets: Sequence[str],
+    streams: Sequence[tuple[str, str]],
     how: signal.Signals,
     relay: str,
     *,
@@ -98,7 +98,8 @@ def stop_relay_under_pings(
     seconds: float = 4.0,
     lead: float = 1.0,
 ) -> list[Failover]:
-    """stop_relay_under_ping with one stream of echoes to each of `targets` at once."""
+    """stop_relay_under_ping with several streams of echoes at once, each (source host,
+    target address): the native host to clients, or clients to the native host."""
     if load_spec(lab) is None:
         raise LabError("not an anycast lab")
     record = daemon_record(lab, relay)
@@ -106,15 +107,15 @@ def stop_relay_under_pings(
         raise LabError(f"no running {relay}")
     gateway = relay_link(int(relay.removeprefix("relay")))[1]
     count = int(seconds / interval)
-    results: dict[str, subprocess.CompletedProcess[str]] = {}
+    results: dict[tuple[str, str], subprocess.CompletedProcess[str]] = {}
 
-    def ping(target: str) -> None:
+    def ping(stream: tuple[str, str]) -> None:
         argv = ["ping", "-6", "-n", "-i", f"{interval:g}", "-c", str(count)]
-        argv += ["-w", str(int(seconds + 15)), target]
-        results[target] = lab.exec("native", argv, timeout=seconds + 20, check=False)
+        argv += ["-w", str(int(seconds + 15)), stream[1]]
+        results[stream] = lab.exec(stream[0], argv, timeout=seconds + 20, check=False)
 
     threads = [
-        threading.Thread(target=ping, args=(t,), name="failover-ping", daemon=True) for t in targets
+        threading.Thread(target=ping, args=(s,), name="failover-ping", daemon=True) for s in streams
     ]
     for thread in threads:
         thread.start()
@@ -125,8 +126,8 @@ def stop_relay_under_pings(
     for thread in threads:
         thread.join(seconds + 25)
     found = []
-    for target in targets:
-        output = results[target].stdout if target in results else ""
+    for stream in streams:
+        output = results[stream].stdout if stream in results else ""
         counts = ping_counts(output) or (count, 0)
         rtts = [float(t) for t in _RTT.findall(output)]
         found.append(
