@@ -254,7 +254,9 @@ class PeerTable(PeerRows):
         ipv4, port = (0, 0) if mapping is None else mapping
         if not (0 <= ipv4 <= 0xFFFFFFFF and 0 <= port <= 0xFFFF):
             raise ValueError("IPv4 is 32 bits and the port 16 bits")
-        # The duplicate check is the probe that finds the new entry's slot (one probe, not two).
+        # The duplicate check is the probe that finds the new entry's slot (one probe, not two:
+        # `lookup` and a second probe for the free slot measured 7 % slower per insert, 1,450
+        # -> 1,580 ns, docs/benchmarks.md "Shape, part 3"), so `lookup`'s loop is written again.
         index = self._index
         mask = self._mask
         keys = self._addr
@@ -468,22 +470,13 @@ class PeerTable(PeerRows):
         peer, with its last transmission date updated; else None (the caller goes on with the
         other cases). Same as lookup + is_trusted + is_valid + touch_tx, in one call.
 
-        The hottest call of the relay (every native packet): `lookup`'s probe is written out
-        here, as is `_tick`'s arithmetic, each worth 2 % of the native -> Teredo path."""
-        if len(addr) != 16:
+        The hottest call of the relay (every native packet): `_tick`'s arithmetic is written
+        out here (2 % of the native -> Teredo path); the probe is `lookup`'s, as in
+        `receive_row` (written out here it measured the same: docs/benchmarks.md "Shape, part
+        3")."""
+        row = self.lookup(addr)
+        if row is None:
             return None
-        index = self._index
-        mask = self._mask
-        keys = self._addr
-        i = hash(addr) & mask
-        while True:
-            row = index[i]
-            if not row:
-                return None
-            row -= 1
-            if keys.startswith(addr, row << 4):
-                break
-            i = (i + 1) & mask
         flags = self._flags[row]
         if not flags & _F_TRUSTED:
             return None

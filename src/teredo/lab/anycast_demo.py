@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from teredo.lab import anycast, anycast_failover
-from teredo.lab.demo import raise_interrupt, summarize, tear_down
+from teredo.lab.demo import run_in_lab, summarize
 from teredo.lab.nat import NatKind
 from teredo.lab.roles import Impl
 from teredo.lab.system import LabError
@@ -49,11 +49,11 @@ def run_anycast_demo(
     spec.check()
     clients = list(client_impl)[: len(nats)]
     clients += [Impl.TEREDO] * (len(nats) - len(clients))
-    old_term = signal.signal(signal.SIGTERM, raise_interrupt)
     server = None if servers else server_impl
     lab = Lab(prefix, nats, server_impl=server, relay_impl=None, client_impl=None)
     results: list[Result] = []
-    try:
+
+    def steps() -> int:
         out(f"== Teredo anycast demo: {relays} relays, {servers or 1} server(s), prefix {prefix!r}")
         out(anycast.__doc__.split("```")[1] if anycast.__doc__ else "")
         kinds = ", ".join(
@@ -122,9 +122,5 @@ def run_anycast_demo(
             results.append(("relays back", True, f"{took:.1f} s"))
             _routers(lab, out)
         return summarize(results, out)
-    except KeyboardInterrupt:
-        out("interrupted")
-        return 130
-    finally:
-        tear_down(lab, out)
-        signal.signal(signal.SIGTERM, old_term)
+
+    return run_in_lab(lab, steps, out)

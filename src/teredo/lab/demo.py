@@ -111,10 +111,10 @@ def run_demo(
     """Run the demo; 0 when every step worked. The lab is torn down however it ends."""
     nats = _demo_nats(nats)
     clients = _demo_clients(nats, client_impl)
-    old_term = signal.signal(signal.SIGTERM, raise_interrupt)
     lab = Lab(prefix, nats, server_impl=server_impl, relay_impl=relay_impl, client_impl=clients)
     results: Results = []
-    try:
+
+    def steps() -> int:
         _build(lab, prefix, clients, (server_impl, relay_impl), out)
         infos = _show_qualification(lab, clients, results, out)
         _show_pair(lab, infos, count=count, results=results, out=out)
@@ -130,12 +130,8 @@ def run_demo(
         )
         _show_probe(lab, results, out)
         return summarize(results, out)
-    except KeyboardInterrupt:
-        out("interrupted")
-        return 130
-    finally:
-        tear_down(lab, out)
-        signal.signal(signal.SIGTERM, old_term)
+
+    return run_in_lab(lab, steps, out)
 
 
 def _build(
@@ -343,6 +339,20 @@ def summarize(results: Sequence[tuple[str, bool, str]], out: Callable[[str], Non
     for name, ok, detail in results:
         out(f"  {'PASS' if ok else 'FAIL'}  {name.ljust(width)}  {detail}")
     return 0 if results and all(ok for _, ok, _ in results) else 1
+
+
+def run_in_lab(lab: Lab, steps: Callable[[], int], out: Callable[[str], None]) -> int:
+    """A demo's `steps` run in `lab`, their result the exit status: SIGTERM stops them as Ctrl-C
+    does (exit 130), and the lab is torn down however they end."""
+    old_term = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        return steps()
+    except KeyboardInterrupt:
+        out("interrupted")
+        return 130
+    finally:
+        tear_down(lab, out)
+        signal.signal(signal.SIGTERM, old_term)
 
 
 def tear_down(lab: Lab, out: Callable[[str], None]) -> None:
