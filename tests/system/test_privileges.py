@@ -11,7 +11,9 @@ hook running with the user's ids and CAP_NET_ADMIN (it still configures the inte
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -143,3 +145,37 @@ def test_client_hook_runs_as_the_user_with_net_admin(lab: Lab) -> None:
     assert "dev teredo" in routes, f"the hook's ip command failed: {routes!r}"
     assert proc_status(record.pid)["Uid"].split()[0] == str(user.uid)
     shutil.rmtree(tmp_path)
+
+
+def test_server_workers_share_the_kernel_program_unprivileged(lab: Lab) -> None:
+    """--workers 2 --user: the supervisor (which stays root to watch them) loads and attaches
+    the XDP program before the forks; each worker drops to the user, and worker 0 still reads
+    the program's counters and writes a reload into it through the inherited descriptors."""
+    lab.stop("server")
+    supervisor = lab.start("server", Impl.TEREDO, extra=["--workers", "2", "--datapath", "kernel"])
+    status = [sys.executable, "-m", "teredo", "status", "--json"]
+    user = resolve(USER)
+    deadline = time.monotonic() + QUALIFY_TIMEOUT
+    while True:
+        shown = lab.exec("server", status, timeout=20, check=False)
+        docs = json.loads(shown.stdout) if shown.returncode == 0 else []
+        if len(docs) == 2:
+            break
+        assert time.monotonic() < deadline, f"workers do not answer: {lab.log_tail('server')}"
+        time.sleep(0.2)
+    workers = sorted(docs, key=lambda d: int(d["worker"]))
+    assert [d["status"]["datapath"] for d in workers] == ["kernel", "kernel"], workers
+    assert workers[0]["status"]["kernel"]["counters"]["ra"] >= 0, workers[0]
+    for doc in workers:
+        st = proc_status(int(doc["pid"]))
+        assert st["Uid"].split() == [str(user.uid)] * 4, doc
+        assert st["CapEff"] == NET_ADMIN, doc
+    # A reload reaches the program from worker 0, after its drop (map writes by descriptor).
+    log = Path(supervisor.log)
+    os.kill(supervisor.pid, signal.SIGHUP)
+    deadline = time.monotonic() + QUALIFY_TIMEOUT
+    while log.read_text(encoding="utf-8").count("configuration reloaded") < 2:  # each worker
+        assert time.monotonic() < deadline, log.read_text(encoding="utf-8")
+        time.sleep(0.2)
+    assert "Traceback" not in log.read_text(encoding="utf-8")
+    lab.wait_qualified(1, timeout=QUALIFY_TIMEOUT)
