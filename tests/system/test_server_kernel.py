@@ -90,11 +90,18 @@ def restart_server(lab: Lab, *extra: str) -> None:
 def test_miredo_clients_qualify_on_kernel_ras(lab: Lab) -> None:
     for index in (1, 2):
         lab.wait_qualified(index, timeout=QUALIFY_TIMEOUT)
+    # The lab starts the clients once the server's port is bound, which is before the program
+    # is attached (the sockets are opened first: a start error is then the bind's one line):
+    # their first RS may have been answered in Python. Qualifying again, after the attach:
+    wait_xdp(lab, True)
+    before = server_status(lab)["kernel"]["counters"]["ra"]
+    for index in (1, 2):
+        requalify(lab, index)
     status = server_status(lab)
     assert status["datapath"] == "kernel", lab.log_tail("server")
     kernel = status["kernel"]
-    # Each client's qualification: RS to the primary and (cone test, 5.2.1) to the secondary.
-    assert kernel["counters"]["ra"] >= 2, status
+    # Each client's qualification: an RS at least, answered in XDP.
+    assert kernel["counters"]["ra"] >= before + 2, (before, status)
     assert status["router_advertisements"] >= kernel["counters"]["ra"], status
     assert xdp_attached(lab)
     assert "data path: kernel" in lab.log_tail("server", lines=200)
