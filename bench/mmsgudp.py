@@ -16,60 +16,43 @@ Every loop is bounded by count and by time. Prints "ready", then "sent N" or "re
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import socket
 import struct
 import sys
 import time
 
+from teredo.io.mmsg import IoVec, MMsgHdr, libc
+
 BATCH = 64
 PAYLOAD = 64
-MSG_WAITFORONE = 0x10000
+MSG_WAITFORONE = 0x10000  # <linux/socket.h>; the socket module does not export it
 
-
-class _Iovec(ctypes.Structure):
-    _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
-
-
-class _Msghdr(ctypes.Structure):
-    _fields_ = (
-        ("msg_name", ctypes.c_void_p),
-        ("msg_namelen", ctypes.c_uint32),
-        ("msg_iov", ctypes.POINTER(_Iovec)),
-        ("msg_iovlen", ctypes.c_size_t),
-        ("msg_control", ctypes.c_void_p),
-        ("msg_controllen", ctypes.c_size_t),
-        ("msg_flags", ctypes.c_int),
-    )
-
-
-class _Mmsghdr(ctypes.Structure):
-    _fields_ = (("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint))
-
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.sendmmsg.argtypes = (ctypes.c_int, ctypes.POINTER(_Mmsghdr), ctypes.c_uint, ctypes.c_int)
+_libc = libc()
+_libc.sendmmsg.argtypes = (ctypes.c_int, ctypes.POINTER(MMsgHdr), ctypes.c_uint, ctypes.c_int)
 _libc.recvmmsg.argtypes = (
     ctypes.c_int,
-    ctypes.POINTER(_Mmsghdr),
+    ctypes.POINTER(MMsgHdr),
     ctypes.c_uint,
     ctypes.c_int,
     ctypes.c_void_p,
 )
 
 
-def _vector(size: int) -> tuple[ctypes.Array[_Mmsghdr], list[ctypes.Array[ctypes.c_char]]]:
-    """BATCH message headers, each with one buffer of `size` bytes."""
-    msgs = (_Mmsghdr * BATCH)()
+def _vector(
+    size: int,
+) -> tuple[ctypes.Array[MMsgHdr], ctypes.Array[IoVec], list[ctypes.Array[ctypes.c_char]]]:
+    """BATCH message headers, each with one buffer of `size` bytes (the iovecs and buffers
+    are returned too: the headers hold only their addresses)."""
+    msgs = (MMsgHdr * BATCH)()
     bufs = [ctypes.create_string_buffer(b"m" * size, size) for _ in range(BATCH)]
-    iovs = (_Iovec * BATCH)()
+    iovs = (IoVec * BATCH)()
     for i in range(BATCH):
         iovs[i].iov_base = ctypes.cast(bufs[i], ctypes.c_void_p)
         iovs[i].iov_len = size
-        msgs[i].msg_hdr.msg_iov = ctypes.pointer(iovs[i])
+        msgs[i].msg_hdr.msg_iov = ctypes.addressof(iovs[i])
         msgs[i].msg_hdr.msg_iovlen = 1
-    return msgs, bufs
+    return msgs, iovs, bufs
 
 
 def send(dest: str, port: int, pps: float, seconds: float) -> int:
@@ -77,7 +60,7 @@ def send(dest: str, port: int, pps: float, seconds: float) -> int:
     after the interpreter's start-up."""
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     s.connect((dest, port))
-    msgs, _bufs = _vector(PAYLOAD)
+    msgs, _iovs, _bufs = _vector(PAYLOAD)
     print("ready", flush=True)
     sys.stdin.readline()
     total = int(pps * seconds)
@@ -108,7 +91,7 @@ def recv(port: int, seconds: float) -> int:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", 0, 200_000))
     s.bind(("::", port))
     print("ready", s.getsockname()[1], flush=True)  # the port (0: the kernel's choice)
-    msgs, _bufs = _vector(2048)
+    msgs, _iovs, _bufs = _vector(2048)
     got = 0
     now = time.monotonic()
     deadline, last = now + seconds, now
