@@ -10,12 +10,16 @@ routes the address to up6. Clients: ours and Miredo's behind port-restricted NAT
   ping the native host: up6 moves both prefixes to relay2, which the clients know by the same
   address (their NATs' filters let it through), and which forwards the clients' packets
   although it never bubbled them (RelayParams.serve_unknown); the echoes lost and the longest
-  round trip are in the assertion (printed with -s).
+  round trip are in the assertion (printed with -s); restarted, relay1 is active again;
+* SIGTERM of relay1 while echoes go both ways between the native host and both clients: it
+  withdraws both prefixes, drains, exits; no echo lost; restarted, up6 selects it again and
+  it carries both clients' traffic again.
 """
 
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -117,3 +121,55 @@ def test_kill9_of_the_active_relay_fails_over_to_the_same_address(lab: Lab, dire
     anycast.wait_without(lab, "up6", ANYCAST, anycast.relay_link_v4(2)[1], timeout=30)
     assert anycast.kernel_nexthops(lab, "up6", ANYCAST) == [anycast.relay_link_v4(1)[1]]
     assert anycast.kernel_nexthops(lab, "up6", TEREDO_PREFIX) == [anycast.relay_link(1)[1]]
+
+
+# After the kill -9 cases (which end with relay1 restarted and active again): both relays up.
+def test_sigterm_of_the_active_relay_drains_without_loss_then_it_takes_traffic_again(
+    lab: Lab,
+) -> None:
+    """SIGTERM of relay1 while the native host pings both clients and both clients ping the
+    native host: relay1 withdraws both prefixes, serves its drain time while up6 moves them to
+    relay2, exits; no echo lost in either direction. Restarted, up6 selects it again and the
+    clients' traffic goes through it again."""
+    targets = {index: address(lab, index) for index in CLIENTS}
+    for index, target in targets.items():
+        assert received(lab.ping("native", target, count=2).stdout) == 2
+        assert received(lab.ping(f"client{index}", NATIVE_V6, count=2).stdout) == 2
+    record = anycast.daemon_record(lab, "relay1")
+    assert record is not None
+    assert record.alive()
+    streams = [("native", t) for t in targets.values()]
+    streams += [(f"client{i}", NATIVE_V6) for i in targets]
+    found = anycast_failover.stop_relay_under_pings(
+        lab, streams, signal.SIGTERM, "relay1", seconds=3.0
+    )
+    results = dict(zip(streams, found, strict=True))
+    lines = "\n".join(f"{s[0]} -> {s[1]}: {f.line()}" for s, f in results.items())
+    print(f"\n{lines}")
+    for failover in results.values():
+        assert failover.lost == 0, lines
+        assert failover.duplicates == 0, lines
+    assert anycast.kernel_nexthops(lab, "up6", ANYCAST) == [anycast.relay_link_v4(2)[1]]
+    assert anycast.kernel_nexthops(lab, "up6", TEREDO_PREFIX) == [anycast.relay_link(2)[1]]
+    deadline = time.monotonic() + 30
+    while record.alive():
+        assert time.monotonic() < deadline, "relay1 still running after its drain"
+        time.sleep(0.1)
+    log = (lab.state_dir / "relay1.log").read_text()
+    assert f"withdrawn {TEREDO_PREFIX}, {ANYCAST} from routing table" in log, log
+    assert log.index("withdrawn") < log.index("draining") < log.index("stopping"), log
+    # Restarted: announced again, up6 selects it for both prefixes, and it carries both
+    # clients' traffic in both directions again.
+    anycast.start_relay(lab, 1, SPEC)
+    anycast.wait_without(lab, "up6", ANYCAST, anycast.relay_link_v4(2)[1], timeout=30)
+    anycast.wait_without(lab, "up6", TEREDO_PREFIX, anycast.relay_link(2)[1], timeout=30)
+    assert anycast.kernel_nexthops(lab, "up6", ANYCAST) == [anycast.relay_link_v4(1)[1]]
+    assert anycast.kernel_nexthops(lab, "up6", TEREDO_PREFIX) == [anycast.relay_link(1)[1]]
+    assert relay_status(lab, "relay1")["announce"]["announced"] is True
+    for index, target in targets.items():
+        before = relay_status(lab, "relay1")["counters"]
+        assert received(lab.ping("native", target, count=3).stdout) == 3
+        assert received(lab.ping(f"client{index}", NATIVE_V6, count=3).stdout) == 3
+        after = relay_status(lab, "relay1")["counters"]
+        assert after["from_teredo"] >= before["from_teredo"] + 3, (before, after)
+        assert after["to_teredo"] + after["queued"] > before["to_teredo"], (before, after)

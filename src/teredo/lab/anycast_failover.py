@@ -13,10 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from teredo.lab.anycast import (
+    RELAY_ANYCAST_V4,
     carrying_relay,
     daemon_record,
     load_spec,
     relay_link,
+    relay_link_v4,
     wait_without,
 )
 from teredo.lab.system import LabError
@@ -37,6 +39,9 @@ class Failover:
     #: Echo replies received twice (ping's "+N duplicates"): two relays both forwarding one
     #: packet during the handover would show here; 0 in every run measured (docs/scale.md).
     duplicates: int = 0
+    #: With --anycast-ipv4: signal -> up6's route to the anycast /32 without that relay (its
+    #: own BGP session, over IPv4), None otherwise.
+    withdraw_v4_seconds: float | None = None
 
     @property
     def lost(self) -> int:
@@ -50,8 +55,11 @@ class Failover:
 
     def line(self) -> str:
         dup = f", {self.duplicates} DUPLICATED" if self.duplicates else ""
+        v4 = self.withdraw_v4_seconds
+        v4_part = "" if v4 is None else f" (the anycast IPv4 /32 in {v4 * 1000:.0f} ms)"
+        withdrawn = f"withdrawn in {self.withdraw_seconds * 1000:.0f} ms{v4_part}"
         return (
-            f"{self.how} {self.relay}: withdrawn in {self.withdraw_seconds * 1000:.0f} ms, "
+            f"{self.how} {self.relay}: {withdrawn}, "
             f"{self.received}/{self.sent} echoes ({self.lost} lost{dup}), longest round trip "
             f"{self.max_rtt_ms:.1f} ms: client unreachable for {self.outage_seconds:.3f} s"
         )
@@ -100,12 +108,14 @@ def stop_relay_under_pings(
 ) -> list[Failover]:
     """stop_relay_under_ping with several streams of echoes at once, each (source host,
     target address): the native host to clients, or clients to the native host."""
-    if load_spec(lab) is None:
+    spec = load_spec(lab)
+    if spec is None:
         raise LabError("not an anycast lab")
     record = daemon_record(lab, relay)
     if record is None or not record.alive():
         raise LabError(f"no running {relay}")
-    gateway = relay_link(int(relay.removeprefix("relay")))[1]
+    index = int(relay.removeprefix("relay"))
+    gateway = relay_link(index)[1]
     count = int(seconds / interval)
     results: dict[tuple[str, str], subprocess.CompletedProcess[str]] = {}
 
@@ -121,8 +131,14 @@ def stop_relay_under_pings(
         thread.start()
     time.sleep(lead)
     os.kill(record.pid, how)
+    signalled = time.monotonic()
     # Its path gone from up6 (one of several ECMP paths, or the active one of active/standby).
     withdraw = wait_without(lab, "up6", TEREDO_PREFIX, gateway, timeout=15.0)
+    withdraw_v4 = None
+    if spec.anycast_ipv4:
+        anycast = f"{RELAY_ANYCAST_V4}/32"
+        wait_without(lab, "up6", anycast, relay_link_v4(index)[1], timeout=15.0)
+        withdraw_v4 = time.monotonic() - signalled
     for thread in threads:
         thread.join(seconds + 25)
     found = []
@@ -140,6 +156,7 @@ def stop_relay_under_pings(
                 max_rtt_ms=max(rtts, default=0.0),
                 interval=interval,
                 duplicates=ping_duplicates(output),
+                withdraw_v4_seconds=withdraw_v4,
             )
         )
     return found
