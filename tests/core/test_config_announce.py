@@ -50,15 +50,16 @@ def test_server_may_announce_in_the_main_table() -> None:
     assert got.announce_table == 254
 
 
+def test_relay_may_announce_in_the_main_table() -> None:
+    # For FRR: the forwarding route is then made invisible to zebra and the announcement goes
+    # below it (io/announce.py; the relay's test in tests/io/test_announce.py).
+    got = parse_relay("RelayType cone\nAnnounceTable 254\n", "r.conf")
+    assert got.announce_table == 254
+
+
 @pytest.mark.parametrize(
     ("text", "role", "message"),
     [
-        (
-            "RelayType cone\nAnnounceTable 254\n",
-            None,
-            "t.conf:2: AnnounceTable: table 254 is the main one, where a relay's prefix "
-            "route would replace its own: pick another",
-        ),
         (
             "RelayType cone\nAnnounceTable 255\n",
             None,

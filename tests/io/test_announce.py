@@ -16,7 +16,13 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from teredo.io.announce import ANNOUNCE_PROTO, Announcement, relay_prefixes, server_prefixes
+from teredo.io.announce import (
+    ANNOUNCE_METRIC,
+    ANNOUNCE_PROTO,
+    Announcement,
+    relay_prefixes,
+    server_prefixes,
+)
 from teredo.io.loop import DaemonLoop
 
 TABLE = 100
@@ -308,3 +314,55 @@ def test_relay_withdraws_while_its_server_does_not_answer(netns: str) -> None:
             if _alive(proc):
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+def _prefix_routes(ns: str) -> list[str]:
+    """The main table's routes to 2001::/32, one a line."""
+    out = subprocess.run(
+        ["ip", "-n", ns, "-6", "route", "show", "2001::/32"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def test_relay_in_the_main_table_forwards_through_its_tun_and_announces_below(
+    netns: str,
+) -> None:
+    """--announce-table 254 (FRR, docs/scale.md): the forwarding route to the TUN has protocol
+    kernel (zebra ignores those) and the default metric; the announcement on the anchor has
+    ANNOUNCE_METRIC, so the kernel still forwards through the TUN; SIGTERM takes the
+    announcement only."""
+    proc = _daemon(
+        netns,
+        *("relay", "--interface", "trm0", "--peers", "64"),
+        *("--announce-table", "254", "--announce-drain", "2"),
+    )
+    try:
+        wait_for(lambda: len(_prefix_routes(netns)) == 2 or not _alive(proc))
+        assert _alive(proc), proc.communicate(timeout=10)[1]
+        anchor = f"announce{proc.pid}"
+        routes = _prefix_routes(netns)
+        assert any(r.startswith("2001::/32 dev trm0 proto kernel metric 1024") for r in routes)
+        assert any(
+            r.startswith(f"2001::/32 dev {anchor} proto {ANNOUNCE_PROTO} metric {ANNOUNCE_METRIC}")
+            for r in routes
+        ), routes
+        got = subprocess.run(
+            ["ip", "-n", netns, "-6", "route", "get", "2001:0:c633:640a::1"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert " dev trm0 " in got, got
+        proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: len(_prefix_routes(netns)) == 1, timeout=10)
+        # Withdrawn while draining: the relay still forwards.
+        assert _alive(proc)
+        assert _prefix_routes(netns)[0].startswith("2001::/32 dev trm0 proto kernel")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if _alive(proc):
+            proc.kill()
+            proc.wait(timeout=10)

@@ -26,6 +26,7 @@ from teredo.cli.options import (
     resolve_ipv4,
 )
 from teredo.core.config import ConfigError, DatapathMode, RelaySettings, RelayType, Role
+from teredo.core.directives import MAIN_TABLE
 from teredo.core.peers import MIREDO_MAX_PEERS, PEER_VALIDITY
 from teredo.core.relay import MAX_PEER_TIMEOUT, SERVER_BUBBLE_RATE, RelayParams
 from teredo.io.announce import (
@@ -39,6 +40,7 @@ from teredo.io.driver import StartError, reload_handler
 from teredo.io.health import DEFAULT_INTERVAL, announce_while_server_answers
 from teredo.io.krelay import RelayKernelPath
 from teredo.io.loop import Daemon, DaemonLoop
+from teredo.io.netlink import RTPROT_KERNEL
 from teredo.io.relay_driver import (
     RelayDaemon,
     RelayEndpoint,
@@ -127,6 +129,9 @@ def endpoint_from(settings: RelaySettings) -> RelayEndpoint:
         bind_address=str(settings.bind_address),
         bind_port=settings.bind_port,
         prefix=str(settings.prefix),
+        # In the main table (FRR) the forwarding route must be one zebra does not read: with
+        # its lower metric zebra would pick it over the announcement, whatever we announce.
+        route_protocol=RTPROT_KERNEL if settings.announce_table == MAIN_TABLE else None,
     )
 
 

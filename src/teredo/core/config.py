@@ -25,7 +25,6 @@ from teredo.core.directives import (
     DEFAULT_SYSLOG_FACILITY,
     DIRECTIVES,
     FLAG_ONLY,
-    MAIN_TABLE,
     MAX_LINE_LENGTH,
     PARSERS,
     REPEATABLE,
@@ -282,13 +281,6 @@ def _client(layers: _Layers) -> ClientSettings:
 
 def _relay(layers: _Layers) -> RelaySettings:
     v = _Values(layers)
-    if v.get("AnnounceTable", None) == MAIN_TABLE:
-        # Our 2001::/32 on the anchor would replace the relay's own route to its Teredo
-        # interface (same prefix, same metric): the relay would stop forwarding.
-        raise v.given["AnnounceTable"].error(
-            f"table {MAIN_TABLE} is the main one, where a relay's prefix route would replace "
-            "its own: pick another"
-        )
     return RelaySettings(
         relay_type=v.get("RelayType", RelayType.CONE),
         prefix=v.get("Prefix", DEFAULT_PREFIX),

@@ -91,8 +91,10 @@ DEFAULT_ANNOUNCE_DRAIN: Final = 2.0
 MAX_ANNOUNCE_DRAIN: Final = 600.0
 # Routing tables 253 and 255 are the kernel's default and local ones, 0 means "unspecified": an
 # announcement there would route real traffic (table N is only read by the routing daemon).
-# The main table (254) is allowed for a server, whose /32 are local addresses anyway: it is what
-# FRR 8.4 withdraws after a kill -9 (docs/scale.md, FRR); a relay refuses it (core/config.py).
+# The main table (254) is allowed: it is the table FRR 8.4's zebra reads and withdraws from
+# after a kill -9 (docs/scale.md, FRR). A server's /32 there route nothing (they are local
+# addresses: the local table wins). A relay then keeps its forwarding route to the Teredo
+# interface invisible to zebra and its announcement below it (io/announce.py ANNOUNCE_METRIC).
 _RESERVED_TABLES: Final = frozenset({0, 253, 255})
 MAIN_TABLE: Final = 254
 MAX_TABLE: Final = 0xFFFFFFFF

@@ -3,8 +3,8 @@
 Our daemons do not speak BGP. While healthy, a daemon started with `--announce-table N` keeps
 one route per prefix it serves in kernel routing table N, with protocol number ANNOUNCE_PROTO,
 on an interface of its own; the routing daemon next to it (BIRD's kernel protocol with
-`learn`; FRR 8.4 next to a server: table 254 and `redistribute kernel`, docs/scale.md) exports
-what it finds there over BGP.
+`learn`; FRR 8.4: table 254 and `redistribute kernel`, docs/scale.md) exports what it finds
+there over BGP.
 
 The interface is the *anchor*: a non-persistent TUN device that no packet ever uses. The kernel
 removes a non-persistent TUN, and every route on it, when its last descriptor closes, which
@@ -15,8 +15,14 @@ once the daemon has dropped its privileges. Creating the anchor and its routes n
 CAP_NET_ADMIN, at start, before privileges are dropped.
 
 Table N is never consulted for forwarding (no rule points at it): it is only the contract
-between the daemon and the routing daemon. The exception is a server with FRR, which announces
-in the main table (254): its /32 are local addresses, which the local table routes first.
+between the daemon and the routing daemon. The exception is FRR, whose zebra reads the main
+table (254) only (docs/scale.md, FRR). A server's /32 there route nothing: they are local
+addresses, which the local table routes first. A relay's prefix (2001::/32) there would compete
+with the relay's own forwarding route to its Teredo interface: the announcement gets
+ANNOUNCE_METRIC, above the forwarding route's, so that the kernel keeps forwarding through the
+Teredo interface, and the relay makes its forwarding route with protocol "kernel"
+(RTPROT_KERNEL), which zebra ignores (zebra/rt_netlink.c skips every route of that protocol), so
+that zebra sees, and bgpd announces, only the announcement.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Final
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from teredo.core.directives import MAIN_TABLE
 from teredo.io.loop import Daemon, DaemonLoop
 from teredo.io.tun import TunDevice, TunError
 
@@ -42,6 +49,11 @@ log = logging.getLogger("teredo.announce")
 ANNOUNCE_PROTO: Final = 84
 #: Prefix of the anchor interface's name; the process id makes it unique on the host.
 ANCHOR_PREFIX: Final = "announce"
+#: Metric (priority) of an IPv6 announcement in the main table: above the kernel's default
+#: 1024, which the relay's forwarding route to its Teredo interface has, so that the kernel
+#: never forwards into the anchor while the relay runs; FRR's route map matches it (as the MED
+#: bgpd gives a redistributed route), so that no other route of the prefix is announced.
+ANNOUNCE_METRIC: Final = 2048
 AF_INET: Final = 2
 AF_INET6: Final = 10
 RT_SCOPE_LINK: Final = 253
@@ -119,6 +131,26 @@ class Announcement:
             anchor.name,
         )
 
+    def _route(self, network: Network, index: int) -> dict[str, object]:
+        """The netlink request of our route to `network` on the anchor (interface `index`)."""
+        route: dict[str, object] = {
+            "dst": str(network.network_address),
+            "dst_len": network.prefixlen,
+            "oif": index,
+            "table": self.table,
+            "proto": ANNOUNCE_PROTO,
+            "family": AF_INET6,
+        }
+        if network.version == 4:
+            # A route through a device without a gateway is on-link, as `ip route add ... dev
+            # X` makes it.
+            route.update(family=AF_INET, scope=RT_SCOPE_LINK)
+        elif self.table == MAIN_TABLE:
+            # Below the relay's forwarding route (module docstring); without it, "replace"
+            # would even take that route's place (IPv6 routes are keyed by prefix and metric).
+            route["priority"] = ANNOUNCE_METRIC
+        return route
+
     def _add_routes(self, ifname: str) -> None:
         with IPRoute() as ipr:
             found = ipr.link_lookup(ifname=ifname)
@@ -127,19 +159,7 @@ class Announcement:
             index = int(found[0])
             ipr.link("set", index=index, state="up")
             for network in self.prefixes:
-                route: dict[str, object] = {
-                    "dst": str(network.network_address),
-                    "dst_len": network.prefixlen,
-                    "oif": index,
-                    "table": self.table,
-                    "proto": ANNOUNCE_PROTO,
-                    "family": AF_INET6,
-                }
-                if network.version == 4:
-                    # A route through a device without a gateway is on-link, as `ip route add
-                    # ... dev X` makes it.
-                    route.update(family=AF_INET, scope=RT_SCOPE_LINK)
-                ipr.route("replace", **route)
+                ipr.route("replace", **self._route(network, index))
 
     def _delete_routes(self, ifname: str) -> None:
         """Delete our routes one by one before the anchor goes, so that the kernel tells every
@@ -163,18 +183,8 @@ class Announcement:
                 if not found:
                     return
                 for network in self.prefixes:
-                    route: dict[str, object] = {
-                        "dst": str(network.network_address),
-                        "dst_len": network.prefixlen,
-                        "oif": int(found[0]),
-                        "table": self.table,
-                        "proto": ANNOUNCE_PROTO,
-                        "family": AF_INET6,
-                    }
-                    if network.version == 4:
-                        route.update(family=AF_INET, scope=RT_SCOPE_LINK)  # as _add_routes
                     try:
-                        ipr.route("del", **route)
+                        ipr.route("del", **self._route(network, int(found[0])))
                     except NetlinkError as exc:
                         log.debug("withdraw: %s left to go with %s (%s)", network, ifname, exc)
         except Exception as exc:  # whatever it is, closing the anchor removes the routes

@@ -17,6 +17,9 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 AF_INET6 = 10
+#: rtnetlink's RTPROT_KERNEL: the protocol of the routes the kernel makes itself, which FRR's
+#: zebra never reads (zebra/rt_netlink.c).
+RTPROT_KERNEL = 2
 
 # Miredo's client hook gives its default route metric 1029, above the kernel's 1024 default
 # for native routes, so that Teredo is the last resort (miredo client-hook, RFC 4380 section 5.5).
@@ -113,9 +116,17 @@ class InterfaceConfig:
             route["priority"] = metric
         return route
 
-    def add_route(self, destination: str, metric: int | None = None) -> None:
+    def add_route(
+        self, destination: str, metric: int | None = None, protocol: int | None = None
+    ) -> None:
+        """`protocol`: the route's rtm_protocol (`ip route` prints "proto ..."); pyroute2's
+        default is RTPROT_STATIC. A relay announcing in the main table passes RTPROT_KERNEL
+        (io/announce.py)."""
+        route = self._route(destination, metric)
+        if protocol is not None:
+            route["proto"] = protocol
         try:
-            self._ipr.route("replace", **self._route(destination, metric))
+            self._ipr.route("replace", **route)
         except NetlinkError as exc:
             raise NetlinkConfigError(f"{self.ifname}: route {destination}: {exc}") from exc
 

@@ -93,6 +93,10 @@ class RelayEndpoint:
     bind_address: str
     bind_port: int
     prefix: str  # "2001::/32"
+    #: rtm_protocol of the prefix route to the TUN (None: pyroute2's, RTPROT_STATIC). A relay
+    #: announcing in the main table for FRR makes it RTPROT_KERNEL, which zebra ignores, so that
+    #: bgpd sees only the announcement on the anchor (io/announce.py, docs/scale.md FRR).
+    route_protocol: int | None = None
 
 
 class _Output:
@@ -199,7 +203,7 @@ class RelayDaemon:
             self._undo.push(self.netlink.close)
             self.netlink.set_up(params.mtu)
             self.netlink.add_address(TUN_LINK_LOCAL, 64)
-            self.netlink.add_route(endpoint.prefix)
+            self.netlink.add_route(endpoint.prefix, protocol=endpoint.route_protocol)
             self._set_tun_queue(TUN_QUEUE_LENGTH)
         except (NetlinkConfigError, NetlinkError, OSError) as exc:
             raise StartError(f"cannot configure {self.tun.name}: {exc}") from None
