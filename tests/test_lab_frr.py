@@ -1,5 +1,6 @@
-"""lab/frr.py without namespaces: the FRR configurations, the command lines (every file in the
-speaker's own directory, never /etc/frr) and the parsing of `vtysh ... json` (FRR 8.4 shapes)."""
+"""lab/frr.py without namespaces: the FRR configurations (a server's IPv4, a relay's IPv6), the
+command lines (every file in the speaker's own directory, never /etc/frr) and the parsing of
+`vtysh ... json` (FRR 8.4 shapes)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from teredo.io.announce import ANNOUNCE_METRIC
 from teredo.lab import anycast
 from teredo.lab.bird import Peer
 from teredo.lab.frr import Files, announced, daemon_command, established, speaker_configs
@@ -41,10 +43,41 @@ def test_speaker_redistributes_the_main_tables_announced_routes_with_bfd() -> No
     assert "receive-interval 100" in configs["bfdd"]
 
 
-def test_ipv6_refused_frr_84_cannot_export_a_relays_prefix() -> None:
+def test_relay_speaker_exports_its_announcement_over_an_ipv6_session() -> None:
     upstream = Peer("2001:db8:10:1::1", 65000, "u")
-    with pytest.raises(LabError, match="IPv4 announcements only"):
-        speaker_configs("relay1", "198.51.100.21", 65101, upstream, ["2001::/32"])
+    configs = speaker_configs("relay1", "198.51.100.21", 65101, upstream, ["2001::/32"])
+    bgpd = configs["bgpd"]
+    assert "ipv6 prefix-list teredo-announce seq 5 permit 2001::/32\n" in bgpd
+    assert " match ipv6 address prefix-list teredo-announce\n" in bgpd
+    # Our announcement only (metric 2048 = its MED), not the relay host's other 2001::/32
+    # routes zebra reads (an unreachable one, say) once ours is withdrawn.
+    assert f" match metric {ANNOUNCE_METRIC}\n" in bgpd
+    assert " bgp router-id 198.51.100.21\n" in bgpd
+    # MP-BGP: the IPv6 unicast family only on that session.
+    assert " no bgp default ipv4-unicast\n" in bgpd
+    assert " neighbor 2001:db8:10:1::1 remote-as 65000\n" in bgpd
+    assert " neighbor 2001:db8:10:1::1 bfd profile lab\n" in bgpd
+    family = bgpd[bgpd.index(" address-family ipv6 unicast\n") :]
+    assert "  redistribute kernel route-map teredo-announce\n" in family
+    assert "  neighbor 2001:db8:10:1::1 activate\n" in family
+    assert "  neighbor 2001:db8:10:1::1 route-map nothing-in in\n" in family
+    assert "receive-interval 100" in configs["bfdd"]
+
+
+def test_servers_route_map_does_not_match_a_metric() -> None:
+    # A server's /32 are added with the kernel's default metric (0 for IPv4): no match metric.
+    upstream = Peer("198.51.100.129", 65000, "u")
+    bgpd = speaker_configs("s", "198.51.100.130", 65201, upstream, ["198.51.100.10/32"])["bgpd"]
+    assert "match metric" not in bgpd
+    assert "no bgp default ipv4-unicast" not in bgpd
+
+
+def test_one_address_family_per_speaker() -> None:
+    upstream = Peer("2001:db8:10:1::1", 65000, "u")
+    with pytest.raises(LabError, match="one address family"):
+        speaker_configs("relay1", "198.51.100.21", 65101, upstream, ["198.51.100.40/32"])
+    with pytest.raises(LabError, match="one address family"):
+        speaker_configs("relay1", "198.51.100.21", 65101, upstream, [])
 
 
 def test_daemons_keep_every_file_in_their_own_directory() -> None:
@@ -69,5 +102,15 @@ def test_parsing_vtysh_json() -> None:
 
 def test_routing_option_checked() -> None:
     anycast.AnycastSpec(0, 2, routing="frr").check()
+    anycast.AnycastSpec(2, 2, routing="frr").check()
     with pytest.raises(LabError, match="--routing"):
         anycast.AnycastSpec(0, 2, routing="quagga").check()
+    with pytest.raises(LabError, match="--anycast-ipv4: with --routing bird only"):
+        anycast.AnycastSpec(2, 0, routing="frr", anycast_ipv4=True).check()
+
+
+def test_lab_relays_announce_in_the_main_table_with_frr() -> None:
+    argv = anycast.relay_argv(1, anycast.AnycastSpec(2, 0, routing="frr"))
+    assert argv[argv.index("--announce-table") + 1] == "254"
+    argv = anycast.relay_argv(1, anycast.AnycastSpec(2, 0))
+    assert argv[argv.index("--announce-table") + 1] == "100"

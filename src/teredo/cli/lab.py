@@ -144,9 +144,8 @@ def _anycast_options(p: argparse.ArgumentParser) -> None:
         "--routing",
         choices=anycast.ROUTING,
         default="bird",
-        help="the servers' BGP speakers: bird (default) or frr (the servers announce in the "
-        "main table, bgpd redistribute kernel; the relays' speakers stay BIRD: FRR 8.4 cannot "
-        "export their IPv6 prefix)",
+        help="the relays' and servers' BGP speakers: bird (default) or frr (the daemons "
+        "announce in the main table, bgpd redistribute kernel; not with --anycast-ipv4)",
     )
     group.add_argument(
         "--anycast-ipv4",

@@ -10,7 +10,8 @@
 ```
 
 Each relay and server runs our daemon with `--announce-table 100` and a BIRD "speaker" that
-exports kernel table 100 over BGP (with BFD) to its upstream router; the routers install one ECMP
+exports kernel table 100 over BGP (with BFD) to its upstream router (with `routing="frr"`:
+`--announce-table 254` and FRR, lab/frr.py); the routers install one ECMP
 route per prefix. The wan routes 2001::/32 to up6 and the servers' two addresses to up4, so the
 native host and the clients reach whichever relay or server the routers pick. The routers hash
 on addresses only (no ports, no flow label), so that a client's packets, in either direction,
@@ -77,7 +78,7 @@ STATE_FILE = "anycast.json"
 # Fixed ECMP hash seed on the routers, so that a lab run picks the same relay for the same pair
 # of addresses every time (the kernel otherwise draws a seed per namespace).
 HASH_SEED = 11
-#: Routing daemons the speakers next to the servers may run (the routers run BIRD).
+#: Routing daemons the speakers next to the relays and servers may run (the routers run BIRD).
 ROUTING = ("bird", "frr")
 
 
@@ -86,8 +87,8 @@ class AnycastSpec:
     relays: int
     servers: int
     drain: float = LAB_DRAIN
-    #: The servers' speakers: BIRD or FRR (the servers then announce in the main table). The
-    #: relays' stay BIRD: FRR 8.4 cannot export their IPv6 prefix (lab/frr.py).
+    #: The relays' and servers' speakers: BIRD or FRR (the daemons then announce in the main
+    #: table, lab/frr.py).
     routing: str = "bird"
     #: The relays share RELAY_ANYCAST_V4 (their --anycast-ipv4) as their Teredo-side address.
     anycast_ipv4: bool = False
@@ -106,6 +107,10 @@ class AnycastSpec:
             raise LabError(f"--servers: 0..{MAX_SERVERS}, not {self.servers}")
         if self.anycast_ipv4 and not self.relays:
             raise LabError("--anycast-ipv4: needs --relays N")
+        if self.anycast_ipv4 and self.routing == "frr":
+            # The relays hold the anycast address on lo: zebra would make it a connected route,
+            # which hides the announcement (as for the servers, docs/scale.md FRR); not built.
+            raise LabError("--anycast-ipv4: with --routing bird only")
 
 
 def relay_host(i: int) -> str:
@@ -353,6 +358,13 @@ def _start_routers(lab: Lab, spec: AnycastSpec) -> None:
         _start_bird(lab, "up4", router_config(UP4_V4, peers))
     for i in range(1, spec.relays + 1):
         upstream = Peer(relay_link(i)[0], ROUTER_AS, "upstream")
+        if spec.routing == "frr":
+            # MP-BGP over the IPv6 link, as the BIRD relays' session.
+            local_as = ROUTER_AS + 100 + i
+            _start_frr(
+                lab, relay_host(i), relay_v4(i), local_as, upstream, prefixes=[TEREDO_PREFIX]
+            )
+            continue
         upstream4 = Peer(relay_link_v4(i)[0], ROUTER_AS, "upstream4") if spec.anycast_ipv4 else None
         # Active/standby with an anycast IPv4: relay 1 preferred (see RELAY_ANYCAST_V4).
         prepend = i - 1 if spec.anycast_ipv4 else 0
@@ -369,7 +381,8 @@ def _start_routers(lab: Lab, spec: AnycastSpec) -> None:
         upstream = Peer(server_link(j)[0], ROUTER_AS, "upstream")
         router_id, local_as = server_link(j)[1], ROUTER_AS + 200 + j
         if spec.routing == "frr":
-            _start_frr(lab, server_host(j), router_id, local_as, upstream)
+            prefixes = [f"{a}/32" for a in (SERVER_V4, SERVER_V4_2)]
+            _start_frr(lab, server_host(j), router_id, local_as, upstream, prefixes=prefixes)
         else:
             config = speaker_config(router_id, local_as, upstream, ANNOUNCE_TABLE)
             _start_bird(lab, server_host(j), config)
@@ -379,8 +392,9 @@ def _frr_files(lab: Lab, host: str) -> frr.Files:
     return frr.Files(lab.state_dir / f"frr-{host}")
 
 
-def _start_frr(lab: Lab, host: str, router_id: str, local_as: int, upstream: Peer) -> None:
-    prefixes = [f"{a}/32" for a in (SERVER_V4, SERVER_V4_2)]
+def _start_frr(
+    lab: Lab, host: str, router_id: str, local_as: int, upstream: Peer, *, prefixes: list[str]
+) -> None:
     configs = frr.speaker_configs(host, router_id, local_as, upstream, prefixes)
     files = frr.prepare(_frr_files(lab, host).root, configs)
     for daemon in frr.DAEMONS:
@@ -407,7 +421,7 @@ def relay_argv(i: int, spec: AnycastSpec) -> list[str]:
         "--peers",
         str(LAB_RELAY_PEERS),
         "--announce-table",
-        str(ANNOUNCE_TABLE),
+        str(frr.TABLE if spec.routing == "frr" else ANNOUNCE_TABLE),
         "--announce-drain",
         f"{spec.drain:g}",
         *anycast,
@@ -540,11 +554,12 @@ def vtysh(lab: Lab, host: str, command: str) -> str:
 def speaker_view(lab: Lab, host: str) -> dict[str, Any]:
     """What a relay's or server's routing daemon exports: its session and the routes it has."""
     if _frr_files(lab, host).root.exists():
+        family = "ipv6" if host.startswith("relay") else "ipv4"  # a relay's 2001::/32
         return {
             "host": host,
             "daemon": "frr",
             "established": sorted(frr.established(vtysh(lab, host, "show bgp summary json"))),
-            "announces": frr.announced(vtysh(lab, host, "show bgp ipv4 unicast json")),
+            "announces": frr.announced(vtysh(lab, host, f"show bgp {family} unicast json")),
         }
     return {
         "host": host,
@@ -670,7 +685,7 @@ def status(lab: Lab) -> dict[str, Any] | None:
 
 def status_lines(view: dict[str, Any]) -> list[str]:
     """`teredo lab status` text for the anycast part."""
-    speakers = "BIRD" if view.get("routing", "bird") == "bird" else "FRR next to the servers"
+    speakers = "BIRD" if view.get("routing", "bird") == "bird" else "FRR"
     lines = [
         f"anycast: {view['relays']} relay(s), {view['servers']} server(s), BGP + BFD "
         f"(routers BIRD, speakers {speakers})"

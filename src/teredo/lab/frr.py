@@ -1,23 +1,27 @@
-"""FRR in the lab (issue 11): the other routing daemon an operator may run next to a server,
-as the speaker of the announce-table contract (docs/scale.md).
+"""FRR in the lab (issue 11): the other routing daemon an operator may run next to a relay or a
+server, as the speaker of the announce-table contract (docs/scale.md).
 
-The server announces in the main table (`--announce-table 254`): bgpd announces the kernel
-routes zebra reads there (`redistribute kernel`), filtered by a prefix list of the server's two
-/32, bfdd runs BFD on the session. Not table 100 with `ip import-table 100` (the earlier
-configuration): after a kill -9 the kernel flushes the anchor's IPv4 routes without an
-RTM_DELROUTE, and zebra 8.4 then drops the kernel route from its copy of table 100 but keeps the
-route it imported from it, announced; a kernel route of the main table on a deleted interface
-it does drop, and bgpd withdraws it (measured, docs/scale.md).
+The daemon announces in the main table (`--announce-table 254`): bgpd announces the kernel
+routes zebra reads there (`redistribute kernel`), filtered by a prefix list of what the daemon
+serves, bfdd runs BFD on the session. Not table 100 with `ip import-table 100` (the earlier
+configuration for servers): after a kill -9 the kernel flushes the anchor's IPv4 routes without
+an RTM_DELROUTE, and zebra 8.4 then drops the kernel route from its copy of table 100 but keeps
+the route it imported from it, announced; a kernel route of the main table on a deleted
+interface it does drop, and bgpd withdraws it (measured, docs/scale.md). `ip import-table` is
+IPv4 only in FRR 8.4 anyway, and this kernel has no VRF device.
+
+A relay: its 2001::/32 in the main table, next to its own forwarding route to its Teredo
+interface. The relay makes that one with protocol "kernel", which zebra never reads
+(zebra/rt_netlink.c), and the announcement with metric ANNOUNCE_METRIC (io/announce.py). The
+route map also matches that metric (bgpd gives a redistributed route its kernel metric as MED):
+another route of the prefix that zebra sees, such as the lab relay host's `unreachable
+2001::/32 metric 4000`, is then never announced in its place once the relay withdraws. The
+session is IPv6 (MP-BGP, the IPv6 unicast family only), as the BIRD relays'.
 
 Each daemon runs in the speaker's namespace in the foreground (its PID is the one the lab
 records), as user frr, with its own config, PID file, zserv socket and vty sockets in a
 directory of the lab's state; the host's /etc/frr and its frr service are never used.
 `vtysh --vty_socket DIR` asks them.
-
-FRR 8.4 (Debian 12) cannot speak for a relay's 2001::/32: `ip import-table` is IPv4 only (no
-`ipv6 import-table`, no `table-direct`), this kernel has no VRF device (CONFIG_NET_VRF), and in
-the main table the relay's own 2001::/32 route to its Teredo interface would be replaced
-(core/config.py refuses it). The lab's relays keep BIRD.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from teredo.io.announce import ANNOUNCE_METRIC
 from teredo.lab.bird import BFD_INTERVAL_MS, BFD_MULTIPLIER, Peer
 from teredo.lab.system import LabError
 
@@ -37,7 +42,7 @@ FRR_DIR = Path("/usr/lib/frr")
 USER = "frr"
 #: zebra first: bgpd and bfdd connect to its zserv socket (and retry until it is there).
 DAEMONS = ("zebra", "bfdd", "bgpd")
-#: The kernel table a server announces in when FRR speaks for it: the main one (see above).
+#: The kernel table a relay or server announces in when FRR speaks for it: the main one.
 TABLE = 254
 #: Route map and prefix list that pick the announced routes among the main table's.
 FILTER = "teredo-announce"
@@ -74,10 +79,14 @@ def _head(hostname: str) -> str:
 def speaker_configs(
     hostname: str, router_id: str, local_as: int, upstream: Peer, prefixes: Sequence[str]
 ) -> dict[str, str]:
-    """zebra, bfdd and bgpd configuration of a speaker exporting the IPv4 `prefixes` the
-    daemon keeps in the main table (TABLE)."""
-    if ":" in upstream.address or any(":" in p for p in prefixes):
-        raise LabError("lab/frr.py: FRR 8.4 speaks for IPv4 announcements only (docs/scale.md)")
+    """zebra, bfdd and bgpd configuration of a speaker exporting the `prefixes` the daemon
+    keeps in the main table (TABLE), over one session in the family of the prefixes: IPv4 (a
+    server's two /32) or IPv6 (a relay's 2001::/32)."""
+    ipv6 = ":" in upstream.address
+    if not prefixes or any((":" in p) != ipv6 for p in prefixes):
+        raise LabError(
+            "lab/frr.py: the announced prefixes and the session must be of one address family"
+        )
     zebra = _head(hostname)
     bfdd = _head(hostname) + (
         "bfd\n profile lab\n"
@@ -85,20 +94,27 @@ def speaker_configs(
         f"  detect-multiplier {BFD_MULTIPLIER}\n !\n!\n"
     )
     peer = upstream.address
+    ip = "ipv6" if ipv6 else "ip"
     allowed = "".join(
-        f"ip prefix-list {FILTER} seq {5 * n} permit {p}\n" for n, p in enumerate(prefixes, 1)
+        f"{ip} prefix-list {FILTER} seq {5 * n} permit {p}\n" for n, p in enumerate(prefixes, 1)
     )
+    # A relay's announcement only, not another route of its prefix (module docstring).
+    metric = f" match metric {ANNOUNCE_METRIC}\n" if ipv6 else ""
+    family = "ipv6" if ipv6 else "ipv4"
     bgpd = _head(hostname) + (
-        allowed + f"route-map {FILTER} permit 10\n match ip address prefix-list {FILTER}\n!\n"
+        allowed
+        + f"route-map {FILTER} permit 10\n match {ip} address prefix-list {FILTER}\n{metric}!\n"
         f"router bgp {local_as}\n"
         f" bgp router-id {router_id}\n"
         " no bgp ebgp-requires-policy\n"
-        f" neighbor {peer} remote-as {upstream.asn}\n"
+        + (" no bgp default ipv4-unicast\n" if ipv6 else "")
+        + f" neighbor {peer} remote-as {upstream.asn}\n"
         f" neighbor {peer} bfd profile lab\n"
         f" neighbor {peer} timers connect 1\n"
-        " address-family ipv4 unicast\n"
+        f" address-family {family} unicast\n"
         f"  redistribute kernel route-map {FILTER}\n"
-        f"  neighbor {peer} route-map nothing-in in\n"
+        + (f"  neighbor {peer} activate\n" if ipv6 else "")
+        + f"  neighbor {peer} route-map nothing-in in\n"
         " exit-address-family\n"
         "route-map nothing-in deny 10\n"
     )
@@ -164,7 +180,8 @@ def established(bgp_summary_json: str) -> set[str]:
 
 
 def announced(bgp_routes_json: str) -> list[str]:
-    """Prefixes in `show bgp ipv4 unicast json` (what bgpd has and, as a speaker, exports)."""
+    """Prefixes in `show bgp ipv4 unicast json` or `show bgp ipv6 unicast json` (what bgpd
+    has and, as a speaker, exports)."""
     try:
         data: Any = json.loads(bgp_routes_json or "{}")
     except ValueError:
