@@ -151,7 +151,9 @@ def _anycast_options(p: argparse.ArgumentParser) -> None:
         "--anycast-ipv4",
         action="store_true",
         help=f"the relays share {anycast.RELAY_ANYCAST_V4} as their Teredo-side address "
-        "(each binds and announces it, --anycast-ipv4), routed to them by the same BIRD router",
+        "(each binds and announces it, --anycast-ipv4), routed to them by the same BIRD router, "
+        "active/standby; with demo: the active relay killed, then drained, both clients moving "
+        "to the standby at the same address",
     )
 
 
@@ -304,10 +306,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _anycast_demo(args: argparse.Namespace) -> int:
-    if args.anycast_ipv4:
-        # The demo kills the relay one ECMP path of several carries; with --anycast-ipv4 the
-        # relays are active/standby (lab/anycast.py), tested in tests/system/test_anycast_ipv4.py.
-        return _fail(LabError("--anycast-ipv4: with `teredo lab up` only, not the demo"))
     nats = args.nats or list(ANYCAST_DEMO_NATS)
     clients = args.client if isinstance(args.client, list) else None
     if clients is None:
@@ -324,6 +322,7 @@ def _anycast_demo(args: argparse.Namespace) -> int:
             server_impl=args.server or Impl.TEREDO,
             count=args.count,
             routing=args.routing,
+            anycast_ipv4=args.anycast_ipv4,
         )
     except LabError as exc:
         return _fail(exc)
