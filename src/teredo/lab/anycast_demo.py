@@ -103,40 +103,49 @@ def run_anycast_demo(
         if addresses and anycast_ipv4:
             results.extend(_active_standby(lab, spec, addresses, out))
         elif addresses:
-            target_index = min(addresses)
-            target = addresses[target_index]
-            out(f"[4] kill -9 the relay carrying client{target_index}, echoes every 20 ms:")
-            killed = anycast_failover.stop_relay_under_ping(lab, target, signal.SIGKILL)
-            out(f"    {killed.line()}")
-            now = anycast.carrying_relay(lab, target)
-            out(f"    client{target_index} is now served by {now}")
-            results.append(
-                (
-                    "relay killed: traffic moves",
-                    now not in (None, killed.relay),
-                    f"{killed.relay} -> {now}, {killed.outage_seconds:.3f} s",
-                )
-            )
-            _routers(lab, out)
-            stopped = {killed.relay}
-            if relays >= 3:
-                out(f"[5] SIGTERM {now}: withdraw, drain {spec.drain:g} s, exit:")
-                drained = anycast_failover.stop_relay_under_ping(
-                    lab, target, signal.SIGTERM, seconds=3.0
-                )
-                out(f"    {drained.line()}")
-                results.append(("relay drained: no echo lost", drained.lost == 0, drained.line()))
-                stopped.add(drained.relay)
-            out("[6] restarted: they announce again")
-            for host in sorted(stopped):
-                anycast.start_relay(lab, int(host.removeprefix("relay")), spec)
-            took = anycast.wait_paths(lab, "up6", TEREDO_PREFIX, relays, timeout=30)
-            out(f"    {relays} paths again after {took:.1f} s")
-            results.append(("relays back", True, f"{took:.1f} s"))
-            _routers(lab, out)
+            results.extend(_ecmp(lab, spec, addresses, out))
         return summarize(results, out)
 
     return run_in_lab(lab, steps, out)
+
+
+def _ecmp(
+    lab: Lab, spec: anycast.AnycastSpec, addresses: dict[int, str], out: Callable[[str], None]
+) -> list[Result]:
+    """The ECMP part: kill -9 of the relay carrying a client, SIGTERM of the next (3 relays
+    or more), both restarted."""
+    results: list[Result] = []
+    relays = spec.relays
+    target_index = min(addresses)
+    target = addresses[target_index]
+    out(f"[4] kill -9 the relay carrying client{target_index}, echoes every 20 ms:")
+    killed = anycast_failover.stop_relay_under_ping(lab, target, signal.SIGKILL)
+    out(f"    {killed.line()}")
+    now = anycast.carrying_relay(lab, target)
+    out(f"    client{target_index} is now served by {now}")
+    results.append(
+        (
+            "relay killed: traffic moves",
+            now not in (None, killed.relay),
+            f"{killed.relay} -> {now}, {killed.outage_seconds:.3f} s",
+        )
+    )
+    _routers(lab, out)
+    stopped = {killed.relay}
+    if relays >= 3:
+        out(f"[5] SIGTERM {now}: withdraw, drain {spec.drain:g} s, exit:")
+        drained = anycast_failover.stop_relay_under_ping(lab, target, signal.SIGTERM, seconds=3.0)
+        out(f"    {drained.line()}")
+        results.append(("relay drained: no echo lost", drained.lost == 0, drained.line()))
+        stopped.add(drained.relay)
+    out("[6] restarted: they announce again")
+    for host in sorted(stopped):
+        anycast.start_relay(lab, int(host.removeprefix("relay")), spec)
+    took = anycast.wait_paths(lab, "up6", TEREDO_PREFIX, relays, timeout=30)
+    out(f"    {relays} paths again after {took:.1f} s")
+    results.append(("relays back", True, f"{took:.1f} s"))
+    _routers(lab, out)
+    return results
 
 
 def _relay_counters(lab: Lab, host: str) -> dict[str, Any]:
