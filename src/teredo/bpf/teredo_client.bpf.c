@@ -79,9 +79,9 @@ struct {
 
 /* Section 5.2.4 case 1: "valid" = a reception less than 30 s ago (600 s for a local peer).
  * last_rx is the core's last reception (written by the mirror) or the kernel's, the later. */
-static __always_inline int peer_valid(const struct teredo_peer *peer)
+static __always_inline int peer_valid(const struct teredo_peer *peer, __u32 now)
 {
-	__u32 age = teredo_stamp() - peer->last_rx;
+	__u32 age = now - peer->last_rx;
 
 	return age < (peer->flags & TEREDO_PEER_LOCAL ? VALID_LOCAL_UNITS : VALID_UNITS);
 }
@@ -100,6 +100,7 @@ static __always_inline int encap_at(struct __sk_buff *skb, const struct client_c
 	struct ipv6hdr *ip6 = teredo_ip6_at(skb, l2);
 	struct teredo_peer *peer;
 	int gso, ret;
+	__u32 now;
 
 	/* The core's first checks (receive_tun), and then a unicast destination, our own address as
 	 * the source (else it drops: wrong_source). */
@@ -111,8 +112,10 @@ static __always_inline int encap_at(struct __sk_buff *skb, const struct client_c
 	peer = teredo_encap_peer(&client_peers, &client_counters, ip6);
 	if (!peer)
 		return TC_ACT_OK;
-	/* ... and a valid one; else the core bubbles or pings it again. */
-	if (!peer_valid(peer)) {
+	/* ... and a valid one; else the core bubbles or pings it again. The clock is read once
+	 * for this check and the last_tx stamp. */
+	now = teredo_stamp();
+	if (!peer_valid(peer, now)) {
 		teredo_count(&client_counters, C_ENCAP_STALE);
 		return TC_ACT_OK;
 	}
@@ -132,7 +135,7 @@ static __always_inline int encap_at(struct __sk_buff *skb, const struct client_c
 	 * front, which the segmentation copies to each (lengths, IPv4 ID + n and header checksum
 	 * rewritten per segment; UDP checksum 0, SKB_GSO_UDP_TUNNEL). */
 	ret = teredo_encap_send(skb, l2, skb->len - l2, peer, cfg->ipv4, cfg->port,
-				gso ? BPF_F_ADJ_ROOM_FIXED_GSO : 0, &client_counters);
+				gso ? BPF_F_ADJ_ROOM_FIXED_GSO : 0, &client_counters, now);
 	if (ret != TC_ACT_UNSPEC)
 		return ret;
 	if (gso)
@@ -170,6 +173,7 @@ static __always_inline int decap_at(struct __sk_buff *skb, const struct client_c
 	struct udphdr *udp;
 	struct ipv6hdr *ip6;
 	struct teredo_peer *peer;
+	__u32 now;
 	__u8 s0;
 	int ret;
 
@@ -202,11 +206,12 @@ static __always_inline int decap_at(struct __sk_buff *skb, const struct client_c
 		return TC_ACT_OK;
 	/* A stale peer may have a bubble or ping procedure running in the core, which this
 	 * reception settles (and flushes its queue): the core's job. */
-	if (!peer_valid(peer)) {
+	now = teredo_stamp(); /* once: the validity check and the last_rx stamp */
+	if (!peer_valid(peer, now)) {
 		teredo_count(&client_counters, C_DECAP_STALE);
 		return TC_ACT_OK;
 	}
-	ret = teredo_decap_forward(skb, l2, peer, &client_counters);
+	ret = teredo_decap_forward(skb, l2, peer, &client_counters, now);
 	if (ret != TC_ACT_UNSPEC)
 		return ret;
 	/* Into the stack as if written to the TUN (the core's write_tun): same input interface

@@ -81,6 +81,7 @@ static __always_inline int encap_at(struct __sk_buff *skb, const struct relay_co
 {
 	struct ipv6hdr *ip6 = teredo_ip6_at(skb, l2); /* the core's checks of receive_tun */
 	struct teredo_peer *peer;
+	__u32 now;
 	int ret;
 
 	if (!ip6) {
@@ -90,7 +91,8 @@ static __always_inline int encap_at(struct __sk_buff *skb, const struct relay_co
 	peer = teredo_encap_peer(&relay_peers, &relay_counters, ip6);
 	if (!peer)
 		return TC_ACT_OK;
-	if ((__u32)(teredo_stamp() - peer->last_rx) >= RELAY_VALID_UNITS) {
+	now = teredo_stamp(); /* once: the validity check and the last_tx stamp */
+	if ((__u32)(now - peer->last_rx) >= RELAY_VALID_UNITS) {
 		teredo_count(&relay_counters, C_ENCAP_STALE);
 		return TC_ACT_OK;
 	}
@@ -100,7 +102,7 @@ static __always_inline int encap_at(struct __sk_buff *skb, const struct relay_co
 		return TC_ACT_OK;
 	}
 	ret = teredo_encap_send(skb, l2, skb->len - l2, peer, cfg->ipv4, cfg->port, 0,
-				&relay_counters);
+				&relay_counters, now);
 	if (ret != TC_ACT_UNSPEC)
 		return ret;
 	return bpf_redirect_neigh(cfg->out_ifindex, NULL, 0, 0);
@@ -222,7 +224,7 @@ static __always_inline int decap_at(struct __sk_buff *skb, const struct relay_co
 		teredo_count(&relay_counters, C_DECAP_CHECKSUM);
 		return TC_ACT_OK;
 	}
-	ret = teredo_decap_forward(skb, l2, peer, &relay_counters);
+	ret = teredo_decap_forward(skb, l2, peer, &relay_counters, teredo_stamp());
 	if (ret != TC_ACT_UNSPEC)
 		return ret;
 	return TC_ACT_OK; /* now an IPv6 packet: the stack routes it */
