@@ -78,6 +78,8 @@ NAT_V6_INSIDE = "2001:db8:3::1"
 CLIENT_V6 = "2001:db8:3::2"
 CLIENT_NET = "2001:db8:3::/64"
 NATIVE_NET = "2001:db8:1::/64"
+# Pings (3 echoes each, 1 s apart) until the native host reaches a just-started lab's client.
+RELAY_READY_TRIES = 10
 DATAPATH_RE = re.compile(r"data path: (kernel|user)\b")
 TUN_OFFLOAD_OFF = ("tx", "off", "tso", "off", "gso", "off")
 DAEMON_HOSTS = ("server", "relay", "client1")
@@ -219,8 +221,15 @@ def path_lab(path: str, args: argparse.Namespace) -> Iterator[tuple[Lab, str]]:
         if args.offload == "off":
             args.tun_devices = tun_offload_off(lab)
         # The first packets set up the relay's peer entry (bubbles, RFC 4380 section 5.4):
-        # measure the forwarding, not the setting up.
-        ping = lab.ping("native", str(info.address), count=3)
+        # measure the forwarding, not the setting up. The client qualifies through the server
+        # alone, so on a loaded machine the relay may not have its TUN and route yet (the
+        # wan's route to the Teredo prefix then loops back: "hop limit exceeded" from the
+        # relay): a few tries, bounded, for every path alike.
+        for _attempt in range(RELAY_READY_TRIES):
+            ping = lab.ping("native", str(info.address), count=3)
+            if ping.returncode == 0:
+                break
+            time.sleep(1.0)
         if ping.returncode != 0:
             raise BenchError(f"{path}: native host cannot reach the client:\n{ping.stdout}")
         yield lab, str(info.address)

@@ -27,6 +27,8 @@ apt_packages+=(miniupnpc)
 # (scripts/build-bpf.sh, below); libbpf1 loads them at run time; bpftool shows maps and links;
 # linux-libc-dev has the uapi headers the programs include.
 apt_packages+=(clang llvm libbpf-dev libbpf1 bpftool linux-libc-dev)
+# linux-perf: bench.path_profile's `perf record` of a lab's 64-byte UDP run (docs/benchmarks.md).
+apt_packages+=(linux-perf)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
