@@ -64,6 +64,37 @@ def test_relay_speaker_exports_its_announcement_over_an_ipv6_session() -> None:
     assert "receive-interval 100" in configs["bfdd"]
 
 
+def test_relay_with_an_anycast_ipv4_has_a_second_session_over_ipv4_and_standby_prepends() -> None:
+    configs = speaker_configs(
+        "relay2",
+        "198.51.100.22",
+        65102,
+        Peer("2001:db8:10:2::1", 65000, "u"),
+        ["2001::/32"],
+        upstream4=Peer("198.51.100.165", 65000, "u4"),
+        prefixes4=["198.51.100.40/32"],
+        prepend=1,
+    )
+    bgpd = configs["bgpd"]
+    assert "ip prefix-list teredo-announce4 seq 5 permit 198.51.100.40/32\n" in bgpd
+    v4_map = bgpd[bgpd.index("route-map teredo-announce4 permit 10\n") :]
+    assert v4_map.startswith(
+        "route-map teredo-announce4 permit 10\n"
+        " match ip address prefix-list teredo-announce4\n"
+        " set as-path prepend 65102\n!\n"
+    )  # no metric to match: an IPv4 /32 of ours has the kernel's default
+    v6_map = bgpd[bgpd.index("route-map teredo-announce permit 10\n") :]
+    assert " match metric 2048\n set as-path prepend 65102\n" in v6_map
+    ipv4 = bgpd[bgpd.index(" address-family ipv4 unicast\n") : bgpd.index(" address-family ipv6")]
+    assert "  redistribute kernel route-map teredo-announce4\n" in ipv4
+    assert "  neighbor 198.51.100.165 activate\n" in ipv4
+    assert "2001:db8:10:2::1" not in ipv4
+    ipv6 = bgpd[bgpd.index(" address-family ipv6 unicast\n") :]
+    assert "  redistribute kernel route-map teredo-announce\n" in ipv6
+    assert "198.51.100.165" not in ipv6
+    assert " neighbor 198.51.100.165 bfd profile lab\n" in bgpd
+
+
 def test_servers_route_map_does_not_match_a_metric() -> None:
     # A server's /32 are added with the kernel's default metric (0 for IPv4): no match metric.
     upstream = Peer("198.51.100.129", 65000, "u")
@@ -105,8 +136,7 @@ def test_routing_option_checked() -> None:
     anycast.AnycastSpec(2, 2, routing="frr").check()
     with pytest.raises(LabError, match="--routing"):
         anycast.AnycastSpec(0, 2, routing="quagga").check()
-    with pytest.raises(LabError, match="--anycast-ipv4: with --routing bird only"):
-        anycast.AnycastSpec(2, 0, routing="frr", anycast_ipv4=True).check()
+    anycast.AnycastSpec(2, 0, routing="frr", anycast_ipv4=True).check()
 
 
 def test_lab_relays_announce_in_the_main_table_with_frr() -> None:

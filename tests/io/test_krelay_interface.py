@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 ANYCAST = "198.51.100.40"
+ANYIP = "198.51.100.41"  # held as a local route, not an address (a relay with FRR)
 UNICAST = "198.51.100.21"
 PROBE = (
     "import sys; from teredo.io.krelay import ipv4_interface; print(*ipv4_interface(sys.argv[1]))"
@@ -32,6 +33,7 @@ def netns() -> Iterator[str]:
         for cmd in (
             "link set lo up",
             f"addr add {ANYCAST}/32 dev lo",
+            f"route add local {ANYIP}/32 dev lo table local",
             "link add e0 type veth peer name e1",
             "link set e0 up",
             "link set e1 up",
@@ -74,3 +76,19 @@ def test_an_address_on_lo_goes_out_through_the_default_routes_interface(netns: s
 def test_an_address_on_an_interface_goes_out_through_it(netns: str) -> None:
     assert probe(netns, UNICAST) == (index(netns, "e0"), as_int(UNICAST))
     assert probe(netns, "0.0.0.0") == (index(netns, "e0"), as_int(UNICAST))
+
+
+def test_an_address_held_as_a_local_route_goes_out_through_the_default_routes_interface(
+    netns: str,
+) -> None:
+    assert probe(netns, ANYIP) == (index(netns, "e0"), as_int(ANYIP))
+    # Still refused: an address the host does not hold at all.
+    proc = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", PROBE, "198.51.100.42"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "no interface holds 198.51.100.42" in proc.stderr

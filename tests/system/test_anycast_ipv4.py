@@ -14,6 +14,9 @@ routes the address to up6. Clients: ours and Miredo's behind port-restricted NAT
 * SIGTERM of relay1 while echoes go both ways between the native host and both clients: it
   withdraws both prefixes, drains, exits; no echo lost; restarted, up6 selects it again and
   it carries both clients' traffic again.
+
+All of it twice: with BIRD next to each relay (announcing in table 100), then with FRR (the main
+table, the anycast address held as a local route on lo, not an address: lab/frr.py).
 """
 
 from __future__ import annotations
@@ -34,27 +37,38 @@ from .conftest import prefix_for, received, tear_down
 
 pytestmark = pytest.mark.system
 
-SPEC = anycast.AnycastSpec(relays=2, servers=0, anycast_ipv4=True)
+ROUTINGS = {"bird": "4", "frr": "5"}  # routing daemon -> the lab's prefix tag
 ANYCAST = f"{anycast.RELAY_ANYCAST_V4}/32"
 CLIENTS = {1: Impl.TEREDO, 2: Impl.MIREDO}
 QUALIFY_TIMEOUT = 30.0
 MAX_OUTAGE = 5.0  # generous under load: measured in milliseconds (docs/scale.md)
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+def spec_of(routing: str) -> anycast.AnycastSpec:
+    return anycast.AnycastSpec(relays=2, servers=0, anycast_ipv4=True, routing=routing)
+
+
+@pytest.fixture(scope="module", params=list(ROUTINGS))
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    routing = str(request.param)
     lab = Lab(
-        prefix_for("4"),
+        prefix_for(ROUTINGS[routing]),
         [NatKind.PORT_RESTRICTED] * len(CLIENTS),
         server_impl=Impl.TEREDO,
         relay_impl=None,
         client_impl=None,
     )
     try:
-        anycast.up(lab, SPEC, list(CLIENTS.values()))
+        anycast.up(lab, spec_of(routing), list(CLIENTS.values()))
         yield lab
     finally:
         tear_down(lab)
+
+
+def spec(lab: Lab) -> anycast.AnycastSpec:
+    found = anycast.load_spec(lab)
+    assert found is not None
+    return found
 
 
 def relay_status(lab: Lab, host: str) -> dict[str, Any]:
@@ -117,7 +131,7 @@ def test_kill9_of_the_active_relay_fails_over_to_the_same_address(lab: Lab, dire
         assert failover.outage_seconds < MAX_OUTAGE, lines
         assert failover.duplicates == 0, lines
     # Restarted, relay1 is the active one again (relay2 prepends its AS).
-    anycast.start_relay(lab, 1, SPEC)
+    anycast.start_relay(lab, 1, spec(lab))
     anycast.wait_without(lab, "up6", ANYCAST, anycast.relay_link_v4(2)[1], timeout=30)
     assert anycast.kernel_nexthops(lab, "up6", ANYCAST) == [anycast.relay_link_v4(1)[1]]
     assert anycast.kernel_nexthops(lab, "up6", TEREDO_PREFIX) == [anycast.relay_link(1)[1]]
@@ -160,7 +174,7 @@ def test_sigterm_of_the_active_relay_drains_without_loss_then_it_takes_traffic_a
     assert log.index("withdrawn") < log.index("draining") < log.index("stopping"), log
     # Restarted: announced again, up6 selects it for both prefixes, and it carries both
     # clients' traffic in both directions again.
-    anycast.start_relay(lab, 1, SPEC)
+    anycast.start_relay(lab, 1, spec(lab))
     anycast.wait_without(lab, "up6", ANYCAST, anycast.relay_link_v4(2)[1], timeout=30)
     anycast.wait_without(lab, "up6", TEREDO_PREFIX, anycast.relay_link(2)[1], timeout=30)
     assert anycast.kernel_nexthops(lab, "up6", ANYCAST) == [anycast.relay_link_v4(1)[1]]

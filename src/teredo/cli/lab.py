@@ -145,7 +145,7 @@ def _anycast_options(p: argparse.ArgumentParser) -> None:
         choices=anycast.ROUTING,
         default="bird",
         help="the relays' and servers' BGP speakers: bird (default) or frr (the daemons "
-        "announce in the main table, bgpd redistribute kernel; not with --anycast-ipv4)",
+        "announce in the main table, bgpd redistribute kernel)",
     )
     group.add_argument(
         "--anycast-ipv4",

@@ -39,13 +39,18 @@ _ZERO = struct.pack("=I", 0)
 
 
 _IFF_LOOPBACK: Final = 0x8
+_RT_TABLE_LOCAL: Final = 255
+_RTN_LOCAL: Final = 2
 
 
 def ipv4_interface(address: str) -> tuple[int, int]:
     """(ifindex, IPv4 as int) of the interface holding `address`, or for 0.0.0.0 the interface
     of the default IPv4 route and its first address. An address on the loopback (a relay's
     anycast IPv4, docs/scale.md) is sent from through the default route's interface: no
-    datagram leaves through lo. OSError when there is none."""
+    datagram leaves through lo. So is an address held as a local route on lo (AnyIP, `ip route
+    add local A/32 dev lo table local`: how a relay holds its anycast IPv4 for FRR, whose zebra
+    would make an address on lo a connected route hiding the announcement, docs/scale.md).
+    OSError when there is none."""
     with IPRoute() as ipr:
         if address and int(ipaddress.IPv4Address(address)):
             for msg in ipr.get_addr(family=2):
@@ -54,6 +59,8 @@ def ipv4_interface(address: str) -> tuple[int, int]:
                     if not ipr.get_links(index)[0]["flags"] & _IFF_LOOPBACK:
                         return index, int(ipaddress.IPv4Address(address))
                     return _default_oif(ipr), int(ipaddress.IPv4Address(address))
+            if _held_on_loopback(ipr, ipaddress.IPv4Address(address)):
+                return _default_oif(ipr), int(ipaddress.IPv4Address(address))
             raise OSError(f"no interface holds {address}")
         for route in ipr.get_routes(family=2):
             if route["dst_len"] == 0 and route.get("RTA_OIF"):
@@ -63,6 +70,21 @@ def ipv4_interface(address: str) -> tuple[int, int]:
                     if local:
                         return oif, int(ipaddress.IPv4Address(local))
         raise OSError("bound to 0.0.0.0 and no default IPv4 route names an interface")
+
+
+def _held_on_loopback(ipr: IPRoute, address: ipaddress.IPv4Address) -> bool:
+    """A local route of table local on a loopback device covers `address` (AnyIP)."""
+    for route in ipr.get_routes(family=2, table=_RT_TABLE_LOCAL):
+        if route["type"] != _RTN_LOCAL or not route.get("RTA_OIF") or not route.get("RTA_DST"):
+            continue
+        network = ipaddress.IPv4Network(
+            (str(route.get("RTA_DST")), int(route["dst_len"])), strict=False
+        )
+        if address in network:
+            links = ipr.get_links(int(route.get("RTA_OIF")))
+            if links and links[0]["flags"] & _IFF_LOOPBACK:
+                return True
+    return False
 
 
 def _default_oif(ipr: IPRoute) -> int:

@@ -107,10 +107,6 @@ class AnycastSpec:
             raise LabError(f"--servers: 0..{MAX_SERVERS}, not {self.servers}")
         if self.anycast_ipv4 and not self.relays:
             raise LabError("--anycast-ipv4: needs --relays N")
-        if self.anycast_ipv4 and self.routing == "frr":
-            # The relays hold the anycast address on lo: zebra would make it a connected route,
-            # which hides the announcement (as for the servers, docs/scale.md FRR); not built.
-            raise LabError("--anycast-ipv4: with --routing bird only")
 
 
 def relay_host(i: int) -> str:
@@ -287,7 +283,7 @@ def _wire(lab: Lab, spec: AnycastSpec) -> None:
             cmds += [
                 f"addr add {relay_link_side}/30 dev up0",
                 "link set lo up",
-                f"addr add {RELAY_ANYCAST_V4}/32 dev lo",
+                _relay_anycast_address(spec),
             ]
         system.ip_batch(lab.ns(host), cmds)
         _sysctl(lab, host, "net.ipv6.conf.all.forwarding=1")
@@ -315,6 +311,14 @@ def _wire(lab: Lab, spec: AnycastSpec) -> None:
                 f"route add ::/0 via {router_v6}",
             ],
         )
+
+
+def _relay_anycast_address(spec: AnycastSpec) -> str:
+    """How a relay holds RELAY_ANYCAST_V4: on lo, or for FRR as a local route (AnyIP), for
+    the reason _server_addresses gives."""
+    if spec.routing == "frr":
+        return f"route add local {RELAY_ANYCAST_V4}/32 dev lo table local"
+    return f"addr add {RELAY_ANYCAST_V4}/32 dev lo"
 
 
 def _server_addresses(spec: AnycastSpec) -> list[str]:
@@ -358,16 +362,23 @@ def _start_routers(lab: Lab, spec: AnycastSpec) -> None:
         _start_bird(lab, "up4", router_config(UP4_V4, peers))
     for i in range(1, spec.relays + 1):
         upstream = Peer(relay_link(i)[0], ROUTER_AS, "upstream")
-        if spec.routing == "frr":
-            # MP-BGP over the IPv6 link, as the BIRD relays' session.
-            local_as = ROUTER_AS + 100 + i
-            _start_frr(
-                lab, relay_host(i), relay_v4(i), local_as, upstream, prefixes=[TEREDO_PREFIX]
-            )
-            continue
         upstream4 = Peer(relay_link_v4(i)[0], ROUTER_AS, "upstream4") if spec.anycast_ipv4 else None
         # Active/standby with an anycast IPv4: relay 1 preferred (see RELAY_ANYCAST_V4).
         prepend = i - 1 if spec.anycast_ipv4 else 0
+        if spec.routing == "frr":
+            # MP-BGP over the IPv6 link, as the BIRD relays' session (and IPv4 for the anycast).
+            configs = frr.speaker_configs(
+                relay_host(i),
+                relay_v4(i),
+                ROUTER_AS + 100 + i,
+                upstream,
+                [TEREDO_PREFIX],
+                upstream4=upstream4,
+                prefixes4=[f"{RELAY_ANYCAST_V4}/32"],
+                prepend=prepend,
+            )
+            _start_frr(lab, relay_host(i), configs)
+            continue
         config = speaker_config(
             relay_v4(i),
             ROUTER_AS + 100 + i,
@@ -382,7 +393,8 @@ def _start_routers(lab: Lab, spec: AnycastSpec) -> None:
         router_id, local_as = server_link(j)[1], ROUTER_AS + 200 + j
         if spec.routing == "frr":
             prefixes = [f"{a}/32" for a in (SERVER_V4, SERVER_V4_2)]
-            _start_frr(lab, server_host(j), router_id, local_as, upstream, prefixes=prefixes)
+            configs = frr.speaker_configs(server_host(j), router_id, local_as, upstream, prefixes)
+            _start_frr(lab, server_host(j), configs)
         else:
             config = speaker_config(router_id, local_as, upstream, ANNOUNCE_TABLE)
             _start_bird(lab, server_host(j), config)
@@ -392,10 +404,7 @@ def _frr_files(lab: Lab, host: str) -> frr.Files:
     return frr.Files(lab.state_dir / f"frr-{host}")
 
 
-def _start_frr(
-    lab: Lab, host: str, router_id: str, local_as: int, upstream: Peer, *, prefixes: list[str]
-) -> None:
-    configs = frr.speaker_configs(host, router_id, local_as, upstream, prefixes)
+def _start_frr(lab: Lab, host: str, configs: dict[str, str]) -> None:
     files = frr.prepare(_frr_files(lab, host).root, configs)
     for daemon in frr.DAEMONS:
         name = f"frr-{daemon}-{host}"
@@ -554,12 +563,18 @@ def vtysh(lab: Lab, host: str, command: str) -> str:
 def speaker_view(lab: Lab, host: str) -> dict[str, Any]:
     """What a relay's or server's routing daemon exports: its session and the routes it has."""
     if _frr_files(lab, host).root.exists():
-        family = "ipv6" if host.startswith("relay") else "ipv4"  # a relay's 2001::/32
+        # A relay: its 2001::/32 (and its anycast IPv4 /32, if any); a server: its two /32.
+        families = ("ipv4", "ipv6") if host.startswith("relay") else ("ipv4",)
+        announces = [
+            p
+            for family in families
+            for p in frr.announced(vtysh(lab, host, f"show bgp {family} unicast json"))
+        ]
         return {
             "host": host,
             "daemon": "frr",
             "established": sorted(frr.established(vtysh(lab, host, "show bgp summary json"))),
-            "announces": frr.announced(vtysh(lab, host, f"show bgp {family} unicast json")),
+            "announces": sorted(announces),
         }
     return {
         "host": host,

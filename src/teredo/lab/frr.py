@@ -16,7 +16,10 @@ interface. The relay makes that one with protocol "kernel", which zebra never re
 route map also matches that metric (bgpd gives a redistributed route its kernel metric as MED):
 another route of the prefix that zebra sees, such as the lab relay host's `unreachable
 2001::/32 metric 4000`, is then never announced in its place once the relay withdraws. The
-session is IPv6 (MP-BGP, the IPv6 unicast family only), as the BIRD relays'.
+session is IPv6 (MP-BGP, the IPv6 unicast family only), as the BIRD relays'. With an anycast
+IPv4, a second session over IPv4 carries its /32, which the relay host holds as a local route
+(AnyIP), not as an address on lo: zebra would make that a connected route, which hides the
+kernel route of the same prefix (the servers' reason too, lab/anycast.py _server_addresses).
 
 Each daemon runs in the speaker's namespace in the foreground (its PID is the one the lab
 records), as user frr, with its own config, PID file, zserv socket and vty sockets in a
@@ -76,48 +79,76 @@ def _head(hostname: str) -> str:
     )
 
 
+def _filter(name: str, prefixes: Sequence[str], prepend: tuple[int, ...]) -> str:
+    """Prefix list and route map `name`: the prefixes of one family, in the main table."""
+    ipv6 = ":" in prefixes[0]
+    ip = "ipv6" if ipv6 else "ip"
+    text = "".join(
+        f"{ip} prefix-list {name} seq {5 * n} permit {p}\n" for n, p in enumerate(prefixes, 1)
+    )
+    text += f"route-map {name} permit 10\n match {ip} address prefix-list {name}\n"
+    if ipv6:
+        # A relay's announcement only, not another route of its prefix (module docstring).
+        text += f" match metric {ANNOUNCE_METRIC}\n"
+    if prepend:
+        text += f" set as-path prepend {' '.join(map(str, prepend))}\n"
+    return text + "!\n"
+
+
 def speaker_configs(
-    hostname: str, router_id: str, local_as: int, upstream: Peer, prefixes: Sequence[str]
+    hostname: str,
+    router_id: str,
+    local_as: int,
+    upstream: Peer,
+    prefixes: Sequence[str],
+    *,
+    upstream4: Peer | None = None,
+    prefixes4: Sequence[str] = (),
+    prepend: int = 0,
 ) -> dict[str, str]:
     """zebra, bfdd and bgpd configuration of a speaker exporting the `prefixes` the daemon
     keeps in the main table (TABLE), over one session in the family of the prefixes: IPv4 (a
-    server's two /32) or IPv6 (a relay's 2001::/32)."""
-    ipv6 = ":" in upstream.address
-    if not prefixes or any((":" in p) != ipv6 for p in prefixes):
-        raise LabError(
-            "lab/frr.py: the announced prefixes and the session must be of one address family"
-        )
+    server's two /32) or IPv6 (a relay's 2001::/32). `upstream4`: a second session, over
+    IPv4, for `prefixes4` (a relay's anycast IPv4 next to its IPv6 prefix). `prepend`: AS path
+    prepending on both, so that the router prefers another speaker (standby)."""
+    sessions = [(upstream, prefixes, FILTER)]
+    if upstream4 is not None:
+        sessions.append((upstream4, prefixes4, f"{FILTER}4"))
+    for peer, announced_prefixes, _ in sessions:
+        family_v6 = ":" in peer.address
+        if not announced_prefixes or any((":" in p) != family_v6 for p in announced_prefixes):
+            raise LabError(
+                "lab/frr.py: the announced prefixes and the session must be of one address family"
+            )
     zebra = _head(hostname)
     bfdd = _head(hostname) + (
         "bfd\n profile lab\n"
         f"  receive-interval {BFD_INTERVAL_MS}\n  transmit-interval {BFD_INTERVAL_MS}\n"
         f"  detect-multiplier {BFD_MULTIPLIER}\n !\n!\n"
     )
-    peer = upstream.address
-    ip = "ipv6" if ipv6 else "ip"
-    allowed = "".join(
-        f"{ip} prefix-list {FILTER} seq {5 * n} permit {p}\n" for n, p in enumerate(prefixes, 1)
+    path = (local_as,) * prepend
+    bgpd = _head(hostname) + "".join(_filter(n, ps, path) for _, ps, n in sessions)
+    # With an IPv6 session, no IPv4 unicast on it: MP-BGP carries the IPv6 family only.
+    any_v6 = any(":" in peer.address for peer, _, _ in sessions)
+    bgpd += f"router bgp {local_as}\n bgp router-id {router_id}\n no bgp ebgp-requires-policy\n" + (
+        " no bgp default ipv4-unicast\n" if any_v6 else ""
     )
-    # A relay's announcement only, not another route of its prefix (module docstring).
-    metric = f" match metric {ANNOUNCE_METRIC}\n" if ipv6 else ""
-    family = "ipv6" if ipv6 else "ipv4"
-    bgpd = _head(hostname) + (
-        allowed
-        + f"route-map {FILTER} permit 10\n match {ip} address prefix-list {FILTER}\n{metric}!\n"
-        f"router bgp {local_as}\n"
-        f" bgp router-id {router_id}\n"
-        " no bgp ebgp-requires-policy\n"
-        + (" no bgp default ipv4-unicast\n" if ipv6 else "")
-        + f" neighbor {peer} remote-as {upstream.asn}\n"
-        f" neighbor {peer} bfd profile lab\n"
-        f" neighbor {peer} timers connect 1\n"
-        f" address-family {family} unicast\n"
-        f"  redistribute kernel route-map {FILTER}\n"
-        + (f"  neighbor {peer} activate\n" if ipv6 else "")
-        + f"  neighbor {peer} route-map nothing-in in\n"
-        " exit-address-family\n"
-        "route-map nothing-in deny 10\n"
-    )
+    for peer, _, _ in sessions:
+        bgpd += (
+            f" neighbor {peer.address} remote-as {peer.asn}\n"
+            f" neighbor {peer.address} bfd profile lab\n"
+            f" neighbor {peer.address} timers connect 1\n"
+        )
+    for peer, _, name in sorted(sessions, key=lambda s: ":" in s[0].address):
+        ipv6 = ":" in peer.address
+        bgpd += (
+            f" address-family {'ipv6' if ipv6 else 'ipv4'} unicast\n"
+            f"  redistribute kernel route-map {name}\n"
+            + (f"  neighbor {peer.address} activate\n" if any_v6 else "")
+            + f"  neighbor {peer.address} route-map nothing-in in\n"
+            " exit-address-family\n"
+        )
+    bgpd += "route-map nothing-in deny 10\n"
     return {"zebra": zebra, "bfdd": bfdd, "bgpd": bgpd}
 
 
