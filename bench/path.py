@@ -15,7 +15,10 @@ the rounds (miredo, teredo, plain, miredo, ...):
 
 Measured between the native host and the client, both directions ("down" = native -> client,
 "up" = client -> native): TCP (iperf3), 64-byte UDP capacity (iperf3 `-b 0`: as fast as the
-sender can; the receiver's count gives packets/s), and 64-byte UDP at a fixed `--cpu-pps` rate
+sender can; the receiver's count gives packets/s; and with `--senders` N iperf3 processes at
+once, their counts summed: a kernel data path runs every hop in its sender's system call, so
+one sender keeps it on one CPU while Miredo's daemons have the other), and 64-byte UDP at a
+fixed `--cpu-pps` rate
 that every path carries, for the CPU per packet: the lab's CPU time during the run, softirq
 included (bench/labcpu.py: every process in the lab's namespaces, the daemons and the iperf3
 ends, + the ksoftirqd threads' time less their rate over `--idle` seconds just before), per
@@ -411,12 +414,13 @@ def measure(path: str, args: argparse.Namespace) -> dict[str, float | None]:
             results[f"udp_{direction}_loss_pct"] = 100.0 * udp.loss
             if args.senders > 1:
                 # Through Miredo's path, flooded by two senders (70-90 % lost), iperf3's own
-                # control connection sometimes breaks at the end of a run: one more try, and
+                # control connection sometimes breaks or stalls at the end of a run (an error,
+                # or no exit within seconds + 20 s): one more try, and
                 # then the figure is missing ("-"), said on stderr, not the round lost.
                 for attempt in (1, 2):
                     try:
                         pps, loss = parallel_udp(lab, addr, args.senders, args.seconds, bool(rev))
-                    except BenchError as exc:
+                    except (BenchError, subprocess.TimeoutExpired) as exc:
                         print(
                             f"bench.path: {path} {direction} --senders try {attempt}: {exc}",
                             file=sys.stderr,
