@@ -10,7 +10,10 @@ large as ours and changes from second to second. So a lab's CPU is counted from 
   this process's children that ended and were reaped in between (getrusage RUSAGE_CHILDREN: the
   one-off iperf3 client and server), less what was already counted of them at the start;
 - **softirq outside them**: the CPU time of the ksoftirqd/N threads over the sample, less their
-  rate just before it (the others' share, measured over an idle sample).
+  rate just before it (the others' share, measured over an idle sample);
+- **threaded NAPI** (bench.path `--rx threaded`): the CPU time of the napi/DEV-ID kernel threads
+  that then run the veths' receive side, counted the same way (by name, less their rate just
+  before): they are kernel threads, outside every network namespace.
 
 Why not "processes + the /proc/stat softirq delta": this kernel accounts CPU time by ticks
 (CONFIG_TICK_CPU_ACCOUNTING, no CONFIG_IRQ_TIME_ACCOUNTING): a tick that lands in a softirq run
@@ -41,8 +44,8 @@ NETNS_DIR = Path("/run/netns")
 
 METHOD = (
     "lab CPU = utime+stime of every process in the lab's namespaces (+ reaped children) "
-    "+ ksoftirqd time net of its rate before the run; tick accounting (1/CLK_TCK s), no "
-    "IRQ time accounting: softirq in a lab process's context is inside its stime"
+    "+ ksoftirqd and napi/* kthread time net of their rate before the run; tick accounting "
+    "(1/CLK_TCK s), no IRQ time accounting: softirq in a lab process's context is inside its stime"
 )
 
 
@@ -53,6 +56,16 @@ def parse_stat(text: str) -> tuple[int, int, str]:
     rest = text[text.rfind(")") + 2 :].split()
     # rest[0] is field 3 (state): utime, stime are fields 14, 15; starttime is field 22.
     return int(rest[11]) + int(rest[12]), int(rest[19]), comm
+
+
+def kernel_thread(comm: str) -> str | None:
+    """ "ksoftirqd" or "napi" for the kernel threads that carry a lab's receive work outside
+    its namespaces (ksoftirqd/N; napi/DEV-ID of a device in threaded NAPI mode), else None."""
+    if comm.startswith("ksoftirqd/"):
+        return "ksoftirqd"
+    if comm.startswith("napi/"):
+        return "napi"
+    return None
 
 
 def _read(path: str) -> str | None:
@@ -94,13 +107,15 @@ class CpuSample:
     ksoftirqd: int
     #: CPU seconds of this process's reaped children so far.
     children: float
+    #: utime + stime of every napi/DEV-ID thread together (threaded NAPI; 0 when none).
+    napi: int = 0
 
 
 def sample(namespaces: Iterable[str]) -> CpuSample:
     """The CPU counters of the processes in `namespaces` and of ksoftirqd, now."""
     inodes = netns_inodes(namespaces)
     lab: dict[tuple[int, int], int] = {}
-    ksoftirqd = 0
+    ksoftirqd = napi = 0
     for pid in _pids():
         text = _read(f"/proc/{pid}/stat")
         if text is None:
@@ -109,12 +124,17 @@ def sample(namespaces: Iterable[str]) -> CpuSample:
             ticks, start, comm = parse_stat(text)
         except (ValueError, IndexError):
             continue
-        if comm.startswith("ksoftirqd/"):
+        kind = kernel_thread(comm)
+        if kind == "ksoftirqd":
             ksoftirqd += ticks
+        elif kind == "napi":
+            napi += ticks
         elif _in_netns(pid, inodes):
             lab[(pid, start)] = ticks
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return CpuSample(lab=lab, ksoftirqd=ksoftirqd, children=usage.ru_utime + usage.ru_stime)
+    return CpuSample(
+        lab=lab, ksoftirqd=ksoftirqd, children=usage.ru_utime + usage.ru_stime, napi=napi
+    )
 
 
 @dataclass(frozen=True)
@@ -123,21 +143,28 @@ class LabCpu:
 
     processes: float  # the lab's processes (those alive at either end, and reaped children)
     ksoftirqd: float  # the ksoftirqd threads, all of them (the others' share included)
+    napi: float = 0.0  # the napi/* threads, all of them (the others' share included)
 
-    def total(self, ksoftirqd_base: float) -> float:
-        """The lab's CPU: its processes + ksoftirqd less `ksoftirqd_base` (the others'
-        share over the same time, from their rate before), never below the processes'."""
-        return self.processes + max(0.0, self.ksoftirqd - ksoftirqd_base)
+    def total(self, ksoftirqd_base: float, napi_base: float = 0.0) -> float:
+        """The lab's CPU: its processes + ksoftirqd less `ksoftirqd_base` + the napi threads
+        less `napi_base` (the others' share over the same time, from their rate before),
+        never below the processes'."""
+        return (
+            self.processes
+            + max(0.0, self.ksoftirqd - ksoftirqd_base)
+            + max(0.0, self.napi - napi_base)
+        )
 
 
 def between(before: CpuSample, after: CpuSample) -> LabCpu:
     """The CPU used between `before` and `after`: the lab's processes alive at the end (less
     what `before` counted of each), this process's children reaped in between (their whole
     lifetime: bench.path starts the iperf3 ends after `before` and reaps them before `after`;
-    run nothing else as a child in between), and ksoftirqd."""
+    run nothing else as a child in between), ksoftirqd and the napi threads."""
     tick = os.sysconf("SC_CLK_TCK")
     ticks = sum(end - before.lab.get(key, 0) for key, end in after.lab.items())
     return LabCpu(
         processes=ticks / tick + max(0.0, after.children - before.children),
         ksoftirqd=(after.ksoftirqd - before.ksoftirqd) / tick,
+        napi=(after.napi - before.napi) / tick,
     )

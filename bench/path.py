@@ -31,6 +31,16 @@ offload the lab's TCP reaches the kernel programs as CHECKSUM_PARTIAL / GSO supe
 which they pass up to Python; a real NIC delivers complete checksums. All three paths get the
 same links. Our daemons' kernel counters ("kernel" in `teredo status`) are printed at the end.
 
+`--rx threaded` (default `inline`, the lab as it always was) models a NIC's receive in its own
+context: a veth's transmit normally runs the peer's whole receive (and every further hop) in
+the sender's system call (backlog, softirq at the sender's local_bh_enable), so a kernel data
+path's chain stays on the sender's CPU. `threaded` turns on NAPI on every veth of the lab's
+namespaces (`ethtool -K DEV gro on`: veth uses NAPI when GRO is requested) with
+`gro_max_size 1` (so GRO merges nothing: only the context changes, not the packets) and
+`/sys/class/net/DEV/threaded` = 1, so each veth's receive runs in its napi/DEV-ID kernel
+thread, which the scheduler may put on the other CPU, as a NIC's interrupt and softirq would.
+Applied to every path alike; the napi threads' CPU is counted in the lab CPU (bench/labcpu.py).
+
 Output: one table with the three paths, ours/miredo and the fraction of plain forwarding each
 Teredo path reaches, then one JSON line.
 """
@@ -87,6 +97,7 @@ NATIVE_NET = "2001:db8:1::/64"
 RELAY_READY_TRIES = 10
 DATAPATH_RE = re.compile(r"data path: (kernel|user)\b")
 TUN_OFFLOAD_OFF = ("tx", "off", "tso", "off", "gso", "off")
+RX_MODES = ("inline", "threaded")
 DAEMON_HOSTS = ("server", "relay", "client1")
 MMSG_PORT = 5301
 T = TypeVar("T")
@@ -167,6 +178,53 @@ def veth_offload_off(lab: Lab) -> list[str]:
     return changed
 
 
+def veth_rx_commands(ns: str, dev: str) -> list[list[str]]:
+    """The commands that put one veth of namespace `ns` in threaded NAPI (`--rx threaded`):
+    GRO requested (veth then receives through NAPI), but merging nothing (gro_max_size 1 for
+    IPv6 and IPv4: a packet is never grown past it, so every packet is flushed alone), and the
+    NAPI poll in its own kernel thread. Inside the namespace only."""
+    return [
+        ["ip", "netns", "exec", ns, "ethtool", "-K", dev, "gro", "on"],
+        ["ip", "-n", ns, "link", "set", "dev", dev, "gro_max_size", "1", "gro_ipv4_max_size", "1"],
+        ["ip", "netns", "exec", ns, "sh", "-c", f"echo 1 > /sys/class/net/{dev}/threaded"],
+    ]
+
+
+def napi_threads() -> list[str]:
+    """The names of the napi/* kernel threads running now (threaded NAPI polls)."""
+    names = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            with contextlib.suppress(OSError):
+                comm = Path(f"/proc/{pid}/comm").read_text(encoding="utf-8").strip()
+                if labcpu.kernel_thread(comm) == "napi":
+                    names.append(comm)
+    return names
+
+
+def veth_rx_threaded(lab: Lab) -> list[str]:
+    """Every veth of every lab namespace in threaded NAPI (`veth_rx_commands`), checked: each
+    reads back threaded = 1 and has its napi/DEV-ID thread. Returns the threads, by name."""
+    before = set(napi_threads())
+    devices: list[str] = []
+    for host in lab.hosts():
+        ns = lab.ns(host)
+        out = system.run(["ip", "-n", ns, "-j", "link", "show", "type", "veth"])
+        for link in json.loads(out.stdout or "[]"):
+            dev = str(link["ifname"])
+            for argv in veth_rx_commands(ns, dev):
+                system.run(argv)
+            got = system.run(["ip", "netns", "exec", ns, "cat", f"/sys/class/net/{dev}/threaded"])
+            if got.stdout.strip() != "1":
+                raise BenchError(f"--rx threaded: {ns}/{dev} threaded reads {got.stdout!r}")
+            devices.append(dev)
+    threads = sorted(set(napi_threads()) - before)
+    # A veth has one NAPI per receive queue (one here); thread names are comm-truncated.
+    if len(threads) < len(devices):
+        raise BenchError(f"--rx threaded: {len(devices)} veths, napi threads {threads}")
+    return threads
+
+
 def tun_offload_off(lab: Lab) -> list[str]:
     """`ethtool -K DEV tx off tso off gso off` on the TUN devices of the relay's and the
     client's namespaces (our daemons' and Miredo's): the client host's own TCP reaches the
@@ -207,6 +265,8 @@ def path_lab(path: str, args: argparse.Namespace) -> Iterator[tuple[Lab, str]]:
         lab.up()
         if args.offload == "off":
             args.offload_devices = len(veth_offload_off(lab))
+        if args.rx == "threaded":
+            args.napi_threads = veth_rx_threaded(lab)
         if path == "plain":
             add_plain_ipv6(lab)
             ping = lab.ping("native", CLIENT_V6, count=2)
@@ -379,6 +439,7 @@ def with_lab_cpu(
     idle_busy, idle_softirq = idle1.seconds_since(idle0)
     idle_rate = idle_busy / args.idle
     ksoftirqd_rate = (base1.ksoftirqd - base0.ksoftirqd) / tick / args.idle
+    napi_rate = (base1.napi - base0.napi) / tick / args.idle
     pids = _daemon_cpu(lab, path)
     daemon0 = [cpu_seconds(p) for p in pids]
     cpu0, lab0, t0 = machine_cpu(), labcpu.sample(namespaces), time.monotonic()
@@ -387,9 +448,10 @@ def with_lab_cpu(
     lab_cpu = labcpu.between(lab0, labcpu.sample(namespaces))
     busy, softirq = machine_cpu().seconds_since(cpu0)
     figures = {
-        "net": lab_cpu.total(ksoftirqd_rate * wall),
+        "net": lab_cpu.total(ksoftirqd_rate * wall, napi_rate * wall),
         "processes": lab_cpu.processes,
         "ksoftirqd": max(0.0, lab_cpu.ksoftirqd - ksoftirqd_rate * wall),
+        "napi": max(0.0, lab_cpu.napi - napi_rate * wall),
         "machine_net": max(0.0, busy - idle_rate * wall),
         "softirq": max(0.0, softirq - idle_softirq / args.idle * wall),
         "wall": wall,
@@ -438,6 +500,7 @@ def measure(path: str, args: argparse.Namespace) -> dict[str, float | None]:
                 ("us_per_pkt", "net"),
                 ("processes_us_per_pkt", "processes"),
                 ("ksoftirqd_us_per_pkt", "ksoftirqd"),
+                ("napi_us_per_pkt", "napi"),
                 ("machine_us_per_pkt", "machine_net"),
                 ("softirq_us_per_pkt", "softirq"),
             ):
@@ -479,6 +542,7 @@ METRICS = (
     ("cpu_down_us_per_pkt", "lab CPU us/pkt down (fixed rate)"),
     ("cpu_down_processes_us_per_pkt", "  lab processes us/pkt"),
     ("cpu_down_ksoftirqd_us_per_pkt", "  ksoftirqd us/pkt (net of before)"),
+    ("cpu_down_napi_us_per_pkt", "  napi kthreads us/pkt (net of before; --rx threaded)"),
     ("cpu_down_machine_us_per_pkt", "  whole machine us/pkt (net of before)"),
     ("cpu_down_softirq_us_per_pkt", "  machine softirq us/pkt (net of before)"),
     ("cpu_down_loss_pct", "  loss %"),
@@ -489,6 +553,7 @@ METRICS = (
     ("cpu_up_us_per_pkt", "lab CPU us/pkt up (fixed rate)"),
     ("cpu_up_processes_us_per_pkt", "  lab processes us/pkt"),
     ("cpu_up_ksoftirqd_us_per_pkt", "  ksoftirqd us/pkt (net of before)"),
+    ("cpu_up_napi_us_per_pkt", "  napi kthreads us/pkt (net of before; --rx threaded)"),
     ("cpu_up_machine_us_per_pkt", "  whole machine us/pkt (net of before)"),
     ("cpu_up_softirq_us_per_pkt", "  machine softirq us/pkt (net of before)"),
     ("cpu_up_loss_pct", "  loss %"),
@@ -575,7 +640,8 @@ def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else max(0.0, a - b)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """bench.path's options, checked (argparse exits with status 2 on a bad one)."""
     parser = argparse.ArgumentParser(prog="python -m bench.path", description=__doc__)
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset")
     parser.add_argument("--seconds", type=float, default=3.0, help="per iperf3 run (default 3)")
@@ -603,6 +669,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=("off", "keep"),
         help="tx checksum/TSO offload of the lab's veths (default off: as a real NIC delivers)",
     )
+    parser.add_argument(
+        "--rx",
+        default="inline",
+        choices=RX_MODES,
+        help="the lab veths' receive: inline (default: in the sender's system call, as veth "
+        "does) or threaded (NAPI in per-device kernel threads, as a NIC's own RX context)",
+    )
     parser.add_argument("--prefix", default=PREFIX, help=f"namespace prefix (default {PREFIX})")
     args = parser.parse_args(argv)
     paths = [p for p in args.paths.split(",") if p]
@@ -614,6 +687,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--idle must be in (0, 10] and --rounds 1..20")
     if not 1 <= args.senders <= 8:
         parser.error("--senders must be 1..8")
+    args.path_list = paths
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    paths: list[str] = args.path_list
     try:
         system.check_prefix(args.prefix)
         require_root()
@@ -624,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     args.datapaths_seen = []
     args.offload_devices = 0
     args.tun_devices = []
+    args.napi_threads = []
     args.kernel_counters = []
     notes: list[str] = []
     samples: dict[str, list[Mapping[str, float | None]]] = {p: [] for p in paths}
@@ -642,6 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         f"   tx offload: {args.offload} ({args.offload_devices} veths in the last lab; TUNs"
         f" {args.tun_devices})"
     )
+    print(f"   veth receive: --rx {args.rx} (napi threads in the last lab: {args.napi_threads})")
     print(f"   our kernel counters at the end: {args.kernel_counters}")
     print(f"   CPU/pkt method: {labcpu.METHOD}")
     headers = ["metric", "miredo", "teredo", "plain", "ours/miredo", "miredo/plain", "ours/plain"]
@@ -667,6 +749,8 @@ def main(argv: list[str] | None = None) -> int:
         "datapath": args.datapath,
         "datapaths_seen": args.datapaths_seen,
         "offload": args.offload,
+        "rx": args.rx,
+        "napi_threads": args.napi_threads,
         "kernel_counters": args.kernel_counters,
         "cpu_method": labcpu.METHOD,
         "seconds": args.seconds,

@@ -64,3 +64,18 @@ def test_path_report_gives_teredos_own_cpu_above_plain_forwarding() -> None:
     above = rows["  above plain us/pkt down (Teredo's own)"]
     assert above[1:3] == [2.0, 1.0]
     assert above[4] == "0.50x"
+
+
+def test_napi_threads_are_counted_apart_from_ksoftirqd_and_lab_processes() -> None:
+    assert labcpu.kernel_thread("ksoftirqd/1") == "ksoftirqd"
+    assert labcpu.kernel_thread("napi/eth0-258") == "napi"
+    assert labcpu.kernel_thread("napid") is None
+    assert labcpu.kernel_thread("iperf3") is None
+    tick = os.sysconf("SC_CLK_TCK")
+    before = labcpu.CpuSample(lab={}, ksoftirqd=0, children=0.0, napi=10)
+    after = labcpu.CpuSample(lab={}, ksoftirqd=0, children=0.0, napi=10 + 2 * tick)
+    got = labcpu.between(before, after)
+    assert abs(got.napi - 2.0) < 1e-9
+    # The others' napi share (their rate before) is taken off, never below zero.
+    assert abs(got.total(0.0, 0.5) - 1.5) < 1e-9
+    assert got.total(0.0, 3.0) == 0.0
