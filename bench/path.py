@@ -36,7 +36,7 @@ context: a veth's transmit normally runs the peer's whole receive (and every fur
 the sender's system call (backlog, softirq at the sender's local_bh_enable), so a kernel data
 path's chain stays on the sender's CPU. `threaded` turns on NAPI on every veth of the lab's
 namespaces (`ethtool -K DEV gro on`: veth uses NAPI when GRO is requested) with
-`gro_max_size 1` (so GRO merges nothing: only the context changes, not the packets) and
+`gro_max_size 1` (so GRO merges no IPv6 packet; the lab's IPv4 is UDP, not merged either: only the context changes, not the packets) and
 `/sys/class/net/DEV/threaded` = 1, so each veth's receive runs in its napi/DEV-ID kernel
 thread, which the scheduler may put on the other CPU, as a NIC's interrupt and softirq would.
 Applied to every path alike; the napi threads' CPU is counted in the lab CPU (bench/labcpu.py).
@@ -180,12 +180,14 @@ def veth_offload_off(lab: Lab) -> list[str]:
 
 def veth_rx_commands(ns: str, dev: str) -> list[list[str]]:
     """The commands that put one veth of namespace `ns` in threaded NAPI (`--rx threaded`):
-    GRO requested (veth then receives through NAPI), but merging nothing (gro_max_size 1 for
-    IPv6 and IPv4: a packet is never grown past it, so every packet is flushed alone), and the
-    NAPI poll in its own kernel thread. Inside the namespace only."""
+    GRO requested (veth then receives through NAPI), but merging nothing (gro_max_size 1: a
+    packet is never grown past it, so every packet is flushed alone; this iproute2 cannot set
+    gro_ipv4_max_size, and the lab's IPv4 is UDP only, which GRO merges only for a UDP GRO
+    socket or with rx-udp-gro-forwarding, neither used), and the NAPI poll in its own kernel
+    thread. Inside the namespace only."""
     return [
         ["ip", "netns", "exec", ns, "ethtool", "-K", dev, "gro", "on"],
-        ["ip", "-n", ns, "link", "set", "dev", dev, "gro_max_size", "1", "gro_ipv4_max_size", "1"],
+        ["ip", "-n", ns, "link", "set", "dev", dev, "gro_max_size", "1"],
         ["ip", "netns", "exec", ns, "sh", "-c", f"echo 1 > /sys/class/net/{dev}/threaded"],
     ]
 
