@@ -36,9 +36,10 @@ context: a veth's transmit normally runs the peer's whole receive (and every fur
 the sender's system call (backlog, softirq at the sender's local_bh_enable), so a kernel data
 path's chain stays on the sender's CPU. `threaded` turns on NAPI on every veth of the lab's
 namespaces (`ethtool -K DEV gro on`: veth uses NAPI when GRO is requested) with
-`gro_max_size 1` (so GRO merges no IPv6 packet; the lab's IPv4 is UDP, not merged either: only the context changes, not the packets) and
-`/sys/class/net/DEV/threaded` = 1, so each veth's receive runs in its napi/DEV-ID kernel
-thread, which the scheduler may put on the other CPU, as a NIC's interrupt and softirq would.
+`gro_max_size 1` (GRO merges no IPv6 packet; the lab's IPv4 is UDP, not merged either: only
+the context changes, not the packets) and `/sys/class/net/DEV/threaded` = 1, so each veth's
+receive runs in its napi/DEV-ID kernel thread, which the scheduler may put on the other CPU,
+as a NIC's interrupt and softirq would.
 Applied to every path alike; the napi threads' CPU is counted in the lab CPU (bench/labcpu.py).
 
 Output: one table with the three paths, ours/miredo and the fraction of plain forwarding each
