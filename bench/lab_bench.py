@@ -581,15 +581,20 @@ def iperf3(
         return str(out.stdout)
     finally:
         # A one-off server (-1) exits by itself after the test; give it a moment first.
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(timeout=2)
-        if server.poll() is None:
-            server.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(timeout=3)
-        if server.poll() is None:
-            server.kill()
-            server.wait(timeout=3)
+        reap(server)
+
+
+def reap(proc: subprocess.Popen[bytes]) -> None:
+    """Waits 2 s for `proc` (one of ours) to exit by itself, then terminates it, then kills it."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=2)
+    if proc.poll() is None:
+        proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=3)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=3)
 
 
 def print_report(

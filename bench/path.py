@@ -75,6 +75,7 @@ from bench.lab_bench import (
     parse_iperf3_tcp,
     parse_iperf3_udp,
     ratio,
+    reap,
     require_root,
     role_pids,
     run_rounds,
@@ -169,14 +170,20 @@ def veth_offload_off(lab: Lab) -> list[str]:
     delivers complete checksums. Tx checksumming off also turns TSO off. Applied to every
     path alike. Returns the devices changed, as "ns/dev"."""
     changed: list[str] = []
+    for ns, dev in lab_veths(lab):
+        system.run(["ip", "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"])
+        changed.append(f"{ns}/{dev}")
+    return changed
+
+
+def lab_veths(lab: Lab) -> list[tuple[str, str]]:
+    """(namespace, device) of every veth in the lab's namespaces (never the host's)."""
+    found: list[tuple[str, str]] = []
     for host in lab.hosts():
         ns = lab.ns(host)
         out = system.run(["ip", "-n", ns, "-j", "link", "show", "type", "veth"])
-        for link in json.loads(out.stdout or "[]"):
-            dev = str(link["ifname"])
-            system.run(["ip", "netns", "exec", ns, "ethtool", "-K", dev, "tx", "off"])
-            changed.append(f"{ns}/{dev}")
-    return changed
+        found += [(ns, str(link["ifname"])) for link in json.loads(out.stdout or "[]")]
+    return found
 
 
 def veth_rx_commands(ns: str, dev: str) -> list[list[str]]:
@@ -210,17 +217,13 @@ def veth_rx_threaded(lab: Lab) -> list[str]:
     reads back threaded = 1 and has its napi/DEV-ID thread. Returns the threads, by name."""
     before = set(napi_threads())
     devices: list[str] = []
-    for host in lab.hosts():
-        ns = lab.ns(host)
-        out = system.run(["ip", "-n", ns, "-j", "link", "show", "type", "veth"])
-        for link in json.loads(out.stdout or "[]"):
-            dev = str(link["ifname"])
-            for argv in veth_rx_commands(ns, dev):
-                system.run(argv)
-            got = system.run(["ip", "netns", "exec", ns, "cat", f"/sys/class/net/{dev}/threaded"])
-            if got.stdout.strip() != "1":
-                raise BenchError(f"--rx threaded: {ns}/{dev} threaded reads {got.stdout!r}")
-            devices.append(dev)
+    for ns, dev in lab_veths(lab):
+        for argv in veth_rx_commands(ns, dev):
+            system.run(argv)
+        got = system.run(["ip", "netns", "exec", ns, "cat", f"/sys/class/net/{dev}/threaded"])
+        if got.stdout.strip() != "1":
+            raise BenchError(f"--rx threaded: {ns}/{dev} threaded reads {got.stdout!r}")
+        devices.append(dev)
     threads = sorted(set(napi_threads()) - before)
     # A veth has one NAPI per receive queue (one here); thread names are comm-truncated.
     if len(threads) < len(devices):
@@ -361,15 +364,7 @@ def parallel_udp(
         return pps, 100.0 * (1 - received / sent) if sent else 100.0
     finally:
         for proc in clients + servers:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=2)
-            if proc.poll() is None:
-                proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=3)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=3)
+            reap(proc)
 
 
 def mmsg_run(
