@@ -199,7 +199,13 @@ def test_hostile_traffic_at_our_client(lab_factory: list[Lab]) -> None:
     }
     print(json.dumps(figures), flush=True)
     assert sent == str(total), figures
-    assert drops == expected, figures
+    # Every attacking datagram under its reason, exactly; besides, the client's own kernel
+    # writes an MLD report or router solicitation to the TUN now and then (`local_multicast`,
+    # counted apart from received multicast since one CI run saw 81 of 80), no part of it.
+    assert {r: drops.get(r, 0) for r in expected} == expected, figures
+    others = {r: n for r, n in drops.items() if r not in expected}
+    assert set(others) <= {"local_multicast"}, figures
+    assert sum(others.values()) <= 5, figures
     assert counts[1] >= 8, figures
     assert after["status"]["state"] == "qualified", after
     assert after["status"]["address"] == str(info.address), "a forged RA changed the address"

@@ -605,7 +605,7 @@ class ClientMachine(Qualification, ClientProcedures, Rfc6081Peers):
             return DropReason.BAD_PAYLOAD_LENGTH
         dst = packet[24:40]
         if dst[0] == 0xFF:
-            return DropReason.MULTICAST_DESTINATION  # MLD, ND: nothing to do on this link
+            return DropReason.LOCAL_MULTICAST  # MLD, ND: nothing to do on this link
         address = self.address
         if address is None:
             self._unreachable(packet, now)

@@ -88,7 +88,11 @@ class DropReason(enum.IntEnum):
     PROBES_FULL = 177  # too many bubble/ping procedures running at once
     SUSPENDED = 178  # queued packets dropped after a clock jump (suspend/resume)
     RA_WRONG_SOURCE = 179  # RA not from the server's link-local address (5.3.2; `teredo probe`)
-    # 180-199: more client reasons
+    # From the local stack to a multicast destination (the kernel's own MLD and ND on the TUN):
+    # nothing to send on a Teredo link; kept apart from the MULTICAST_DESTINATION of received
+    # datagrams (5.2.3), which an operator watches for forgeries.
+    LOCAL_MULTICAST = 180
+    # 181-199: more client reasons
     ORIGIN_BUBBLE_LIMIT = 190  # direct bubbles answering origin indications: per mapping/IPv4
     # --- relay machine (core/relay.py): RFC 4380 5.4.1, 5.4.2; 200-249 ---
     NOT_TEREDO_DESTINATION = 200  # 5.4.1: native packet for an address outside the Teredo prefix
