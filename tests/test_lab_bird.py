@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from teredo.lab import anycast, anycast_failover
-from teredo.lab.bird import Peer, established, router_config, selected, speaker_config
+from teredo.lab.bird import (
+    Peer,
+    bfd_up,
+    established,
+    router_config,
+    selected,
+    speaker_config,
+)
 from teredo.lab.system import LabError
 
 SHOW_PROTOCOLS = """\
@@ -28,6 +35,22 @@ Table master6:
                      unicast [relay2 18:01:05.736] (100) [AS65102i]
 \tvia 2001:db8:10:2::2 on r2
 """
+
+# Captured in a lab whose relay1 bgpd had asked for BFD before its zebra connection was up.
+SHOW_BFD_SESSIONS = """\
+BIRD 2.0.12 ready.
+bfd1:
+IP address                Interface  State      Since         Interval  Timeout
+2001:db8:10:1::2          r1         Down       20:09:11.106    1.000    0.000
+2001:db8:10:2::2          r2         Up         20:09:22.281    0.100    0.300
+198.51.100.130            s1         Up         20:09:22.368    0.100    0.300
+198.51.100.134            s2         Init       20:09:22.451    0.100    0.300
+"""
+
+
+def test_bfd_sessions_up_only() -> None:
+    assert bfd_up(SHOW_BFD_SESSIONS) == {"2001:db8:10:2::2", "198.51.100.130"}
+    assert bfd_up("BIRD 2.0.12 ready.\nbfd1:\n") == set()
 
 
 def test_established_sessions_only() -> None:

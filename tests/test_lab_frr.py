@@ -11,7 +11,14 @@ import pytest
 from teredo.io.announce import ANNOUNCE_METRIC
 from teredo.lab import anycast
 from teredo.lab.bird import Peer
-from teredo.lab.frr import Files, announced, daemon_command, established, speaker_configs
+from teredo.lab.frr import (
+    Files,
+    announced,
+    daemon_command,
+    established,
+    speaker_configs,
+    zebra_clients,
+)
 from teredo.lab.system import LabError
 
 SUMMARY = """{"ipv4Unicast": {"routerId": "198.51.100.130", "as": 65201, "peers": {
@@ -144,3 +151,16 @@ def test_lab_relays_announce_in_the_main_table_with_frr() -> None:
     assert argv[argv.index("--announce-table") + 1] == "254"
     argv = anycast.relay_argv(1, anycast.AnycastSpec(2, 0))
     assert argv[argv.index("--announce-table") + 1] == "100"
+
+
+def test_zebra_clients_from_the_client_summary() -> None:
+    summary = (
+        "Name      Connect Time    Last Read  Last Write      IPv4 Routes           IPv6 Routes\n"
+        "------------------------------------------------------------------------------------------\n"
+        "bfd           00:10:55     00:10:55    00:10:49          0/0                   0/0\n"
+        "bgp           00:10:55     00:10:55    00:10:49          0/0                   0/0\n"
+        "\n"
+        "Routes column shows (added+updated)/deleted\n"
+    )
+    assert zebra_clients(summary) == {"bfd", "bgp"}
+    assert zebra_clients("") == set()

@@ -37,6 +37,7 @@ from teredo.lab.bird import (
     ANNOUNCE_TABLE,
     ROUTER_AS,
     Peer,
+    bfd_up,
     bird_command,
     birdc_command,
     check_bird,
@@ -188,6 +189,10 @@ def up(
             _wait_standby(lab, spec.relays, timeout=route_timeout)
         if spec.servers:
             wait_paths(lab, "up4", f"{SERVER_V4_2}/32", spec.servers, timeout=route_timeout)
+        # BGP comes up without BFD; a lab whose BFD is down would notice a dead host only by
+        # the hold timer, so it is not up until every router's BFD sessions are.
+        for router, neighbours in _bfd_neighbours(spec).items():
+            wait_bfd(lab, router, neighbours, timeout=route_timeout)
         for site, impl in zip(lab.sites, client_impls, strict=True):
             if impl is not None:
                 lab.start(Role.CLIENT, impl, site.index)
@@ -377,7 +382,7 @@ def _start_routers(lab: Lab, spec: AnycastSpec) -> None:
                 prefixes4=[f"{RELAY_ANYCAST_V4}/32"],
                 prepend=prepend,
             )
-            _start_frr(lab, relay_host(i), configs)
+            frr.start(lab, relay_host(i), configs)
             continue
         config = speaker_config(
             relay_v4(i),
@@ -394,21 +399,10 @@ def _start_routers(lab: Lab, spec: AnycastSpec) -> None:
         if spec.routing == "frr":
             prefixes = [f"{a}/32" for a in (SERVER_V4, SERVER_V4_2)]
             configs = frr.speaker_configs(server_host(j), router_id, local_as, upstream, prefixes)
-            _start_frr(lab, server_host(j), configs)
+            frr.start(lab, server_host(j), configs)
         else:
             config = speaker_config(router_id, local_as, upstream, ANNOUNCE_TABLE)
             _start_bird(lab, server_host(j), config)
-
-
-def _frr_files(lab: Lab, host: str) -> frr.Files:
-    return frr.Files(lab.state_dir / f"frr-{host}")
-
-
-def _start_frr(lab: Lab, host: str, configs: dict[str, str]) -> None:
-    files = frr.prepare(_frr_files(lab, host).root, configs)
-    for daemon in frr.DAEMONS:
-        name = f"frr-{daemon}-{host}"
-        lab.popen(host, frr.daemon_command(files, daemon), name=name, role="frr", impl="frr")
 
 
 def relay_argv(i: int, spec: AnycastSpec) -> list[str]:
@@ -536,6 +530,31 @@ def _wait_standby(lab: Lab, relays: int, *, timeout: float) -> None:
             time.sleep(0.1)
 
 
+def _bfd_neighbours(spec: AnycastSpec) -> dict[str, list[str]]:
+    """Each router's BGP neighbours, every one of them with BFD on (lab/bird.py)."""
+    up6 = [relay_link(i)[1] for i in range(1, spec.relays + 1)]
+    if spec.anycast_ipv4:
+        up6 += [relay_link_v4(i)[1] for i in range(1, spec.relays + 1)]
+    up4 = [server_link(j)[1] for j in range(1, spec.servers + 1)]
+    return {router: hops for router, hops in (("up6", up6), ("up4", up4)) if hops}
+
+
+def wait_bfd(lab: Lab, router: str, neighbours: Sequence[str], *, timeout: float) -> float:
+    """Poll until `router`'s BFD sessions with every one of `neighbours` are Up; the seconds it
+    took. LabError with the router's view after `timeout`."""
+    start = time.monotonic()
+    while True:
+        missing = set(neighbours) - bfd_up(birdc(lab, router, "show", "bfd", "sessions"))
+        if not missing:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            view = json.dumps(router_view(lab, router), indent=1)
+            raise LabError(
+                f"{router}: BFD not up with {sorted(missing)} after {timeout:g} s\n{view}"
+            )
+        time.sleep(0.05)
+
+
 def birdc(lab: Lab, host: str, *query: str) -> str:
     _, ctl = _bird_files(lab, host)
     proc = lab.exec(host, birdc_command(ctl, *query), check=False, timeout=10)
@@ -549,20 +568,21 @@ def router_view(lab: Lab, router: str) -> dict[str, Any]:
     return {
         "router": router,
         "established": sorted(established(birdc(lab, router, "show", "protocols"))),
+        "bfd_up": sorted(bfd_up(birdc(lab, router, "show", "bfd", "sessions"))),
         "routes": routes,
         "kernel": {prefix: kernel_nexthops(lab, router, prefix) for prefix in routes},
     }
 
 
 def vtysh(lab: Lab, host: str, command: str) -> str:
-    argv = frr.vtysh_command(_frr_files(lab, host), command)
+    argv = frr.vtysh_command(frr.lab_files(lab, host), command)
     proc = lab.exec(host, argv, check=False, timeout=10)
     return proc.stdout if proc.returncode == 0 else ""
 
 
 def speaker_view(lab: Lab, host: str) -> dict[str, Any]:
     """What a relay's or server's routing daemon exports: its session and the routes it has."""
-    if _frr_files(lab, host).root.exists():
+    if frr.lab_files(lab, host).root.exists():
         # A relay: its 2001::/32 (and its anycast IPv4 /32, if any); a server: its two /32.
         families = ("ipv4", "ipv6") if host.startswith("relay") else ("ipv4",)
         announces = [
@@ -636,7 +656,9 @@ _CUT = "teredo_lab_cut"
 
 def cut_relay(lab: Lab, i: int) -> None:
     """Drop everything on relay i's upstream link, as a dead host or a dead link would: no
-    BGP goodbye, only BFD (and, much later, the BGP hold timer) can tell."""
+    BGP goodbye, only BFD (and, much later, the BGP hold timer) can tell; so first BFD must be
+    up with it."""
+    wait_bfd(lab, "up6", [relay_link(i)[1]], timeout=15)
     ruleset = (
         f"table inet {_CUT} {{\n"
         '  chain pre { type filter hook prerouting priority -300; iifname "up0" drop; }\n'

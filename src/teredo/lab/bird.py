@@ -147,6 +147,14 @@ def established(show_protocols: str) -> set[str]:
     return set(_ESTABLISHED.findall(show_protocols))
 
 
+_BFD_SESSION = re.compile(r"^([0-9A-Fa-f:.]+)\s+\S+\s+(\S+)\s", re.MULTILINE)
+
+
+def bfd_up(show_bfd_sessions: str) -> set[str]:
+    """Neighbour addresses whose session `birdc show bfd sessions` says is Up."""
+    return {a for a, state in _BFD_SESSION.findall(show_bfd_sessions) if state == "Up"}
+
+
 _ROUTE = re.compile(r"^(\S+/\d+)\s+unicast \[(\S+) ", re.MULTILINE)
 
 

@@ -32,19 +32,29 @@ from __future__ import annotations
 import json
 import pwd
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from teredo.io.announce import ANNOUNCE_METRIC
 from teredo.lab.bird import BFD_INTERVAL_MS, BFD_MULTIPLIER, Peer
 from teredo.lab.system import LabError
 
+if TYPE_CHECKING:
+    from teredo.lab.topology import Lab
+
 FRR_DIR = Path("/usr/lib/frr")
 USER = "frr"
-#: zebra first: bgpd and bfdd connect to its zserv socket (and retry until it is there).
+#: Started in this order, each once the one before is ready (lab/anycast.py). bgpd asks for its
+#: BFD sessions through zebra, which hands them to bfdd: a request made before bgpd's zebra
+#: connection is up, or before bfdd's, is lost for good in FRR 8.4 ("BFD session ... was not
+#: installed" in bgpd's log, no peer in bfdd, the router's BFD session Down; one CI run's
+#: relay cut-off then went unnoticed for 20 s).
 DAEMONS = ("zebra", "bfdd", "bgpd")
+#: The name each daemon's connection has in zebra's `show zebra client summary`.
+ZEBRA_CLIENT = {"bfdd": "bfd", "bgpd": "bgp"}
 #: The kernel table a relay or server announces in when FRR speaks for it: the main one.
 TABLE = 254
 #: Route map and prefix list that pick the announced routes among the main table's.
@@ -190,11 +200,46 @@ def daemon_command(files: Files, daemon: str) -> list[str]:
     return argv
 
 
+def lab_files(lab: Lab, host: str) -> Files:
+    """The directory of the speaker next to `host`'s daemon in `lab`."""
+    return Files(lab.state_dir / f"frr-{host}")
+
+
+def start(lab: Lab, host: str, configs: dict[str, str], *, timeout: float = 15.0) -> None:
+    """zebra, then bfdd once zebra listens, then bgpd once bfdd is zebra's client (DAEMONS says
+    why the order matters), in `host`'s namespace."""
+    files = prepare(lab_files(lab, host).root, configs)
+    for daemon in DAEMONS:
+        name = f"frr-{daemon}-{host}"
+        lab.popen(host, daemon_command(files, daemon), name=name, role="frr", impl="frr")
+        deadline = time.monotonic() + timeout
+        while not _ready(lab, host, files, daemon):
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"{host}: FRR {daemon} not ready after {timeout:g} s\n{lab.log_tail(name)}"
+                )
+            time.sleep(0.05)
+
+
+def _ready(lab: Lab, host: str, files: Files, daemon: str) -> bool:
+    if daemon == "zebra":
+        return files.zserv.exists()
+    argv = vtysh_command(files, "show zebra client summary")
+    summary = lab.exec(host, argv, check=False, timeout=10).stdout
+    return ZEBRA_CLIENT[daemon] in zebra_clients(summary)
+
+
 def vtysh_command(files: Files, *commands: str) -> list[str]:
     argv = ["vtysh", "--vty_socket", str(files.root)]
     for command in commands:
         argv += ["-c", command]
     return argv
+
+
+def zebra_clients(client_summary: str) -> set[str]:
+    """Client names in zebra's `show zebra client summary` (bfd, bgp, ...)."""
+    lines = client_summary.splitlines()
+    return {line.split()[0] for line in lines[2:] if line.strip() and not line.startswith("Routes")}
 
 
 def established(bgp_summary_json: str) -> set[str]:
