@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from teredo.lab import anycast, anycast_failover
@@ -14,7 +16,7 @@ from teredo.lab.bird import (
     selected,
     speaker_config,
 )
-from teredo.lab.system import LabError
+from teredo.lab.system import LabError, ProcRecord
 
 SHOW_PROTOCOLS = """\
 BIRD 2.0.12 ready.
@@ -158,3 +160,25 @@ def test_ping_duplicates_from_the_summary() -> None:
         anycast_failover.ping_duplicates("200 packets transmitted, 200 received, 0% packet loss")
         == 0
     )
+
+
+@pytest.mark.parametrize(
+    ("log", "good"),
+    [
+        ("withdrawn 2001::/32 from routing table 100\ndraining for 2 s\nstopping\n", True),
+        ("draining for 2 s\nwithdrawn 2001::/32 from routing table 100\nstopping\n", False),
+        ("withdrawn 2001::/32 from routing table 100\nstopping\n", False),
+    ],
+)
+def test_drained_log_wants_withdrawn_draining_stopping_in_order(
+    tmp_path: Path, log: str, good: bool
+) -> None:
+    path = tmp_path / "relay1.log"
+    path.write_text(log, encoding="utf-8")
+    # No process has start time -1: the record is of a daemon that has exited.
+    gone = ProcRecord("relay1", "relay1", 1, -1, ("teredo", "relay"), log=str(path))
+    if good:
+        assert anycast_failover.drained_log(gone, timeout=0) == log
+    else:
+        with pytest.raises(LabError, match="in that order"):
+            anycast_failover.drained_log(gone, timeout=0)

@@ -22,7 +22,6 @@ table, the anycast address held as a local route on lo, not an address: lab/frr.
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -165,13 +164,8 @@ def test_sigterm_of_the_active_relay_drains_without_loss_then_it_takes_traffic_a
         assert failover.duplicates == 0, lines
     assert anycast.kernel_nexthops(lab, "up6", ANYCAST) == [anycast.relay_link_v4(2)[1]]
     assert anycast.kernel_nexthops(lab, "up6", TEREDO_PREFIX) == [anycast.relay_link(2)[1]]
-    deadline = time.monotonic() + 30
-    while record.alive():
-        assert time.monotonic() < deadline, "relay1 still running after its drain"
-        time.sleep(0.1)
-    log = (lab.state_dir / "relay1.log").read_text()
+    log = anycast_failover.drained_log(record)
     assert f"withdrawn {TEREDO_PREFIX}, {ANYCAST} from routing table" in log, log
-    assert log.index("withdrawn") < log.index("draining") < log.index("stopping"), log
     # Restarted: announced again, up6 selects it for both prefixes, and it carries both
     # clients' traffic in both directions again.
     anycast.start_relay(lab, 1, spec(lab))

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from teredo.lab.anycast import (
     RELAY_ANYCAST_V4,
@@ -21,7 +22,7 @@ from teredo.lab.anycast import (
     relay_link_v4,
     wait_without,
 )
-from teredo.lab.system import LabError
+from teredo.lab.system import LabError, ProcRecord
 from teredo.lab.topology import TEREDO_PREFIX, Lab, ping_counts
 
 
@@ -73,6 +74,22 @@ def ping_duplicates(output: str) -> int:
     """Echo replies ping received more than once ("+N duplicates" in its summary)."""
     found = _DUPLICATES.search(output)
     return int(found.group(1)) if found else 0
+
+
+def drained_log(record: ProcRecord, *, timeout: float = 30.0) -> str:
+    """Wait for a relay or server stopped by SIGTERM to exit after its drain; its log, checked
+    to say that it withdrew its routes, then drained, then stopped, in that order (the drain of
+    docs/scale.md). LabError when it outlives `timeout` or its log says otherwise."""
+    deadline = time.monotonic() + timeout
+    while record.alive():
+        if time.monotonic() > deadline:
+            raise LabError(f"{record.name} still running {timeout:g} s after SIGTERM")
+        time.sleep(0.1)
+    log = Path(record.log).read_text(encoding="utf-8", errors="replace")
+    marks = [log.find(word) for word in ("withdrawn", "draining", "stopping")]
+    if -1 in marks or marks != sorted(marks):
+        raise LabError(f"{record.name}: not withdrawn, drained, stopped in that order:\n{log}")
+    return log
 
 
 def stop_relay_under_ping(
