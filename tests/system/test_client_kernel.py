@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -59,16 +60,23 @@ if mode == "send":
             break
     print("sent", i + 1, flush=True)
 else:
-    port, seconds = int(sys.argv[2]), float(sys.argv[3])
+    # Ends once `expect` datagrams arrived, or 3 s after the stop file appears (the
+    # sender is done: late datagrams still count), or after `seconds` at the latest.
+    import os
+    port, seconds, expect = int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+    stop = sys.argv[5]
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    s.bind(("::", port)); s.settimeout(0.5)
+    s.bind(("::", port)); s.settimeout(0.2)
     print("ready", flush=True)
-    n = 0; end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    n = 0; end = time.monotonic() + seconds; draining = False
+    while time.monotonic() < end and n < expect:
         try:
             s.recv(2048); n += 1
         except socket.timeout:
             pass
+        if not draining and os.path.exists(stop):
+            draining = True
+            end = min(end, time.monotonic() + 3.0)
     print("received", n, flush=True)
 """
 
@@ -123,20 +131,35 @@ def address(lab: Lab, index: int) -> str:
 def udp(lab: Lab, src: str, dst: str, dst_host: str, *, count: int = 400, rate: float = 200) -> int:
     """`count` datagrams from `src` to `dst` (on `dst_host`); how many arrived."""
     port = 40000 + int(time.monotonic() * 10) % 20000
-    seconds = count / rate + 4
-    receiver = lab.popen(
-        dst_host,
-        [sys.executable, "-u", "-c", UDP_TOOL, "recv", str(port), str(seconds)],
-        name=f"{dst_host}-udp-{port}",
-    )
+    seconds = count / rate + 20  # the receiver's bound; it ends sooner (UDP_TOOL)
+    name = f"{dst_host}-udp-{port}"
+    stop = lab.state_dir / f"{name}.stop"
+    stop.unlink(missing_ok=True)
+    argv = ["recv", str(port), str(seconds), str(count), str(stop)]
+    receiver = lab.popen(dst_host, [sys.executable, "-u", "-c", UDP_TOOL, *argv], name=name)
     log = Path(lab.procs[-1].log)
-    time.sleep(0.5)
+    _wait_for_line(log, "ready", receiver)
     sender = [sys.executable, "-c", UDP_TOOL, "send", dst, str(port), str(count), str(rate)]
-    lab.exec(src, [*sender, str(PAYLOAD)], timeout=seconds + 10)
+    try:
+        lab.exec(src, [*sender, str(PAYLOAD)], timeout=count / rate + 15)
+    finally:
+        stop.touch()
     receiver.wait(timeout=seconds + 10)
+    stop.unlink(missing_ok=True)
     text = log.read_text(encoding="utf-8")
     assert "received" in text, text
     return int(text.split("received")[-1].split()[0])
+
+
+def _wait_for_line(
+    log: Path, word: str, proc: subprocess.Popen[bytes], timeout: float = 20
+) -> None:
+    """Polls `proc`'s log until it holds `word` (its socket is bound), bounded by `timeout`."""
+    deadline = time.monotonic() + timeout
+    while word not in log.read_text(encoding="utf-8"):
+        assert proc.poll() is None, log.read_text(encoding="utf-8")
+        assert time.monotonic() < deadline, f"no {word!r} in {log}"
+        time.sleep(0.05)
 
 
 def add_counter(lab: Lab, host: str, port: int, *, inbound: bool) -> None:
