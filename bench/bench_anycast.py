@@ -17,6 +17,14 @@ shows how many clients each relay got. With `--failover` (default on), the lab o
 also measures a relay killed (-9) and one drained (SIGTERM) under a stream of echoes
 (lab.anycast_failover.stop_relay_under_ping), and a relay cut off silently (BFD).
 
+With `--datapath kernel,user` (default auto) every relay count is measured with the relays
+started with each --datapath in turn. Per run, each relay's data path (`teredo status --json`,
+key "datapath") and, over the UDP run, the packets it encapsulated in the kernel (its programs'
+counter "encap") and in Python (to_teredo less encap); beside the relay processes' CPU per
+packet, the whole lab's (bench/labcpu.py, as bench.path: every process of the lab's namespaces
++ ksoftirqd less its rate before): on the kernel path the forwarding runs in softirq, charged to
+the senders and ksoftirqd, which the relay processes' own CPU does not see.
+
 The machine has 2 cores: 3 relays cannot scale 3x here; the CPU per packet is the figure the
 scaling model of docs/scale.md uses. The last line is one JSON record.
 """
@@ -24,12 +32,16 @@ scaling model of docs/scale.md uses. The last line is one JSON record.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from bench import labcpu
 from bench.lab_bench import (
     BenchError,
     cpu_seconds,
@@ -53,6 +65,67 @@ BASE_PORT = 5301
 PAYLOAD = 64
 
 
+@dataclass(frozen=True)
+class RelayCounts:
+    """What one relay's `teredo status --json` says of its data path and traffic."""
+
+    datapath: str
+    kernel_encap: int  # encapsulated by its tc program (kernel counter "encap")
+    kernel_decap: int
+    to_teredo: int  # in all, kernel and Python (relay_driver.status adds the kernel's)
+    from_teredo: int
+
+    @property
+    def python_encap(self) -> int:
+        return self.to_teredo - self.kernel_encap
+
+    @property
+    def python_decap(self) -> int:
+        return self.from_teredo - self.kernel_decap
+
+    def since(self, before: RelayCounts) -> RelayCounts:
+        return RelayCounts(
+            self.datapath,
+            self.kernel_encap - before.kernel_encap,
+            self.kernel_decap - before.kernel_decap,
+            self.to_teredo - before.to_teredo,
+            self.from_teredo - before.from_teredo,
+        )
+
+
+def _map(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def parse_relay_status(docs: Sequence[Mapping[str, Any]] | None) -> RelayCounts:
+    """The relay's counts from `teredo status --json` (a list of daemons' documents); "?" and
+    zeros when no relay answered."""
+    for doc in docs or []:
+        st = doc.get("status")
+        if doc.get("role", "relay") != "relay" or not isinstance(st, dict):
+            continue
+        counters = _map(st.get("counters"))
+        k = _map(_map(st.get("kernel")).get("counters"))
+        return RelayCounts(
+            str(st.get("datapath", "user")),
+            _int(k.get("encap")),
+            _int(k.get("decap")),
+            _int(counters.get("to_teredo")),
+            _int(counters.get("from_teredo")),
+        )
+    return RelayCounts("?", 0, 0, 0, 0)
+
+
+def _relay_counts(lab: Lab, relays: int) -> list[RelayCounts]:
+    return [
+        parse_relay_status(lab.daemon_status(anycast.relay_host(i))) for i in range(1, relays + 1)
+    ]
+
+
 def _relay_pids(lab: Lab, relays: int) -> list[int]:
     pids: list[int] = []
     for i in range(1, relays + 1):
@@ -64,10 +137,16 @@ def _relay_pids(lab: Lab, relays: int) -> list[int]:
 
 
 def _concurrent_iperf3(
-    lab: Lab, targets: Sequence[tuple[str, str]], args: Sequence[str], seconds: float
+    lab: Lab,
+    targets: Sequence[tuple[str, str]],
+    args: Sequence[str],
+    seconds: float,
+    started: Callable[[], None] | None = None,
 ) -> list[str]:
     """One iperf3 server per (client host, address), one client each in the native host, all
-    at once; their JSON outputs."""
+    at once; their JSON outputs. `started` is called once the servers listen, just before the
+    clients start (a CPU sample: the `ss` polls before it stay out); every iperf3 is reaped
+    before this returns."""
     servers = []
     for k, (host, address) in enumerate(targets):
         port = BASE_PORT + k
@@ -79,6 +158,8 @@ def _concurrent_iperf3(
             )
         )
         wait_tcp_listen(lab, host, port)
+    if started is not None:
+        started()
     clients = [
         lab.popen(
             "native",
@@ -104,17 +185,35 @@ def _concurrent_iperf3(
     return outputs
 
 
-def measure(lab: Lab, relays: int, clients: int, seconds: float, udp_pps: int) -> dict[str, object]:
+def measure(
+    lab: Lab, relays: int, clients: int, seconds: float, udp_pps: int, *, idle: float = 1.0
+) -> dict[str, object]:
     addresses = [str(lab.wait_qualified(i, timeout=30).address) for i in range(1, clients + 1)]
     carriers = [anycast.carrying_relay(lab, a) for a in addresses]
     targets = [(f"client{i}", a) for i, a in enumerate(addresses, start=1)]
     pids = _relay_pids(lab, relays)
     per_client_bits = udp_pps // clients * PAYLOAD * 8
-    cpu0, t0 = cpu_seconds(pids), time.monotonic()
+    namespaces = [lab.ns(h) for h in lab.hosts()]
+    tick = os.sysconf("SC_CLK_TCK")
+    counts0 = _relay_counts(lab, relays)  # outside the sample: `teredo status` is our child
+    base0 = labcpu.sample(namespaces)
+    time.sleep(idle)
+    base1 = labcpu.sample(namespaces)
+    ksoftirqd_rate = (base1.ksoftirqd - base0.ksoftirqd) / tick / idle
+    mark: dict[str, Any] = {}
+
+    def started() -> None:
+        mark["lab"], mark["cpu"], mark["t"] = labcpu.sample(namespaces), cpu_seconds(pids), 0.0
+        mark["t"] = time.monotonic()
+
     udp = _concurrent_iperf3(
-        lab, targets, ["-u", "-l", str(PAYLOAD), "-b", str(per_client_bits)], seconds
+        lab, targets, ["-u", "-l", str(PAYLOAD), "-b", str(per_client_bits)], seconds, started
     )
-    cpu, wall = cpu_seconds(pids) - cpu0, time.monotonic() - t0
+    wall = time.monotonic() - float(mark["t"])
+    cpu = cpu_seconds(pids) - float(mark["cpu"])
+    lab_cpu = labcpu.between(mark["lab"], labcpu.sample(namespaces))
+    lab_total = lab_cpu.total(ksoftirqd_rate * wall)
+    counts = [c.since(b) for c, b in zip(_relay_counts(lab, relays), counts0, strict=True)]
     received = sum(parse_iperf3_udp(text, PAYLOAD).received for text in udp)
     udp_seconds = max(parse_iperf3_udp(text, PAYLOAD).seconds for text in udp)
     tcp = _concurrent_iperf3(lab, targets, [], seconds)
@@ -129,6 +228,18 @@ def measure(lab: Lab, relays: int, clients: int, seconds: float, udp_pps: int) -
         "udp_offered_pps": udp_pps,
         "relay_cpu_pct": 100.0 * cpu / wall,
         "relay_us_per_pkt": 1e6 * cpu / received if received else None,
+        "lab_us_per_pkt": 1e6 * lab_total / received if received else None,
+        "lab_ksoftirqd_us_per_pkt": (
+            1e6 * max(0.0, lab_cpu.ksoftirqd - ksoftirqd_rate * wall) / received
+            if received
+            else None
+        ),
+        "datapaths": [c.datapath for c in counts],
+        "kernel_encap": sum(c.kernel_encap for c in counts),
+        "python_encap": sum(c.python_encap for c in counts),
+        "kernel_decap": sum(c.kernel_decap for c in counts),
+        "python_decap": sum(c.python_decap for c in counts),
+        "per_relay": [c.__dict__ for c in counts],
         "tcp_mbps": mbps,
     }
 
@@ -159,8 +270,11 @@ def failover(lab: Lab, spec: anycast.AnycastSpec, address: str) -> dict[str, obj
     return results
 
 
-def run(relays: int, args: argparse.Namespace, with_failover: bool) -> dict[str, object]:
-    spec = anycast.AnycastSpec(relays, 0)
+def run(
+    relays: int, args: argparse.Namespace, with_failover: bool, datapath: str = "auto"
+) -> dict[str, object]:
+    spec = anycast.AnycastSpec(relays, 0, datapath=datapath)
+    spec.check()
     lab = Lab(
         args.prefix,
         [NatKind.NONE] * args.clients,
@@ -170,7 +284,8 @@ def run(relays: int, args: argparse.Namespace, with_failover: bool) -> dict[str,
     )
     try:
         anycast.up(lab, spec, [Impl.MIREDO] * args.clients)
-        result = measure(lab, relays, args.clients, args.seconds, args.udp_pps)
+        result = measure(lab, relays, args.clients, args.seconds, args.udp_pps, idle=args.idle)
+        result["datapath"] = datapath
         if with_failover and relays >= 2:
             address = str(lab.wait_qualified(1, timeout=30).address)
             result["failover"] = failover(lab, spec, address)
@@ -186,37 +301,69 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="per iperf3 run (default 4)")
     parser.add_argument("--udp-pps", type=int, default=120000, help="offered in all")
     parser.add_argument("--no-failover", action="store_true", help="throughput only")
+    parser.add_argument(
+        "--datapath",
+        default="auto",
+        help="the relays' --datapath, comma-separated to measure each: auto, kernel, user",
+    )
+    parser.add_argument(
+        "--idle", type=float, default=1.0, help="s of ksoftirqd base rate before each run"
+    )
     parser.add_argument("--prefix", default=PREFIX, help=f"namespace prefix (default {PREFIX})")
     args = parser.parse_args(argv)
     require_root()
     interrupt_on_sigterm()
     counts = [int(n) for n in args.relays.split(",")]
+    modes = [m.strip() for m in args.datapath.split(",") if m.strip()]
+    for mode in modes:
+        anycast.AnycastSpec(1, 0, datapath=mode).check()
     rows, results = [], []
-    for n in counts:
-        print(f"-- {n} relay(s) ...", flush=True)
-        result = run(n, args, with_failover=not args.no_failover and n == max(counts))
-        results.append(result)
-        rows.append(
-            [
-                n,
-                result["clients_per_relay"],
-                result["udp_pps"],
-                result["relay_cpu_pct"],
-                result["relay_us_per_pkt"],
-                result["tcp_mbps"],
-            ]
-        )
+    for k, mode in enumerate(modes):
+        for n in counts:
+            print(f"-- {n} relay(s), --datapath {mode} ...", flush=True)
+            last = k == len(modes) - 1 and n == max(counts)
+            result = run(n, args, with_failover=not args.no_failover and last, datapath=mode)
+            results.append(result)
+            rows.append(
+                [
+                    n,
+                    mode,
+                    ",".join(str(d) for d in result["datapaths"]),  # type: ignore[attr-defined]
+                    result["clients_per_relay"],
+                    result["udp_pps"],
+                    f"{result['kernel_encap']}/{result['python_encap']}",
+                    result["relay_cpu_pct"],
+                    result["relay_us_per_pkt"],
+                    result["lab_us_per_pkt"],
+                    result["tcp_mbps"],
+                ]
+            )
     print(f"\n== anycast relays  (load {load_average()})")
     headers = [
         "relays",
+        "--datapath",
+        "data path (status)",
         "clients per relay",
         "UDP 64 B pkt/s",
+        "encap kernel/Python",
         "relays CPU %",
-        "us/pkt",
+        "relay us/pkt",
+        "lab us/pkt",
         "TCP Mbit/s",
     ]
     print(format_table(headers, rows))
-    print(json_line("anycast", {"clients": args.clients, "seconds": args.seconds, "runs": results}))
+    print(f"   lab us/pkt: {labcpu.METHOD}")
+    print(
+        json_line(
+            "anycast",
+            {
+                "clients": args.clients,
+                "seconds": args.seconds,
+                "cpu_method": labcpu.METHOD,
+                "runs": results,
+            },
+        )
+    )
     return 0
 
 

@@ -104,6 +104,15 @@ def test_anycast_ipv4_needs_relays_and_makes_them_active_standby() -> None:
     assert "--anycast-ipv4" not in anycast.relay_argv(2, anycast.AnycastSpec(2, 0))
 
 
+def test_relays_get_the_datapath_asked_for_and_auto_is_left_to_their_default() -> None:
+    assert "--datapath" not in anycast.relay_argv(1, anycast.AnycastSpec(2, 0))
+    for mode in ("kernel", "user"):
+        argv = anycast.relay_argv(1, anycast.AnycastSpec(2, 0, datapath=mode))
+        assert argv[argv.index("--datapath") + 1] == mode
+    with pytest.raises(LabError, match="--datapath"):
+        anycast.AnycastSpec(2, 0, datapath="xdp").check()
+
+
 def test_address_plan_is_in_lab_ranges() -> None:
     for i in range(1, anycast.MAX_RELAYS + 1):
         assert anycast.relay_v4(i).startswith("198.51.100.")

@@ -81,6 +81,8 @@ STATE_FILE = "anycast.json"
 HASH_SEED = 11
 #: Routing daemons the speakers next to the relays and servers may run (the routers run BIRD).
 ROUTING = ("bird", "frr")
+#: The relays' data paths (their --datapath).
+DATAPATHS = ("auto", "kernel", "user")
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ class AnycastSpec:
     routing: str = "bird"
     #: The relays share RELAY_ANYCAST_V4 (their --anycast-ipv4) as their Teredo-side address.
     anycast_ipv4: bool = False
+    #: The relays' --datapath (docs/kernel.md): "auto" (their default), "kernel" or "user".
+    datapath: str = "auto"
 
     @property
     def relay_paths(self) -> int:
@@ -108,6 +112,8 @@ class AnycastSpec:
             raise LabError(f"--servers: 0..{MAX_SERVERS}, not {self.servers}")
         if self.anycast_ipv4 and not self.relays:
             raise LabError("--anycast-ipv4: needs --relays N")
+        if self.datapath not in DATAPATHS:
+            raise LabError(f"--datapath: {' or '.join(DATAPATHS)}, not {self.datapath!r}")
 
 
 def relay_host(i: int) -> str:
@@ -408,6 +414,8 @@ def _start_routers(lab: Lab, spec: AnycastSpec) -> None:
 def relay_argv(i: int, spec: AnycastSpec) -> list[str]:
     bind = RELAY_ANYCAST_V4 if spec.anycast_ipv4 else relay_v4(i)
     anycast = ["--anycast-ipv4", RELAY_ANYCAST_V4] if spec.anycast_ipv4 else []
+    # "auto" is the relay's own default: left out, so the argv is the operator's usual one.
+    datapath = [] if spec.datapath == "auto" else ["--datapath", spec.datapath]
     return [
         sys.executable,
         "-m",
@@ -428,6 +436,7 @@ def relay_argv(i: int, spec: AnycastSpec) -> list[str]:
         "--announce-drain",
         f"{spec.drain:g}",
         *anycast,
+        *datapath,
     ]
 
 
@@ -689,6 +698,7 @@ def load_spec(lab: Lab) -> AnycastSpec | None:
             float(data["drain"]),
             str(data.get("routing", "bird")),
             bool(data.get("anycast_ipv4", False)),
+            str(data.get("datapath", "auto")),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
