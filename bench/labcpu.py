@@ -156,15 +156,24 @@ class LabCpu:
         )
 
 
-def between(before: CpuSample, after: CpuSample) -> LabCpu:
+def between(before: CpuSample, after: CpuSample, *, ended_are_children: bool = False) -> LabCpu:
     """The CPU used between `before` and `after`: the lab's processes alive at the end (less
     what `before` counted of each), this process's children reaped in between (their whole
     lifetime: bench.path starts the iperf3 ends after `before` and reaps them before `after`;
-    run nothing else as a child in between), ksoftirqd and the napi threads."""
+    run nothing else as a child in between), ksoftirqd and the napi threads.
+
+    `ended_are_children`: the lab processes alive at `before` and gone at `after` are such
+    reaped children (ends started before the sample so that their interpreter's start-up
+    stays out, bench_anycast): what `before` counted of them is taken off the children's
+    lifetime, which the reaping reports whole."""
     tick = os.sysconf("SC_CLK_TCK")
     ticks = sum(end - before.lab.get(key, 0) for key, end in after.lab.items())
+    children = max(0.0, after.children - before.children)
+    if ended_are_children:
+        ended = sum(t for key, t in before.lab.items() if key not in after.lab)
+        children = max(0.0, children - ended / tick)
     return LabCpu(
-        processes=ticks / tick + max(0.0, after.children - before.children),
+        processes=ticks / tick + children,
         ksoftirqd=(after.ksoftirqd - before.ksoftirqd) / tick,
         napi=(after.napi - before.napi) / tick,
     )

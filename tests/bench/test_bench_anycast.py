@@ -1,8 +1,18 @@
-"""bench.bench_anycast's parsing of a relay's `teredo status --json`. No root, no lab."""
+"""bench.bench_anycast's parsing of a relay's `teredo status --json`, of a stalled iperf3
+client's output and of bench/mmsgudp.py's counts. No root, no lab."""
 
 from __future__ import annotations
 
-from bench.bench_anycast import RelayCounts, parse_relay_status
+import json
+
+import pytest
+from bench.bench_anycast import (
+    RelayCounts,
+    parse_relay_status,
+    parse_tool_count,
+    stream_setup_failed,
+)
+from bench.lab_bench import BenchError
 
 
 def _doc(datapath: str, to: int, frm: int, kernel: dict[str, int] | None) -> dict[str, object]:
@@ -35,3 +45,31 @@ def test_no_answer_or_junk_is_unknown_not_a_crash() -> None:
     junk = [{"role": "relay", "status": {"counters": {"to_teredo": "x"}, "kernel": 3}}]
     assert parse_relay_status(junk) == RelayCounts("user", 0, 0, 0, 0)
     assert parse_relay_status([{"role": "server", "status": {}}]).datapath == "?"
+
+
+def test_a_stream_that_never_started_is_told_apart_from_a_result() -> None:
+    # iperf3 3.12's -J output when its UDP stream's set-up datagram or answer was lost.
+    error = "error - unable to read from stream socket: Resource temporarily unavailable"
+    eagain = json.dumps({"start": {}, "intervals": [], "end": {}, "error": error})
+    assert stream_setup_failed(eagain)
+    assert stream_setup_failed("")  # killed at the deadline before it printed anything
+    assert stream_setup_failed(" \n")
+    done = json.dumps({"start": {}, "end": {"sum_received": {"bytes": 64}}})
+    assert not stream_setup_failed(done)
+    # Another failure is the caller's to report (parse_iperf3_* raise it), not a retry.
+    refused = json.dumps({"error": "error - unable to connect to server: Connection refused"})
+    assert not stream_setup_failed(refused)
+    assert not stream_setup_failed("iperf3: not JSON")
+    assert not stream_setup_failed("[1, 2]")
+
+
+def test_the_udp_tools_count_is_its_last_word_pair() -> None:
+    assert parse_tool_count("ready\nsent 24000\n", "sent") == 24000
+    assert parse_tool_count("ready 5301\nreceived 0\n", "received") == 0
+    # A sink that printed its port first and its count last: the count, not the port.
+    assert parse_tool_count("ready 5301\nreceived 17\n", "received") == 17
+    for text in ("", "ready\n", "ready\nsent x\n", "Traceback ...\nsent\n"):
+        with pytest.raises(BenchError, match="mmsgudp"):
+            parse_tool_count(text, "sent")
+    with pytest.raises(BenchError):
+        parse_tool_count("ready\nsent 5\n", "received")

@@ -79,3 +79,18 @@ def test_napi_threads_are_counted_apart_from_ksoftirqd_and_lab_processes() -> No
     # The others' napi share (their rate before) is taken off, never below zero.
     assert abs(got.total(0.0, 0.5) - 1.5) < 1e-9
     assert got.total(0.0, 3.0) == 0.0
+
+
+def test_ends_started_before_the_sample_count_only_their_cpu_inside_it() -> None:
+    tick = os.sysconf("SC_CLK_TCK")
+    # Process 11 (a UDP sink, our child) had used 40 ticks starting up; it is reaped in the
+    # sample, and the reaping reports its whole lifetime, 1.0 s: 1.0 s - 40 ticks inside.
+    before = labcpu.CpuSample(lab={(10, 1): 100, (11, 1): 40}, ksoftirqd=0, children=2.0)
+    after = labcpu.CpuSample(lab={(10, 1): 120}, ksoftirqd=0, children=3.0)
+    got = labcpu.between(before, after, ended_are_children=True)
+    assert abs(got.processes - (20 / tick + 1.0 - 40 / tick)) < 1e-9
+    # Without the flag the start-up counts too (bench.path's iperf3 ends start inside).
+    assert abs(labcpu.between(before, after).processes - (20 / tick + 1.0)) < 1e-9
+    # Never below nothing, whatever ended without being reaped.
+    lost = labcpu.CpuSample(lab={(10, 1): 120}, ksoftirqd=0, children=2.0)
+    assert labcpu.between(before, lost, ended_are_children=True).processes == 20 / tick

@@ -81,8 +81,6 @@ STATE_FILE = "anycast.json"
 HASH_SEED = 11
 #: Routing daemons the speakers next to the relays and servers may run (the routers run BIRD).
 ROUTING = ("bird", "frr")
-#: The relays' data paths (their --datapath).
-DATAPATHS = ("auto", "kernel", "user")
 
 
 @dataclass(frozen=True)
@@ -112,8 +110,8 @@ class AnycastSpec:
             raise LabError(f"--servers: 0..{MAX_SERVERS}, not {self.servers}")
         if self.anycast_ipv4 and not self.relays:
             raise LabError("--anycast-ipv4: needs --relays N")
-        if self.datapath not in DATAPATHS:
-            raise LabError(f"--datapath: {' or '.join(DATAPATHS)}, not {self.datapath!r}")
+        if self.datapath not in ("auto", "kernel", "user"):
+            raise LabError(f"--datapath: auto, kernel or user, not {self.datapath!r}")
 
 
 def relay_host(i: int) -> str:
@@ -414,8 +412,6 @@ def _start_routers(lab: Lab, spec: AnycastSpec) -> None:
 def relay_argv(i: int, spec: AnycastSpec) -> list[str]:
     bind = RELAY_ANYCAST_V4 if spec.anycast_ipv4 else relay_v4(i)
     anycast = ["--anycast-ipv4", RELAY_ANYCAST_V4] if spec.anycast_ipv4 else []
-    # "auto" is the relay's own default: left out, so the argv is the operator's usual one.
-    datapath = [] if spec.datapath == "auto" else ["--datapath", spec.datapath]
     return [
         sys.executable,
         "-m",
@@ -436,7 +432,7 @@ def relay_argv(i: int, spec: AnycastSpec) -> list[str]:
         "--announce-drain",
         f"{spec.drain:g}",
         *anycast,
-        *datapath,
+        *([] if spec.datapath == "auto" else ["--datapath", spec.datapath]),  # auto: default
     ]
 
 
