@@ -22,6 +22,9 @@ that reach each of its mapping ports.
 * Clean-up: SIGTERM, then SIGKILL and the next start: the relay's tcx links, programs and maps
   (their ids read from the daemon's /proc fdinfo) are gone once it has exited, and `bpftool net`
   in its namespace shows nothing attached.
+
+The remapping and expiry check waits 30 s for the core: a module fixture starts it first (in
+a lab of its own), the other tests run in theirs meanwhile, and its test, last, checks it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +47,7 @@ from teredo.lab.nat import NatKind
 from teredo.lab.roles import RELAY_PORT, Role, config_text
 from teredo.lab.topology import NATIVE_V6, RELAY_V4, SERVER_V4, Lab
 
+from .conftest import tear_down
 from .test_relay_interop import _log, _start_our_relay
 
 pytestmark = pytest.mark.system
@@ -251,72 +257,66 @@ def _relay_lab(lab_factory: list[Lab], tag: str) -> Lab:
     return lab
 
 
-def test_kernel_never_forwards_to_a_mapping_the_core_left(lab_factory: list[Lab]) -> None:
-    lab = _relay_lab(lab_factory, "q")
-    conf = config_text(Role.RELAY, server=SERVER_V4, relay=RELAY_V4)
-    relay = _start_our_relay(lab, "relay", conf, "--datapath", "kernel")
-    fake = Fake(lab)
+@dataclass
+class Remap:
+    """The remapping check under way: its relay, scripted peer and native stream."""
+
+    lab: Lab
+    relay: subprocess.Popen[bytes]
+    fake: Fake
+    stream: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def remap() -> Iterator[Remap]:
+    """First in the module: both peers trusted at their embedded mappings and streamed to
+    through the kernel, then peer 1 goes silent with the native host's stream to it going on,
+    and peer 2 idles. Their 30 s (section 5.2.4) run out while the module's other tests run
+    in labs of their own; test_kernel_never_forwards_to_a_mapping_the_core_left, last, checks
+    what happened."""
+    labs: list[Lab] = []
     try:
-        # Both peers trusted at their embedded mappings (the relay bubbles through the "server",
-        # the peer answers from its mapping: section 5.4.1), then streams through the kernel.
-        for n, port in PORTS.items():
-            fake.say(f"arm {n} {port}")
-            _send(lab, n, 0, 3, gap=0.3)
-        _wait(
-            "the peers were not set up",
-            lambda: all(fake.report()["seqs"][p] for p in PORTS.values()),
-            15,
-        )
-        for n in PORTS:
-            _send(lab, n, 100, 50)
-        status = _counters(lab)
-        assert status["datapath"] == "kernel", status
-        assert status["kernel"]["counters"]["encap"] >= 50, status["kernel"]
-        table = peer_map(relay.pid)
-        assert table[PEERS[1]] == (PEER_V4, PORTS[1]), table
-        assert table[PEERS[2]] == (PEER_V4, PORTS[2]), table
-
-        # Peer 1 goes silent and is remapped once invalid; peer 2 idles into expiry.
-        fake.say(f"arm 1 {NEW_PORT}")
-        stream = lab.popen(
-            "native",
-            [sys.executable, "-c", SEND, NATIVE_V6, PEERS[1], "1000", "240", "0.25"],
-            name="stream",
-        )
+        lab = _relay_lab(labs, "q")
+        conf = config_text(Role.RELAY, server=SERVER_V4, relay=RELAY_V4)
+        relay = _start_our_relay(lab, "relay", conf, "--datapath", "kernel")
+        fake = Fake(lab)
         try:
+            # Both peers trusted at their embedded mappings (the relay bubbles through the
+            # "server", the peer answers from its mapping: section 5.4.1), then streams
+            # through the kernel.
+            for n, port in PORTS.items():
+                fake.say(f"arm {n} {port}")
+                _send(lab, n, 0, 3, gap=0.3)
             _wait(
-                "peer 1 was never remapped",
-                lambda: fake.report()["seqs"][NEW_PORT],
-                IDLE + 25,
+                "the peers were not set up",
+                lambda: all(fake.report()["seqs"][p] for p in PORTS.values()),
+                15,
             )
-            at_move = _counters(lab)["kernel"]["counters"]["encap"]
-            time.sleep(3)  # the stream goes on at the new mapping
-        finally:
-            stream.kill()
-            stream.wait(5)
-        got = fake.report()
-        old = [s for s in got["seqs"][PORTS[1]] if s >= 1000]
-        new = got["seqs"][NEW_PORT]
-        assert old, "the stream never reached peer 1 before it fell silent"
-        assert max(old) < min(new), f"forwarded to the old mapping after the move: {got}"
-        assert len(new) >= 5, got
-        assert peer_map(relay.pid)[PEERS[1]] == (PEER_V4, NEW_PORT)
-        kernel = _counters(lab)["kernel"]["counters"]
-        assert kernel["encap_stale"] >= 1, kernel  # the kernel left the stale peer to Python
-        assert kernel["encap"] > at_move, kernel  # and carries it again at its new mapping
+            for n in PORTS:
+                _send(lab, n, 100, 50)
+            status = _counters(lab)
+            assert status["datapath"] == "kernel", status
+            assert status["kernel"]["counters"]["encap"] >= 50, status["kernel"]
+            table = peer_map(relay.pid)
+            assert table[PEERS[1]] == (PEER_V4, PORTS[1]), table
+            assert table[PEERS[2]] == (PEER_V4, PORTS[2]), table
 
-        # Peer 2: unused for longer than the idle timeout by now.
-        _wait("peer 2 still mapped", lambda: PEERS[2] not in peer_map(relay.pid), 15)
-        before = len(got["seqs"][PORTS[2]])
-        _send(lab, 2, 5000, 5, gap=0.2)
-        _wait("no new bubble for peer 2", lambda: fake.report()["bubbles"][2] >= 2, 10)
-        after = fake.report()["seqs"][PORTS[2]]
-        assert len(after) == before, f"forwarded to an expired peer: {after[before:]}"
-        assert "data path: kernel" in _log(lab, "relay")
+            # Peer 1 goes silent and is remapped once invalid; peer 2 idles into expiry. The
+            # stream (4 a second, for up to 120 s) is stopped by the test.
+            fake.say(f"arm 1 {NEW_PORT}")
+            stream = lab.popen(
+                "native",
+                [sys.executable, "-c", SEND, NATIVE_V6, PEERS[1], "1000", "480", "0.25"],
+                name="stream",
+            )
+            yield Remap(lab, relay, fake, stream)
+        finally:
+            fake.close()
+            relay.send_signal(signal.SIGTERM)
+            relay.wait(15)
     finally:
-        fake.close()
-        relay.send_signal(signal.SIGTERM)
-        relay.wait(15)
+        for lab in labs:
+            tear_down(lab)
 
 
 def _nothing_attached(lab: Lab, ids: dict[str, set[int]]) -> None:
@@ -413,3 +413,38 @@ def test_a_peer_gone_from_the_kernel_map_comes_back_on_use(lab_factory: list[Lab
         fake.close()
         relay.send_signal(signal.SIGTERM)
         relay.wait(15)
+
+
+def test_kernel_never_forwards_to_a_mapping_the_core_left(remap: Remap) -> None:
+    """Last in the module: the `remap` fixture set the peers up and started the stream."""
+    lab, relay, fake, stream = remap.lab, remap.relay, remap.fake, remap.stream
+    try:
+        _wait(
+            "peer 1 was never remapped",
+            lambda: fake.report()["seqs"][NEW_PORT],
+            IDLE + 25,
+        )
+        at_move = _counters(lab)["kernel"]["counters"]["encap"]
+        time.sleep(3)  # the stream goes on at the new mapping
+    finally:
+        stream.kill()
+        stream.wait(5)
+    got = fake.report()
+    old = [s for s in got["seqs"][PORTS[1]] if s >= 1000]
+    new = got["seqs"][NEW_PORT]
+    assert old, "the stream never reached peer 1 before it fell silent"
+    assert max(old) < min(new), f"forwarded to the old mapping after the move: {got}"
+    assert len(new) >= 5, got
+    assert peer_map(relay.pid)[PEERS[1]] == (PEER_V4, NEW_PORT)
+    kernel = _counters(lab)["kernel"]["counters"]
+    assert kernel["encap_stale"] >= 1, kernel  # the kernel left the stale peer to Python
+    assert kernel["encap"] > at_move, kernel  # and carries it again at its new mapping
+
+    # Peer 2: unused for longer than the idle timeout by now.
+    _wait("peer 2 still mapped", lambda: PEERS[2] not in peer_map(relay.pid), 15)
+    before = len(got["seqs"][PORTS[2]])
+    _send(lab, 2, 5000, 5, gap=0.2)
+    _wait("no new bubble for peer 2", lambda: fake.report()["bubbles"][2] >= 2, 10)
+    after = fake.report()["seqs"][PORTS[2]]
+    assert len(after) == before, f"forwarded to an expired peer: {after[before:]}"
+    assert "data path: kernel" in _log(lab, "relay")
