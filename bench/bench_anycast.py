@@ -57,11 +57,13 @@ scaling model of docs/scale.md uses. The last line is one JSON record.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -79,6 +81,7 @@ from bench.lab_bench import (
     median,
     parse_iperf3_tcp,
     parse_link_drops,
+    reap,
     require_root,
     tree_pids,
     wait_tcp_listen,
@@ -106,6 +109,10 @@ CPU_MEDIANS = (
     "kernel_encap",
     "python_encap",
     "tun_tx_dropped",
+    "senders_user_us_per_pkt",
+    "senders_system_us_per_pkt",
+    "sinks_user_us_per_pkt",
+    "sinks_system_us_per_pkt",
 )
 MMSG_TOOL = str(Path(__file__).with_name("mmsgudp.py"))
 #: Seconds past `--seconds` after which a client still running is taken as stuck in set-up
@@ -300,18 +307,84 @@ def _output(proc: subprocess.Popen[bytes], timeout: float) -> str:
     return proc.communicate(timeout=timeout)[0].decode(errors="replace")
 
 
+def parse_stat_user_system(text: str) -> tuple[int, int]:
+    """(utime, stime) in clock ticks from the contents of /proc/PID/stat."""
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    rest = text[text.rfind(")") + 2 :].split()
+    return int(rest[11]), int(rest[12])  # fields 14 and 15 (rest[0] is field 3)
+
+
+@dataclass(frozen=True)
+class UdpRun:
+    """One concurrent UDP run: per client, datagrams sent and received; the CPU seconds of the
+    senders and of the sinks inside the sample, user and system apart (wait4 at their end,
+    less what /proc said of them when the sample started). On the kernel path the senders'
+    system time carries the whole forwarding chain (veth -> softirq in the sender's context):
+    up6, the relay's tc program, the wan and the client host up to Miredo's socket."""
+
+    sent: list[int]
+    received: list[int]
+    senders_user: float
+    senders_system: float
+    sinks_user: float
+    sinks_system: float
+
+
+def _refresh_peers(lab: Lab, targets: Sequence[tuple[str, str]]) -> None:
+    """Two echoes to every client first: a reply refreshes the relay's peer entry. The UDP runs
+    go one way only, and a peer not heard from for 30 s is no longer valid (RFC 4380 section
+    5.2.4; the kernel passes its packets up at 29 s, docs/kernel.md): without this, a lab's
+    later runs had part of their datagrams wait in the Python path for a new ping test."""
+    pings = [
+        lab.popen(
+            "native",
+            ["ping", "-6", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "2", address],
+            name=f"refresh-{host}",
+        )
+        for host, address in targets
+    ]
+    for proc in pings:
+        reap(proc)
+
+
+def _reap_with_usage(proc: subprocess.Popen[bytes], budget: float) -> tuple[str, float, float]:
+    """The output of `proc` (one of ours) to its end, then its own rusage from wait4: (output,
+    user s, system s). Killed after `budget` s."""
+    watchdog = threading.Timer(budget, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        out = proc.stdout.read().decode(errors="replace")
+        _, status, usage = os.wait4(proc.pid, 0)
+    finally:
+        watchdog.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return out, usage.ru_utime, usage.ru_stime
+
+
+def _stat_ticks(pids: Sequence[int]) -> tuple[int, int]:
+    user = system = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            u, s = parse_stat_user_system(Path(f"/proc/{pid}/stat").read_text(encoding="utf-8"))
+            user, system = user + u, system + s
+    return user, system
+
+
 def _concurrent_mmsg(
     lab: Lab,
     targets: Sequence[tuple[str, str]],
     pps_each: float,
     seconds: float,
     started: Callable[[], None],
-) -> list[tuple[int, int]]:
+) -> UdpRun:
     """One bench/mmsgudp.py sink per (client host, address), one sender each in the native
-    host at `pps_each` for `seconds`, all sending at once: (sent, received) of each. No set-up
-    datagram to lose (iperf3's UDP needs one each way per stream, stream_setup_failed): the
-    senders start on "go", once every end is up; `started` is called just before."""
+    host at `pps_each` for `seconds`, all sending at once. No set-up datagram to lose
+    (iperf3's UDP needs one each way per stream, stream_setup_failed): the senders start on
+    "go", once every end is up; `started` is called just before."""
+    _refresh_peers(lab, targets)
     budget = seconds + 20
+    tick = os.sysconf("SC_CLK_TCK")
     procs: list[subprocess.Popen[bytes]] = []
     try:
         sinks = []
@@ -336,23 +409,29 @@ def _concurrent_mmsg(
             assert proc.stdout is not None
             if not proc.stdout.readline().startswith(b"ready"):
                 raise BenchError("bench/mmsgudp.py did not start")
+        send0 = _stat_ticks([p.pid for p in senders])
+        sink0 = _stat_ticks([p.pid for p in sinks])
         started()
         for proc in senders:
             assert proc.stdin is not None
             proc.stdin.write(b"go\n")
             proc.stdin.flush()
-        sent = [
-            parse_tool_count(p.communicate(timeout=budget)[0].decode(), "sent") for p in senders
-        ]
-        got = [
-            parse_tool_count(p.communicate(timeout=budget)[0].decode(), "received") for p in sinks
-        ]
+            proc.stdin.close()
+        sent_ends = [_reap_with_usage(p, budget) for p in senders]
+        sink_ends = [_reap_with_usage(p, budget) for p in sinks]
     finally:
         for proc in procs:
-            if proc.poll() is None:
+            if proc.returncode is None and proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=5)
-    return list(zip(sent, got, strict=True))
+    return UdpRun(
+        sent=[parse_tool_count(out, "sent") for out, _, _ in sent_ends],
+        received=[parse_tool_count(out, "received") for out, _, _ in sink_ends],
+        senders_user=max(0.0, sum(u for _, u, _ in sent_ends) - send0[0] / tick),
+        senders_system=max(0.0, sum(s for _, _, s in sent_ends) - send0[1] / tick),
+        sinks_user=max(0.0, sum(u for _, u, _ in sink_ends) - sink0[0] / tick),
+        sinks_system=max(0.0, sum(s for _, _, s in sink_ends) - sink0[1] / tick),
+    )
 
 
 @dataclass
@@ -438,7 +517,7 @@ def measure(
     sampler = LabSampler(lab, relays, _relay_pids(lab, relays), idle)
     # The aggregate: `udp_pps` in all, more than the relays carry here.
     udp = _concurrent_mmsg(lab, targets, udp_pps / clients, seconds, sampler.start)
-    received = sum(got for _, got in udp)
+    received = sum(udp.received)
     result: dict[str, object] = {
         "relays": relays,
         "clients_per_relay": {
@@ -447,7 +526,7 @@ def measure(
         },
         "udp_pps": received / seconds,
         "udp_offered_pps": udp_pps,
-        "udp_sent": sum(sent for sent, _ in udp),
+        "udp_sent": sum(udp.sent),
         "udp_received": received,
         **sampler.stop(received, ""),
     }
@@ -457,10 +536,18 @@ def measure(
     # make the figure).
     rounds: list[dict[str, object]] = []
     for _ in range(cpu_rounds):
-        cpu_run = _concurrent_mmsg(lab, targets, cpu_pps / clients, seconds, sampler.start)
-        got = sum(g for _, g in cpu_run)
+        run = _concurrent_mmsg(lab, targets, cpu_pps / clients, seconds, sampler.start)
+        got = sum(run.received)
         rounds.append(
-            {"sent": sum(sent for sent, _ in cpu_run), "received": got, **sampler.stop(got, "")}
+            {
+                "sent": sum(run.sent),
+                "received": got,
+                **sampler.stop(got, ""),
+                "senders_user_us_per_pkt": 1e6 * run.senders_user / got if got else None,
+                "senders_system_us_per_pkt": 1e6 * run.senders_system / got if got else None,
+                "sinks_user_us_per_pkt": 1e6 * run.sinks_user / got if got else None,
+                "sinks_system_us_per_pkt": 1e6 * run.sinks_system / got if got else None,
+            }
         )
     result |= {"cpu_pps": cpu_pps, "cpu_rounds": rounds}
     for key in CPU_MEDIANS:
@@ -598,6 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     result["cpu_relay_us_per_pkt"],
                     result["cpu_lab_us_per_pkt"],
                     result["cpu_lab_net_us_per_pkt"],
+                    result["cpu_senders_system_us_per_pkt"],
                     result["tcp_mbps"],
                 ]
             )
@@ -615,11 +703,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "relay us/pkt",
         "lab us/pkt",
         "less lab idle",
+        "senders sys",
         "TCP Mbit/s",
     ]
     print(format_table(headers, rows))
     print(f"   lab us/pkt: {labcpu.METHOD}")
     print("   less lab idle: minus the lab processes' CPU rate over --idle s before, no traffic")
+    print("   senders sys: the UDP senders' system time, us/pkt (kernel path: the whole chain)")
     print(
         json_line(
             "anycast",

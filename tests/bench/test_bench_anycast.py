@@ -9,6 +9,7 @@ import pytest
 from bench.bench_anycast import (
     RelayCounts,
     parse_relay_status,
+    parse_stat_user_system,
     parse_tool_count,
     stream_setup_failed,
 )
@@ -73,3 +74,9 @@ def test_the_udp_tools_count_is_its_last_word_pair() -> None:
             parse_tool_count(text, "sent")
     with pytest.raises(BenchError):
         parse_tool_count("ready\nsent 5\n", "received")
+
+
+def test_user_and_system_ticks_apart_from_a_hostile_command_name() -> None:
+    fields = ["S"] + ["0"] * 10 + ["7", "5"] + ["0"] * 7
+    assert parse_stat_user_system("1234 (python3) " + " ".join(fields)) == (7, 5)
+    assert parse_stat_user_system("1234 (a) (b) " + " ".join(fields)) == (7, 5)
