@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 FRR_DIR = Path("/usr/lib/frr")
 USER = "frr"
-#: Started in this order, each once the one before is ready (lab/anycast.py). bgpd asks for its
+#: Started in this order, each once the one before is ready (start() below). bgpd asks for its
 #: BFD sessions through zebra, which hands them to bfdd: a request made before bgpd's zebra
 #: connection is up, or before bfdd's, is lost for good in FRR 8.4 ("BFD session ... was not
 #: installed" in bgpd's log, no peer in bfdd, the router's BFD session Down; one CI run's
